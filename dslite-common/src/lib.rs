@@ -1,0 +1,14 @@
+//! Everything the kernel programs (`dslite-ebpf`) and the controller (`dslite-user`) must agree
+//! on lives here, once: map key/value layouts, map names, counter numbering, checksum arithmetic,
+//! and the NAT port-search math.
+//!
+//! `#![no_std]` so the BPF side can use it; the `user` feature adds `aya::Pod` impls.
+#![no_std]
+
+pub mod counters;
+pub mod csum;
+pub mod maps;
+pub mod nat;
+pub mod proto;
+
+pub use counters::Counter;

@@ -1,0 +1,160 @@
+//! Map names and the layouts of their keys and values.
+//!
+//! Rules (einat.h, cilium): `#[repr(C)]`, no implicit padding (explicit `_pad` fields that
+//! writers zero, or lookups miss), addresses as network-order byte arrays, ports as the raw
+//! 16-bit word read from the packet (network order in memory). Sizes are asserted below.
+
+use core::mem::size_of;
+
+// Map names: at most 15 characters (the kernel truncates longer names).
+/// `PerCpuArray<u64>` indexed by [`crate::Counter`]: written by XDP, summed by the controller.
+pub const STATS: &str = "STATS";
+/// `Array<AftrConfig>` with one entry: written by the controller before attach.
+pub const AFTR_CONFIG: &str = "AFTR_CONFIG";
+/// `Array<B4Config>` with one entry: written by the controller before attach.
+pub const B4_CONFIG: &str = "B4_CONFIG";
+/// `Array<[u8; 4]>`: the public IPv4 pool, `pool_len` entries used.
+pub const POOL: &str = "POOL";
+/// `HashMap<[u8; 4], u32>`: pool address -> index, to recognise inbound traffic.
+pub const POOL_INDEX: &str = "POOL_INDEX";
+/// `LpmTrie<[u8; 16], u32>`: B4 prefixes allowed to open softwires (checklist 6).
+pub const B4_ALLOW: &str = "B4_ALLOW";
+/// `LpmTrie<[u8; 4], u32>`: IPv4 prefixes that stay on the B4's LAN side.
+pub const LOCAL_V4: &str = "LOCAL_V4";
+/// `HashMap<NatOutKey, NatOutValue>`: softwire + inside endpoint -> outside endpoint.
+pub const NAT_OUT: &str = "NAT_OUT";
+/// `HashMap<NatInKey, NatInValue>`: outside endpoint -> softwire + inside endpoint.
+pub const NAT_IN: &str = "NAT_IN";
+
+/// Default size of the NAT tables (mappings). Tunable at load time.
+pub const DEFAULT_MAX_MAPPINGS: u32 = 1 << 20;
+/// Largest public pool (addresses).
+pub const MAX_POOL: u32 = 1 << 16;
+/// Entries in each LPM trie.
+pub const MAX_PREFIXES: u32 = 1024;
+
+/// AFTR configuration (single entry in [`AFTR_CONFIG`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AftrConfig {
+    /// The AFTR's softwire endpoint (outer destination of B4 traffic).
+    pub aftr_addr: [u8; 16],
+    /// Outside port range, host order, inclusive.
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// Number of valid entries in [`POOL`]; 0 means "not configured".
+    pub pool_len: u32,
+    /// Secret mixed into the port search so outside ports are hard to guess (RFC 6056).
+    pub hash_seed: u32,
+    /// Outer hop limit for packets sent to B4s.
+    pub hop_limit: u8,
+    pub _pad: [u8; 3],
+}
+
+/// B4 configuration (single entry in [`B4_CONFIG`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct B4Config {
+    /// The B4's softwire endpoint (outer source of encapsulated packets).
+    pub b4_addr: [u8; 16],
+    /// The AFTR (outer destination; the only accepted source of softwire packets).
+    pub aftr_addr: [u8; 16],
+    pub lan_ifindex: u32,
+    pub wan_ifindex: u32,
+    pub hop_limit: u8,
+    /// Non-zero once the controller has written a complete configuration.
+    pub enabled: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Key of [`NAT_OUT`]: the softwire plus the inside endpoint (RFC 6333 §6.6, checklist 2).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatOutKey {
+    /// B4 IPv6 address: the softwire identifier.
+    pub b4: [u8; 16],
+    pub inside_addr: [u8; 4],
+    /// Inside source port, or ICMP echo identifier; raw network-order word.
+    pub inside_port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of [`NAT_OUT`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatOutValue {
+    pub outside_addr: [u8; 4],
+    /// Raw network-order word.
+    pub outside_port: u16,
+    pub _pad: u16,
+    /// `bpf_ktime_get_ns` at creation.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns` of the last outbound packet (RFC 4787 REQ-6: outbound refreshes).
+    pub last_seen_ns: u64,
+}
+
+/// Key of [`NAT_IN`]: the outside endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatInKey {
+    pub outside_addr: [u8; 4],
+    /// Raw network-order word.
+    pub outside_port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of [`NAT_IN`]: enough to rebuild the inside endpoint and the softwire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatInValue {
+    pub b4: [u8; 16],
+    pub inside_addr: [u8; 4],
+    /// Raw network-order word.
+    pub inside_port: u16,
+    pub _pad: u16,
+}
+
+impl NatOutKey {
+    /// The reverse-table key for this mapping's outside endpoint.
+    #[inline(always)]
+    pub const fn inbound_key(&self, outside_addr: [u8; 4], outside_port: u16) -> NatInKey {
+        NatInKey {
+            outside_addr,
+            outside_port,
+            proto: self.proto,
+            _pad: 0,
+        }
+    }
+
+    /// The reverse-table value pointing back at this key.
+    #[inline(always)]
+    pub const fn inbound_value(&self) -> NatInValue {
+        NatInValue {
+            b4: self.b4,
+            inside_addr: self.inside_addr,
+            inside_port: self.inside_port,
+            _pad: 0,
+        }
+    }
+}
+
+const _: () = assert!(size_of::<AftrConfig>() == 32);
+const _: () = assert!(size_of::<B4Config>() == 44);
+const _: () = assert!(size_of::<NatOutKey>() == 24);
+const _: () = assert!(size_of::<NatOutValue>() == 24);
+const _: () = assert!(size_of::<NatInKey>() == 8);
+const _: () = assert!(size_of::<NatInValue>() == 24);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are #[repr(C)] with explicit padding and only integer/byte-array fields.
+    unsafe impl aya::Pod for AftrConfig {}
+    unsafe impl aya::Pod for B4Config {}
+    unsafe impl aya::Pod for NatOutKey {}
+    unsafe impl aya::Pod for NatOutValue {}
+    unsafe impl aya::Pod for NatInKey {}
+    unsafe impl aya::Pod for NatInValue {}
+}
