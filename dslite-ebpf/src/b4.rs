@@ -1,0 +1,77 @@
+//! B4 (RFC 6333 §5): IPv4 from the LAN goes into the softwire toward the AFTR; softwire
+//! packets from the AFTR come out toward the LAN. No NAT here (RFC 6333 §4, checklist 3).
+
+use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key, programs::XdpContext};
+use dslite_common::{maps::B4Config, proto::*, Counter};
+
+use crate::{
+    forward::{decapsulate, encapsulate, route_and_redirect},
+    headers::{decrement_ttl, ethernet, ipv4, ipv6, L3, V6},
+    maps::{count, count_n, B4_CONFIG, LOCAL_V4},
+    packet::{len, Exit, Res},
+};
+
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> Res<u32> {
+    let cfg = match B4_CONFIG.get(0) {
+        Some(c) if c.enabled != 0 => *c,
+        _ => return Err(Exit::Pass(Counter::DropNotConfigured)),
+    };
+    // SAFETY: reading the ingress ifindex from the context.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    match ethernet(ctx)? {
+        L3::V4 if ingress == cfg.lan_ifindex => from_lan(ctx, &cfg),
+        L3::V4 => Err(Exit::Pass(Counter::PassNotSoftwire)),
+        L3::V6 if ingress == cfg.wan_ifindex => from_wan(ctx, &cfg),
+        L3::V6 => {
+            // Native IPv6 from the LAN: the kernel routes it; we only count it.
+            count(Counter::NativeV6OutPackets);
+            count_n(Counter::NativeV6OutBytes, (len(ctx) - ETH_HLEN) as u64);
+            Ok(xdp_action::XDP_PASS)
+        }
+    }
+}
+
+/// LAN -> softwire (RFC 6333 §5.2).
+#[inline(always)]
+fn from_lan(ctx: &XdpContext, cfg: &B4Config) -> Res<u32> {
+    let ip = ipv4(ctx, ETH_HLEN, len(ctx) - ETH_HLEN)?;
+    if LOCAL_V4.get(Key::new(32, ip.dst)).is_some() {
+        return Err(Exit::Pass(Counter::PassLocalV4));
+    }
+    decrement_ttl(ctx, &ip)?;
+    encapsulate(ctx, ip.tos, ip.tot_len as u16, cfg.hop_limit, &cfg.b4_addr, &cfg.aftr_addr)?;
+    let outer = (IPV6_HLEN + ip.tot_len) as u64;
+    let action = route_and_redirect(ctx, true, &cfg.b4_addr, &cfg.aftr_addr)?;
+    count(Counter::B4EncapPackets);
+    count_n(Counter::B4EncapBytes, outer);
+    Ok(action)
+}
+
+/// Softwire -> LAN (RFC 6333 §5.2), and native IPv6 accounting.
+#[inline(always)]
+fn from_wan(ctx: &XdpContext, cfg: &B4Config) -> Res<u32> {
+    let sw = match ipv6(ctx)? {
+        V6::Softwire(sw) if sw.dst == cfg.b4_addr => sw,
+        V6::Softwire(sw) => return native_in(sw.outer_len),
+        V6::Other { outer_len, .. } => return native_in(outer_len),
+    };
+    // Only the configured AFTR may inject IPv4 into this LAN.
+    if sw.src != cfg.aftr_addr {
+        return Err(Exit::Drop(Counter::DropNotFromAftr));
+    }
+    let ip = ipv4(ctx, sw.inner_off, sw.inner_avail)?;
+    decrement_ttl(ctx, &ip)?;
+    decapsulate(ctx, sw.inner_off - ETH_HLEN)?;
+    let action = route_and_redirect(ctx, false, &ip.src, &ip.dst)?;
+    count(Counter::B4DecapPackets);
+    count_n(Counter::B4DecapBytes, sw.outer_len as u64);
+    Ok(action)
+}
+
+#[inline(always)]
+fn native_in(outer_len: usize) -> Res<u32> {
+    count(Counter::NativeV6InPackets);
+    count_n(Counter::NativeV6InBytes, outer_len as u64);
+    Ok(xdp_action::XDP_PASS)
+}

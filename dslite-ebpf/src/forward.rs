@@ -1,0 +1,163 @@
+//! Moving packets between the IPv4 and IPv6 worlds (encapsulation, decapsulation) and
+//! sending them on with `bpf_fib_lookup` + `bpf_redirect`.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    programs::XdpContext,
+};
+use dslite_common::{proto::*, Counter};
+
+use crate::{
+    maps::count,
+    packet::{at, len, Exit, Res},
+};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+// enum bpf_fib_lookup return codes (include/uapi/linux/bpf.h).
+const FIB_SUCCESS: i64 = 0;
+const FIB_BLACKHOLE: i64 = 1;
+const FIB_UNREACHABLE: i64 = 2;
+const FIB_PROHIBIT: i64 = 3;
+const FIB_NOT_FWDED: i64 = 4;
+const FIB_FWD_DISABLED: i64 = 5;
+const FIB_NO_NEIGH: i64 = 7;
+const FIB_FRAG_NEEDED: i64 = 8;
+
+/// `struct bpf_fib_lookup` flattened (64 bytes): the unions are written as the member we use.
+#[repr(C)]
+struct FibParams {
+    family: u8,
+    l4_protocol: u8,
+    sport: u16,
+    dport: u16,
+    /// In: packet length (for the MTU check). Out: MTU when FRAG_NEEDED.
+    tot_len: u16,
+    ifindex: u32,
+    tos_flowinfo: u32,
+    /// IPv4 uses the first 4 bytes.
+    src: [u8; 16],
+    dst: [u8; 16],
+    vlan: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+
+const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
+
+/// Strip `hdr_len` bytes of outer headers that follow the Ethernet header (IPv6 + extension
+/// headers), keeping the Ethernet addresses and setting the EtherType to IPv4.
+#[inline(always)]
+pub fn decapsulate(ctx: &XdpContext, hdr_len: usize) -> Res<()> {
+    let eth: *mut [u8; ETH_HLEN] = at(ctx, 0, Counter::DropTruncatedEth)?;
+    // SAFETY: bounds-checked by `at`.
+    let mut saved = unsafe { *eth };
+    // SAFETY: the helper checks the new head against the frame itself.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, hdr_len as i32) } != 0 {
+        return Err(Exit::Drop(Counter::DropAdjustHead));
+    }
+    let eth: *mut [u8; ETH_HLEN] = at(ctx, 0, Counter::DropAdjustHead)?;
+    saved[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+    // SAFETY: re-checked after the head moved.
+    unsafe { *eth = saved };
+    Ok(())
+}
+
+/// Prepend an IPv6 header (RFC 6333 §5.2/§6.2) in front of the IPv4 packet that starts
+/// right after the Ethernet header; the Ethernet addresses are kept for now and the
+/// EtherType becomes IPv6.
+#[inline(always)]
+pub fn encapsulate(
+    ctx: &XdpContext,
+    inner_tos: u8,
+    inner_len: u16,
+    hop_limit: u8,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+) -> Res<()> {
+    let eth: *mut [u8; ETH_HLEN] = at(ctx, 0, Counter::DropTruncatedEth)?;
+    // SAFETY: bounds-checked by `at`.
+    let mut saved = unsafe { *eth };
+    // SAFETY: the helper checks the headroom itself.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV6_HLEN as i32)) } != 0 {
+        return Err(Exit::Drop(Counter::DropAdjustHead));
+    }
+    let eth: *mut [u8; ETH_HLEN] = at(ctx, 0, Counter::DropAdjustHead)?;
+    let ip6: *mut [u8; IPV6_HLEN] = at(ctx, ETH_HLEN, Counter::DropAdjustHead)?;
+    saved[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+    // SAFETY: re-checked after the head moved.
+    unsafe {
+        *eth = saved;
+        write_softwire_ipv6_header(&mut *ip6, inner_tos, inner_len, hop_limit, src, dst);
+    }
+    Ok(())
+}
+
+/// Route the frame (now IPv4 or IPv6 right after Ethernet) with the kernel FIB and redirect
+/// it out of the egress interface. A missing neighbour entry hands the packet to the kernel,
+/// which resolves the neighbour and forwards it: later packets take the fast path.
+#[inline(always)]
+pub fn route_and_redirect(
+    ctx: &XdpContext,
+    v6: bool,
+    src: &[u8],
+    dst: &[u8],
+) -> Res<u32> {
+    let mut p = FibParams {
+        family: if v6 { AF_INET6 } else { AF_INET },
+        l4_protocol: 0,
+        sport: 0,
+        dport: 0,
+        tot_len: (len(ctx) - ETH_HLEN) as u16,
+        // SAFETY: reading the ingress ifindex from the context.
+        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+        tos_flowinfo: 0,
+        src: [0; 16],
+        dst: [0; 16],
+        vlan: 0,
+        smac: [0; 6],
+        dmac: [0; 6],
+    };
+    if v6 {
+        p.src.copy_from_slice(&src[..16]);
+        p.dst.copy_from_slice(&dst[..16]);
+    } else {
+        p.src[..4].copy_from_slice(&src[..4]);
+        p.dst[..4].copy_from_slice(&dst[..4]);
+    }
+    // SAFETY: `p` is a correctly sized `struct bpf_fib_lookup`.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            &mut p as *mut FibParams as *mut _,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    match rc {
+        FIB_SUCCESS => {
+            let eth: *mut [u8; ETH_HLEN] = at(ctx, 0, Counter::DropTruncatedEth)?;
+            // SAFETY: bounds-checked by `at`.
+            let eth = unsafe { &mut *eth };
+            eth[0..6].copy_from_slice(&p.dmac);
+            eth[6..12].copy_from_slice(&p.smac);
+            // SAFETY: plain helper call.
+            Ok(unsafe { bpf_redirect(p.ifindex, 0) } as u32)
+        }
+        FIB_NO_NEIGH => {
+            count(Counter::PassNoNeighbour);
+            Ok(xdp_action::XDP_PASS)
+        }
+        FIB_NOT_FWDED | FIB_FWD_DISABLED => {
+            count(Counter::PassFibNotForwarded);
+            Ok(xdp_action::XDP_PASS)
+        }
+        FIB_BLACKHOLE | FIB_UNREACHABLE | FIB_PROHIBIT => {
+            Err(Exit::Drop(Counter::DropFibUnreachable))
+        }
+        FIB_FRAG_NEEDED => Err(Exit::Drop(Counter::DropFibFragNeeded)),
+        _ => Err(Exit::Drop(Counter::DropFibOther)),
+    }
+}

@@ -1,0 +1,160 @@
+//! Header parsing shared by both roles: Ethernet dispatch, IPv6 (with the extension-header
+//! walk a softwire needs), and IPv4 validation.
+
+use aya_ebpf::programs::XdpContext;
+use dslite_common::{proto::*, Counter};
+
+use crate::packet::{at, len, read16, read_addr16, Exit, Res};
+
+/// What the Ethernet header says.
+pub enum L3 {
+    V4,
+    V6,
+}
+
+/// Classify the frame; everything that is not plain IPv4/IPv6 goes to the kernel, counted.
+#[inline(always)]
+pub fn ethernet(ctx: &XdpContext) -> Res<L3> {
+    let eth: *mut [u8; ETH_HLEN] = at(ctx, 0, Counter::DropTruncatedEth)?;
+    // SAFETY: bounds-checked by `at`.
+    let ty = u16::from_be(read16(unsafe { (*eth).as_ptr().add(12) }));
+    match ty {
+        ETH_P_IP => Ok(L3::V4),
+        ETH_P_IPV6 => Ok(L3::V6),
+        ETH_P_8021Q | ETH_P_8021AD => Err(Exit::Pass(Counter::PassVlan)),
+        _ => Err(Exit::Pass(Counter::PassNotIp)),
+    }
+}
+
+/// An IPv6 packet that carries IPv4 (next header 4), after the extension-header walk.
+pub struct Softwire {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Offset of the inner IPv4 header from the start of the frame.
+    pub inner_off: usize,
+    /// Bytes from `inner_off` to the end of the IPv6 payload.
+    pub inner_avail: usize,
+    /// Length of the whole outer IPv6 packet (header + payload).
+    pub outer_len: usize,
+}
+
+/// Result of looking at an IPv6 packet: either a softwire packet or something else
+/// (native IPv6, ND, ...) that the caller decides about.
+pub enum V6 {
+    Softwire(Softwire),
+    /// Not IPv4-in-IPv6; `outer_len` is the IPv6 packet length, for byte counters.
+    Other { outer_len: usize },
+}
+
+/// Parse the IPv6 header at offset 14 and walk at most `MAX_EXT_HEADERS` hop-by-hop or
+/// destination-options headers (RFC 2473 §4.1.1: a Tunnel Encapsulation Limit option, as
+/// Linux ip6tnl and OpenWrt B4s send by default, checklist item 5).
+#[inline(always)]
+pub fn ipv6(ctx: &XdpContext) -> Res<V6> {
+    let ip6: *mut [u8; IPV6_HLEN] = at(ctx, ETH_HLEN, Counter::DropBadIpv6)?;
+    // SAFETY: bounds-checked by `at`.
+    let h = unsafe { &*ip6 };
+    if h[0] >> 4 != 6 {
+        return Err(Exit::Drop(Counter::DropBadIpv6));
+    }
+    let payload_len = u16::from_be_bytes([h[4], h[5]]) as usize;
+    let outer_len = IPV6_HLEN + payload_len;
+    // Jumbograms (payload length 0) are not softwire traffic; a payload longer than the frame
+    // is malformed. Trailing bytes (Ethernet padding) are allowed.
+    if ETH_HLEN + outer_len > len(ctx) {
+        return Err(Exit::Drop(Counter::DropBadIpv6));
+    }
+    let dst = read_addr16(h[24..].as_ptr());
+    let src = read_addr16(h[8..].as_ptr());
+    let mut next = h[6];
+    let mut off = ETH_HLEN + IPV6_HLEN;
+    let mut i = 0;
+    while i < MAX_EXT_HEADERS {
+        if next != IPPROTO_HOPOPTS && next != IPPROTO_DSTOPTS {
+            break;
+        }
+        let ext: *mut [u8; 2] = at(ctx, off, Counter::DropBadIpv6Ext)?;
+        // SAFETY: bounds-checked by `at`.
+        let (nh, hlen) = unsafe { ((*ext)[0], ((*ext)[1] as usize + 1) * 8) };
+        if hlen > MAX_EXT_HEADER_LEN {
+            return Err(Exit::Pass(Counter::PassIpv6ExtHeader));
+        }
+        off += hlen;
+        if off > ETH_HLEN + outer_len {
+            return Err(Exit::Drop(Counter::DropBadIpv6Ext));
+        }
+        next = nh;
+        i += 1;
+    }
+    match next {
+        IPPROTO_IPIP => Ok(V6::Softwire(Softwire {
+            src,
+            dst,
+            inner_off: off,
+            inner_avail: ETH_HLEN + outer_len - off,
+            outer_len,
+        })),
+        IPPROTO_FRAGMENT => Err(Exit::Pass(Counter::PassIpv6Fragment)),
+        IPPROTO_HOPOPTS | IPPROTO_DSTOPTS | IPPROTO_ROUTING => {
+            Err(Exit::Pass(Counter::PassIpv6ExtHeader))
+        }
+        _ => Ok(V6::Other { outer_len }),
+    }
+}
+
+/// The fields of a validated IPv4 header that the programs use.
+pub struct Ipv4 {
+    pub off: usize,
+    pub hlen: usize,
+    pub tot_len: usize,
+    pub tos: u8,
+    pub ttl: u8,
+    pub proto: u8,
+    /// More-fragments set or a non-zero fragment offset.
+    pub fragment: bool,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+/// Validate the IPv4 header at `off`: version 4, IHL >= 5, total length covering the header
+/// and within the `avail` bytes that enclose it (the frame, or the outer IPv6 payload).
+#[inline(always)]
+pub fn ipv4(ctx: &XdpContext, off: usize, avail: usize) -> Res<Ipv4> {
+    let ip: *mut [u8; IPV4_MIN_HLEN] = at(ctx, off, Counter::DropBadIpv4)?;
+    // SAFETY: bounds-checked by `at`.
+    let h = unsafe { &*ip };
+    let hlen = ((h[0] & 0x0f) as usize) * 4;
+    let tot_len = u16::from_be_bytes([h[2], h[3]]) as usize;
+    if h[0] >> 4 != 4 || hlen < IPV4_MIN_HLEN || tot_len < hlen || tot_len > avail {
+        return Err(Exit::Drop(Counter::DropBadIpv4));
+    }
+    let frag = u16::from_be_bytes([h[6], h[7]]);
+    Ok(Ipv4 {
+        off,
+        hlen,
+        tot_len,
+        tos: h[1],
+        ttl: h[8],
+        proto: h[9],
+        fragment: frag & (IPV4_MF | IPV4_OFFSET_MASK) != 0,
+        src: [h[12], h[13], h[14], h[15]],
+        dst: [h[16], h[17], h[18], h[19]],
+    })
+}
+
+/// Decrement the IPv4 TTL (the B4 and the AFTR each act as a router: RFC 2473 §3,
+/// checklist item 9), updating the header checksum incrementally.
+#[inline(always)]
+pub fn decrement_ttl(ctx: &XdpContext, ip: &Ipv4) -> Res<()> {
+    if ip.ttl <= 1 {
+        return Err(Exit::Drop(Counter::DropTtlExceeded));
+    }
+    let h: *mut [u8; IPV4_MIN_HLEN] = at(ctx, ip.off, Counter::DropBadIpv4)?;
+    // SAFETY: bounds-checked by `at`.
+    let h = unsafe { &mut *h };
+    let check = read16(h[10..].as_ptr());
+    h[8] = ip.ttl - 1;
+    let new = dslite_common::csum::ttl_decrement(check, ip.ttl, ip.proto);
+    crate::packet::write16(h[10..].as_mut_ptr(), new);
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! dslite XDP dataplane: one program per role.
+//!
+//! - `dslite_b4`: attached to the B4's LAN and WAN interfaces.
+//! - `dslite_aftr`: attached to the AFTR's tunnel and internet interfaces (may be one).
+//!
+//! Each returns through [`finish`], which turns every non-forwarding outcome into a named
+//! counter plus XDP_DROP or XDP_PASS. XDP_ABORTED is never returned.
+#![no_std]
+#![no_main]
+
+mod aftr;
+mod b4;
+mod forward;
+mod headers;
+mod maps;
+mod packet;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+use crate::packet::{Exit, Res};
+
+#[inline(always)]
+fn finish(r: Res<u32>) -> u32 {
+    match r {
+        Ok(action) => action,
+        Err(Exit::Drop(c)) => {
+            maps::count(c);
+            xdp_action::XDP_DROP
+        }
+        Err(Exit::Pass(c)) => {
+            maps::count(c);
+            xdp_action::XDP_PASS
+        }
+    }
+}
+
+#[xdp]
+pub fn dslite_b4(ctx: XdpContext) -> u32 {
+    finish(b4::run(&ctx))
+}
+
+#[xdp]
+pub fn dslite_aftr(ctx: XdpContext) -> u32 {
+    finish(aftr::run(&ctx))
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program with a reachable panic path (it would be an
+    // unbounded loop), so this is never reached at run time.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

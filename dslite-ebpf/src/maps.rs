@@ -1,0 +1,66 @@
+//! Every map of both programs. Layouts and names come from `dslite_common::maps`.
+//! All maps are pinned by name under the controller's `--pin-path`, so `dslite stats` and
+//! `dslite sessions` can read them from another process.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+};
+use dslite_common::{
+    maps::{
+        AftrConfig, B4Config, NatInKey, NatInValue, NatOutKey, NatOutValue, DEFAULT_MAX_MAPPINGS,
+        MAX_POOL, MAX_PREFIXES,
+    },
+    Counter,
+};
+
+/// Per-reason packet counters, indexed by `Counter`. Written by both programs.
+#[map(name = "STATS")]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
+
+/// AFTR configuration, one entry. Written by the controller before attach.
+#[map(name = "AFTR_CONFIG")]
+pub static AFTR_CONFIG: Array<AftrConfig> = Array::pinned(1, 0);
+
+/// B4 configuration, one entry. Written by the controller before attach.
+#[map(name = "B4_CONFIG")]
+pub static B4_CONFIG: Array<B4Config> = Array::pinned(1, 0);
+
+/// Public IPv4 pool: index -> address. Written by the controller.
+#[map(name = "POOL")]
+pub static POOL: Array<[u8; 4]> = Array::pinned(MAX_POOL, 0);
+
+/// Public IPv4 pool: address -> index, to recognise inbound traffic.
+#[map(name = "POOL_INDEX")]
+pub static POOL_INDEX: HashMap<[u8; 4], u32> = HashMap::pinned(MAX_POOL, 0);
+
+/// B4 IPv6 prefixes allowed to open softwires (RFC 6333 §11, checklist 6).
+#[map(name = "B4_ALLOW")]
+pub static B4_ALLOW: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(MAX_PREFIXES, 0);
+
+/// B4: IPv4 destinations that stay on the LAN (its subnets, broadcast, multicast).
+#[map(name = "LOCAL_V4")]
+pub static LOCAL_V4: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(MAX_PREFIXES, 0);
+
+/// AFTR: softwire + inside endpoint -> outside endpoint. Created in XDP.
+#[map(name = "NAT_OUT")]
+pub static NAT_OUT: HashMap<NatOutKey, NatOutValue> =
+    HashMap::pinned(DEFAULT_MAX_MAPPINGS, 0);
+
+/// AFTR: outside endpoint -> softwire + inside endpoint. Created in XDP, with NAT_OUT.
+#[map(name = "NAT_IN")]
+pub static NAT_IN: HashMap<NatInKey, NatInValue> = HashMap::pinned(DEFAULT_MAX_MAPPINGS, 0);
+
+/// Add `n` to counter `c` on this CPU (per-CPU slot: no atomics needed).
+#[inline(always)]
+pub fn count_n(c: Counter, n: u64) {
+    if let Some(p) = STATS.get_ptr_mut(c as u32) {
+        // SAFETY: per-CPU array slot, only this CPU writes it while this program runs.
+        unsafe { *p += n };
+    }
+}
+
+#[inline(always)]
+pub fn count(c: Counter) {
+    count_n(c, 1);
+}

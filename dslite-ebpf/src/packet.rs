@@ -1,0 +1,72 @@
+//! The one way the programs touch packet memory: every access goes through [`ptr_at`],
+//! which checks the access against `data_end` (and bounds the offset so the verifier can
+//! follow variable offsets such as IHL and extension-header lengths).
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use dslite_common::Counter;
+
+/// Largest offset the programs ever read at: Ethernet 14 + IPv6 40 + extension headers
+/// 2 x 64 + IPv4 60 + TCP 20 = 262. Bounding it keeps packet-pointer arithmetic verifiable.
+const MAX_OFFSET: usize = 512;
+
+/// Why a packet leaves the program without being forwarded by XDP.
+#[derive(Clone, Copy)]
+pub enum Exit {
+    /// Drop, counted under this reason.
+    Drop(Counter),
+    /// Hand to the kernel stack untouched (or as far as it is useful), counted.
+    Pass(Counter),
+}
+
+pub type Res<T> = Result<T, Exit>;
+
+/// Bounds-checked pointer to a `T` at `off` bytes from the start of the packet.
+///
+/// SAFETY of the returned pointer: valid for reads and writes of `size_of::<T>()` bytes until
+/// the next `bpf_xdp_adjust_head`, after which every pointer must be taken again.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    if off > MAX_OFFSET {
+        return None;
+    }
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+/// Like [`ptr_at`], turning a short packet into a counted drop.
+#[inline(always)]
+pub fn at<T>(ctx: &XdpContext, off: usize, short: Counter) -> Res<*mut T> {
+    ptr_at(ctx, off).ok_or(Exit::Drop(short))
+}
+
+/// Bytes between `data` and `data_end`.
+#[inline(always)]
+pub fn len(ctx: &XdpContext) -> usize {
+    ctx.data_end() - ctx.data()
+}
+
+/// Read a raw (memory-order) 16-bit word.
+#[inline(always)]
+pub fn read16(p: *const u8) -> u16 {
+    // SAFETY: callers pass pointers obtained from `ptr_at` covering these bytes.
+    unsafe { core::ptr::read_unaligned(p as *const u16) }
+}
+
+/// Write a raw (memory-order) 16-bit word.
+#[inline(always)]
+pub fn write16(p: *mut u8, v: u16) {
+    // SAFETY: as for `read16`.
+    unsafe { core::ptr::write_unaligned(p as *mut u16, v) }
+}
+
+#[inline(always)]
+pub fn read_addr16(p: *const u8) -> [u8; 16] {
+    // SAFETY: as for `read16`.
+    unsafe { core::ptr::read_unaligned(p as *const [u8; 16]) }
+}
