@@ -1,0 +1,269 @@
+//! Command line: `dslite aftr|b4|stats|sessions`.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 bad input (flags, config, interfaces).
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use dslite_common::maps::B4Config;
+use log::{info, warn};
+
+use crate::{
+    config::{AftrOptions, B4Options, Cidr4, DEFAULT_PIN_ROOT},
+    dataplane, netlink, views,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "dslite",
+    version,
+    about = "DS-Lite (RFC 6333) B4 and AFTR with an XDP dataplane",
+    after_help = "Examples:\n  \
+        dslite aftr --tunnel-iface eth0 --internet-iface eth1 --address 2001:db8:f::2 \\\n    \
+        --pool 198.51.100.0/30 --b4-prefix 2001:db8::/32\n  \
+        dslite b4 --lan-iface br-lan --wan-iface wan --aftr 2001:db8:f::2\n  \
+        dslite stats --pin-path /sys/fs/bpf/dslite/aftr --json\n  \
+        dslite sessions --json"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the AFTR: decapsulate, NAT44 and encapsulate in XDP (foreground until SIGINT/SIGTERM).
+    Aftr(AftrOptions),
+    /// Run a B4: encapsulate LAN IPv4 toward the AFTR and decapsulate what comes back.
+    B4(B4Options),
+    /// Print every counter (summed over CPUs).
+    Stats(ViewArgs),
+    /// Print the AFTR's NAT mappings.
+    Sessions(ViewArgs),
+}
+
+#[derive(clap::Args)]
+struct ViewArgs {
+    /// Pin path of the running dataplane (default: /sys/fs/bpf/dslite/aftr, else .../b4).
+    #[arg(long, value_name = "DIR")]
+    pin_path: Option<PathBuf>,
+    /// One JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ViewArgs {
+    fn pin_path(&self) -> PathBuf {
+        self.pin_path.clone().unwrap_or_else(|| {
+            let aftr = PathBuf::from(DEFAULT_PIN_ROOT).join("aftr");
+            if aftr.exists() {
+                aftr
+            } else {
+                PathBuf::from(DEFAULT_PIN_ROOT).join("b4")
+            }
+        })
+    }
+}
+
+/// Bad input: printed as one line, exit code 2.
+#[derive(Debug)]
+pub struct Usage(pub String);
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Usage {}
+
+fn usage(e: anyhow::Error) -> anyhow::Error {
+    Usage(format!("{e:#}")).into()
+}
+
+pub fn main() -> i32 {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Aftr(o) => run_async(run_aftr(o)),
+        Cmd::B4(o) => run_async(run_b4(o)),
+        Cmd::Stats(v) => views::print_stats(&v.pin_path(), v.json),
+        Cmd::Sessions(v) => views::print_sessions(&v.pin_path(), v.json),
+    };
+    match r {
+        Ok(()) => 0,
+        Err(e) if e.is::<Usage>() => {
+            eprintln!("dslite: error: {e}");
+            2
+        }
+        Err(e) => {
+            eprintln!("dslite: error: {e:#}");
+            1
+        }
+    }
+}
+
+fn run_async(f: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(f)
+}
+
+/// A router forwards: the kernel handles the packets XDP passes up (no neighbour yet).
+fn ensure_forwarding() {
+    for (path, v) in [("net/ipv4/ip_forward", "1"), ("net/ipv6/conf/all/forwarding", "1")] {
+        match netlink::ensure_sysctl(path, v) {
+            Ok(true) => info!("set {path} = {v} (needed to forward what XDP passes up)"),
+            Ok(false) => {}
+            Err(e) => warn!("could not set {path}: {e:#}"),
+        }
+    }
+}
+
+async fn run_aftr(o: AftrOptions) -> Result<()> {
+    let s = o.merged().map_err(usage)?.validate().map_err(usage)?;
+    let tunnel = netlink::link(&s.tunnel_iface).await.map_err(usage)?;
+    let internet = netlink::link(&s.internet_iface).await.map_err(usage)?;
+    let object = dataplane::object_bytes(s.bpf_object.as_deref()).map_err(usage)?;
+    ensure_forwarding();
+    let mut ebpf = dataplane::load(&object, &s.pin_path)?;
+    dataplane::configure_aftr(&mut ebpf, &s, dataplane::random_seed())?;
+    let logger = start_log_forwarding(&mut ebpf);
+    let r = async {
+        dataplane::attach(
+            &mut ebpf,
+            dataplane::PROG_AFTR,
+            &[(tunnel.name.clone(), tunnel.index), (internet.name.clone(), internet.index)],
+            s.xdp_mode,
+        )?;
+        info!(
+            "AFTR {} up: pool {}, ports {}-{}, {} B4 prefixes, maps at {}",
+            s.address,
+            dataplane::pool_summary(&s.pool),
+            s.ports.lo,
+            s.ports.hi,
+            s.b4_prefixes.len(),
+            s.pin_path.display()
+        );
+        wait_for_shutdown().await
+    }
+    .await;
+    drop(logger);
+    drop(ebpf); // detaches the XDP links
+    dataplane::unpin(&s.pin_path);
+    info!("AFTR stopped and detached");
+    r
+}
+
+async fn run_b4(o: B4Options) -> Result<()> {
+    let s = o.merged().map_err(usage)?.validate().map_err(usage)?;
+    let lan = netlink::link(&s.lan_iface).await.map_err(usage)?;
+    let wan = netlink::link(&s.wan_iface).await.map_err(usage)?;
+    let address = match s.address {
+        Some(a) => a,
+        None => netlink::addresses(wan.index)
+            .await?
+            .into_iter()
+            .find_map(|a| match a.addr {
+                std::net::IpAddr::V6(v6) if a.global => Some(v6),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                usage(anyhow::anyhow!(
+                    "no global IPv6 address on --wan-iface {}: pass --address",
+                    s.wan_iface
+                ))
+            })?,
+    };
+    let lan_prefixes: Vec<Cidr4> = netlink::addresses(lan.index)
+        .await?
+        .into_iter()
+        .filter_map(|a| match a.addr {
+            std::net::IpAddr::V4(v4) => Some(Cidr4 { addr: v4.octets(), len: a.prefix_len }),
+            _ => None,
+        })
+        .collect();
+    let object = dataplane::object_bytes(s.bpf_object.as_deref()).map_err(usage)?;
+    ensure_forwarding();
+    let mut ebpf = dataplane::load(&object, &s.pin_path)?;
+    let cfg = B4Config {
+        b4_addr: address.octets(),
+        aftr_addr: s.aftr.octets(),
+        lan_ifindex: lan.index,
+        wan_ifindex: wan.index,
+        hop_limit: dslite_common::proto::DEFAULT_HOP_LIMIT,
+        ..Default::default()
+    };
+    dataplane::configure_b4(&mut ebpf, cfg, &lan_prefixes)?;
+    let logger = start_log_forwarding(&mut ebpf);
+    let r = async {
+        dataplane::attach(
+            &mut ebpf,
+            dataplane::PROG_B4,
+            &[(lan.name.clone(), lan.index), (wan.name.clone(), wan.index)],
+            s.xdp_mode,
+        )?;
+        info!(
+            "B4 {address} up: AFTR {}, LAN {} ({} local prefixes), WAN {}, maps at {}",
+            s.aftr,
+            lan.name,
+            lan_prefixes.len(),
+            wan.name,
+            s.pin_path.display()
+        );
+        wait_for_shutdown().await
+    }
+    .await;
+    drop(logger);
+    drop(ebpf);
+    dataplane::unpin(&s.pin_path);
+    info!("B4 stopped and detached");
+    r
+}
+
+async fn wait_for_shutdown() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+    Ok(())
+}
+
+/// Forward kernel-side aya-log records (cold paths only) into this process's log.
+fn start_log_forwarding(ebpf: &mut aya::Ebpf) -> Option<tokio::task::JoinHandle<()>> {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("kernel-side log forwarding unavailable: {e}");
+            return None;
+        }
+    };
+    // SAFETY: the logger owns its ring-buffer fd and the AsyncFd owns the logger, so the fd
+    // stays open and unchanged for the AsyncFd's whole life.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("kernel-side log forwarding unavailable: {e}");
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        loop {
+            let mut guard = match fd.readable_mut().await {
+                Ok(g) => g,
+                Err(_) => return,
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    }))
+}

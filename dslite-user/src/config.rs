@@ -1,0 +1,493 @@
+//! Options for each role: the same struct is parsed from flags (clap) and from a TOML file
+//! (serde); flags override the file. Validation turns them into resolved configurations or a
+//! one-line error that names the bad value (exit code 2).
+
+use std::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde::Deserialize;
+
+/// An IPv4 or IPv6 prefix in CIDR notation; `N` is 4 or 16 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr<const N: usize> {
+    pub addr: [u8; N],
+    pub len: u8,
+}
+
+pub type Cidr4 = Cidr<4>;
+pub type Cidr6 = Cidr<16>;
+
+impl<const N: usize> Cidr<N> {
+    /// The network address (host bits cleared).
+    pub fn network(&self) -> [u8; N] {
+        let mut a = self.addr;
+        for (i, b) in a.iter_mut().enumerate() {
+            let bits = (self.len as i32 - 8 * i as i32).clamp(0, 8);
+            *b &= (0xffu16 << (8 - bits)) as u8;
+        }
+        a
+    }
+
+    pub fn contains(&self, addr: &[u8; N]) -> bool {
+        Cidr { addr: *addr, len: self.len }.network() == self.network()
+    }
+
+    pub fn overlaps(&self, other: &Self) -> bool {
+        let shorter = if self.len <= other.len { self } else { other };
+        let longer = if self.len <= other.len { other } else { self };
+        shorter.contains(&longer.addr)
+    }
+}
+
+impl<const N: usize> FromStr for Cidr<N> {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let max = (N * 8) as u8;
+        let (a, l) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: [u8; N] = if N == 4 {
+            let v: Ipv4Addr = a.parse().map_err(|_| format!("'{s}' is not an IPv4 prefix"))?;
+            v.octets()[..].try_into().unwrap()
+        } else {
+            let v: Ipv6Addr = a.parse().map_err(|_| format!("'{s}' is not an IPv6 prefix"))?;
+            v.octets()[..].try_into().unwrap()
+        };
+        let len = match l {
+            None => max,
+            Some(l) => match l.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("'{s}': prefix length must be 0-{max}")),
+            },
+        };
+        Ok(Cidr { addr, len })
+    }
+}
+
+impl<const N: usize> fmt::Display for Cidr<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if N == 4 {
+            let a: [u8; 4] = self.addr[..].try_into().unwrap();
+            write!(f, "{}/{}", Ipv4Addr::from(a), self.len)
+        } else {
+            let a: [u8; 16] = self.addr[..].try_into().unwrap();
+            write!(f, "{}/{}", Ipv6Addr::from(a), self.len)
+        }
+    }
+}
+
+impl<'de, const N: usize> Deserialize<'de> for Cidr<N> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `LO-HI`, inclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let err = || format!("'{s}' is not a port range LO-HI with 1 <= LO <= HI <= 65535");
+        let (lo, hi) = s.split_once('-').ok_or_else(err)?;
+        let lo: u16 = lo.trim().parse().map_err(|_| err())?;
+        let hi: u16 = hi.trim().parse().map_err(|_| err())?;
+        if lo == 0 || lo > hi {
+            return Err(err());
+        }
+        Ok(PortRange { lo, hi })
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How to attach XDP: `auto` tries native (driver) mode and falls back to generic (skb).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeOpt {
+    #[default]
+    Auto,
+    Native,
+    Skb,
+}
+
+fn parse_ipv6(s: &str) -> Result<Ipv6Addr, String> {
+    s.parse().map_err(|_| format!("'{s}' is not an IPv6 address"))
+}
+
+fn parse_cidr4(s: &str) -> Result<Cidr4, String> {
+    s.parse()
+}
+
+fn parse_cidr6(s: &str) -> Result<Cidr6, String> {
+    s.parse()
+}
+
+fn parse_ports(s: &str) -> Result<PortRange, String> {
+    s.parse()
+}
+
+/// `dslite aftr` options (flags or TOML keys with the same names).
+#[derive(Clone, Debug, Default, clap::Args, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct AftrOptions {
+    /// Interface facing the IPv6 access network (the B4s).
+    #[arg(long, value_name = "IF")]
+    pub tunnel_iface: Option<String>,
+    /// Interface facing the IPv4 internet (default: the tunnel interface).
+    #[arg(long, value_name = "IF")]
+    pub internet_iface: Option<String>,
+    /// The AFTR's softwire endpoint address.
+    #[arg(long, value_name = "IPV6", value_parser = parse_ipv6)]
+    #[serde(deserialize_with = "de_opt_ipv6")]
+    pub address: Option<Ipv6Addr>,
+    /// Public IPv4 pool; repeat or list several prefixes.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr4, num_args = 1..)]
+    pub pool: Vec<Cidr4>,
+    /// B4 prefixes allowed to open softwires (`::/0` allows everyone).
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr6, num_args = 1..)]
+    pub b4_prefix: Vec<Cidr6>,
+    /// Outside port range for TCP/UDP ports and ICMP identifiers.
+    #[arg(long, value_name = "LO-HI", value_parser = parse_ports)]
+    pub port_range: Option<PortRange>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: CommonOptions,
+}
+
+/// `dslite b4` options.
+#[derive(Clone, Debug, Default, clap::Args, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct B4Options {
+    /// Interface facing the customer's IPv4 LAN.
+    #[arg(long, value_name = "IF")]
+    pub lan_iface: Option<String>,
+    /// Interface facing the IPv6 access network.
+    #[arg(long, value_name = "IF")]
+    pub wan_iface: Option<String>,
+    /// The AFTR's IPv6 address.
+    #[arg(long, value_name = "IPV6", value_parser = parse_ipv6)]
+    #[serde(deserialize_with = "de_opt_ipv6")]
+    pub aftr: Option<Ipv6Addr>,
+    /// The B4's softwire address (default: the WAN interface's global IPv6 address).
+    #[arg(long, value_name = "IPV6", value_parser = parse_ipv6)]
+    #[serde(deserialize_with = "de_opt_ipv6")]
+    pub address: Option<Ipv6Addr>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: CommonOptions,
+}
+
+/// Options both roles share.
+#[derive(Clone, Debug, Default, clap::Args, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct CommonOptions {
+    /// Where maps are pinned (default /sys/fs/bpf/dslite/<role>).
+    #[arg(long, value_name = "DIR")]
+    pub pin_path: Option<PathBuf>,
+    /// XDP attach mode.
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpModeOpt>,
+    /// Kernel object to load instead of the one built in.
+    #[arg(long, value_name = "FILE")]
+    pub bpf_object: Option<PathBuf>,
+    /// TOML file with any of these options; flags override it.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+}
+
+fn de_opt_ipv6<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Ipv6Addr>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_ipv6(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
+impl CommonOptions {
+    fn merge(self, file: CommonOptions) -> CommonOptions {
+        CommonOptions {
+            pin_path: self.pin_path.or(file.pin_path),
+            xdp_mode: self.xdp_mode.or(file.xdp_mode),
+            bpf_object: self.bpf_object.or(file.bpf_object),
+            config: self.config,
+        }
+    }
+}
+
+/// Keys each file may hold (serde cannot deny unknown keys through `flatten`).
+const COMMON_KEYS: &[&str] = &["pin-path", "xdp-mode", "bpf-object"];
+const AFTR_KEYS: &[&str] =
+    &["tunnel-iface", "internet-iface", "address", "pool", "b4-prefix", "port-range"];
+const B4_KEYS: &[&str] = &["lan-iface", "wan-iface", "aftr", "address"];
+
+fn line_of(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with('='))
+        })
+        .map_or(0, |i| i + 1)
+}
+
+fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path, keys: &[&str]) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("config '{}'", path.display()))?;
+    let err = |line: usize, msg: String| anyhow::anyhow!("config '{}' line {line}: {msg}", path.display());
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map_or(0, |s| text[..s.start].lines().count().max(1));
+        err(line, e.message().to_string())
+    })?;
+    for k in table.keys() {
+        if !keys.contains(&k.as_str()) && !COMMON_KEYS.contains(&k.as_str()) {
+            return Err(err(line_of(&text, k), format!("unknown key '{k}'")));
+        }
+    }
+    toml::from_str(&text).map_err(|e| {
+        let line = e.span().map_or(0, |s| text[..s.start].lines().count().max(1));
+        err(line, e.message().to_string())
+    })
+}
+
+impl AftrOptions {
+    /// Flags override the TOML file named by `--config`.
+    pub fn merged(self) -> Result<AftrOptions> {
+        let Some(path) = self.common.config.clone() else { return Ok(self) };
+        let f: AftrOptions = read_toml(&path, AFTR_KEYS)?;
+        Ok(AftrOptions {
+            tunnel_iface: self.tunnel_iface.or(f.tunnel_iface),
+            internet_iface: self.internet_iface.or(f.internet_iface),
+            address: self.address.or(f.address),
+            pool: if self.pool.is_empty() { f.pool } else { self.pool },
+            b4_prefix: if self.b4_prefix.is_empty() { f.b4_prefix } else { self.b4_prefix },
+            port_range: self.port_range.or(f.port_range),
+            common: self.common.merge(f.common),
+        })
+    }
+}
+
+impl B4Options {
+    pub fn merged(self) -> Result<B4Options> {
+        let Some(path) = self.common.config.clone() else { return Ok(self) };
+        let f: B4Options = read_toml(&path, B4_KEYS)?;
+        Ok(B4Options {
+            lan_iface: self.lan_iface.or(f.lan_iface),
+            wan_iface: self.wan_iface.or(f.wan_iface),
+            aftr: self.aftr.or(f.aftr),
+            address: self.address.or(f.address),
+            common: self.common.merge(f.common),
+        })
+    }
+}
+
+/// A fully validated AFTR configuration.
+#[derive(Clone, Debug)]
+pub struct AftrSettings {
+    pub tunnel_iface: String,
+    pub internet_iface: String,
+    pub address: Ipv6Addr,
+    /// Every public address, in pool order.
+    pub pool: Vec<Ipv4Addr>,
+    pub b4_prefixes: Vec<Cidr6>,
+    pub ports: PortRange,
+    pub pin_path: PathBuf,
+    pub xdp_mode: XdpModeOpt,
+    pub bpf_object: Option<PathBuf>,
+}
+
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/dslite";
+
+/// Expand pool prefixes into addresses, rejecting overlaps (RFC 6888 REQ-3, checklist 46).
+pub fn expand_pool(pool: &[Cidr4]) -> Result<Vec<Ipv4Addr>> {
+    for (i, a) in pool.iter().enumerate() {
+        for b in &pool[i + 1..] {
+            if a.overlaps(b) {
+                bail!("--pool {a} overlaps --pool {b}");
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for c in pool {
+        let base = u32::from_be_bytes(c.network());
+        let n: u64 = 1u64 << (32 - c.len as u32);
+        if out.len() as u64 + n > dslite_common::maps::MAX_POOL as u64 {
+            bail!("--pool {c}: the pool is limited to {} addresses", dslite_common::maps::MAX_POOL);
+        }
+        for i in 0..n {
+            out.push(Ipv4Addr::from(base.wrapping_add(i as u32)));
+        }
+    }
+    Ok(out)
+}
+
+impl AftrOptions {
+    pub fn validate(self) -> Result<AftrSettings> {
+        let tunnel_iface = self.tunnel_iface.context("--tunnel-iface is required")?;
+        let address = self.address.context("--address is required")?;
+        if self.pool.is_empty() {
+            bail!("--pool is required");
+        }
+        if self.b4_prefix.is_empty() {
+            bail!("--b4-prefix is required (use ::/0 to allow every B4)");
+        }
+        if address.is_unspecified() || address.is_multicast() {
+            bail!("--address {address} cannot be a softwire endpoint");
+        }
+        let pool = expand_pool(&self.pool)?;
+        let ports = self.port_range.unwrap_or(PortRange {
+            lo: dslite_common::nat::DEFAULT_PORT_LO,
+            hi: dslite_common::nat::DEFAULT_PORT_HI,
+        });
+        Ok(AftrSettings {
+            internet_iface: self.internet_iface.unwrap_or_else(|| tunnel_iface.clone()),
+            tunnel_iface,
+            address,
+            pool,
+            b4_prefixes: self.b4_prefix,
+            ports,
+            pin_path: self
+                .common
+                .pin_path
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_ROOT).join("aftr")),
+            xdp_mode: self.common.xdp_mode.unwrap_or_default(),
+            bpf_object: self.common.bpf_object,
+        })
+    }
+}
+
+/// A validated B4 configuration (the B4 address may still come from netlink).
+#[derive(Clone, Debug)]
+pub struct B4Settings {
+    pub lan_iface: String,
+    pub wan_iface: String,
+    pub aftr: Ipv6Addr,
+    pub address: Option<Ipv6Addr>,
+    pub pin_path: PathBuf,
+    pub xdp_mode: XdpModeOpt,
+    pub bpf_object: Option<PathBuf>,
+}
+
+impl B4Options {
+    pub fn validate(self) -> Result<B4Settings> {
+        let lan_iface = self.lan_iface.context("--lan-iface is required")?;
+        let wan_iface = self.wan_iface.context("--wan-iface is required")?;
+        if lan_iface == wan_iface {
+            bail!("--lan-iface and --wan-iface must differ (both are '{lan_iface}')");
+        }
+        let aftr = self.aftr.context("--aftr is required")?;
+        if aftr.is_unspecified() || aftr.is_multicast() || aftr.is_loopback() {
+            bail!("--aftr {aftr} is not a unicast address");
+        }
+        Ok(B4Settings {
+            lan_iface,
+            wan_iface,
+            aftr,
+            address: self.address,
+            pin_path: self
+                .common
+                .pin_path
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_ROOT).join("b4")),
+            xdp_mode: self.common.xdp_mode.unwrap_or_default(),
+            bpf_object: self.common.bpf_object,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parsing_and_errors() {
+        let c: Cidr4 = "198.51.100.7/30".parse().unwrap();
+        assert_eq!(c.network(), [198, 51, 100, 4]);
+        assert!("198.51.100.0/33".parse::<Cidr4>().unwrap_err().contains("0-32"));
+        assert!("nope".parse::<Cidr4>().unwrap_err().contains("'nope'"));
+        let c6: Cidr6 = "::/0".parse().unwrap();
+        assert!(c6.contains(&[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]));
+        let c6: Cidr6 = "2001:db8:a::/48".parse().unwrap();
+        assert!(!c6.contains(&Ipv6Addr::from_str("2001:db8:b::1").unwrap().octets()));
+    }
+
+    #[test]
+    fn pool_expands_and_rejects_overlap() {
+        let p = expand_pool(&["198.51.100.0/30".parse().unwrap(), "203.0.113.9".parse().unwrap()])
+            .unwrap();
+        assert_eq!(p.len(), 5);
+        assert_eq!(p[4], Ipv4Addr::new(203, 0, 113, 9));
+        let e = expand_pool(&["198.51.100.0/30".parse().unwrap(), "198.51.100.2/32".parse().unwrap()])
+            .unwrap_err();
+        assert!(e.to_string().contains("overlaps"), "{e}");
+    }
+
+    #[test]
+    fn port_range_rules() {
+        assert_eq!("1024-2047".parse::<PortRange>().unwrap(), PortRange { lo: 1024, hi: 2047 });
+        for bad in ["0-10", "10-5", "a-b", "100", "1-70000"] {
+            assert!(bad.parse::<PortRange>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn toml_file_is_overridden_by_flags() {
+        let dir = std::env::temp_dir().join(format!("dslite-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("aftr.toml");
+        std::fs::write(
+            &f,
+            "tunnel-iface = \"eth0\"\naddress = \"2001:db8::1\"\npool = [\"198.51.100.0/30\"]\n\
+             b4-prefix = [\"2001:db8::/32\"]\nport-range = \"2000-3000\"\nxdp-mode = \"skb\"\n",
+        )
+        .unwrap();
+        let flags = AftrOptions {
+            tunnel_iface: Some("eth1".into()),
+            common: CommonOptions { config: Some(f.clone()), ..Default::default() },
+            ..Default::default()
+        };
+        let s = flags.merged().unwrap().validate().unwrap();
+        assert_eq!(s.tunnel_iface, "eth1");
+        assert_eq!(s.internet_iface, "eth1");
+        assert_eq!(s.ports, PortRange { lo: 2000, hi: 3000 });
+        assert_eq!(s.xdp_mode, XdpModeOpt::Skb);
+        assert_eq!(s.pool.len(), 4);
+
+        std::fs::write(&f, "tunnel-iface = \"eth0\"\n\nbogus-key = 1\n").unwrap();
+        let flags = AftrOptions {
+            common: CommonOptions { config: Some(f.clone()), ..Default::default() },
+            ..Default::default()
+        };
+        let e = flags.merged().unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("bogus-key"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_required_values_are_named() {
+        let e = AftrOptions::default().validate().unwrap_err().to_string();
+        assert!(e.contains("--tunnel-iface"), "{e}");
+        let e = B4Options {
+            lan_iface: Some("a".into()),
+            wan_iface: Some("a".into()),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("must differ"), "{e}");
+    }
+}

@@ -1,0 +1,209 @@
+//! Loading the kernel object, pinning its maps, writing configuration maps, attaching XDP.
+//!
+//! The same functions serve the controller and the tests (BPF_PROG_TEST_RUN fixtures load
+//! the object and configure it through here), so map setup exists once.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData},
+    programs::{Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use dslite_common::maps::{self as m, AftrConfig, B4Config};
+use log::{info, warn};
+
+use crate::config::{AftrSettings, Cidr4, XdpModeOpt};
+
+/// The object built by `cargo xtask build-ebpf`, embedded at build time (may be empty).
+static EMBEDDED: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dslite.bpf.o"));
+
+pub const PROG_B4: &str = "dslite_b4";
+pub const PROG_AFTR: &str = "dslite_aftr";
+
+/// Read the kernel object: `path` if given, else the embedded one.
+pub fn object_bytes(path: Option<&Path>) -> Result<Vec<u8>> {
+    match path {
+        Some(p) => std::fs::read(p).with_context(|| format!("--bpf-object '{}'", p.display())),
+        None if EMBEDDED.is_empty() => bail!(
+            "this dslite was built without its kernel object: run `cargo xtask build-ebpf` and \
+             rebuild, or pass --bpf-object FILE"
+        ),
+        None => Ok(EMBEDDED.to_vec()),
+    }
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Mount bpffs on /sys/fs/bpf unless something of type bpf is already there (idempotent).
+pub fn ensure_bpffs() -> Result<()> {
+    let target = c"/sys/fs/bpf";
+    // SAFETY: statfs on a constant NUL-terminated path into a zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(target.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    // SAFETY: plain mount(2) call with constant NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        bail!("mounting bpffs on /sys/fs/bpf: {}", std::io::Error::last_os_error());
+    }
+    info!("mounted bpffs on /sys/fs/bpf");
+    Ok(())
+}
+
+/// Load the object with every map pinned under `pin_path`. Pins left by an earlier run that
+/// did not exit cleanly are removed first, so a start always begins from a known state.
+pub fn load(object: &[u8], pin_path: &Path) -> Result<Ebpf> {
+    ensure_bpffs()?;
+    if pin_path.exists() {
+        let stale: Vec<PathBuf> = std::fs::read_dir(pin_path)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        if !stale.is_empty() {
+            warn!("removing {} stale pinned maps under {}", stale.len(), pin_path.display());
+            for p in stale {
+                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            }
+        }
+    }
+    std::fs::create_dir_all(pin_path)
+        .with_context(|| format!("creating pin path {}", pin_path.display()))?;
+    EbpfLoader::new()
+        .default_map_pin_directory(pin_path)
+        .load(object)
+        .context("loading the XDP programs")
+}
+
+/// Remove the pinned maps (clean shutdown).
+pub fn unpin(pin_path: &Path) {
+    if let Ok(dir) = std::fs::read_dir(pin_path) {
+        for e in dir.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(pin_path);
+}
+
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name).with_context(|| format!("map {name} missing from the object"))
+}
+
+/// Write the AFTR's configuration maps: pool, pool index, allowed B4 prefixes, config.
+pub fn configure_aftr(ebpf: &mut Ebpf, s: &AftrSettings, hash_seed: u32) -> Result<()> {
+    {
+        let mut pool: Array<&mut MapData, [u8; 4]> = Array::try_from(map_mut(ebpf, m::POOL)?)?;
+        for (i, a) in s.pool.iter().enumerate() {
+            pool.set(i as u32, a.octets(), 0)?;
+        }
+    }
+    {
+        let mut idx: HashMap<&mut MapData, [u8; 4], u32> =
+            HashMap::try_from(map_mut(ebpf, m::POOL_INDEX)?)?;
+        for (i, a) in s.pool.iter().enumerate() {
+            idx.insert(a.octets(), i as u32, 0)?;
+        }
+    }
+    {
+        let mut allow: LpmTrie<&mut MapData, [u8; 16], u32> =
+            LpmTrie::try_from(map_mut(ebpf, m::B4_ALLOW)?)?;
+        for p in &s.b4_prefixes {
+            allow.insert(&Key::new(p.len as u32, p.network()), 1, 0)?;
+        }
+    }
+    let cfg = AftrConfig {
+        aftr_addr: s.address.octets(),
+        port_lo: s.ports.lo,
+        port_hi: s.ports.hi,
+        pool_len: s.pool.len() as u32,
+        hash_seed,
+        hop_limit: dslite_common::proto::DEFAULT_HOP_LIMIT,
+        _pad: [0; 3],
+    };
+    let mut c: Array<&mut MapData, AftrConfig> = Array::try_from(map_mut(ebpf, m::AFTR_CONFIG)?)?;
+    c.set(0, cfg, 0)?;
+    Ok(())
+}
+
+/// IPv4 destinations a B4 never puts into the softwire, besides its LAN subnets: "this
+/// network", loopback, link-local, multicast and limited broadcast (RFC 6890).
+pub const B4_ALWAYS_LOCAL: &[&str] =
+    &["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "255.255.255.255/32"];
+
+/// Write the B4's configuration: LAN-local prefixes, then the config entry (enabled last).
+pub fn configure_b4(ebpf: &mut Ebpf, cfg: B4Config, lan_prefixes: &[Cidr4]) -> Result<()> {
+    {
+        let mut local: LpmTrie<&mut MapData, [u8; 4], u32> =
+            LpmTrie::try_from(map_mut(ebpf, m::LOCAL_V4)?)?;
+        for p in B4_ALWAYS_LOCAL.iter().map(|s| s.parse::<Cidr4>().unwrap()).chain(lan_prefixes.iter().copied()) {
+            local.insert(&Key::new(p.len as u32, p.network()), 1, 0)?;
+        }
+    }
+    let mut c: Array<&mut MapData, B4Config> = Array::try_from(map_mut(ebpf, m::B4_CONFIG)?)?;
+    c.set(0, B4Config { enabled: 1, ..cfg }, 0)?;
+    Ok(())
+}
+
+/// Load program `name` into the kernel (verifier) without attaching it.
+pub fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?
+        .try_into()?;
+    prog.load().with_context(|| format!("verifying {name}"))?;
+    Ok(prog)
+}
+
+/// Attach program `name` to every interface index (each once).
+pub fn attach(ebpf: &mut Ebpf, name: &str, ifaces: &[(String, u32)], mode: XdpModeOpt) -> Result<()> {
+    let prog = load_program(ebpf, name)?;
+    let mut done = Vec::new();
+    for (ifname, index) in ifaces {
+        if done.contains(index) {
+            continue;
+        }
+        let r = match mode {
+            XdpModeOpt::Native => prog.attach_to_if_index(*index, XdpMode::Driver),
+            XdpModeOpt::Skb => prog.attach_to_if_index(*index, XdpMode::Skb),
+            XdpModeOpt::Auto => prog.attach_to_if_index(*index, XdpMode::Driver).or_else(|e| {
+                warn!("native XDP on {ifname} failed ({e}); falling back to generic (skb) mode");
+                prog.attach_to_if_index(*index, XdpMode::Skb)
+            }),
+        };
+        r.with_context(|| format!("attaching {name} to {ifname}"))?;
+        info!("{name} attached to {ifname} (ifindex {index})");
+        done.push(*index);
+    }
+    Ok(())
+}
+
+/// A random seed for the port search (RFC 6056: outside ports hard to guess).
+pub fn random_seed() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom into a local buffer of the given length.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != 4 {
+        // Fall back to time: still unpredictable enough across restarts for port choice.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        return t;
+    }
+    u32::from_ne_bytes(b)
+}
+
+/// Format helper used in logs.
+pub fn pool_summary(pool: &[Ipv4Addr]) -> String {
+    match pool {
+        [] => "empty".into(),
+        [a] => a.to_string(),
+        [a, .., b] => format!("{a} .. {b} ({} addresses)", pool.len()),
+    }
+}

@@ -1,0 +1,82 @@
+//! Interface facts from the kernel over rtnetlink (never by parsing `ip` output).
+
+use std::net::IpAddr;
+
+use anyhow::{bail, Context as _, Result};
+use futures::TryStreamExt as _;
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressScope},
+    link::LinkAttribute,
+};
+
+/// An interface as the controller needs it.
+#[derive(Clone, Debug)]
+pub struct Link {
+    pub name: String,
+    pub index: u32,
+    pub mac: Option<[u8; 6]>,
+}
+
+/// An address configured on an interface.
+#[derive(Clone, Debug)]
+pub struct Addr {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+    pub global: bool,
+}
+
+async fn handle() -> Result<rtnetlink::Handle> {
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// Look an interface up by name.
+pub async fn link(name: &str) -> Result<Link> {
+    let h = handle().await?;
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    let msg = match links.try_next().await {
+        Ok(Some(m)) => m,
+        _ => bail!("interface '{name}' does not exist"),
+    };
+    let mac = msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(m) if m.len() == 6 => Some([m[0], m[1], m[2], m[3], m[4], m[5]]),
+        _ => None,
+    });
+    Ok(Link {
+        name: name.to_string(),
+        index: msg.header.index,
+        mac,
+    })
+}
+
+/// Every address on interface `index`.
+pub async fn addresses(index: u32) -> Result<Vec<Addr>> {
+    let h = handle().await?;
+    let mut out = Vec::new();
+    let mut stream = h.address().get().set_link_index_filter(index).execute();
+    while let Some(msg) = stream.try_next().await.context("listing addresses")? {
+        let global = msg.header.scope == AddressScope::Universe;
+        for a in &msg.attributes {
+            if let AddressAttribute::Address(ip) = a {
+                out.push(Addr {
+                    addr: *ip,
+                    prefix_len: msg.header.prefix_len,
+                    global,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Set a sysctl under /proc/sys if it is not already `value`; returns whether it changed.
+pub fn ensure_sysctl(path: &str, value: &str) -> Result<bool> {
+    let full = format!("/proc/sys/{path}");
+    let cur = std::fs::read_to_string(&full).with_context(|| format!("reading {full}"))?;
+    if cur.trim() == value {
+        return Ok(false);
+    }
+    std::fs::write(&full, value).with_context(|| format!("writing {full}"))?;
+    Ok(true)
+}

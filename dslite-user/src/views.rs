@@ -1,0 +1,143 @@
+//! `dslite stats` and `dslite sessions`: read the pinned maps of a running dataplane.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use dslite_common::{
+    counters::CounterKind,
+    maps::{self as m, NatOutKey, NatOutValue},
+    proto::protocol_name,
+    Counter,
+};
+use serde::Serialize;
+
+fn open(pin_path: &Path, name: &str) -> Result<MapData> {
+    let p = pin_path.join(name);
+    MapData::from_pin(&p).with_context(|| {
+        format!("no pinned map at {} (is the dataplane running with this --pin-path?)", p.display())
+    })
+}
+
+/// Every counter summed over CPUs, in `Counter::ALL` order.
+pub fn read_counters(pin_path: &Path) -> Result<Vec<(Counter, u64)>> {
+    let stats: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(open(pin_path, m::STATS)?))?;
+    Counter::ALL
+        .iter()
+        .map(|c| {
+            let v = stats.get(&(*c as u32), 0)?;
+            Ok((*c, v.iter().sum()))
+        })
+        .collect()
+}
+
+pub fn print_stats(pin_path: &Path, json: bool) -> Result<()> {
+    let counters = read_counters(pin_path)?;
+    if json {
+        let obj: serde_json::Map<String, serde_json::Value> =
+            counters.iter().map(|(c, v)| (c.name().to_string(), (*v).into())).collect();
+        println!("{}", serde_json::Value::Object(obj));
+        return Ok(());
+    }
+    for kind in [CounterKind::Traffic, CounterKind::Event, CounterKind::Pass, CounterKind::Drop] {
+        println!("{}:", kind.name());
+        for (c, v) in counters.iter().filter(|(c, _)| c.kind() == kind) {
+            println!("  {:<28} {v:>14}", c.name());
+        }
+    }
+    Ok(())
+}
+
+/// One NAT mapping as shown to operators.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Session {
+    pub b4: String,
+    pub proto: &'static str,
+    pub inside: String,
+    pub outside: String,
+    pub age_seconds: u64,
+    pub idle_seconds: u64,
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime into a local struct. CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Session {
+    pub fn from_map(k: &NatOutKey, v: &NatOutValue, now_ns: u64) -> Session {
+        Session {
+            b4: Ipv6Addr::from(k.b4).to_string(),
+            proto: protocol_name(k.proto),
+            inside: format!("{}:{}", Ipv4Addr::from(k.inside_addr), u16::from_be(k.inside_port)),
+            outside: format!("{}:{}", Ipv4Addr::from(v.outside_addr), u16::from_be(v.outside_port)),
+            age_seconds: now_ns.saturating_sub(v.created_ns) / 1_000_000_000,
+            idle_seconds: now_ns.saturating_sub(v.last_seen_ns) / 1_000_000_000,
+        }
+    }
+}
+
+pub fn read_sessions(pin_path: &Path) -> Result<Vec<Session>> {
+    let out: HashMap<MapData, NatOutKey, NatOutValue> =
+        HashMap::try_from(Map::HashMap(open(pin_path, m::NAT_OUT)?))?;
+    let now = monotonic_ns();
+    let mut v = Vec::new();
+    for e in out.iter() {
+        let (k, val) = e?;
+        v.push(Session::from_map(&k, &val, now));
+    }
+    v.sort_by(|a, b| (&a.b4, &a.inside, a.proto).cmp(&(&b.b4, &b.inside, b.proto)));
+    Ok(v)
+}
+
+pub fn print_sessions(pin_path: &Path, json: bool) -> Result<()> {
+    let sessions = read_sessions(pin_path)?;
+    if json {
+        println!("{}", serde_json::to_string(&sessions)?);
+        return Ok(());
+    }
+    println!("{:<40} {:<5} {:<22} {:<22} {:>8} {:>8}", "B4", "PROTO", "INSIDE", "OUTSIDE", "AGE(s)", "IDLE(s)");
+    for s in &sessions {
+        println!(
+            "{:<40} {:<5} {:<22} {:<22} {:>8} {:>8}",
+            s.b4, s.proto, s.inside, s.outside, s.age_seconds, s.idle_seconds
+        );
+    }
+    println!("{} mappings", sessions.len());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_formatting_uses_host_order_ports() {
+        let k = NatOutKey {
+            b4: "2001:db8:a::2".parse::<Ipv6Addr>().unwrap().octets(),
+            inside_addr: [192, 168, 1, 10],
+            inside_port: 5000u16.to_be(),
+            proto: 17,
+            _pad: 0,
+        };
+        let v = NatOutValue {
+            outside_addr: [198, 51, 100, 1],
+            outside_port: 40000u16.to_be(),
+            _pad: 0,
+            created_ns: 1_000_000_000,
+            last_seen_ns: 3_000_000_000,
+        };
+        let s = Session::from_map(&k, &v, 5_000_000_000);
+        assert_eq!(s.b4, "2001:db8:a::2");
+        assert_eq!(s.proto, "udp");
+        assert_eq!(s.inside, "192.168.1.10:5000");
+        assert_eq!(s.outside, "198.51.100.1:40000");
+        assert_eq!(s.age_seconds, 4);
+        assert_eq!(s.idle_seconds, 2);
+    }
+}
