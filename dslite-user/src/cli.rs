@@ -81,7 +81,7 @@ fn usage(e: anyhow::Error) -> anyhow::Error {
 }
 
 pub fn main() -> i32 {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,netlink_packet_route=error"))
         .format_timestamp_millis()
         .init();
     let cli = Cli::parse();

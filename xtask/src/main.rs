@@ -1,1 +1,163 @@
-fn main() {}
+//! Developer tasks: `cargo xtask build-ebpf | test | demo`.
+//!
+//! Every task first checks the toolchain the kernel side needs (nightly with rust-src, and
+//! bpf-linker built against the nightly's own LLVM) and installs what is missing, saying so.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+mod toolchain;
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the XDP programs (dslite-ebpf) for bpfel-unknown-none.
+    BuildEbpf {
+        /// Accepted for clarity: the kernel object is always built optimised (debug BPF
+        /// builds do not pass the verifier).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run every test: host unit tests, BPF_PROG_TEST_RUN fixtures, veth end-to-end.
+    Test {
+        /// Only run privileged tests whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Build everything, create the veth topology, run two B4s and the AFTR, show traffic.
+    Demo,
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::BuildEbpf { .. } => {
+            toolchain::ensure()?;
+            build_ebpf()?;
+        }
+        Cmd::Test { filter } => test(filter)?,
+        Cmd::Demo => demo()?,
+    }
+    Ok(())
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Where `build-ebpf` leaves the kernel object.
+pub fn object_path() -> PathBuf {
+    root().join("target/bpfel-unknown-none/release/dslite")
+}
+
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn build_ebpf() -> Result<()> {
+    println!("xtask: building the XDP programs (dslite-ebpf, bpfel-unknown-none, release)");
+    run_cmd(
+        Command::new("cargo")
+            .current_dir(root())
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC")
+            .env_remove("RUSTFLAGS")
+            .args([
+                "+nightly",
+                "build",
+                "-p",
+                "dslite-ebpf",
+                "--bin",
+                "dslite",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--release",
+            ]),
+    )?;
+    println!("xtask: kernel object at {}", object_path().display());
+    Ok(())
+}
+
+/// Build the controller (it embeds the kernel object) and the test binaries.
+fn build_host() -> Result<()> {
+    println!("xtask: building the controller with the kernel object embedded");
+    run_cmd(
+        Command::new("cargo")
+            .current_dir(root())
+            .env("DSLITE_BPF_OBJECT", object_path())
+            .args(["build", "--release", "-p", "dslite-user", "-p", "dslite-tests", "--bins"]),
+    )
+}
+
+fn require_privileges() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!(
+            "the BPF and veth tests need root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN): \
+             refusing to report success without running them"
+        );
+    }
+    toolchain::ensure_system_tools()?;
+    Ok(())
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn test(filter: Option<String>) -> Result<()> {
+    toolchain::ensure()?;
+    require_privileges()?;
+    println!("xtask: host unit tests");
+    run_cmd(Command::new("cargo").current_dir(root()).args(["test", "--release", "--workspace", "--exclude", "dslite-ebpf", "--exclude", "dslite-tests"]))?;
+    build_ebpf()?;
+    build_host()?;
+    println!("xtask: privileged tests (BPF_PROG_TEST_RUN fixtures, veth end-to-end), one at a time");
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root())
+        .env("DSLITE_BPF_OBJECT", object_path())
+        .env("DSLITE_BIN", root().join("target/release/dslite"))
+        .env("DSLITE_REQUIRE_PRIVILEGED", "1")
+        .args(["test", "--release", "-p", "dslite-tests", "--", "--test-threads=1"]);
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    run_cmd(&mut cmd)?;
+    println!("xtask: all tests passed");
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    toolchain::ensure()?;
+    require_privileges()?;
+    build_ebpf()?;
+    build_host()?;
+    run_cmd(
+        Command::new(root().join("target/release/dslite-demo"))
+            .env("DSLITE_BIN", root().join("target/release/dslite")),
+    )
+}
