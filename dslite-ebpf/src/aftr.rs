@@ -138,8 +138,9 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
         proto: ip.proto,
         _pad: 0,
     };
-    let (out_addr, out_port) = lookup_or_create(&key, cfg)?;
+    // TTL first: a packet that cannot be forwarded must not create a mapping.
     decrement_ttl(ctx, &ip)?;
+    let (out_addr, out_port) = lookup_or_create(&key, cfg)?;
     rewrite(ctx, &ip, &l4, 12, ip.src, out_addr, out_port)?;
     decapsulate(ctx, sw.inner_off - ETH_HLEN)?;
     let action = route_and_redirect(ctx, false, &out_addr, &ip.dst)?;

@@ -1,1 +1,49 @@
+//! Test support for dslite: network namespaces and veth topologies that clean up after
+//! themselves, controllers spawned inside namespaces, traffic generators and servers of our
+//! own (no external tools but iproute2), and packet builders for BPF_PROG_TEST_RUN.
+//!
+//! The tests live in `tests/tests/*.rs` and run through `cargo xtask test` as root.
 
+pub mod ctl;
+pub mod fixture;
+pub mod netns;
+pub mod packets;
+pub mod topo;
+pub mod traffic;
+
+/// Fail loudly when a privileged test cannot run: under `cargo xtask test` (and so in CI)
+/// a missing capability is an error, never a silent pass.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); run it through `cargo xtask test`"
+    );
+}
+
+/// Path of the kernel object (set by `cargo xtask test`).
+pub fn bpf_object() -> std::path::PathBuf {
+    std::env::var_os("DSLITE_BPF_OBJECT")
+        .map(Into::into)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/bpfel-unknown-none/release/dslite")
+        })
+}
+
+/// Path of the `dslite` binary (set by `cargo xtask test`).
+pub fn dslite_bin() -> std::path::PathBuf {
+    std::env::var_os("DSLITE_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/dslite")
+        })
+}
+
+/// A name unique to this process and call, short enough for interface and netns names.
+pub fn unique(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("dsl{}{}{tag}", std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed))
+}

@@ -1,0 +1,127 @@
+//! `dslite` controllers running inside test namespaces.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{dslite_bin, netns::Netns};
+
+/// A running `dslite aftr|b4`; SIGTERM and reaped on drop.
+pub struct Controller {
+    child: Child,
+    pub pin_path: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+impl Controller {
+    /// Start `dslite ARGS` in `ns` and wait until it reports the dataplane is up.
+    pub fn start(ns: &Netns, args: &[&str], pin_path: PathBuf) -> Result<Controller> {
+        let mut cmd = Command::new(dslite_bin());
+        cmd.args(args)
+            .arg("--pin-path")
+            .arg(&pin_path)
+            .env("RUST_LOG", "info,netlink_packet_route=error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = ns.spawn(&mut cmd)?;
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains(" up: ") {
+                        let _ = tx.send(());
+                    }
+                    log.lock().unwrap().push_str(&line);
+                    log.lock().unwrap().push('\n');
+                }
+            });
+        }
+        let mut c = Controller { child, pin_path, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+                return Ok(c);
+            }
+            if let Some(status) = c.child.try_wait()? {
+                bail!("dslite {} exited with {status}:\n{}", args.join(" "), c.log());
+            }
+            if Instant::now() > deadline {
+                bail!("dslite {} did not come up in 30 s:\n{}", args.join(" "), c.log());
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// `dslite stats --json` for this controller's pin path.
+    pub fn stats(&self) -> Result<serde_json::Value> {
+        self.view("stats")
+    }
+
+    /// `dslite sessions --json` for this controller's pin path.
+    pub fn sessions(&self) -> Result<Vec<serde_json::Value>> {
+        match self.view("sessions")? {
+            serde_json::Value::Array(v) => Ok(v),
+            other => bail!("sessions is not an array: {other}"),
+        }
+    }
+
+    /// One counter by name.
+    pub fn counter(&self, name: &str) -> u64 {
+        let s = self.stats().expect("dslite stats");
+        s.get(name).and_then(|v| v.as_u64()).unwrap_or_else(|| panic!("no counter {name} in {s}"))
+    }
+
+    fn view(&self, what: &str) -> Result<serde_json::Value> {
+        let out = Command::new(dslite_bin())
+            .args([what, "--json", "--pin-path"])
+            .arg(&self.pin_path)
+            .output()
+            .context("running dslite")?;
+        if !out.status.success() {
+            bail!("dslite {what}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        serde_json::from_slice(&out.stdout).context("parsing dslite JSON")
+    }
+
+    /// Stop with SIGTERM and return the exit status.
+    pub fn stop(mut self) -> Result<std::process::ExitStatus> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return Ok(self.child.wait()?);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.terminate();
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_path);
+    }
+}

@@ -1,0 +1,200 @@
+//! BPF_PROG_TEST_RUN rigs: the real object, loaded and configured through the controller's
+//! own code (`dslite_user::dataplane`), run on crafted frames inside a private namespace
+//! whose interfaces, routes and static neighbours make `bpf_fib_lookup` answer.
+
+use std::{collections::HashMap, net::Ipv6Addr, path::PathBuf};
+
+use aya::{programs::Xdp, Ebpf, TestRun as _, TestRunOptions};
+use dslite_common::maps::B4Config;
+use dslite_user::{config, dataplane, views};
+
+use crate::{netns::Netns, unique};
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// MAC of the next hop toward the internet (static neighbour for 203.0.113.2).
+pub const SERVER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xe2];
+/// MAC of the next hop toward the B4s / the AFTR (static neighbour for 2001:db8:*::1).
+pub const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xf1];
+/// MAC of the LAN host 192.168.1.10 (static neighbour on the B4's LAN).
+pub const HOST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x10];
+
+pub struct Rig {
+    pub ebpf: Ebpf,
+    prog: &'static str,
+    pub pin: PathBuf,
+    pub ifindex: HashMap<&'static str, u32>,
+}
+
+impl Rig {
+    /// Run the program on `frame` as if it arrived on `iface`. Returns verdict and output.
+    pub fn run(&self, iface: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.try_run(iface, frame).expect("BPF_PROG_TEST_RUN")
+    }
+
+    /// As [`Rig::run`], returning the syscall error (the kernel refuses frames shorter
+    /// than an Ethernet header with EINVAL before the program runs).
+    pub fn try_run(&self, iface: &str, frame: &[u8]) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
+        let prog: &Xdp = self.ebpf.program(self.prog).unwrap().try_into().unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&self.ifindex[iface].to_ne_bytes());
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat: 1,
+                ..Default::default()
+            })?;
+        assert_ne!(r.return_value, XDP_ABORTED, "the programs never return XDP_ABORTED");
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
+    pub fn counters(&self) -> HashMap<&'static str, u64> {
+        views::read_counters(&self.pin)
+            .unwrap()
+            .into_iter()
+            .map(|(c, v)| (c.name(), v))
+            .collect()
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        *self.counters().get(name).unwrap_or_else(|| panic!("no counter {name}"))
+    }
+
+    pub fn mac(&self, iface: &str) -> [u8; 6] {
+        crate::netns::mac(iface).unwrap()
+    }
+}
+
+fn setup(ns: &Netns, cmds: &[&str]) {
+    for c in cmds {
+        let args: Vec<&str> = c.split_whitespace().collect();
+        ns.ip(&args).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+fn veth(ns: &Netns, a: &str) {
+    let peer = format!("{a}p");
+    setup(ns, &[&format!("link add name {a} type veth peer name {peer}")]);
+    setup(ns, &[&format!("link set {a} up"), &format!("link set {peer} up")]);
+}
+
+fn with_rig(
+    tag: &str,
+    ifaces: &'static [&'static str],
+    net: &[&str],
+    prog: &'static str,
+    configure: impl FnOnce(&mut Ebpf, &HashMap<&'static str, u32>) + Send + 'static,
+    f: impl FnOnce(&mut Rig) + Send + 'static,
+) {
+    crate::require_root();
+    let ns = Netns::new(&unique(tag)).unwrap();
+    for i in ifaces {
+        veth(&ns, i);
+    }
+    setup(&ns, net);
+    // bpf_fib_lookup answers FWD_DISABLED unless forwarding is on.
+    ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    let pin = PathBuf::from("/sys/fs/bpf").join(unique("fx"));
+    let pin2 = pin.clone();
+    let r = ns
+        .run(move || {
+            let ifindex: HashMap<&'static str, u32> = ifaces
+                .iter()
+                .map(|i| {
+                    let c = std::ffi::CString::new(*i).unwrap();
+                    // SAFETY: if_nametoindex on a NUL-terminated name.
+                    (*i, unsafe { libc::if_nametoindex(c.as_ptr()) })
+                })
+                .collect();
+            let object = std::fs::read(crate::bpf_object()).expect("kernel object (cargo xtask build-ebpf)");
+            let mut ebpf = dataplane::load(&object, &pin2).unwrap();
+            configure(&mut ebpf, &ifindex);
+            dataplane::load_program(&mut ebpf, prog).unwrap();
+            let mut rig = Rig { ebpf, prog, pin: pin2, ifindex };
+            f(&mut rig);
+        })
+        .join();
+    let _ = std::fs::remove_dir_all(&pin);
+    drop(ns);
+    if let Err(p) = r {
+        std::panic::resume_unwind(p);
+    }
+}
+
+pub const AFTR_ADDR: &str = "2001:db8:f::2";
+pub const B4A: &str = "2001:db8:a::2";
+
+/// AFTR rig: `tun` faces the B4s (2001:db8:f::2/64, default via 2001:db8:f::1), `inet`
+/// faces the internet (203.0.113.1/24, server 203.0.113.2). Pool 198.51.100.0/30, allowed
+/// B4 prefix 2001:db8:a::/64, ports 1024-65535 unless `ports` narrows them.
+pub fn with_aftr(ports: Option<(u16, u16)>, f: impl FnOnce(&mut Rig) + Send + 'static) {
+    with_rig(
+        "fxa",
+        &["tun", "inet"],
+        &[
+            "addr add 2001:db8:f::2/64 dev tun nodad",
+            "-6 route add default via 2001:db8:f::1",
+            "neigh replace 2001:db8:f::1 lladdr 02:00:00:00:00:f1 dev tun nud permanent",
+            "addr add 203.0.113.1/24 dev inet",
+            "neigh replace 203.0.113.2 lladdr 02:00:00:00:00:e2 dev inet nud permanent",
+            "neigh replace 203.0.113.3 lladdr 02:00:00:00:00:e2 dev inet nud permanent",
+        ],
+        dslite_user::dataplane::PROG_AFTR,
+        move |ebpf, _| {
+            let s = config::AftrSettings {
+                tunnel_iface: "tun".into(),
+                internet_iface: "inet".into(),
+                address: AFTR_ADDR.parse().unwrap(),
+                pool: config::expand_pool(&["198.51.100.0/30".parse().unwrap()]).unwrap(),
+                b4_prefixes: vec!["2001:db8:a::/64".parse().unwrap()],
+                ports: ports.map_or(config::PortRange { lo: 1024, hi: 65535 }, |(lo, hi)| {
+                    config::PortRange { lo, hi }
+                }),
+                pin_path: PathBuf::new(),
+                xdp_mode: config::XdpModeOpt::Skb,
+                bpf_object: None,
+            };
+            dataplane::configure_aftr(ebpf, &s, 0x5eed).unwrap();
+        },
+        f,
+    );
+}
+
+/// B4 rig: `lan` (192.168.1.1/24, host 192.168.1.10) and `wan` (2001:db8:a::2/64, default
+/// via 2001:db8:a::1); AFTR 2001:db8:f::2.
+pub fn with_b4(f: impl FnOnce(&mut Rig) + Send + 'static) {
+    with_rig(
+        "fxb",
+        &["lan", "wan"],
+        &[
+            "addr add 192.168.1.1/24 dev lan",
+            "neigh replace 192.168.1.10 lladdr 02:00:00:00:00:10 dev lan nud permanent",
+            "addr add 2001:db8:a::2/64 dev wan nodad",
+            "-6 route add default via 2001:db8:a::1",
+            "neigh replace 2001:db8:a::1 lladdr 02:00:00:00:00:f1 dev wan nud permanent",
+        ],
+        dslite_user::dataplane::PROG_B4,
+        |ebpf, ifindex| {
+            let cfg = B4Config {
+                b4_addr: B4A.parse::<Ipv6Addr>().unwrap().octets(),
+                aftr_addr: AFTR_ADDR.parse::<Ipv6Addr>().unwrap().octets(),
+                lan_ifindex: ifindex["lan"],
+                wan_ifindex: ifindex["wan"],
+                hop_limit: 64,
+                ..Default::default()
+            };
+            dataplane::configure_b4(ebpf, cfg, &["192.168.1.0/24".parse().unwrap()]).unwrap();
+        },
+        f,
+    );
+}

@@ -1,0 +1,160 @@
+//! The DS-Lite test topology (rfc-checklist.md, "Topology T"):
+//!
+//! ```text
+//! hostA 192.168.1.10 -- b4a --(2001:db8:a::/64)--+
+//! hostB 192.168.1.10 -- b4b --(2001:db8:b::/64)--+-- router --(2001:db8:f::/64)-- aftr -- server
+//! hostC 192.168.1.10 -- b4c --(2001:db8:c::/64)--+   (IPv6 only)                  203.0.113.1  .2 .3
+//! ```
+//!
+//! b4c's prefix is not in the AFTR's `--b4-prefix` list. Everything is deleted on drop.
+
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
+
+use anyhow::Result;
+
+use crate::{ctl::Controller, netns::Netns, unique};
+
+pub const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
+pub const LAN_GW: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
+pub const SERVER1: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+pub const SERVER2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 3);
+pub const AFTR_INET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+pub const POOL: &str = "198.51.100.0/30";
+pub const AFTR_ADDR: &str = "2001:db8:f::2";
+/// MTU of the IPv6 links: 1500-byte IPv4 plus the 40-byte softwire header (RFC 6908).
+pub const V6_MTU: &str = "1540";
+
+pub fn aftr_addr() -> Ipv6Addr {
+    AFTR_ADDR.parse().unwrap()
+}
+
+/// One customer: host namespace, B4 namespace, and the B4's WAN prefix letter.
+pub struct Customer {
+    pub host: Netns,
+    pub b4: Netns,
+    pub wan_addr: Ipv6Addr,
+}
+
+/// The whole topology with its controllers running. Fields drop in order: controllers
+/// first, then namespaces.
+pub struct DsLite {
+    pub aftr: Controller,
+    pub b4a: Controller,
+    pub b4b: Controller,
+    pub b4c: Controller,
+    pub a: Customer,
+    pub b: Customer,
+    pub c: Customer,
+    pub router: Netns,
+    pub aftr_ns: Netns,
+    pub server: Netns,
+    pub pin_root: PathBuf,
+}
+
+fn customer(tag: char, router: &Netns) -> Result<Customer> {
+    let host = Netns::new(&unique(&format!("h{tag}")))?;
+    let b4 = Netns::new(&unique(&format!("b{tag}")))?;
+    host.ip(&["link", "add", "name", "eth0", "type", "veth", "peer", "name", "lan", "netns", &b4.name])?;
+    b4.ip(&["link", "add", "name", "wan", "type", "veth", "peer", "name", &format!("to-{tag}"), "netns", &router.name])?;
+    host.ip(&["addr", "add", "192.168.1.10/24", "dev", "eth0"])?;
+    host.ip(&["link", "set", "eth0", "up"])?;
+    host.ip(&["route", "add", "default", "via", "192.168.1.1"])?;
+    b4.ip(&["addr", "add", "192.168.1.1/24", "dev", "lan"])?;
+    let wan = format!("2001:db8:{tag}::2");
+    b4.ip(&["addr", "add", &format!("{wan}/64"), "dev", "wan", "nodad"])?;
+    b4.ip(&["link", "set", "wan", "mtu", V6_MTU])?;
+    b4.ip(&["link", "set", "lan", "up"])?;
+    b4.ip(&["link", "set", "wan", "up"])?;
+    b4.ip(&["-6", "route", "add", "default", "via", &format!("2001:db8:{tag}::1")])?;
+    let to = format!("to-{tag}");
+    router.ip(&["addr", "add", &format!("2001:db8:{tag}::1/64"), "dev", &to, "nodad"])?;
+    router.ip(&["link", "set", &to, "mtu", V6_MTU])?;
+    router.ip(&["link", "set", &to, "up"])?;
+    tune(&host, &["eth0"], true)?;
+    tune(&b4, &["lan", "wan"], false)?;
+    Ok(Customer { host, b4, wan_addr: wan.parse().unwrap() })
+}
+
+/// GRO on every veth (XDP_REDIRECT into a veth needs it on the peer), TX checksum offload
+/// off where test traffic originates (platform.md), reverse-path filter off on routers.
+fn tune(ns: &Netns, ifaces: &[&str], origin: bool) -> Result<()> {
+    let ifaces: Vec<String> = ifaces.iter().map(|s| s.to_string()).collect();
+    ns.run(move || -> Result<()> {
+        for i in &ifaces {
+            crate::netns::gro_on(i)?;
+            if origin {
+                crate::netns::tx_csum_off(i)?;
+            }
+        }
+        Ok(())
+    })
+    .join()
+    .unwrap()?;
+    if !origin {
+        ns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+        ns.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+    }
+    Ok(())
+}
+
+impl DsLite {
+    /// Build the topology and start the AFTR and three B4s. `aftr_extra` adds AFTR flags.
+    pub fn start(aftr_extra: &[&str]) -> Result<DsLite> {
+        crate::require_root();
+        let router = Netns::new(&unique("rt"))?;
+        let aftr_ns = Netns::new(&unique("af"))?;
+        let server = Netns::new(&unique("sv"))?;
+        let a = customer('a', &router)?;
+        let b = customer('b', &router)?;
+        let c = customer('c', &router)?;
+        router.ip(&["link", "add", "name", "to-aftr", "type", "veth", "peer", "name", "tun", "netns", &aftr_ns.name])?;
+        router.ip(&["addr", "add", "2001:db8:f::1/64", "dev", "to-aftr", "nodad"])?;
+        router.ip(&["link", "set", "to-aftr", "mtu", V6_MTU])?;
+        router.ip(&["link", "set", "to-aftr", "up"])?;
+        router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        tune(&router, &["to-a", "to-b", "to-c", "to-aftr"], false)?;
+
+        aftr_ns.ip(&["addr", "add", &format!("{AFTR_ADDR}/64"), "dev", "tun", "nodad"])?;
+        aftr_ns.ip(&["link", "set", "tun", "mtu", V6_MTU])?;
+        aftr_ns.ip(&["link", "set", "tun", "up"])?;
+        aftr_ns.ip(&["-6", "route", "add", "default", "via", "2001:db8:f::1"])?;
+        aftr_ns.ip(&["link", "add", "name", "inet", "type", "veth", "peer", "name", "eth0", "netns", &server.name])?;
+        aftr_ns.ip(&["addr", "add", "203.0.113.1/24", "dev", "inet"])?;
+        aftr_ns.ip(&["link", "set", "inet", "up"])?;
+        tune(&aftr_ns, &["tun", "inet"], false)?;
+
+        server.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"])?;
+        server.ip(&["addr", "add", "203.0.113.3/24", "dev", "eth0"])?;
+        server.ip(&["link", "set", "eth0", "up"])?;
+        server.ip(&["route", "add", POOL, "via", "203.0.113.1"])?;
+        tune(&server, &["eth0"], true)?;
+
+        let pin_root = PathBuf::from("/sys/fs/bpf").join(unique("pins"));
+        let mut aftr_args = vec![
+            "aftr", "--tunnel-iface", "tun", "--internet-iface", "inet", "--address", AFTR_ADDR,
+            "--pool", POOL, "--b4-prefix", "2001:db8:a::/64", "2001:db8:b::/64",
+        ];
+        aftr_args.extend_from_slice(aftr_extra);
+        let aftr = Controller::start(&aftr_ns, &aftr_args, pin_root.join("aftr"))?;
+        let b4 = |c: &Customer, name: &str| {
+            Controller::start(
+                &c.b4,
+                &["b4", "--lan-iface", "lan", "--wan-iface", "wan", "--aftr", AFTR_ADDR],
+                pin_root.join(name),
+            )
+        };
+        let b4a = b4(&a, "b4a")?;
+        let b4b = b4(&b, "b4b")?;
+        let b4c = b4(&c, "b4c")?;
+        Ok(DsLite { aftr, b4a, b4b, b4c, a, b, c, router, aftr_ns, server, pin_root })
+    }
+}
+
+impl Drop for DsLite {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_root);
+    }
+}

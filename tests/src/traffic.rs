@@ -1,0 +1,255 @@
+//! Traffic of our own, run on threads inside namespaces: UDP and TCP echo servers, a UDP
+//! request/response client, a verified TCP bulk transfer, and ping over a raw ICMP socket.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::netns::Netns;
+
+/// A server thread; stopped (and joined) on drop.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// UDP echo server: replies with the payload followed by `|` and the peer address it saw,
+/// so clients learn their outside (NATed) address and port.
+pub fn udp_echo_server(ns: &Netns, addr: SocketAddrV4) -> Server {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = ns.run(move || {
+        let sock = UdpSocket::bind(addr).expect("bind udp echo");
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [0u8; 65536];
+        while !s.load(Ordering::Relaxed) {
+            if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                let mut reply = buf[..n].to_vec();
+                reply.extend_from_slice(format!("|{peer}").as_bytes());
+                let _ = sock.send_to(&reply, peer);
+            }
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).expect("udp echo server ready");
+    Server { stop, handle: Some(handle) }
+}
+
+/// Send `payload` from `bind` to `to` and wait for the echo; retries a few times.
+/// Returns the peer address the server saw (the outside address:port).
+pub fn udp_request(ns: &Netns, bind: SocketAddrV4, to: SocketAddrV4, payload: &str) -> Result<SocketAddr> {
+    let payload = payload.to_string();
+    ns.run(move || -> Result<SocketAddr> {
+        let sock = UdpSocket::bind(bind).with_context(|| format!("bind {bind}"))?;
+        sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let mut buf = [0u8; 2048];
+        for _ in 0..6 {
+            sock.send_to(payload.as_bytes(), to)?;
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                if from != SocketAddr::V4(to) {
+                    bail!("reply from {from}, expected {to}");
+                }
+                let text = std::str::from_utf8(&buf[..n])?;
+                let (echo, seen) = text.rsplit_once('|').context("no peer in reply")?;
+                if echo != payload {
+                    bail!("echo mismatch: sent {payload:?}, got {echo:?}");
+                }
+                return Ok(seen.parse()?);
+            }
+        }
+        bail!("no UDP reply from {to} to {bind}")
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("udp client panicked"))?
+}
+
+/// Wait for one UDP datagram on `bind` (used with crafted packets).
+pub fn udp_listen_once(ns: &Netns, bind: SocketAddrV4, timeout: Duration) -> JoinHandle<Result<(Vec<u8>, SocketAddr)>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = ns.run(move || {
+        let sock = UdpSocket::bind(bind)?;
+        tx.send(()).unwrap();
+        sock.set_read_timeout(Some(timeout))?;
+        let mut buf = [0u8; 2048];
+        let (n, from) = sock.recv_from(&mut buf).context("waiting for a datagram")?;
+        Ok((buf[..n].to_vec(), from))
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("listener ready");
+    h
+}
+
+/// TCP echo server: copies every byte back on each connection.
+pub fn tcp_echo_server(ns: &Netns, addr: SocketAddrV4) -> Server {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = ns.run(move || {
+        let l = TcpListener::bind(addr).expect("bind tcp echo");
+        l.set_nonblocking(true).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut workers = Vec::new();
+        while !s.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut c, _)) => {
+                    c.set_nonblocking(false).unwrap();
+                    workers.push(std::thread::spawn(move || {
+                        let mut r = c.try_clone().unwrap();
+                        let _ = std::io::copy(&mut r, &mut c);
+                        let _ = c.shutdown(std::net::Shutdown::Write);
+                    }));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        for w in workers {
+            let _ = w.join();
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).expect("tcp echo server ready");
+    Server { stop, handle: Some(handle) }
+}
+
+/// Byte `i` of the test stream (not periodic in any small power of two).
+pub fn pattern(i: usize) -> u8 {
+    ((i * 7 + i / 251) % 256) as u8
+}
+
+/// Send `len` pattern bytes to an echo server from `ns` and verify every byte that comes
+/// back. Returns the number of verified bytes.
+pub fn tcp_transfer(ns: &Netns, to: SocketAddrV4, len: usize) -> JoinHandle<Result<usize>> {
+    ns.run(move || -> Result<usize> {
+        let c = TcpStream::connect_timeout(&to.into(), Duration::from_secs(10))
+            .with_context(|| format!("connect {to}"))?;
+        c.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut w = c.try_clone()?;
+        let writer = std::thread::spawn(move || -> std::io::Result<()> {
+            let mut sent = 0;
+            let mut buf = vec![0u8; 65536];
+            while sent < len {
+                let n = (len - sent).min(buf.len());
+                for (j, b) in buf[..n].iter_mut().enumerate() {
+                    *b = pattern(sent + j);
+                }
+                w.write_all(&buf[..n])?;
+                sent += n;
+            }
+            w.shutdown(std::net::Shutdown::Write)
+        });
+        let mut r = c;
+        let mut got = 0;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = r.read(&mut buf).context("reading echo")?;
+            if n == 0 {
+                break;
+            }
+            for (j, b) in buf[..n].iter().enumerate() {
+                if *b != pattern(got + j) {
+                    bail!("byte {} corrupted: {} != {}", got + j, b, pattern(got + j));
+                }
+            }
+            got += n;
+        }
+        writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        if got != len {
+            bail!("echoed {got} of {len} bytes");
+        }
+        Ok(got)
+    })
+}
+
+/// Send `count` ICMP echo requests with identifier `id` from `ns` to `dst` over a raw socket;
+/// returns how many matching replies came back.
+pub fn ping(ns: &Netns, dst: Ipv4Addr, id: u16, count: u16) -> Result<u16> {
+    ns.run(move || -> Result<u16> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
+        s.set_read_timeout(Some(Duration::from_millis(300)))?;
+        let mut replies = 0;
+        for seq in 0..count {
+            let mut pkt = vec![8u8, 0, 0, 0];
+            pkt.extend_from_slice(&id.to_be_bytes());
+            pkt.extend_from_slice(&seq.to_be_bytes());
+            pkt.extend_from_slice(b"dslite ping payload");
+            let c = dslite_common::csum::checksum(&pkt);
+            pkt[2..4].copy_from_slice(&c.to_ne_bytes());
+            s.send_to(&pkt, &SocketAddr::from((dst, 0)).into())?;
+            let deadline = Instant::now() + Duration::from_millis(1000);
+            while Instant::now() < deadline {
+                let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+                let Ok(n) = s.recv(&mut buf) else { continue };
+                // SAFETY: `recv` initialised the first n bytes.
+                let b: Vec<u8> = buf[..n].iter().map(|x| unsafe { x.assume_init() }).collect();
+                let ihl = ((b[0] & 0x0f) as usize) * 4;
+                if b.len() >= ihl + 8
+                    && b[ihl] == 0
+                    && u16::from_be_bytes([b[ihl + 4], b[ihl + 5]]) == id
+                    && u16::from_be_bytes([b[ihl + 6], b[ihl + 7]]) == seq
+                    && b[12..16] == dst.octets()
+                {
+                    replies += 1;
+                    break;
+                }
+            }
+        }
+        Ok(replies)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("ping thread panicked"))?
+}
+
+/// Send one raw Ethernet frame out of `ifname` (AF_PACKET) from inside `ns`.
+pub fn send_frame(ns: &Netns, ifname: &str, frame: Vec<u8>) -> Result<()> {
+    let ifname = ifname.to_string();
+    ns.run(move || -> Result<()> {
+        // SAFETY: plain socket/bind/send calls on a local fd, closed at the end.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            if fd < 0 {
+                bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+            }
+            let name = std::ffi::CString::new(ifname.clone())?;
+            let index = libc::if_nametoindex(name.as_ptr());
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_ifindex = index as i32;
+            sll.sll_halen = 6;
+            sll.sll_addr[..6].copy_from_slice(&frame[..6]);
+            let rc = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if rc < 0 {
+                bail!("sendto {ifname}: {err}");
+            }
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("sender panicked"))?
+}
