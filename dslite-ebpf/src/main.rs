@@ -44,6 +44,14 @@ pub fn dslite_aftr(ctx: XdpContext) -> u32 {
     finish(aftr::run(&ctx))
 }
 
+/// Passes everything. A veth only accepts frames that XDP_REDIRECT sends into it when its
+/// peer runs an XDP program (or has GRO on): the tests and the demo attach this to router
+/// interfaces, where GRO would merge forwarded packets into frames larger than the MTU.
+#[xdp]
+pub fn dslite_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

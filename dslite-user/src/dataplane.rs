@@ -24,6 +24,8 @@ static EMBEDDED: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 
 pub const PROG_B4: &str = "dslite_b4";
 pub const PROG_AFTR: &str = "dslite_aftr";
+/// XDP_PASS only: makes a veth accept redirected frames (see dslite-ebpf).
+pub const PROG_PASS: &str = "dslite_pass";
 
 /// Read the kernel object: `path` if given, else the embedded one.
 pub fn object_bytes(path: Option<&Path>) -> Result<Vec<u8>> {

@@ -96,7 +96,7 @@ impl Controller {
     }
 
     /// Stop with SIGTERM and return the exit status.
-    pub fn stop(mut self) -> Result<std::process::ExitStatus> {
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
         self.terminate()
     }
 

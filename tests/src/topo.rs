@@ -39,12 +39,14 @@ pub struct Customer {
 }
 
 /// The whole topology with its controllers running. Fields drop in order: controllers
-/// first, then namespaces.
+/// first, then the router's pass programs, then namespaces.
 pub struct DsLite {
     pub aftr: Controller,
     pub b4a: Controller,
     pub b4b: Controller,
     pub b4c: Controller,
+    /// XDP_PASS on the router's interfaces (so redirects into them are delivered).
+    pub router_xdp: aya::Ebpf,
     pub a: Customer,
     pub b: Customer,
     pub c: Customer,
@@ -74,8 +76,36 @@ fn customer(tag: char, router: &Netns) -> Result<Customer> {
     router.ip(&["link", "set", &to, "mtu", V6_MTU])?;
     router.ip(&["link", "set", &to, "up"])?;
     tune(&host, &["eth0"], true)?;
-    tune(&b4, &["lan", "wan"], false)?;
+    tune(&b4, &[], false)?;
     Ok(Customer { host, b4, wan_addr: wan.parse().unwrap() })
+}
+
+/// Attach `dslite_pass` to a router's interfaces: a veth delivers redirected frames only if
+/// its peer runs XDP or GRO, and GRO on a forwarding router would merge packets into
+/// frames larger than the next link's MTU.
+pub fn attach_pass(ns: &Netns, ifaces: &[&str], pin: PathBuf) -> Result<aya::Ebpf> {
+    let ifaces: Vec<String> = ifaces.iter().map(|s| s.to_string()).collect();
+    ns.run(move || -> Result<aya::Ebpf> {
+        let object = std::fs::read(crate::bpf_object())?;
+        let mut ebpf = dslite_user::dataplane::load(&object, &pin)?;
+        let targets: Vec<(String, u32)> = ifaces
+            .iter()
+            .map(|i| {
+                let c = std::ffi::CString::new(i.as_str()).unwrap();
+                // SAFETY: if_nametoindex on a NUL-terminated name.
+                (i.clone(), unsafe { libc::if_nametoindex(c.as_ptr()) })
+            })
+            .collect();
+        dslite_user::dataplane::attach(
+            &mut ebpf,
+            dslite_user::dataplane::PROG_PASS,
+            &targets,
+            dslite_user::config::XdpModeOpt::Native,
+        )?;
+        Ok(ebpf)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("attach thread panicked"))?
 }
 
 /// GRO on every veth (XDP_REDIRECT into a veth needs it on the peer), TX checksum offload
@@ -115,7 +145,8 @@ impl DsLite {
         router.ip(&["link", "set", "to-aftr", "mtu", V6_MTU])?;
         router.ip(&["link", "set", "to-aftr", "up"])?;
         router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
-        tune(&router, &["to-a", "to-b", "to-c", "to-aftr"], false)?;
+        let pin_root = PathBuf::from("/sys/fs/bpf").join(unique("pins"));
+        let router_xdp = attach_pass(&router, &["to-a", "to-b", "to-c", "to-aftr"], pin_root.join("router"))?;
 
         aftr_ns.ip(&["addr", "add", &format!("{AFTR_ADDR}/64"), "dev", "tun", "nodad"])?;
         aftr_ns.ip(&["link", "set", "tun", "mtu", V6_MTU])?;
@@ -124,7 +155,7 @@ impl DsLite {
         aftr_ns.ip(&["link", "add", "name", "inet", "type", "veth", "peer", "name", "eth0", "netns", &server.name])?;
         aftr_ns.ip(&["addr", "add", "203.0.113.1/24", "dev", "inet"])?;
         aftr_ns.ip(&["link", "set", "inet", "up"])?;
-        tune(&aftr_ns, &["tun", "inet"], false)?;
+        tune(&aftr_ns, &[], false)?;
 
         server.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"])?;
         server.ip(&["addr", "add", "203.0.113.3/24", "dev", "eth0"])?;
@@ -132,7 +163,6 @@ impl DsLite {
         server.ip(&["route", "add", POOL, "via", "203.0.113.1"])?;
         tune(&server, &["eth0"], true)?;
 
-        let pin_root = PathBuf::from("/sys/fs/bpf").join(unique("pins"));
         let mut aftr_args = vec![
             "aftr", "--tunnel-iface", "tun", "--internet-iface", "inet", "--address", AFTR_ADDR,
             "--pool", POOL, "--b4-prefix", "2001:db8:a::/64", "2001:db8:b::/64",
@@ -149,7 +179,7 @@ impl DsLite {
         let b4a = b4(&a, "b4a")?;
         let b4b = b4(&b, "b4b")?;
         let b4c = b4(&c, "b4c")?;
-        Ok(DsLite { aftr, b4a, b4b, b4c, a, b, c, router, aftr_ns, server, pin_root })
+        Ok(DsLite { aftr, b4a, b4b, b4c, router_xdp, a, b, c, router, aftr_ns, server, pin_root })
     }
 }
 

@@ -106,22 +106,21 @@ pub fn tcp_echo_server(ns: &Netns, addr: SocketAddrV4) -> Server {
         let l = TcpListener::bind(addr).expect("bind tcp echo");
         l.set_nonblocking(true).unwrap();
         ready_tx.send(()).unwrap();
-        let mut workers = Vec::new();
         while !s.load(Ordering::Relaxed) {
             match l.accept() {
                 Ok((mut c, _)) => {
                     c.set_nonblocking(false).unwrap();
-                    workers.push(std::thread::spawn(move || {
+                    // Bounded: a stalled peer ends the worker instead of hanging the test.
+                    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                    c.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+                    std::thread::spawn(move || {
                         let mut r = c.try_clone().unwrap();
                         let _ = std::io::copy(&mut r, &mut c);
                         let _ = c.shutdown(std::net::Shutdown::Write);
-                    }));
+                    });
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
-        }
-        for w in workers {
-            let _ = w.join();
         }
     });
     ready_rx.recv_timeout(Duration::from_secs(5)).expect("tcp echo server ready");
@@ -140,6 +139,7 @@ pub fn tcp_transfer(ns: &Netns, to: SocketAddrV4, len: usize) -> JoinHandle<Resu
         let c = TcpStream::connect_timeout(&to.into(), Duration::from_secs(10))
             .with_context(|| format!("connect {to}"))?;
         c.set_read_timeout(Some(Duration::from_secs(20)))?;
+        c.set_write_timeout(Some(Duration::from_secs(20)))?;
         let mut w = c.try_clone()?;
         let writer = std::thread::spawn(move || -> std::io::Result<()> {
             let mut sent = 0;
