@@ -29,6 +29,10 @@ impl Netns {
         ip(&["netns", "add", name])?;
         let ns = Netns { name: name.to_string() };
         ns.ip(&["link", "set", "lo", "up"])?;
+        // No duplicate address detection: tentative link-local addresses would delay the
+        // first neighbour solicitations (and so the first packets) by a second or more.
+        ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+        ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
         Ok(ns)
     }
 

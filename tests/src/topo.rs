@@ -183,6 +183,25 @@ impl DsLite {
     }
 }
 
+impl DsLite {
+    /// Non-zero counters of every controller, for assertion messages.
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        for (name, c) in [("aftr", &self.aftr), ("b4a", &self.b4a), ("b4b", &self.b4b), ("b4c", &self.b4c)] {
+            let nz: Vec<String> = match c.stats() {
+                Ok(serde_json::Value::Object(m)) => m
+                    .iter()
+                    .filter(|(_, v)| v.as_u64() != Some(0))
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect(),
+                other => vec![format!("{other:?}")],
+            };
+            out.push_str(&format!("{name}: {}\n", nz.join(" ")));
+        }
+        out
+    }
+}
+
 impl Drop for DsLite {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.pin_root);

@@ -177,41 +177,43 @@ pub fn tcp_transfer(ns: &Netns, to: SocketAddrV4, len: usize) -> JoinHandle<Resu
     })
 }
 
-/// Send `count` ICMP echo requests with identifier `id` from `ns` to `dst` over a raw socket;
-/// returns how many matching replies came back.
+/// Send `count` ICMP echo requests with identifier `id` from `ns` to `dst` over a raw socket,
+/// 100 ms apart; returns how many distinct sequence numbers were answered within 3 s of the
+/// last request.
 pub fn ping(ns: &Netns, dst: Ipv4Addr, id: u16, count: u16) -> Result<u16> {
     ns.run(move || -> Result<u16> {
         use socket2::{Domain, Protocol, Socket, Type};
         let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
-        s.set_read_timeout(Some(Duration::from_millis(300)))?;
-        let mut replies = 0;
-        for seq in 0..count {
-            let mut pkt = vec![8u8, 0, 0, 0];
-            pkt.extend_from_slice(&id.to_be_bytes());
-            pkt.extend_from_slice(&seq.to_be_bytes());
-            pkt.extend_from_slice(b"dslite ping payload");
-            let c = dslite_common::csum::checksum(&pkt);
-            pkt[2..4].copy_from_slice(&c.to_ne_bytes());
-            s.send_to(&pkt, &SocketAddr::from((dst, 0)).into())?;
-            let deadline = Instant::now() + Duration::from_millis(1000);
-            while Instant::now() < deadline {
-                let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
-                let Ok(n) = s.recv(&mut buf) else { continue };
-                // SAFETY: `recv` initialised the first n bytes.
-                let b: Vec<u8> = buf[..n].iter().map(|x| unsafe { x.assume_init() }).collect();
-                let ihl = ((b[0] & 0x0f) as usize) * 4;
-                if b.len() >= ihl + 8
-                    && b[ihl] == 0
-                    && u16::from_be_bytes([b[ihl + 4], b[ihl + 5]]) == id
-                    && u16::from_be_bytes([b[ihl + 6], b[ihl + 7]]) == seq
-                    && b[12..16] == dst.octets()
-                {
-                    replies += 1;
-                    break;
-                }
+        s.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let mut answered = std::collections::HashSet::new();
+        let mut deadline = Instant::now();
+        let mut next_seq = 0;
+        while next_seq < count || (Instant::now() < deadline && answered.len() < count as usize) {
+            if next_seq < count {
+                let mut pkt = vec![8u8, 0, 0, 0];
+                pkt.extend_from_slice(&id.to_be_bytes());
+                pkt.extend_from_slice(&next_seq.to_be_bytes());
+                pkt.extend_from_slice(b"dslite ping payload");
+                let c = dslite_common::csum::checksum(&pkt);
+                pkt[2..4].copy_from_slice(&c.to_ne_bytes());
+                s.send_to(&pkt, &SocketAddr::from((dst, 0)).into())?;
+                next_seq += 1;
+                deadline = Instant::now() + Duration::from_secs(3);
+            }
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+            let Ok(n) = s.recv(&mut buf) else { continue };
+            // SAFETY: `recv` initialised the first n bytes.
+            let b: Vec<u8> = buf[..n].iter().map(|x| unsafe { x.assume_init() }).collect();
+            let ihl = ((b[0] & 0x0f) as usize) * 4;
+            if b.len() >= ihl + 8
+                && b[ihl] == 0
+                && u16::from_be_bytes([b[ihl + 4], b[ihl + 5]]) == id
+                && b[12..16] == dst.octets()
+            {
+                answered.insert(u16::from_be_bytes([b[ihl + 6], b[ihl + 7]]));
             }
         }
-        Ok(replies)
+        Ok(answered.len() as u16)
     })
     .join()
     .map_err(|_| anyhow::anyhow!("ping thread panicked"))?

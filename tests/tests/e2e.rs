@@ -23,8 +23,8 @@ fn sa(ip: std::net::Ipv4Addr, port: u16) -> SocketAddrV4 {
 fn ping_and_udp_from_both_hosts() {
     let t = DsLite::start(&[]).unwrap();
     let _echo = udp_echo_server(&t.server, sa(SERVER1, 7777));
-    assert_eq!(ping(&t.a.host, SERVER1, 0x4242, 3).unwrap(), 3, "hostA ping");
-    assert_eq!(ping(&t.b.host, SERVER1, 0x4242, 3).unwrap(), 3, "hostB ping");
+    assert_eq!(ping(&t.a.host, SERVER1, 0x4242, 3).unwrap(), 3, "hostA ping\n{}", t.diagnostics());
+    assert_eq!(ping(&t.b.host, SERVER1, 0x4242, 3).unwrap(), 3, "hostB ping\n{}", t.diagnostics());
 
     // The payload names the sender: a reply delivered to the wrong host fails the echo check.
     let seen_a = udp_request(&t.a.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "from-A").unwrap();
