@@ -101,8 +101,6 @@ counters! {
     PassNoNeighbour = "pass_no_neighbour", Pass;
     /// FIB says "not forwarded" (local destination, no route): the kernel decides.
     PassFibNotForwarded = "pass_fib_not_forwarded", Pass;
-    /// IPv4 carrying options or fragments: left to the kernel's slow path on the B4.
-    PassIpv4Special = "pass_ipv4_special", Pass;
 
     // ---- drops ------------------------------------------------------------------------
     /// Frame shorter than an Ethernet header.

@@ -129,7 +129,11 @@ mod tests {
         let c = replace4(read(&h, 10), old, new);
         h[12..16].copy_from_slice(&new);
         h[10..12].copy_from_slice(&c.to_ne_bytes());
-        assert_eq!(checksum(&h), 0, "incremental update must equal a full recomputation");
+        assert_eq!(
+            checksum(&h),
+            0,
+            "incremental update must equal a full recomputation"
+        );
     }
 
     #[test]
@@ -151,7 +155,13 @@ mod tests {
     #[test]
     fn replace2_matches_recomputation_for_every_port_pair_sample() {
         let mut h = header();
-        for (old, new) in [(5000u16, 1024u16), (0, 65535), (65535, 0), (1, 2), (40000, 40000)] {
+        for (old, new) in [
+            (5000u16, 1024u16),
+            (0, 65535),
+            (65535, 0),
+            (1, 2),
+            (40000, 40000),
+        ] {
             h[4..6].copy_from_slice(&old.to_be_bytes());
             h[10] = 0;
             h[11] = 0;

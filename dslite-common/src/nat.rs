@@ -108,7 +108,10 @@ mod tests {
         for h in [0u32, 7, 0xdead_beef, 0xffff_ffff] {
             let mut seen = std::collections::HashSet::new();
             for a in 0..PORT_SEARCH_TRIES {
-                assert!(seen.insert(candidate_port(h, a, 1024, 65535)), "h={h:#x} a={a}");
+                assert!(
+                    seen.insert(candidate_port(h, a, 1024, 65535)),
+                    "h={h:#x} a={a}"
+                );
             }
         }
     }
@@ -117,8 +120,9 @@ mod tests {
     fn small_range_is_fully_covered() {
         // A 4-port range: the search must reach every port, or exhaustion comes early.
         for h in [0u32, 1, 2, 3, 0xabcd_ef01] {
-            let seen: std::collections::HashSet<u16> =
-                (0..PORT_SEARCH_TRIES).map(|a| candidate_port(h, a, 5000, 5003)).collect();
+            let seen: std::collections::HashSet<u16> = (0..PORT_SEARCH_TRIES)
+                .map(|a| candidate_port(h, a, 5000, 5003))
+                .collect();
             assert_eq!(seen.len(), 4, "h={h:#x}");
         }
     }

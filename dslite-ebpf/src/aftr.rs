@@ -2,9 +2,7 @@
 //! the internet; replies to pool addresses are translated back and encapsulated to the B4.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::generated::bpf_ktime_get_ns,
-    maps::lpm_trie::Key,
+    bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_ns, maps::lpm_trie::Key,
     programs::XdpContext,
 };
 use dslite_common::{
@@ -66,7 +64,11 @@ fn l4(ctx: &XdpContext, ip: &Ipv4, outbound: bool) -> Res<L4> {
     // SAFETY: bounds-checked by `at` (8 bytes: enough for ports, ICMP type and id).
     let h = unsafe { &*h };
     if ip.proto == IPPROTO_ICMP {
-        let want = if outbound { ICMP_ECHO_REQUEST } else { ICMP_ECHO_REPLY };
+        let want = if outbound {
+            ICMP_ECHO_REQUEST
+        } else {
+            ICMP_ECHO_REPLY
+        };
         if h[0] != want {
             return Err(Exit::Drop(Counter::DropIcmpType));
         }
@@ -95,7 +97,10 @@ fn rewrite(
     // SAFETY: bounds-checked by `at`.
     let h = unsafe { &mut *h };
     let ipsum = read16(h[10..].as_ptr());
-    write16(h[10..].as_mut_ptr(), csum::replace4(ipsum, old_addr, new_addr));
+    write16(
+        h[10..].as_mut_ptr(),
+        csum::replace4(ipsum, old_addr, new_addr),
+    );
     h[addr_field..addr_field + 4].copy_from_slice(&new_addr);
 
     let t: *mut [u8; ICMP_MIN_LEN] = at(ctx, l4.off, Counter::DropBadL4)?;
@@ -109,7 +114,11 @@ fn rewrite(
     let new = match ip.proto {
         // ICMP has no pseudo-header: only the identifier changes its checksum.
         IPPROTO_ICMP => csum::replace2(old, l4.port, new_port),
-        IPPROTO_UDP => csum::udp_replace2(csum::udp_replace4(old, old_addr, new_addr), l4.port, new_port),
+        IPPROTO_UDP => csum::udp_replace2(
+            csum::udp_replace4(old, old_addr, new_addr),
+            l4.port,
+            new_port,
+        ),
         _ => csum::replace2(csum::replace4(old, old_addr, new_addr), l4.port, new_port),
     };
     write16(sum_p.as_mut_ptr(), new);
@@ -239,7 +248,14 @@ fn from_internet(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
     rewrite(ctx, &ip, &l4, 16, ip.dst, m.inside_addr, m.inside_port)?;
     // Trim nothing: the inner packet is exactly tot_len; any Ethernet padding stays outside
     // the IPv6 payload length and is ignored by the receiver.
-    encapsulate(ctx, ip.tos, ip.tot_len as u16, cfg.hop_limit, &cfg.aftr_addr, &m.b4)?;
+    encapsulate(
+        ctx,
+        ip.tos,
+        ip.tot_len as u16,
+        cfg.hop_limit,
+        &cfg.aftr_addr,
+        &m.b4,
+    )?;
     let outer = (IPV6_HLEN + ip.tot_len) as u64;
     let action = route_and_redirect(ctx, true, &cfg.aftr_addr, &m.b4)?;
     count(Counter::AftrInPackets);

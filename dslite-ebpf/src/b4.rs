@@ -40,7 +40,14 @@ fn from_lan(ctx: &XdpContext, cfg: &B4Config) -> Res<u32> {
         return Err(Exit::Pass(Counter::PassLocalV4));
     }
     decrement_ttl(ctx, &ip)?;
-    encapsulate(ctx, ip.tos, ip.tot_len as u16, cfg.hop_limit, &cfg.b4_addr, &cfg.aftr_addr)?;
+    encapsulate(
+        ctx,
+        ip.tos,
+        ip.tot_len as u16,
+        cfg.hop_limit,
+        &cfg.b4_addr,
+        &cfg.aftr_addr,
+    )?;
     let outer = (IPV6_HLEN + ip.tot_len) as u64;
     let action = route_and_redirect(ctx, true, &cfg.b4_addr, &cfg.aftr_addr)?;
     count(Counter::B4EncapPackets);

@@ -99,12 +99,7 @@ pub fn encapsulate(
 /// it out of the egress interface. A missing neighbour entry hands the packet to the kernel,
 /// which resolves the neighbour and forwards it: later packets take the fast path.
 #[inline(always)]
-pub fn route_and_redirect(
-    ctx: &XdpContext,
-    v6: bool,
-    src: &[u8],
-    dst: &[u8],
-) -> Res<u32> {
+pub fn route_and_redirect(ctx: &XdpContext, v6: bool, src: &[u8], dst: &[u8]) -> Res<u32> {
     let mut p = FibParams {
         family: if v6 { AF_INET6 } else { AF_INET },
         l4_protocol: 0,

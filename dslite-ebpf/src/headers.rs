@@ -43,7 +43,9 @@ pub struct Softwire {
 pub enum V6 {
     Softwire(Softwire),
     /// Not IPv4-in-IPv6; `outer_len` is the IPv6 packet length, for byte counters.
-    Other { outer_len: usize },
+    Other {
+        outer_len: usize,
+    },
 }
 
 /// Parse the IPv6 header at offset 14 and walk at most `MAX_EXT_HEADERS` hop-by-hop or

@@ -44,8 +44,7 @@ pub static LOCAL_V4: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(MAX_PREFIXES, 0);
 
 /// AFTR: softwire + inside endpoint -> outside endpoint. Created in XDP.
 #[map(name = "NAT_OUT")]
-pub static NAT_OUT: HashMap<NatOutKey, NatOutValue> =
-    HashMap::pinned(DEFAULT_MAX_MAPPINGS, 0);
+pub static NAT_OUT: HashMap<NatOutKey, NatOutValue> = HashMap::pinned(DEFAULT_MAX_MAPPINGS, 0);
 
 /// AFTR: outside endpoint -> softwire + inside endpoint. Created in XDP, with NAT_OUT.
 #[map(name = "NAT_IN")]

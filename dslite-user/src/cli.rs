@@ -81,9 +81,11 @@ fn usage(e: anyhow::Error) -> anyhow::Error {
 }
 
 pub fn main() -> i32 {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,netlink_packet_route=error"))
-        .format_timestamp_millis()
-        .init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,netlink_packet_route=error"),
+    )
+    .format_timestamp_millis()
+    .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Aftr(o) => run_async(run_aftr(o)),
@@ -114,7 +116,10 @@ fn run_async(f: impl std::future::Future<Output = Result<()>>) -> Result<()> {
 
 /// A router forwards: the kernel handles the packets XDP passes up (no neighbour yet).
 fn ensure_forwarding() {
-    for (path, v) in [("net/ipv4/ip_forward", "1"), ("net/ipv6/conf/all/forwarding", "1")] {
+    for (path, v) in [
+        ("net/ipv4/ip_forward", "1"),
+        ("net/ipv6/conf/all/forwarding", "1"),
+    ] {
         match netlink::ensure_sysctl(path, v) {
             Ok(true) => info!("set {path} = {v} (needed to forward what XDP passes up)"),
             Ok(false) => {}
@@ -136,7 +141,10 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
         dataplane::attach(
             &mut ebpf,
             dataplane::PROG_AFTR,
-            &[(tunnel.name.clone(), tunnel.index), (internet.name.clone(), internet.index)],
+            &[
+                (tunnel.name.clone(), tunnel.index),
+                (internet.name.clone(), internet.index),
+            ],
             s.xdp_mode,
         )?;
         info!(
@@ -182,7 +190,10 @@ async fn run_b4(o: B4Options) -> Result<()> {
         .await?
         .into_iter()
         .filter_map(|a| match a.addr {
-            std::net::IpAddr::V4(v4) => Some(Cidr4 { addr: v4.octets(), len: a.prefix_len }),
+            std::net::IpAddr::V4(v4) => Some(Cidr4 {
+                addr: v4.octets(),
+                len: a.prefix_len,
+            }),
             _ => None,
         })
         .collect();

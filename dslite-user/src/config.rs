@@ -34,7 +34,12 @@ impl<const N: usize> Cidr<N> {
     }
 
     pub fn contains(&self, addr: &[u8; N]) -> bool {
-        Cidr { addr: *addr, len: self.len }.network() == self.network()
+        Cidr {
+            addr: *addr,
+            len: self.len,
+        }
+        .network()
+            == self.network()
     }
 
     pub fn overlaps(&self, other: &Self) -> bool {
@@ -53,10 +58,14 @@ impl<const N: usize> FromStr for Cidr<N> {
             None => (s, None),
         };
         let addr: [u8; N] = if N == 4 {
-            let v: Ipv4Addr = a.parse().map_err(|_| format!("'{s}' is not an IPv4 prefix"))?;
+            let v: Ipv4Addr = a
+                .parse()
+                .map_err(|_| format!("'{s}' is not an IPv4 prefix"))?;
             v.octets()[..].try_into().unwrap()
         } else {
-            let v: Ipv6Addr = a.parse().map_err(|_| format!("'{s}' is not an IPv6 prefix"))?;
+            let v: Ipv6Addr = a
+                .parse()
+                .map_err(|_| format!("'{s}' is not an IPv6 prefix"))?;
             v.octets()[..].try_into().unwrap()
         };
         let len = match l {
@@ -128,7 +137,8 @@ pub enum XdpModeOpt {
 }
 
 fn parse_ipv6(s: &str) -> Result<Ipv6Addr, String> {
-    s.parse().map_err(|_| format!("'{s}' is not an IPv6 address"))
+    s.parse()
+        .map_err(|_| format!("'{s}' is not an IPv6 address"))
 }
 
 fn parse_cidr4(s: &str) -> Result<Cidr4, String> {
@@ -231,8 +241,14 @@ impl CommonOptions {
 
 /// Keys each file may hold (serde cannot deny unknown keys through `flatten`).
 const COMMON_KEYS: &[&str] = &["pin-path", "xdp-mode", "bpf-object"];
-const AFTR_KEYS: &[&str] =
-    &["tunnel-iface", "internet-iface", "address", "pool", "b4-prefix", "port-range"];
+const AFTR_KEYS: &[&str] = &[
+    "tunnel-iface",
+    "internet-iface",
+    "address",
+    "pool",
+    "b4-prefix",
+    "port-range",
+];
 const B4_KEYS: &[&str] = &["lan-iface", "wan-iface", "aftr", "address"];
 
 fn line_of(text: &str, key: &str) -> usize {
@@ -248,9 +264,13 @@ fn line_of(text: &str, key: &str) -> usize {
 fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path, keys: &[&str]) -> Result<T> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("config '{}'", path.display()))?;
-    let err = |line: usize, msg: String| anyhow::anyhow!("config '{}' line {line}: {msg}", path.display());
+    let err = |line: usize, msg: String| {
+        anyhow::anyhow!("config '{}' line {line}: {msg}", path.display())
+    };
     let table: toml::Table = toml::from_str(&text).map_err(|e| {
-        let line = e.span().map_or(0, |s| text[..s.start].lines().count().max(1));
+        let line = e
+            .span()
+            .map_or(0, |s| text[..s.start].lines().count().max(1));
         err(line, e.message().to_string())
     })?;
     for k in table.keys() {
@@ -259,7 +279,9 @@ fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path, keys: &[&str]) -> Result
         }
     }
     toml::from_str(&text).map_err(|e| {
-        let line = e.span().map_or(0, |s| text[..s.start].lines().count().max(1));
+        let line = e
+            .span()
+            .map_or(0, |s| text[..s.start].lines().count().max(1));
         err(line, e.message().to_string())
     })
 }
@@ -267,14 +289,24 @@ fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path, keys: &[&str]) -> Result
 impl AftrOptions {
     /// Flags override the TOML file named by `--config`.
     pub fn merged(self) -> Result<AftrOptions> {
-        let Some(path) = self.common.config.clone() else { return Ok(self) };
+        let Some(path) = self.common.config.clone() else {
+            return Ok(self);
+        };
         let f: AftrOptions = read_toml(&path, AFTR_KEYS)?;
         Ok(AftrOptions {
             tunnel_iface: self.tunnel_iface.or(f.tunnel_iface),
             internet_iface: self.internet_iface.or(f.internet_iface),
             address: self.address.or(f.address),
-            pool: if self.pool.is_empty() { f.pool } else { self.pool },
-            b4_prefix: if self.b4_prefix.is_empty() { f.b4_prefix } else { self.b4_prefix },
+            pool: if self.pool.is_empty() {
+                f.pool
+            } else {
+                self.pool
+            },
+            b4_prefix: if self.b4_prefix.is_empty() {
+                f.b4_prefix
+            } else {
+                self.b4_prefix
+            },
             port_range: self.port_range.or(f.port_range),
             common: self.common.merge(f.common),
         })
@@ -283,7 +315,9 @@ impl AftrOptions {
 
 impl B4Options {
     pub fn merged(self) -> Result<B4Options> {
-        let Some(path) = self.common.config.clone() else { return Ok(self) };
+        let Some(path) = self.common.config.clone() else {
+            return Ok(self);
+        };
         let f: B4Options = read_toml(&path, B4_KEYS)?;
         Ok(B4Options {
             lan_iface: self.lan_iface.or(f.lan_iface),
@@ -326,7 +360,10 @@ pub fn expand_pool(pool: &[Cidr4]) -> Result<Vec<Ipv4Addr>> {
         let base = u32::from_be_bytes(c.network());
         let n: u64 = 1u64 << (32 - c.len as u32);
         if out.len() as u64 + n > dslite_common::maps::MAX_POOL as u64 {
-            bail!("--pool {c}: the pool is limited to {} addresses", dslite_common::maps::MAX_POOL);
+            bail!(
+                "--pool {c}: the pool is limited to {} addresses",
+                dslite_common::maps::MAX_POOL
+            );
         }
         for i in 0..n {
             out.push(Ipv4Addr::from(base.wrapping_add(i as u32)));
@@ -416,7 +453,10 @@ mod tests {
     fn cidr_parsing_and_errors() {
         let c: Cidr4 = "198.51.100.7/30".parse().unwrap();
         assert_eq!(c.network(), [198, 51, 100, 4]);
-        assert!("198.51.100.0/33".parse::<Cidr4>().unwrap_err().contains("0-32"));
+        assert!("198.51.100.0/33"
+            .parse::<Cidr4>()
+            .unwrap_err()
+            .contains("0-32"));
         assert!("nope".parse::<Cidr4>().unwrap_err().contains("'nope'"));
         let c6: Cidr6 = "::/0".parse().unwrap();
         assert!(c6.contains(&[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]));
@@ -426,18 +466,27 @@ mod tests {
 
     #[test]
     fn pool_expands_and_rejects_overlap() {
-        let p = expand_pool(&["198.51.100.0/30".parse().unwrap(), "203.0.113.9".parse().unwrap()])
-            .unwrap();
+        let p = expand_pool(&[
+            "198.51.100.0/30".parse().unwrap(),
+            "203.0.113.9".parse().unwrap(),
+        ])
+        .unwrap();
         assert_eq!(p.len(), 5);
         assert_eq!(p[4], Ipv4Addr::new(203, 0, 113, 9));
-        let e = expand_pool(&["198.51.100.0/30".parse().unwrap(), "198.51.100.2/32".parse().unwrap()])
-            .unwrap_err();
+        let e = expand_pool(&[
+            "198.51.100.0/30".parse().unwrap(),
+            "198.51.100.2/32".parse().unwrap(),
+        ])
+        .unwrap_err();
         assert!(e.to_string().contains("overlaps"), "{e}");
     }
 
     #[test]
     fn port_range_rules() {
-        assert_eq!("1024-2047".parse::<PortRange>().unwrap(), PortRange { lo: 1024, hi: 2047 });
+        assert_eq!(
+            "1024-2047".parse::<PortRange>().unwrap(),
+            PortRange { lo: 1024, hi: 2047 }
+        );
         for bad in ["0-10", "10-5", "a-b", "100", "1-70000"] {
             assert!(bad.parse::<PortRange>().is_err(), "{bad}");
         }
@@ -456,7 +505,10 @@ mod tests {
         .unwrap();
         let flags = AftrOptions {
             tunnel_iface: Some("eth1".into()),
-            common: CommonOptions { config: Some(f.clone()), ..Default::default() },
+            common: CommonOptions {
+                config: Some(f.clone()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let s = flags.merged().unwrap().validate().unwrap();
@@ -468,7 +520,10 @@ mod tests {
 
         std::fs::write(&f, "tunnel-iface = \"eth0\"\n\nbogus-key = 1\n").unwrap();
         let flags = AftrOptions {
-            common: CommonOptions { config: Some(f.clone()), ..Default::default() },
+            common: CommonOptions {
+                config: Some(f.clone()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let e = flags.merged().unwrap_err().to_string();

@@ -51,10 +51,19 @@ pub fn ensure_bpffs() -> Result<()> {
     }
     // SAFETY: plain mount(2) call with constant NUL-terminated strings.
     let rc = unsafe {
-        libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
-        bail!("mounting bpffs on /sys/fs/bpf: {}", std::io::Error::last_os_error());
+        bail!(
+            "mounting bpffs on /sys/fs/bpf: {}",
+            std::io::Error::last_os_error()
+        );
     }
     info!("mounted bpffs on /sys/fs/bpf");
     Ok(())
@@ -69,7 +78,11 @@ pub fn load(object: &[u8], pin_path: &Path) -> Result<Ebpf> {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .collect();
         if !stale.is_empty() {
-            warn!("removing {} stale pinned maps under {}", stale.len(), pin_path.display());
+            warn!(
+                "removing {} stale pinned maps under {}",
+                stale.len(),
+                pin_path.display()
+            );
             for p in stale {
                 std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
             }
@@ -94,7 +107,8 @@ pub fn unpin(pin_path: &Path) {
 }
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
-    ebpf.map_mut(name).with_context(|| format!("map {name} missing from the object"))
+    ebpf.map_mut(name)
+        .with_context(|| format!("map {name} missing from the object"))
 }
 
 /// Write the AFTR's configuration maps: pool, pool index, allowed B4 prefixes, config.
@@ -135,15 +149,24 @@ pub fn configure_aftr(ebpf: &mut Ebpf, s: &AftrSettings, hash_seed: u32) -> Resu
 
 /// IPv4 destinations a B4 never puts into the softwire, besides its LAN subnets: "this
 /// network", loopback, link-local, multicast and limited broadcast (RFC 6890).
-pub const B4_ALWAYS_LOCAL: &[&str] =
-    &["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "255.255.255.255/32"];
+pub const B4_ALWAYS_LOCAL: &[&str] = &[
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/4",
+    "255.255.255.255/32",
+];
 
 /// Write the B4's configuration: LAN-local prefixes, then the config entry (enabled last).
 pub fn configure_b4(ebpf: &mut Ebpf, cfg: B4Config, lan_prefixes: &[Cidr4]) -> Result<()> {
     {
         let mut local: LpmTrie<&mut MapData, [u8; 4], u32> =
             LpmTrie::try_from(map_mut(ebpf, m::LOCAL_V4)?)?;
-        for p in B4_ALWAYS_LOCAL.iter().map(|s| s.parse::<Cidr4>().unwrap()).chain(lan_prefixes.iter().copied()) {
+        for p in B4_ALWAYS_LOCAL
+            .iter()
+            .map(|s| s.parse::<Cidr4>().unwrap())
+            .chain(lan_prefixes.iter().copied())
+        {
             local.insert(&Key::new(p.len as u32, p.network()), 1, 0)?;
         }
     }
@@ -163,7 +186,12 @@ pub fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
 }
 
 /// Attach program `name` to every interface index (each once).
-pub fn attach(ebpf: &mut Ebpf, name: &str, ifaces: &[(String, u32)], mode: XdpModeOpt) -> Result<()> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    name: &str,
+    ifaces: &[(String, u32)],
+    mode: XdpModeOpt,
+) -> Result<()> {
     let prog = load_program(ebpf, name)?;
     let mut done = Vec::new();
     for (ifname, index) in ifaces {
@@ -173,10 +201,14 @@ pub fn attach(ebpf: &mut Ebpf, name: &str, ifaces: &[(String, u32)], mode: XdpMo
         let r = match mode {
             XdpModeOpt::Native => prog.attach_to_if_index(*index, XdpMode::Driver),
             XdpModeOpt::Skb => prog.attach_to_if_index(*index, XdpMode::Skb),
-            XdpModeOpt::Auto => prog.attach_to_if_index(*index, XdpMode::Driver).or_else(|e| {
-                warn!("native XDP on {ifname} failed ({e}); falling back to generic (skb) mode");
-                prog.attach_to_if_index(*index, XdpMode::Skb)
-            }),
+            XdpModeOpt::Auto => prog
+                .attach_to_if_index(*index, XdpMode::Driver)
+                .or_else(|e| {
+                    warn!(
+                        "native XDP on {ifname} failed ({e}); falling back to generic (skb) mode"
+                    );
+                    prog.attach_to_if_index(*index, XdpMode::Skb)
+                }),
         };
         r.with_context(|| format!("attaching {name} to {ifname}"))?;
         info!("{name} attached to {ifname} (ifindex {index})");

@@ -18,13 +18,17 @@ use serde::Serialize;
 fn open(pin_path: &Path, name: &str) -> Result<MapData> {
     let p = pin_path.join(name);
     MapData::from_pin(&p).with_context(|| {
-        format!("no pinned map at {} (is the dataplane running with this --pin-path?)", p.display())
+        format!(
+            "no pinned map at {} (is the dataplane running with this --pin-path?)",
+            p.display()
+        )
     })
 }
 
 /// Every counter summed over CPUs, in `Counter::ALL` order.
 pub fn read_counters(pin_path: &Path) -> Result<Vec<(Counter, u64)>> {
-    let stats: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(open(pin_path, m::STATS)?))?;
+    let stats: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(pin_path, m::STATS)?))?;
     Counter::ALL
         .iter()
         .map(|c| {
@@ -37,12 +41,19 @@ pub fn read_counters(pin_path: &Path) -> Result<Vec<(Counter, u64)>> {
 pub fn print_stats(pin_path: &Path, json: bool) -> Result<()> {
     let counters = read_counters(pin_path)?;
     if json {
-        let obj: serde_json::Map<String, serde_json::Value> =
-            counters.iter().map(|(c, v)| (c.name().to_string(), (*v).into())).collect();
+        let obj: serde_json::Map<String, serde_json::Value> = counters
+            .iter()
+            .map(|(c, v)| (c.name().to_string(), (*v).into()))
+            .collect();
         println!("{}", serde_json::Value::Object(obj));
         return Ok(());
     }
-    for kind in [CounterKind::Traffic, CounterKind::Event, CounterKind::Pass, CounterKind::Drop] {
+    for kind in [
+        CounterKind::Traffic,
+        CounterKind::Event,
+        CounterKind::Pass,
+        CounterKind::Drop,
+    ] {
         println!("{}:", kind.name());
         for (c, v) in counters.iter().filter(|(c, _)| c.kind() == kind) {
             println!("  {:<28} {v:>14}", c.name());
@@ -63,7 +74,10 @@ pub struct Session {
 }
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime into a local struct. CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -74,8 +88,16 @@ impl Session {
         Session {
             b4: Ipv6Addr::from(k.b4).to_string(),
             proto: protocol_name(k.proto),
-            inside: format!("{}:{}", Ipv4Addr::from(k.inside_addr), u16::from_be(k.inside_port)),
-            outside: format!("{}:{}", Ipv4Addr::from(v.outside_addr), u16::from_be(v.outside_port)),
+            inside: format!(
+                "{}:{}",
+                Ipv4Addr::from(k.inside_addr),
+                u16::from_be(k.inside_port)
+            ),
+            outside: format!(
+                "{}:{}",
+                Ipv4Addr::from(v.outside_addr),
+                u16::from_be(v.outside_port)
+            ),
             age_seconds: now_ns.saturating_sub(v.created_ns) / 1_000_000_000,
             idle_seconds: now_ns.saturating_sub(v.last_seen_ns) / 1_000_000_000,
         }
@@ -101,7 +123,10 @@ pub fn print_sessions(pin_path: &Path, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string(&sessions)?);
         return Ok(());
     }
-    println!("{:<40} {:<5} {:<22} {:<22} {:>8} {:>8}", "B4", "PROTO", "INSIDE", "OUTSIDE", "AGE(s)", "IDLE(s)");
+    println!(
+        "{:<40} {:<5} {:<22} {:<22} {:>8} {:>8}",
+        "B4", "PROTO", "INSIDE", "OUTSIDE", "AGE(s)", "IDLE(s)"
+    );
     for s in &sessions {
         println!(
             "{:<40} {:<5} {:<22} {:<22} {:>8} {:>8}",

@@ -45,17 +45,29 @@ impl Controller {
                 }
             });
         }
-        let mut c = Controller { child, pin_path, log };
+        let mut c = Controller {
+            child,
+            pin_path,
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
                 return Ok(c);
             }
             if let Some(status) = c.child.try_wait()? {
-                bail!("dslite {} exited with {status}:\n{}", args.join(" "), c.log());
+                bail!(
+                    "dslite {} exited with {status}:\n{}",
+                    args.join(" "),
+                    c.log()
+                );
             }
             if Instant::now() > deadline {
-                bail!("dslite {} did not come up in 30 s:\n{}", args.join(" "), c.log());
+                bail!(
+                    "dslite {} did not come up in 30 s:\n{}",
+                    args.join(" "),
+                    c.log()
+                );
             }
         }
     }
@@ -80,7 +92,9 @@ impl Controller {
     /// One counter by name.
     pub fn counter(&self, name: &str) -> u64 {
         let s = self.stats().expect("dslite stats");
-        s.get(name).and_then(|v| v.as_u64()).unwrap_or_else(|| panic!("no counter {name} in {s}"))
+        s.get(name)
+            .and_then(|v| v.as_u64())
+            .unwrap_or_else(|| panic!("no counter {name} in {s}"))
     }
 
     fn view(&self, what: &str) -> Result<serde_json::Value> {

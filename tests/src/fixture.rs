@@ -37,22 +37,28 @@ impl Rig {
 
     /// As [`Rig::run`], returning the syscall error (the kernel refuses frames shorter
     /// than an Ethernet header with EINVAL before the program runs).
-    pub fn try_run(&self, iface: &str, frame: &[u8]) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
+    pub fn try_run(
+        &self,
+        iface: &str,
+        frame: &[u8],
+    ) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
         let prog: &Xdp = self.ebpf.program(self.prog).unwrap().try_into().unwrap();
         let mut out = vec![0u8; frame.len() + 256];
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress.
         let mut ctx = [0u8; 24];
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
         ctx[12..16].copy_from_slice(&self.ifindex[iface].to_ne_bytes());
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                repeat: 1,
-                ..Default::default()
-            })?;
-        assert_ne!(r.return_value, XDP_ABORTED, "the programs never return XDP_ABORTED");
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..Default::default()
+        })?;
+        assert_ne!(
+            r.return_value, XDP_ABORTED,
+            "the programs never return XDP_ABORTED"
+        );
         out.truncate(r.data_size_out as usize);
         Ok((r.return_value, out))
     }
@@ -66,7 +72,10 @@ impl Rig {
     }
 
     pub fn counter(&self, name: &str) -> u64 {
-        *self.counters().get(name).unwrap_or_else(|| panic!("no counter {name}"))
+        *self
+            .counters()
+            .get(name)
+            .unwrap_or_else(|| panic!("no counter {name}"))
     }
 
     pub fn mac(&self, iface: &str) -> [u8; 6] {
@@ -83,8 +92,14 @@ fn setup(ns: &Netns, cmds: &[&str]) {
 
 fn veth(ns: &Netns, a: &str) {
     let peer = format!("{a}p");
-    setup(ns, &[&format!("link add name {a} type veth peer name {peer}")]);
-    setup(ns, &[&format!("link set {a} up"), &format!("link set {peer} up")]);
+    setup(
+        ns,
+        &[&format!("link add name {a} type veth peer name {peer}")],
+    );
+    setup(
+        ns,
+        &[&format!("link set {a} up"), &format!("link set {peer} up")],
+    );
 }
 
 fn with_rig(
@@ -116,11 +131,17 @@ fn with_rig(
                     (*i, unsafe { libc::if_nametoindex(c.as_ptr()) })
                 })
                 .collect();
-            let object = std::fs::read(crate::bpf_object()).expect("kernel object (cargo xtask build-ebpf)");
+            let object =
+                std::fs::read(crate::bpf_object()).expect("kernel object (cargo xtask build-ebpf)");
             let mut ebpf = dataplane::load(&object, &pin2).unwrap();
             configure(&mut ebpf, &ifindex);
             dataplane::load_program(&mut ebpf, prog).unwrap();
-            let mut rig = Rig { ebpf, prog, pin: pin2, ifindex };
+            let mut rig = Rig {
+                ebpf,
+                prog,
+                pin: pin2,
+                ifindex,
+            };
             f(&mut rig);
         })
         .join();
@@ -157,9 +178,13 @@ pub fn with_aftr(ports: Option<(u16, u16)>, f: impl FnOnce(&mut Rig) + Send + 's
                 address: AFTR_ADDR.parse().unwrap(),
                 pool: config::expand_pool(&["198.51.100.0/30".parse().unwrap()]).unwrap(),
                 b4_prefixes: vec!["2001:db8:a::/64".parse().unwrap()],
-                ports: ports.map_or(config::PortRange { lo: 1024, hi: 65535 }, |(lo, hi)| {
-                    config::PortRange { lo, hi }
-                }),
+                ports: ports.map_or(
+                    config::PortRange {
+                        lo: 1024,
+                        hi: 65535,
+                    },
+                    |(lo, hi)| config::PortRange { lo, hi },
+                ),
                 pin_path: PathBuf::new(),
                 xdp_mode: config::XdpModeOpt::Skb,
                 bpf_object: None,

@@ -12,9 +12,16 @@ use anyhow::{bail, Context as _, Result};
 
 /// Run `ip ARGS`, failing with its stderr.
 pub fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -27,7 +34,9 @@ pub struct Netns {
 impl Netns {
     pub fn new(name: &str) -> Result<Netns> {
         ip(&["netns", "add", name])?;
-        let ns = Netns { name: name.to_string() };
+        let ns = Netns {
+            name: name.to_string(),
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
         // No duplicate address detection: tentative link-local addresses would delay the
         // first neighbour solicitations (and so the first packets) by a second or more.
@@ -83,7 +92,10 @@ impl Netns {
                 Ok(())
             });
         }
-        let child = cmd.stdin(Stdio::null()).spawn().context("spawning in netns")?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .context("spawning in netns")?;
         drop(f);
         Ok(child)
     }
@@ -123,7 +135,10 @@ struct IfReq {
 }
 
 fn ifreq(ifname: &str) -> IfReq {
-    let mut r = IfReq { name: [0; 16], data: [0; 24] };
+    let mut r = IfReq {
+        name: [0; 16],
+        data: [0; 24],
+    };
     r.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
     r
 }

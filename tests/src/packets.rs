@@ -9,7 +9,14 @@ use etherparse::PacketBuilder;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 
-pub fn udp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, ttl: u8, payload: &[u8]) -> Vec<u8> {
+pub fn udp4(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    ttl: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let b = PacketBuilder::ipv4(src.octets(), dst.octets(), ttl).udp(sport, dport);
     let mut v = Vec::with_capacity(b.size(payload.len()));
     b.write(&mut v, payload).unwrap();
@@ -25,9 +32,20 @@ pub fn tcp4_syn(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, ttl: u8) -
     v
 }
 
-pub fn icmp4_echo(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16, ttl: u8, reply: bool) -> Vec<u8> {
+pub fn icmp4_echo(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    id: u16,
+    seq: u16,
+    ttl: u8,
+    reply: bool,
+) -> Vec<u8> {
     let b = PacketBuilder::ipv4(src.octets(), dst.octets(), ttl);
-    let b = if reply { b.icmpv4_echo_reply(id, seq) } else { b.icmpv4_echo_request(id, seq) };
+    let b = if reply {
+        b.icmpv4_echo_reply(id, seq)
+    } else {
+        b.icmpv4_echo_request(id, seq)
+    };
     let payload = b"dslite-ping-payload";
     let mut v = Vec::with_capacity(b.size(payload.len()));
     b.write(&mut v, payload).unwrap();
@@ -42,7 +60,14 @@ pub fn tel_destopts(limit: u8) -> Vec<u8> {
 }
 
 /// IPv6 header + optional extension headers (chained, each's first byte rewritten) + payload.
-pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, exts: &[(u8, Vec<u8>)], payload: &[u8], hop_limit: u8) -> Vec<u8> {
+pub fn ipv6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    next: u8,
+    exts: &[(u8, Vec<u8>)],
+    payload: &[u8],
+    hop_limit: u8,
+) -> Vec<u8> {
     let ext_len: usize = exts.iter().map(|(_, e)| e.len()).sum();
     let mut v = Vec::with_capacity(40 + ext_len + payload.len());
     v.extend_from_slice(&[0x60, 0, 0, 0]);
@@ -79,7 +104,11 @@ pub fn assert_ipv4_checksums(ip: &[u8]) {
     use etherparse::{Icmpv4Slice, Ipv4HeaderSlice, TcpHeaderSlice, UdpHeaderSlice};
     let h = Ipv4HeaderSlice::from_slice(ip).expect("IPv4 header");
     let header = h.to_header();
-    assert_eq!(header.header_checksum, header.calc_header_checksum(), "IPv4 header checksum");
+    assert_eq!(
+        header.header_checksum,
+        header.calc_header_checksum(),
+        "IPv4 header checksum"
+    );
     let l4 = &ip[h.slice().len()..h.total_len() as usize];
     match h.protocol().0 {
         17 => {
@@ -91,7 +120,10 @@ pub fn assert_ipv4_checksums(ip: &[u8]) {
         }
         6 => {
             let t = TcpHeaderSlice::from_slice(l4).expect("TCP header");
-            let want = t.to_header().calc_checksum_ipv4(&header, &l4[t.slice().len()..]).unwrap();
+            let want = t
+                .to_header()
+                .calc_checksum_ipv4(&header, &l4[t.slice().len()..])
+                .unwrap();
             assert_eq!(t.checksum(), want, "TCP checksum");
         }
         1 => {

@@ -6,7 +6,9 @@
 //! hostC 192.168.1.10 -- b4c --(2001:db8:c::/64)--+   (IPv6 only)                  203.0.113.1  .2 .3
 //! ```
 //!
-//! b4c's prefix is not in the AFTR's `--b4-prefix` list. Everything is deleted on drop.
+//! b4c's prefix is not in the AFTR's `--b4-prefix` list. Each host also has native IPv6
+//! (2001:db8:a1::10 behind b4a, ...), routed by the B4's kernel to the router
+//! (2001:db8:f::1). Everything is deleted on drop.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -59,25 +61,90 @@ pub struct DsLite {
 fn customer(tag: char, router: &Netns) -> Result<Customer> {
     let host = Netns::new(&unique(&format!("h{tag}")))?;
     let b4 = Netns::new(&unique(&format!("b{tag}")))?;
-    host.ip(&["link", "add", "name", "eth0", "type", "veth", "peer", "name", "lan", "netns", &b4.name])?;
-    b4.ip(&["link", "add", "name", "wan", "type", "veth", "peer", "name", &format!("to-{tag}"), "netns", &router.name])?;
+    host.ip(&[
+        "link", "add", "name", "eth0", "type", "veth", "peer", "name", "lan", "netns", &b4.name,
+    ])?;
+    b4.ip(&[
+        "link",
+        "add",
+        "name",
+        "wan",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("to-{tag}"),
+        "netns",
+        &router.name,
+    ])?;
     host.ip(&["addr", "add", "192.168.1.10/24", "dev", "eth0"])?;
     host.ip(&["link", "set", "eth0", "up"])?;
     host.ip(&["route", "add", "default", "via", "192.168.1.1"])?;
+    // Native IPv6 on the LAN too, routed by the B4's kernel: the customer's v6 share.
+    host.ip(&[
+        "addr",
+        "add",
+        &format!("2001:db8:{tag}1::10/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    host.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &format!("2001:db8:{tag}1::1"),
+    ])?;
     b4.ip(&["addr", "add", "192.168.1.1/24", "dev", "lan"])?;
+    b4.ip(&[
+        "addr",
+        "add",
+        &format!("2001:db8:{tag}1::1/64"),
+        "dev",
+        "lan",
+        "nodad",
+    ])?;
     let wan = format!("2001:db8:{tag}::2");
     b4.ip(&["addr", "add", &format!("{wan}/64"), "dev", "wan", "nodad"])?;
     b4.ip(&["link", "set", "wan", "mtu", V6_MTU])?;
     b4.ip(&["link", "set", "lan", "up"])?;
     b4.ip(&["link", "set", "wan", "up"])?;
-    b4.ip(&["-6", "route", "add", "default", "via", &format!("2001:db8:{tag}::1")])?;
+    b4.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &format!("2001:db8:{tag}::1"),
+    ])?;
     let to = format!("to-{tag}");
-    router.ip(&["addr", "add", &format!("2001:db8:{tag}::1/64"), "dev", &to, "nodad"])?;
+    router.ip(&[
+        "addr",
+        "add",
+        &format!("2001:db8:{tag}::1/64"),
+        "dev",
+        &to,
+        "nodad",
+    ])?;
     router.ip(&["link", "set", &to, "mtu", V6_MTU])?;
     router.ip(&["link", "set", &to, "up"])?;
+    router.ip(&[
+        "-6",
+        "route",
+        "add",
+        &format!("2001:db8:{tag}1::/64"),
+        "via",
+        &wan,
+    ])?;
     tune(&host, &["eth0"], true)?;
     tune(&b4, &[], false)?;
-    Ok(Customer { host, b4, wan_addr: wan.parse().unwrap() })
+    Ok(Customer {
+        host,
+        b4,
+        wan_addr: wan.parse().unwrap(),
+    })
 }
 
 /// Attach `dslite_pass` to a router's interfaces: a veth delivers redirected frames only if
@@ -140,19 +207,54 @@ impl DsLite {
         let a = customer('a', &router)?;
         let b = customer('b', &router)?;
         let c = customer('c', &router)?;
-        router.ip(&["link", "add", "name", "to-aftr", "type", "veth", "peer", "name", "tun", "netns", &aftr_ns.name])?;
+        router.ip(&[
+            "link",
+            "add",
+            "name",
+            "to-aftr",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "tun",
+            "netns",
+            &aftr_ns.name,
+        ])?;
         router.ip(&["addr", "add", "2001:db8:f::1/64", "dev", "to-aftr", "nodad"])?;
         router.ip(&["link", "set", "to-aftr", "mtu", V6_MTU])?;
         router.ip(&["link", "set", "to-aftr", "up"])?;
         router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         let pin_root = PathBuf::from("/sys/fs/bpf").join(unique("pins"));
-        let router_xdp = attach_pass(&router, &["to-a", "to-b", "to-c", "to-aftr"], pin_root.join("router"))?;
+        let router_xdp = attach_pass(
+            &router,
+            &["to-a", "to-b", "to-c", "to-aftr"],
+            pin_root.join("router"),
+        )?;
 
-        aftr_ns.ip(&["addr", "add", &format!("{AFTR_ADDR}/64"), "dev", "tun", "nodad"])?;
+        aftr_ns.ip(&[
+            "addr",
+            "add",
+            &format!("{AFTR_ADDR}/64"),
+            "dev",
+            "tun",
+            "nodad",
+        ])?;
         aftr_ns.ip(&["link", "set", "tun", "mtu", V6_MTU])?;
         aftr_ns.ip(&["link", "set", "tun", "up"])?;
         aftr_ns.ip(&["-6", "route", "add", "default", "via", "2001:db8:f::1"])?;
-        aftr_ns.ip(&["link", "add", "name", "inet", "type", "veth", "peer", "name", "eth0", "netns", &server.name])?;
+        aftr_ns.ip(&[
+            "link",
+            "add",
+            "name",
+            "inet",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &server.name,
+        ])?;
         aftr_ns.ip(&["addr", "add", "203.0.113.1/24", "dev", "inet"])?;
         aftr_ns.ip(&["link", "set", "inet", "up"])?;
         tune(&aftr_ns, &[], false)?;
@@ -164,22 +266,53 @@ impl DsLite {
         tune(&server, &["eth0"], true)?;
 
         let mut aftr_args = vec![
-            "aftr", "--tunnel-iface", "tun", "--internet-iface", "inet", "--address", AFTR_ADDR,
-            "--pool", POOL, "--b4-prefix", "2001:db8:a::/64", "2001:db8:b::/64",
+            "aftr",
+            "--tunnel-iface",
+            "tun",
+            "--internet-iface",
+            "inet",
+            "--address",
+            AFTR_ADDR,
+            "--pool",
+            POOL,
+            "--b4-prefix",
+            "2001:db8:a::/64",
+            "2001:db8:b::/64",
         ];
         aftr_args.extend_from_slice(aftr_extra);
         let aftr = Controller::start(&aftr_ns, &aftr_args, pin_root.join("aftr"))?;
         let b4 = |c: &Customer, name: &str| {
             Controller::start(
                 &c.b4,
-                &["b4", "--lan-iface", "lan", "--wan-iface", "wan", "--aftr", AFTR_ADDR],
+                &[
+                    "b4",
+                    "--lan-iface",
+                    "lan",
+                    "--wan-iface",
+                    "wan",
+                    "--aftr",
+                    AFTR_ADDR,
+                ],
                 pin_root.join(name),
             )
         };
         let b4a = b4(&a, "b4a")?;
         let b4b = b4(&b, "b4b")?;
         let b4c = b4(&c, "b4c")?;
-        Ok(DsLite { aftr, b4a, b4b, b4c, router_xdp, a, b, c, router, aftr_ns, server, pin_root })
+        Ok(DsLite {
+            aftr,
+            b4a,
+            b4b,
+            b4c,
+            router_xdp,
+            a,
+            b,
+            c,
+            router,
+            aftr_ns,
+            server,
+            pin_root,
+        })
     }
 }
 
@@ -187,7 +320,12 @@ impl DsLite {
     /// Non-zero counters of every controller, for assertion messages.
     pub fn diagnostics(&self) -> String {
         let mut out = String::new();
-        for (name, c) in [("aftr", &self.aftr), ("b4a", &self.b4a), ("b4b", &self.b4b), ("b4c", &self.b4c)] {
+        for (name, c) in [
+            ("aftr", &self.aftr),
+            ("b4a", &self.b4a),
+            ("b4b", &self.b4b),
+            ("b4c", &self.b4c),
+        ] {
             let nz: Vec<String> = match c.stats() {
                 Ok(serde_json::Value::Object(m)) => m
                     .iter()

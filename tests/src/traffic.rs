@@ -39,7 +39,8 @@ pub fn udp_echo_server(ns: &Netns, addr: SocketAddrV4) -> Server {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = ns.run(move || {
         let sock = UdpSocket::bind(addr).expect("bind udp echo");
-        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         ready_tx.send(()).unwrap();
         let mut buf = [0u8; 65536];
         while !s.load(Ordering::Relaxed) {
@@ -50,13 +51,23 @@ pub fn udp_echo_server(ns: &Netns, addr: SocketAddrV4) -> Server {
             }
         }
     });
-    ready_rx.recv_timeout(Duration::from_secs(5)).expect("udp echo server ready");
-    Server { stop, handle: Some(handle) }
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("udp echo server ready");
+    Server {
+        stop,
+        handle: Some(handle),
+    }
 }
 
 /// Send `payload` from `bind` to `to` and wait for the echo; retries a few times.
 /// Returns the peer address the server saw (the outside address:port).
-pub fn udp_request(ns: &Netns, bind: SocketAddrV4, to: SocketAddrV4, payload: &str) -> Result<SocketAddr> {
+pub fn udp_request(
+    ns: &Netns,
+    bind: SocketAddrV4,
+    to: SocketAddrV4,
+    payload: &str,
+) -> Result<SocketAddr> {
     let payload = payload.to_string();
     ns.run(move || -> Result<SocketAddr> {
         let sock = UdpSocket::bind(bind).with_context(|| format!("bind {bind}"))?;
@@ -83,7 +94,11 @@ pub fn udp_request(ns: &Netns, bind: SocketAddrV4, to: SocketAddrV4, payload: &s
 }
 
 /// Wait for one UDP datagram on `bind` (used with crafted packets).
-pub fn udp_listen_once(ns: &Netns, bind: SocketAddrV4, timeout: Duration) -> JoinHandle<Result<(Vec<u8>, SocketAddr)>> {
+pub fn udp_listen_once(
+    ns: &Netns,
+    bind: SocketAddrV4,
+    timeout: Duration,
+) -> JoinHandle<Result<(Vec<u8>, SocketAddr)>> {
     let (tx, rx) = std::sync::mpsc::channel();
     let h = ns.run(move || {
         let sock = UdpSocket::bind(bind)?;
@@ -93,12 +108,14 @@ pub fn udp_listen_once(ns: &Netns, bind: SocketAddrV4, timeout: Duration) -> Joi
         let (n, from) = sock.recv_from(&mut buf).context("waiting for a datagram")?;
         Ok((buf[..n].to_vec(), from))
     });
-    rx.recv_timeout(Duration::from_secs(5)).expect("listener ready");
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("listener ready");
     h
 }
 
 /// TCP echo server: copies every byte back on each connection.
-pub fn tcp_echo_server(ns: &Netns, addr: SocketAddrV4) -> Server {
+pub fn tcp_echo_server(ns: &Netns, addr: impl Into<SocketAddr>) -> Server {
+    let addr: SocketAddr = addr.into();
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -123,8 +140,13 @@ pub fn tcp_echo_server(ns: &Netns, addr: SocketAddrV4) -> Server {
             }
         }
     });
-    ready_rx.recv_timeout(Duration::from_secs(5)).expect("tcp echo server ready");
-    Server { stop, handle: Some(handle) }
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("tcp echo server ready");
+    Server {
+        stop,
+        handle: Some(handle),
+    }
 }
 
 /// Byte `i` of the test stream (not periodic in any small power of two).
@@ -134,9 +156,14 @@ pub fn pattern(i: usize) -> u8 {
 
 /// Send `len` pattern bytes to an echo server from `ns` and verify every byte that comes
 /// back. Returns the number of verified bytes.
-pub fn tcp_transfer(ns: &Netns, to: SocketAddrV4, len: usize) -> JoinHandle<Result<usize>> {
+pub fn tcp_transfer(
+    ns: &Netns,
+    to: impl Into<SocketAddr>,
+    len: usize,
+) -> JoinHandle<Result<usize>> {
+    let to: SocketAddr = to.into();
     ns.run(move || -> Result<usize> {
-        let c = TcpStream::connect_timeout(&to.into(), Duration::from_secs(10))
+        let c = TcpStream::connect_timeout(&to, Duration::from_secs(10))
             .with_context(|| format!("connect {to}"))?;
         c.set_read_timeout(Some(Duration::from_secs(20)))?;
         c.set_write_timeout(Some(Duration::from_secs(20)))?;
@@ -169,7 +196,9 @@ pub fn tcp_transfer(ns: &Netns, to: SocketAddrV4, len: usize) -> JoinHandle<Resu
             }
             got += n;
         }
-        writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))??;
         if got != len {
             bail!("echoed {got} of {len} bytes");
         }
@@ -203,7 +232,10 @@ pub fn ping(ns: &Netns, dst: Ipv4Addr, id: u16, count: u16) -> Result<u16> {
             let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
             let Ok(n) = s.recv(&mut buf) else { continue };
             // SAFETY: `recv` initialised the first n bytes.
-            let b: Vec<u8> = buf[..n].iter().map(|x| unsafe { x.assume_init() }).collect();
+            let b: Vec<u8> = buf[..n]
+                .iter()
+                .map(|x| unsafe { x.assume_init() })
+                .collect();
             let ihl = ((b[0] & 0x0f) as usize) * 4;
             if b.len() >= ihl + 8
                 && b[ihl] == 0
@@ -254,4 +286,73 @@ pub fn send_frame(ns: &Netns, ifname: &str, frame: Vec<u8>) -> Result<()> {
     })
     .join()
     .map_err(|_| anyhow::anyhow!("sender panicked"))?
+}
+
+/// Minimal HTTP/1.1 server: every GET is answered with `len` pattern bytes.
+pub fn http_server(ns: &Netns, addr: SocketAddrV4, len: usize) -> Server {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = ns.run(move || {
+        let l = TcpListener::bind(addr).expect("bind http");
+        l.set_nonblocking(true).unwrap();
+        ready_tx.send(()).unwrap();
+        while !s.load(Ordering::Relaxed) {
+            let Ok((mut c, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            std::thread::spawn(move || {
+                c.set_nonblocking(false).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut req = Vec::new();
+                let mut b = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&b[..n]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+                );
+                let _ = c.write_all(head.as_bytes());
+                let body: Vec<u8> = (0..len).map(pattern).collect();
+                let _ = c.write_all(&body);
+            });
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("http server ready");
+    Server {
+        stop,
+        handle: Some(handle),
+    }
+}
+
+/// GET `/` from `to` inside `ns`; verifies the body. Returns (bytes, seconds).
+pub fn http_get(ns: &Netns, to: SocketAddrV4) -> JoinHandle<Result<(usize, f64)>> {
+    ns.run(move || -> Result<(usize, f64)> {
+        let start = Instant::now();
+        let mut c = TcpStream::connect_timeout(&to.into(), Duration::from_secs(10))?;
+        c.set_read_timeout(Some(Duration::from_secs(20)))?;
+        c.write_all(format!("GET / HTTP/1.1\r\nHost: {to}\r\n\r\n").as_bytes())?;
+        let mut all = Vec::new();
+        c.read_to_end(&mut all)?;
+        let split = all
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .context("no HTTP header")?
+            + 4;
+        let head = std::str::from_utf8(&all[..split])?;
+        if !head.starts_with("HTTP/1.1 200") {
+            bail!("bad response: {head}");
+        }
+        let body = &all[split..];
+        if let Some(i) = body.iter().enumerate().position(|(i, b)| *b != pattern(i)) {
+            bail!("body corrupted at byte {i}");
+        }
+        Ok((body.len(), start.elapsed().as_secs_f64()))
+    })
 }

@@ -23,26 +23,55 @@ fn sa(ip: std::net::Ipv4Addr, port: u16) -> SocketAddrV4 {
 fn ping_and_udp_from_both_hosts() {
     let t = DsLite::start(&[]).unwrap();
     let _echo = udp_echo_server(&t.server, sa(SERVER1, 7777));
-    assert_eq!(ping(&t.a.host, SERVER1, 0x4242, 3).unwrap(), 3, "hostA ping\n{}", t.diagnostics());
-    assert_eq!(ping(&t.b.host, SERVER1, 0x4242, 3).unwrap(), 3, "hostB ping\n{}", t.diagnostics());
+    assert_eq!(
+        ping(&t.a.host, SERVER1, 0x4242, 3).unwrap(),
+        3,
+        "hostA ping\n{}",
+        t.diagnostics()
+    );
+    assert_eq!(
+        ping(&t.b.host, SERVER1, 0x4242, 3).unwrap(),
+        3,
+        "hostB ping\n{}",
+        t.diagnostics()
+    );
 
     // The payload names the sender: a reply delivered to the wrong host fails the echo check.
     let seen_a = udp_request(&t.a.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "from-A").unwrap();
     let seen_b = udp_request(&t.b.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "from-B").unwrap();
-    assert_ne!(seen_a, seen_b, "two softwires with the same inside endpoint share no outside endpoint");
+    assert_ne!(
+        seen_a, seen_b,
+        "two softwires with the same inside endpoint share no outside endpoint"
+    );
     for s in [seen_a, seen_b] {
         let SocketAddr::V4(v4) = s else { panic!("{s}") };
-        assert_eq!(v4.ip().octets()[..3], [198, 51, 100], "outside address {s} is from the pool");
+        assert_eq!(
+            v4.ip().octets()[..3],
+            [198, 51, 100],
+            "outside address {s} is from the pool"
+        );
     }
 
     let sessions = t.aftr.sessions().unwrap();
     let udp: Vec<_> = sessions.iter().filter(|s| s["proto"] == "udp").collect();
     assert_eq!(udp.len(), 2, "{sessions:?}");
-    let b4s: HashSet<_> = udp.iter().map(|s| s["b4"].as_str().unwrap().to_string()).collect();
-    assert_eq!(b4s, HashSet::from(["2001:db8:a::2".to_string(), "2001:db8:b::2".to_string()]));
+    let b4s: HashSet<_> = udp
+        .iter()
+        .map(|s| s["b4"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        b4s,
+        HashSet::from(["2001:db8:a::2".to_string(), "2001:db8:b::2".to_string()])
+    );
     assert!(udp.iter().all(|s| s["inside"] == "192.168.1.10:5000"));
-    let outs: HashSet<_> = udp.iter().map(|s| s["outside"].as_str().unwrap().to_string()).collect();
-    assert!(outs.contains(&seen_a.to_string()) && outs.contains(&seen_b.to_string()), "{outs:?}");
+    let outs: HashSet<_> = udp
+        .iter()
+        .map(|s| s["outside"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        outs.contains(&seen_a.to_string()) && outs.contains(&seen_b.to_string()),
+        "{outs:?}"
+    );
     let icmp = sessions.iter().filter(|s| s["proto"] == "icmp").count();
     assert_eq!(icmp, 2, "one echo mapping per softwire: {sessions:?}");
 
@@ -66,7 +95,13 @@ fn tcp_bulk_transfer_from_both_hosts_at_once() {
     let fast = t.aftr.counter("aftr_in_packets");
     let slow = t.aftr.counter("pass_no_neighbour");
     assert!(fast > 10_000 && slow < 100, "fast {fast}, slow {slow}");
-    let tcp = t.aftr.sessions().unwrap().into_iter().filter(|s| s["proto"] == "tcp").count();
+    let tcp = t
+        .aftr
+        .sessions()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s["proto"] == "tcp")
+        .count();
     assert_eq!(tcp, 2);
 }
 
@@ -91,11 +126,20 @@ fn b4_outside_allowed_prefixes_creates_no_mapping() {
     let t = DsLite::start(&[]).unwrap();
     let _echo = udp_echo_server(&t.server, sa(SERVER1, 7777));
     let r = udp_request(&t.c.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "from-C");
-    assert!(r.is_err(), "hostC behind a non-allowed B4 got a reply: {r:?}");
+    assert!(
+        r.is_err(),
+        "hostC behind a non-allowed B4 got a reply: {r:?}"
+    );
     assert!(t.aftr.counter("drop_b4_not_allowed") >= 1);
-    assert!(t.b4c.counter("b4_encap_packets") >= 1, "b4c did send into its softwire");
+    assert!(
+        t.b4c.counter("b4_encap_packets") >= 1,
+        "b4c did send into its softwire"
+    );
     let sessions = t.aftr.sessions().unwrap();
-    assert!(sessions.iter().all(|s| s["b4"] != "2001:db8:c::2"), "{sessions:?}");
+    assert!(
+        sessions.iter().all(|s| s["b4"] != "2001:db8:c::2"),
+        "{sessions:?}"
+    );
     assert_eq!(t.aftr.counter("nat_mapping_created"), 0);
 }
 
@@ -109,15 +153,32 @@ fn tunnel_encapsulation_limit_option_works_end_to_end() {
     // Resolve neighbours on the path first with an ordinary exchange.
     udp_request(&t.a.host, sa(HOST_ADDR, 5001), sa(SERVER1, 7777), "warm").unwrap();
     let listener = udp_listen_once(&t.a.host, sa(HOST_ADDR, 5555), Duration::from_secs(5));
-    let aftr_mac = t.aftr_ns.run(|| dslite_tests::netns::mac("tun").unwrap()).join().unwrap();
-    let rt_mac = t.router.run(|| dslite_tests::netns::mac("to-aftr").unwrap()).join().unwrap();
+    let aftr_mac = t
+        .aftr_ns
+        .run(|| dslite_tests::netns::mac("tun").unwrap())
+        .join()
+        .unwrap();
+    let rt_mac = t
+        .router
+        .run(|| dslite_tests::netns::mac("to-aftr").unwrap())
+        .join()
+        .unwrap();
     let inner = udp4(HOST_ADDR, SERVER1, 5555, 7777, 64, b"tel");
     let v6 = softwire(t.a.wan_addr, aftr_addr(), &inner, &[(60, tel_destopts(4))]);
     let before = t.aftr.counter("aftr_out_packets");
-    send_frame(&t.router, "to-aftr", eth(aftr_mac, rt_mac, packets::ETH_P_IPV6, &v6)).unwrap();
+    send_frame(
+        &t.router,
+        "to-aftr",
+        eth(aftr_mac, rt_mac, packets::ETH_P_IPV6, &v6),
+    )
+    .unwrap();
     let (data, from) = listener.join().unwrap().unwrap();
     assert_eq!(from, SocketAddr::V4(sa(SERVER1, 7777)));
-    assert!(data.starts_with(b"tel|198.51.100."), "{}", String::from_utf8_lossy(&data));
+    assert!(
+        data.starts_with(b"tel|198.51.100."),
+        "{}",
+        String::from_utf8_lossy(&data)
+    );
     assert_eq!(t.aftr.counter("aftr_out_packets"), before + 1);
 }
 
@@ -135,5 +196,40 @@ fn controller_detaches_cleanly() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && !text.contains("xdp"), "XDP still attached: {text}");
+    assert!(
+        out.status.success() && !text.contains("xdp"),
+        "XDP still attached: {text}"
+    );
+}
+
+/// Native IPv6 is left to the kernel and counted apart from softwire traffic, both
+/// directions, so operators see each customer's v4/v6 split.
+#[test]
+fn native_ipv6_is_counted_apart_from_softwire() {
+    let t = DsLite::start(&[]).unwrap();
+    let server: SocketAddr = "[2001:db8:f::1]:9000".parse().unwrap();
+    let _echo = tcp_echo_server(&t.router, server);
+    let encap_before = t.b4a.counter("b4_encap_bytes");
+    let out_before = t.b4a.counter("native_v6_out_bytes");
+    let in_before = t.b4a.counter("native_v6_in_bytes");
+    const LEN: usize = 1024 * 1024;
+    assert_eq!(
+        tcp_transfer(&t.a.host, server, LEN)
+            .join()
+            .unwrap()
+            .unwrap(),
+        LEN
+    );
+    let out = t.b4a.counter("native_v6_out_bytes") - out_before;
+    let inb = t.b4a.counter("native_v6_in_bytes") - in_before;
+    assert!(
+        out >= LEN as u64 && inb >= LEN as u64,
+        "native out {out}, in {inb}\n{}",
+        t.diagnostics()
+    );
+    assert!(
+        t.b4a.counter("b4_encap_bytes") - encap_before < 10_000,
+        "native IPv6 must not enter the softwire"
+    );
+    assert_eq!(t.aftr.counter("aftr_out_packets"), 0);
 }

@@ -20,7 +20,12 @@ fn aftr() -> Ipv6Addr {
 
 /// A softwire frame as the AFTR receives it on `tun`.
 fn from_b4(rig: &Rig, b4: Ipv6Addr, inner: &[u8], exts: &[(u8, Vec<u8>)]) -> Vec<u8> {
-    eth(rig.mac("tun"), ROUTER_MAC, packets::ETH_P_IPV6, &softwire(b4, aftr(), inner, exts))
+    eth(
+        rig.mac("tun"),
+        ROUTER_MAC,
+        packets::ETH_P_IPV6,
+        &softwire(b4, aftr(), inner, exts),
+    )
 }
 
 /// An IPv4 frame as the AFTR receives it on `inet`.
@@ -45,7 +50,10 @@ fn aftr_outbound_udp_is_decapsulated_and_translated() {
         assert_eq!(&out[12..14], &[0x08, 0x00]);
         let ip = &out[14..];
         let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-        assert!(pool().contains(&src), "source {src} must come from the pool");
+        assert!(
+            pool().contains(&src),
+            "source {src} must come from the pool"
+        );
         let sport = u16::from_be_bytes([ip[20], ip[21]]);
         assert!(sport >= 1024);
         // Byte-exact: what an independent builder makes with the translated fields.
@@ -78,12 +86,18 @@ fn aftr_inbound_reply_is_translated_and_encapsulated() {
         assert_eq!(&out[12..14], &[0x86, 0xdd]);
         let v6 = &out[14..];
         assert_eq!(v6[6], 4, "next header IPv4");
-        assert_eq!(v6[7], 64, "outer hop limit is configured, not copied (item 9)");
+        assert_eq!(
+            v6[7], 64,
+            "outer hop limit is configured, not copied (item 9)"
+        );
         assert_eq!(&v6[8..24], &aftr().octets());
         assert_eq!(&v6[24..40], &b4a().octets());
         let inner_out = &v6[40..];
         assert_eq!(u16::from_be_bytes([v6[4], v6[5]]) as usize, inner_out.len());
-        assert_eq!(inner_out, udp4(SERVER, HOST, 7777, 5000, 63, b"world").as_slice());
+        assert_eq!(
+            inner_out,
+            udp4(SERVER, HOST, 7777, 5000, 63, b"world").as_slice()
+        );
         assert_ipv4_checksums(inner_out);
         assert_eq!(rig.counter("aftr_in_packets"), 1);
     });
@@ -94,7 +108,10 @@ fn aftr_inbound_reply_is_translated_and_encapsulated() {
 fn aftr_accepts_tunnel_encapsulation_limit_option() {
     with_aftr(None, |rig| {
         let inner = udp4(HOST, SERVER, 5000, 7777, 64, b"tel");
-        let (v, out) = rig.run("tun", &from_b4(rig, b4a(), &inner, &[(60, tel_destopts(4))]));
+        let (v, out) = rig.run(
+            "tun",
+            &from_b4(rig, b4a(), &inner, &[(60, tel_destopts(4))]),
+        );
         assert_eq!(v, XDP_REDIRECT);
         assert_ipv4_checksums(&out[14..]);
         assert_eq!(&out[14 + 16..14 + 20], &SERVER.octets());
@@ -110,7 +127,10 @@ fn aftr_translates_tcp_and_icmp_echo_both_ways() {
         assert_eq!(v, XDP_REDIRECT);
         let ip = out[14..].to_vec();
         assert_ipv4_checksums(&ip);
-        let (outside, port) = (Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]), u16::from_be_bytes([ip[20], ip[21]]));
+        let (outside, port) = (
+            Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+            u16::from_be_bytes([ip[20], ip[21]]),
+        );
         let synack = packets::tcp4_syn(SERVER, outside, 80, port, 64);
         let (v, out) = rig.run("inet", &from_internet(rig, &synack));
         assert_eq!(v, XDP_REDIRECT);
@@ -131,7 +151,11 @@ fn aftr_translates_tcp_and_icmp_echo_both_ways() {
         assert_eq!(v, XDP_REDIRECT);
         let inner = &out[14 + 40..];
         assert_ipv4_checksums(inner);
-        assert_eq!(u16::from_be_bytes([inner[24], inner[25]]), 0x1234, "inside echo id restored");
+        assert_eq!(
+            u16::from_be_bytes([inner[24], inner[25]]),
+            0x1234,
+            "inside echo id restored"
+        );
     });
 }
 
@@ -157,7 +181,11 @@ fn aftr_keys_mappings_by_softwire() {
         let other: Ipv6Addr = "2001:db8:a::99".parse().unwrap();
         let (_, o1) = rig.run("tun", &from_b4(rig, b4a(), &inner, &[]));
         let (_, o2) = rig.run("tun", &from_b4(rig, other, &inner, &[]));
-        assert_ne!(&o1[14 + 12..14 + 22], &o2[14 + 12..14 + 22], "distinct outside address:port");
+        assert_ne!(
+            &o1[14 + 12..14 + 22],
+            &o2[14 + 12..14 + 22],
+            "distinct outside address:port"
+        );
         assert_eq!(rig.counter("nat_mapping_created"), 2);
     });
 }
@@ -174,7 +202,10 @@ fn aftr_port_exhaustion_is_a_counted_drop() {
             assert_eq!(v, XDP_REDIRECT);
             outs.push(out[14 + 12..14 + 16].to_vec());
         }
-        assert!(outs.windows(2).all(|w| w[0] == w[1]), "paired pooling: one address");
+        assert!(
+            outs.windows(2).all(|w| w[0] == w[1]),
+            "paired pooling: one address"
+        );
         let inner = udp4(HOST, SERVER, 6100, 7777, 64, b"x");
         let (v, _) = rig.run("tun", &from_b4(rig, b4a(), &inner, &[]));
         assert_eq!(v, XDP_DROP);
@@ -189,32 +220,186 @@ fn aftr_drops_and_passes_are_counted() {
         let ok = udp4(HOST, SERVER, 5000, 7777, 64, b"x");
         let stranger: Ipv6Addr = "2001:db8:c::2".parse().unwrap();
         let mut cases: Vec<(&str, &str, Vec<u8>, u32, &str)> = vec![
-            ("B4 outside --b4-prefix", "tun", from_b4(rig, stranger, &ok, &[]), XDP_DROP, "drop_b4_not_allowed"),
-            ("inner TTL 1", "tun", from_b4(rig, b4a(), &udp4(HOST, SERVER, 5000, 7777, 1, b"x"), &[]), XDP_DROP, "drop_ttl_exceeded"),
-            ("GRE inside", "tun", from_b4(rig, b4a(), &{ let mut p = ok.clone(); p[9] = 47; p }, &[]), XDP_DROP, "drop_unsupported_proto"),
-            ("ICMP dest unreachable inside", "tun", from_b4(rig, b4a(), &{ let mut p = packets::icmp4_echo(HOST, SERVER, 1, 1, 64, false); p[20] = 3; p }, &[]), XDP_DROP, "drop_icmp_type"),
-            ("IPv4 fragment", "tun", from_b4(rig, b4a(), &{ let mut p = ok.clone(); p[6] |= 0x20; p }, &[]), XDP_DROP, "drop_ipv4_fragment"),
-            ("IHL 4", "tun", from_b4(rig, b4a(), &{ let mut p = ok.clone(); p[0] = 0x44; p }, &[]), XDP_DROP, "drop_bad_ipv4"),
-            ("IPv6 inside next header 4", "tun", from_b4(rig, b4a(), &{ let mut p = ok.clone(); p[0] = 0x65; p }, &[]), XDP_DROP, "drop_bad_ipv4"),
-            ("IPv6 fragment header", "tun", from_b4(rig, b4a(), &ok, &[(44, vec![0, 0, 0, 1, 0, 0, 0, 1])]), XDP_PASS, "pass_ipv6_fragment"),
-            ("routing header", "tun", from_b4(rig, b4a(), &ok, &[(43, vec![0, 0, 0, 0, 0, 0, 0, 0])]), XDP_PASS, "pass_ipv6_ext_header"),
-            ("ICMPv6 to the AFTR", "tun", eth(rig.mac("tun"), ROUTER_MAC, 0x86dd, &packets::ipv6(b4a(), aftr(), 58, &[], &[128, 0, 0, 0, 0, 1, 0, 1], 64)), XDP_PASS, "pass_not_softwire"),
-            ("no mapping", "inet", from_internet(rig, &udp4(SERVER, Ipv4Addr::new(198, 51, 100, 1), 7777, 4242, 64, b"x")), XDP_DROP, "drop_no_mapping"),
-            ("not a pool address", "inet", from_internet(rig, &udp4(SERVER, Ipv4Addr::new(203, 0, 113, 1), 7777, 4242, 64, b"x")), XDP_PASS, "pass_not_pool"),
-            ("ARP", "inet", eth([0xff; 6], SERVER_MAC, 0x0806, &[0u8; 28]), XDP_PASS, "pass_not_ip"),
-            ("VLAN", "inet", eth([0xff; 6], SERVER_MAC, 0x8100, &[0u8; 46]), XDP_PASS, "pass_vlan"),
+            (
+                "B4 outside --b4-prefix",
+                "tun",
+                from_b4(rig, stranger, &ok, &[]),
+                XDP_DROP,
+                "drop_b4_not_allowed",
+            ),
+            (
+                "inner TTL 1",
+                "tun",
+                from_b4(rig, b4a(), &udp4(HOST, SERVER, 5000, 7777, 1, b"x"), &[]),
+                XDP_DROP,
+                "drop_ttl_exceeded",
+            ),
+            (
+                "GRE inside",
+                "tun",
+                from_b4(
+                    rig,
+                    b4a(),
+                    &{
+                        let mut p = ok.clone();
+                        p[9] = 47;
+                        p
+                    },
+                    &[],
+                ),
+                XDP_DROP,
+                "drop_unsupported_proto",
+            ),
+            (
+                "ICMP dest unreachable inside",
+                "tun",
+                from_b4(
+                    rig,
+                    b4a(),
+                    &{
+                        let mut p = packets::icmp4_echo(HOST, SERVER, 1, 1, 64, false);
+                        p[20] = 3;
+                        p
+                    },
+                    &[],
+                ),
+                XDP_DROP,
+                "drop_icmp_type",
+            ),
+            (
+                "IPv4 fragment",
+                "tun",
+                from_b4(
+                    rig,
+                    b4a(),
+                    &{
+                        let mut p = ok.clone();
+                        p[6] |= 0x20;
+                        p
+                    },
+                    &[],
+                ),
+                XDP_DROP,
+                "drop_ipv4_fragment",
+            ),
+            (
+                "IHL 4",
+                "tun",
+                from_b4(
+                    rig,
+                    b4a(),
+                    &{
+                        let mut p = ok.clone();
+                        p[0] = 0x44;
+                        p
+                    },
+                    &[],
+                ),
+                XDP_DROP,
+                "drop_bad_ipv4",
+            ),
+            (
+                "IPv6 inside next header 4",
+                "tun",
+                from_b4(
+                    rig,
+                    b4a(),
+                    &{
+                        let mut p = ok.clone();
+                        p[0] = 0x65;
+                        p
+                    },
+                    &[],
+                ),
+                XDP_DROP,
+                "drop_bad_ipv4",
+            ),
+            (
+                "IPv6 fragment header",
+                "tun",
+                from_b4(rig, b4a(), &ok, &[(44, vec![0, 0, 0, 1, 0, 0, 0, 1])]),
+                XDP_PASS,
+                "pass_ipv6_fragment",
+            ),
+            (
+                "routing header",
+                "tun",
+                from_b4(rig, b4a(), &ok, &[(43, vec![0, 0, 0, 0, 0, 0, 0, 0])]),
+                XDP_PASS,
+                "pass_ipv6_ext_header",
+            ),
+            (
+                "ICMPv6 to the AFTR",
+                "tun",
+                eth(
+                    rig.mac("tun"),
+                    ROUTER_MAC,
+                    0x86dd,
+                    &packets::ipv6(b4a(), aftr(), 58, &[], &[128, 0, 0, 0, 0, 1, 0, 1], 64),
+                ),
+                XDP_PASS,
+                "pass_not_softwire",
+            ),
+            (
+                "no mapping",
+                "inet",
+                from_internet(
+                    rig,
+                    &udp4(SERVER, Ipv4Addr::new(198, 51, 100, 1), 7777, 4242, 64, b"x"),
+                ),
+                XDP_DROP,
+                "drop_no_mapping",
+            ),
+            (
+                "not a pool address",
+                "inet",
+                from_internet(
+                    rig,
+                    &udp4(SERVER, Ipv4Addr::new(203, 0, 113, 1), 7777, 4242, 64, b"x"),
+                ),
+                XDP_PASS,
+                "pass_not_pool",
+            ),
+            (
+                "ARP",
+                "inet",
+                eth([0xff; 6], SERVER_MAC, 0x0806, &[0u8; 28]),
+                XDP_PASS,
+                "pass_not_ip",
+            ),
+            (
+                "VLAN",
+                "inet",
+                eth([0xff; 6], SERVER_MAC, 0x8100, &[0u8; 46]),
+                XDP_PASS,
+                "pass_vlan",
+            ),
         ];
         // Destination options header claiming more bytes than the packet has.
         let mut long = from_b4(rig, b4a(), &ok, &[(60, tel_destopts(4))]);
         long[14 + 41] = 6; // (6+1)*8 = 56 bytes > what follows
-        cases.push(("extension header past the end", "tun", long, XDP_DROP, "drop_bad_ipv6_ext"));
+        cases.push((
+            "extension header past the end",
+            "tun",
+            long,
+            XDP_DROP,
+            "drop_bad_ipv6_ext",
+        ));
         for (what, iface, frame, verdict, counter) in cases {
             let before = rig.counter(counter);
             let (v, _) = rig.run(iface, &frame);
             assert_eq!(v, verdict, "{what}");
-            assert_eq!(rig.counter(counter), before + 1, "{what}: counter {counter}");
+            assert_eq!(
+                rig.counter(counter),
+                before + 1,
+                "{what}: counter {counter}"
+            );
         }
-        assert_eq!(rig.counter("nat_mapping_created"), 0, "no case may create a mapping");
+        assert_eq!(
+            rig.counter("nat_mapping_created"),
+            0,
+            "no case may create a mapping"
+        );
     });
 }
 
@@ -228,14 +413,21 @@ fn aftr_truncated_packets_at_every_boundary() {
         // so the program's own check (drop_truncated_eth) cannot be reached from here; a
         // veth never delivers such frames either.
         for cut in 0..14 {
-            assert!(rig.try_run("tun", &full[..cut]).is_err(), "kernel accepted a {cut}-byte frame");
+            assert!(
+                rig.try_run("tun", &full[..cut]).is_err(),
+                "kernel accepted a {cut}-byte frame"
+            );
         }
         for cut in 14..full.len() {
             let (v, _) = rig.run("tun", &full[..cut]);
             assert_eq!(v, XDP_DROP, "cut at {cut}");
         }
         let c = rig.counters();
-        assert_eq!(c["drop_bad_ipv6"], (full.len() - 14) as u64, "IPv6 length beyond frame");
+        assert_eq!(
+            c["drop_bad_ipv6"],
+            (full.len() - 14) as u64,
+            "IPv6 length beyond frame"
+        );
 
         // Consistent outer length, inner IPv4 cut short: bad IPv4 (header or total length).
         let before = rig.counter("drop_bad_ipv4");
@@ -293,7 +485,11 @@ fn b4_encapsulates_lan_ipv4() {
         want[11] = 0;
         let c = dslite_common::csum::checksum(&want[..20]);
         want[10..12].copy_from_slice(&c.to_ne_bytes());
-        assert_eq!(got, want.as_slice(), "inner bytes unchanged apart from TTL and checksum");
+        assert_eq!(
+            got,
+            want.as_slice(),
+            "inner bytes unchanged apart from TTL and checksum"
+        );
         assert_ipv4_checksums(got);
         assert_eq!(rig.counter("b4_encap_packets"), 1);
         assert_eq!(rig.counter("b4_encap_bytes"), (40 + inner.len()) as u64);
@@ -306,12 +502,20 @@ fn b4_decapsulates_softwire_from_the_aftr() {
     with_b4(|rig| {
         for exts in [vec![], vec![(60u8, tel_destopts(4))]] {
             let inner = udp4(SERVER, HOST, 7777, 5000, 64, b"down");
-            let frame = eth(rig.mac("wan"), ROUTER_MAC, 0x86dd, &softwire(aftr(), b4a(), &inner, &exts));
+            let frame = eth(
+                rig.mac("wan"),
+                ROUTER_MAC,
+                0x86dd,
+                &softwire(aftr(), b4a(), &inner, &exts),
+            );
             let (v, out) = rig.run("wan", &frame);
             assert_eq!(v, XDP_REDIRECT);
             assert_eq!(&out[0..6], &HOST_MAC);
             assert_eq!(&out[12..14], &[0x08, 0x00]);
-            assert_eq!(&out[14..], udp4(SERVER, HOST, 7777, 5000, 63, b"down").as_slice());
+            assert_eq!(
+                &out[14..],
+                udp4(SERVER, HOST, 7777, 5000, 63, b"down").as_slice()
+            );
         }
         assert_eq!(rig.counter("b4_decap_packets"), 2);
     });
@@ -324,24 +528,120 @@ fn b4_passes_and_drops_are_counted() {
     with_b4(|rig| {
         let stranger: Ipv6Addr = "2001:db8:f::99".parse().unwrap();
         let inner = udp4(SERVER, HOST, 7777, 5000, 64, b"x");
-        let native = packets::ipv6("2001:db8:f::1".parse().unwrap(), b4a(), 58, &[], &[128, 0, 0, 0, 0, 1, 0, 1], 64);
+        let native = packets::ipv6(
+            "2001:db8:f::1".parse().unwrap(),
+            b4a(),
+            58,
+            &[],
+            &[128, 0, 0, 0, 0, 1, 0, 1],
+            64,
+        );
         let cases: Vec<(&str, &str, Vec<u8>, u32, &str)> = vec![
-            ("LAN broadcast", "lan", eth([0xff; 6], HOST_MAC, 0x0800, &udp4(HOST, Ipv4Addr::new(192, 168, 1, 255), 68, 67, 64, b"x")), XDP_PASS, "pass_local_v4"),
-            ("to the router", "lan", eth(rig.mac("lan"), HOST_MAC, 0x0800, &udp4(HOST, Ipv4Addr::new(192, 168, 1, 1), 5353, 53, 64, b"x")), XDP_PASS, "pass_local_v4"),
-            ("multicast", "lan", eth([1, 0, 0x5e, 0, 0, 0xfb], HOST_MAC, 0x0800, &udp4(HOST, Ipv4Addr::new(224, 0, 0, 251), 5353, 5353, 1, b"x")), XDP_PASS, "pass_local_v4"),
-            ("TTL 1 to the internet", "lan", eth(rig.mac("lan"), HOST_MAC, 0x0800, &udp4(HOST, SERVER, 5000, 7777, 1, b"x")), XDP_DROP, "drop_ttl_exceeded"),
-            ("softwire not from the AFTR", "wan", eth(rig.mac("wan"), ROUTER_MAC, 0x86dd, &softwire(stranger, b4a(), &inner, &[])), XDP_DROP, "drop_not_from_aftr"),
-            ("native IPv6 in", "wan", eth(rig.mac("wan"), ROUTER_MAC, 0x86dd, &native), XDP_PASS, "native_v6_in_packets"),
-            ("native IPv6 out", "lan", eth(rig.mac("lan"), HOST_MAC, 0x86dd, &native), XDP_PASS, "native_v6_out_packets"),
-            ("IPv4 on the WAN", "wan", eth(rig.mac("wan"), ROUTER_MAC, 0x0800, &inner), XDP_PASS, "pass_not_softwire"),
-            ("truncated IPv4", "lan", eth(rig.mac("lan"), HOST_MAC, 0x0800, &inner[..19]), XDP_DROP, "drop_bad_ipv4"),
-            ("truncated IPv6", "wan", eth(rig.mac("wan"), ROUTER_MAC, 0x86dd, &native[..39]), XDP_DROP, "drop_bad_ipv6"),
+            (
+                "LAN broadcast",
+                "lan",
+                eth(
+                    [0xff; 6],
+                    HOST_MAC,
+                    0x0800,
+                    &udp4(HOST, Ipv4Addr::new(192, 168, 1, 255), 68, 67, 64, b"x"),
+                ),
+                XDP_PASS,
+                "pass_local_v4",
+            ),
+            (
+                "to the router",
+                "lan",
+                eth(
+                    rig.mac("lan"),
+                    HOST_MAC,
+                    0x0800,
+                    &udp4(HOST, Ipv4Addr::new(192, 168, 1, 1), 5353, 53, 64, b"x"),
+                ),
+                XDP_PASS,
+                "pass_local_v4",
+            ),
+            (
+                "multicast",
+                "lan",
+                eth(
+                    [1, 0, 0x5e, 0, 0, 0xfb],
+                    HOST_MAC,
+                    0x0800,
+                    &udp4(HOST, Ipv4Addr::new(224, 0, 0, 251), 5353, 5353, 1, b"x"),
+                ),
+                XDP_PASS,
+                "pass_local_v4",
+            ),
+            (
+                "TTL 1 to the internet",
+                "lan",
+                eth(
+                    rig.mac("lan"),
+                    HOST_MAC,
+                    0x0800,
+                    &udp4(HOST, SERVER, 5000, 7777, 1, b"x"),
+                ),
+                XDP_DROP,
+                "drop_ttl_exceeded",
+            ),
+            (
+                "softwire not from the AFTR",
+                "wan",
+                eth(
+                    rig.mac("wan"),
+                    ROUTER_MAC,
+                    0x86dd,
+                    &softwire(stranger, b4a(), &inner, &[]),
+                ),
+                XDP_DROP,
+                "drop_not_from_aftr",
+            ),
+            (
+                "native IPv6 in",
+                "wan",
+                eth(rig.mac("wan"), ROUTER_MAC, 0x86dd, &native),
+                XDP_PASS,
+                "native_v6_in_packets",
+            ),
+            (
+                "native IPv6 out",
+                "lan",
+                eth(rig.mac("lan"), HOST_MAC, 0x86dd, &native),
+                XDP_PASS,
+                "native_v6_out_packets",
+            ),
+            (
+                "IPv4 on the WAN",
+                "wan",
+                eth(rig.mac("wan"), ROUTER_MAC, 0x0800, &inner),
+                XDP_PASS,
+                "pass_not_softwire",
+            ),
+            (
+                "truncated IPv4",
+                "lan",
+                eth(rig.mac("lan"), HOST_MAC, 0x0800, &inner[..19]),
+                XDP_DROP,
+                "drop_bad_ipv4",
+            ),
+            (
+                "truncated IPv6",
+                "wan",
+                eth(rig.mac("wan"), ROUTER_MAC, 0x86dd, &native[..39]),
+                XDP_DROP,
+                "drop_bad_ipv6",
+            ),
         ];
         for (what, iface, frame, verdict, counter) in cases {
             let before = rig.counter(counter);
             let (v, _) = rig.run(iface, &frame);
             assert_eq!(v, verdict, "{what}");
-            assert_eq!(rig.counter(counter), before + 1, "{what}: counter {counter}");
+            assert_eq!(
+                rig.counter(counter),
+                before + 1,
+                "{what}: counter {counter}"
+            );
         }
         assert_eq!(rig.counter("native_v6_in_bytes"), native.len() as u64);
         assert_eq!(rig.counter("b4_encap_packets"), 0);

@@ -59,7 +59,10 @@ fn run() -> Result<()> {
 }
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Where `build-ebpf` leaves the kernel object.
@@ -108,7 +111,15 @@ fn build_host() -> Result<()> {
         Command::new("cargo")
             .current_dir(root())
             .env("DSLITE_BPF_OBJECT", object_path())
-            .args(["build", "--release", "-p", "dslite-user", "-p", "dslite-tests", "--bins"]),
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "dslite-user",
+                "-p",
+                "dslite-tests",
+                "--bins",
+            ]),
     )
 }
 
@@ -133,16 +144,33 @@ fn test(filter: Option<String>) -> Result<()> {
     toolchain::ensure()?;
     require_privileges()?;
     println!("xtask: host unit tests");
-    run_cmd(Command::new("cargo").current_dir(root()).args(["test", "--release", "--workspace", "--exclude", "dslite-ebpf", "--exclude", "dslite-tests"]))?;
+    run_cmd(Command::new("cargo").current_dir(root()).args([
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "dslite-ebpf",
+        "--exclude",
+        "dslite-tests",
+    ]))?;
     build_ebpf()?;
     build_host()?;
-    println!("xtask: privileged tests (BPF_PROG_TEST_RUN fixtures, veth end-to-end), one at a time");
+    println!(
+        "xtask: privileged tests (BPF_PROG_TEST_RUN fixtures, veth end-to-end), one at a time"
+    );
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root())
         .env("DSLITE_BPF_OBJECT", object_path())
         .env("DSLITE_BIN", root().join("target/release/dslite"))
         .env("DSLITE_REQUIRE_PRIVILEGED", "1")
-        .args(["test", "--release", "-p", "dslite-tests", "--", "--test-threads=1"]);
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "dslite-tests",
+            "--",
+            "--test-threads=1",
+        ]);
     if let Some(f) = filter {
         cmd.arg(f);
     }

@@ -15,7 +15,10 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -24,19 +27,40 @@ pub fn ensure() -> Result<()> {
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         println!("xtask: installing the nightly toolchain (needed for -Z build-std)");
-        run_cmd(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run_cmd(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
-    let comps = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    let comps = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
     if !comps.lines().any(|l| l.starts_with("rust-src")) {
         println!("xtask: installing rust-src for nightly (needed for -Z build-std=core)");
-        run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     let llvm_major = nightly_llvm_major()?;
     match Command::new("bpf-linker").arg("--version").output() {
         Ok(o) if o.status.success() => {
             let v = String::from_utf8_lossy(&o.stdout);
             if !v.contains(&format!("LLVM {llvm_major}")) && v.contains("LLVM") {
-                println!("xtask: note: bpf-linker reports '{}', nightly uses LLVM {llvm_major}", v.trim());
+                println!(
+                    "xtask: note: bpf-linker reports '{}', nightly uses LLVM {llvm_major}",
+                    v.trim()
+                );
             }
         }
         _ => install_bpf_linker(llvm_major)?,
@@ -50,7 +74,11 @@ fn nightly_llvm_major() -> Result<u32> {
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
         .context("rustc +nightly -vV does not name its LLVM version")?;
-    ver.split('.').next().unwrap_or("").parse().context("parsing the LLVM major version")
+    ver.split('.')
+        .next()
+        .unwrap_or("")
+        .parse()
+        .context("parsing the LLVM major version")
 }
 
 fn install_bpf_linker(major: u32) -> Result<()> {
@@ -60,9 +88,10 @@ fn install_bpf_linker(major: u32) -> Result<()> {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("libLLVM.so.{major}")) || n.starts_with(&format!("libLLVM-{major}")))
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with(&format!("libLLVM.so.{major}"))
+                    || n.starts_with(&format!("libLLVM-{major}"))
+            })
         })
         .with_context(|| format!("no libLLVM {major} in {}", lib.display()))?;
     let prefix = root().join("target/llvm-prefix");
@@ -92,7 +121,11 @@ fn install_bpf_linker(major: u32) -> Result<()> {
 
 /// The tests and the demo use iproute2 (`ip`) and nothing else from the system.
 pub fn ensure_system_tools() -> Result<()> {
-    if Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success()) {
+    if Command::new("ip")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         return Ok(());
     }
     println!("xtask: installing iproute2 (the tests build veth/netns topologies with `ip`)");

@@ -1,0 +1,114 @@
+//! Bad input gets a one-line error naming the bad value and exit code 2, before anything is
+//! loaded or attached.
+
+use std::process::Command;
+
+use dslite_tests::dslite_bin;
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(dslite_bin())
+        .args(args)
+        .output()
+        .expect("run dslite");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_usage_error(args: &[&str], needle: &str) {
+    let (code, err) = run(args);
+    assert_eq!(code, 2, "{args:?}: {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: error should name {needle:?}: {err}"
+    );
+    let lines: Vec<_> = err
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.contains(" WARN "))
+        .collect();
+    assert!(lines.len() <= 4, "short error expected for {args:?}: {err}");
+}
+
+#[test]
+fn bad_flags_name_the_bad_value() {
+    let aftr = [
+        "aftr",
+        "--tunnel-iface",
+        "lo",
+        "--address",
+        "2001:db8::1",
+        "--b4-prefix",
+        "::/0",
+    ];
+    assert_usage_error(&[&aftr[..], &["--pool", "bogus"]].concat(), "bogus");
+    assert_usage_error(
+        &[&aftr[..], &["--pool", "198.51.100.0/33"]].concat(),
+        "198.51.100.0/33",
+    );
+    assert_usage_error(
+        &[
+            &aftr[..],
+            &["--pool", "198.51.100.0/30", "--port-range", "9-2"],
+        ]
+        .concat(),
+        "9-2",
+    );
+    assert_usage_error(
+        &[&aftr[..], &["--pool", "198.51.100.0/30", "198.51.100.2/32"]].concat(),
+        "overlaps",
+    );
+    assert_usage_error(
+        &["aftr", "--tunnel-iface", "lo", "--address", "::1x"],
+        "::1x",
+    );
+    assert_usage_error(
+        &["aftr", "--tunnel-iface", "lo", "--address", "2001:db8::1"],
+        "--pool",
+    );
+    assert_usage_error(
+        &[
+            "b4",
+            "--lan-iface",
+            "lo",
+            "--wan-iface",
+            "lo",
+            "--aftr",
+            "2001:db8::1",
+        ],
+        "must differ",
+    );
+    assert_usage_error(&["b4", "--bogus-flag"], "--bogus-flag");
+}
+
+#[test]
+fn missing_interfaces_are_named() {
+    assert_usage_error(
+        &[
+            "b4",
+            "--lan-iface",
+            "nosuch0",
+            "--wan-iface",
+            "nosuch1",
+            "--aftr",
+            "2001:db8::1",
+        ],
+        "nosuch0",
+    );
+}
+
+#[test]
+fn config_file_errors_name_key_and_line() {
+    let dir = std::env::temp_dir().join(dslite_tests::unique("cfg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("b4.toml");
+    std::fs::write(
+        &f,
+        "lan-iface = \"lo\"\nwan-iface = \"eth9\"\naftr = \"not-an-address\"\n",
+    )
+    .unwrap();
+    assert_usage_error(&["b4", "--config", f.to_str().unwrap()], "line 3");
+    std::fs::write(&f, "lan-iface = \"lo\"\nmtu = 1500\n").unwrap();
+    assert_usage_error(&["b4", "--config", f.to_str().unwrap()], "'mtu'");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
