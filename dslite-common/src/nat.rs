@@ -77,6 +77,7 @@ pub const fn candidate_port(hash: u32, attempt: u32, lo: u16, hi: u16) -> u16 {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
 
     fn key(b4_last: u8, port: u16) -> NatOutKey {
@@ -147,6 +148,3 @@ mod tests {
         assert_eq!(pool_index(&key(2, 1), 0, 0), 0);
     }
 }
-
-#[cfg(test)]
-extern crate std;
