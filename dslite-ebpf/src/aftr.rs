@@ -26,7 +26,11 @@ const EEXIST: i32 = -17;
 pub fn run(ctx: &XdpContext) -> Res<u32> {
     let cfg = match AFTR_CONFIG.get(0) {
         Some(c) if c.pool_len != 0 => *c,
-        _ => return Err(Exit::Drop(Counter::DropNotConfigured)),
+        _ => {
+            // Cold path (only before the controller wrote the config): safe to log.
+            aya_log_ebpf::warn!(ctx, "dslite_aftr: packet before configuration, dropped");
+            return Err(Exit::Drop(Counter::DropNotConfigured));
+        }
     };
     match ethernet(ctx)? {
         L3::V6 => from_b4(ctx, &cfg),

@@ -15,7 +15,11 @@ use crate::{
 pub fn run(ctx: &XdpContext) -> Res<u32> {
     let cfg = match B4_CONFIG.get(0) {
         Some(c) if c.enabled != 0 => *c,
-        _ => return Err(Exit::Pass(Counter::DropNotConfigured)),
+        _ => {
+            // Cold path (only before the controller wrote the config): safe to log.
+            aya_log_ebpf::warn!(ctx, "dslite_b4: packet before configuration, dropped");
+            return Err(Exit::Drop(Counter::DropNotConfigured));
+        }
     };
     // SAFETY: reading the ingress ifindex from the context.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };

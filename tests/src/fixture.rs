@@ -195,6 +195,18 @@ pub fn with_aftr(ports: Option<(u16, u16)>, f: impl FnOnce(&mut Rig) + Send + 's
     );
 }
 
+/// AFTR rig whose controller never wrote a configuration.
+pub fn with_unconfigured_aftr(f: impl FnOnce(&mut Rig) + Send + 'static) {
+    with_rig(
+        "fxu",
+        &["tun", "inet"],
+        &[],
+        dslite_user::dataplane::PROG_AFTR,
+        |_, _| {},
+        f,
+    );
+}
+
 /// B4 rig: `lan` (192.168.1.1/24, host 192.168.1.10) and `wan` (2001:db8:a::2/64, default
 /// via 2001:db8:a::1); AFTR 2001:db8:f::2.
 pub fn with_b4(f: impl FnOnce(&mut Rig) + Send + 'static) {

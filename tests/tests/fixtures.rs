@@ -653,7 +653,10 @@ fn pin_to_cpu(cpu: usize) {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
     }
 }
 
@@ -664,9 +667,18 @@ fn aftr_concurrent_first_packets_make_one_mapping() {
     with_aftr(None, |rig| {
         const FLOWS: u16 = 2000;
         let frames: Vec<Vec<u8>> = (0..FLOWS)
-            .map(|i| from_b4(rig, b4a(), &udp4(HOST, SERVER, 10000 + i, 7777, 64, b"race"), &[]))
+            .map(|i| {
+                from_b4(
+                    rig,
+                    b4a(),
+                    &udp4(HOST, SERVER, 10000 + i, 7777, 64, b"race"),
+                    &[],
+                )
+            })
             .collect();
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+        let cpus = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4);
         let rig: &Rig = rig;
         let outputs: Vec<Vec<Vec<u8>>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..cpus.max(2))
@@ -688,22 +700,51 @@ fn aftr_concurrent_first_packets_make_one_mapping() {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         for o in &outputs[1..] {
-            assert!(o == &outputs[0], "every thread saw the same translation of every flow");
+            assert!(
+                o == &outputs[0],
+                "every thread saw the same translation of every flow"
+            );
         }
         use dslite_common::maps::{NatInKey, NatInValue, NatOutKey, NatOutValue};
         let nat_out: aya::maps::HashMap<_, NatOutKey, NatOutValue> =
             aya::maps::HashMap::try_from(rig.ebpf.map("NAT_OUT").unwrap()).unwrap();
         let nat_in: aya::maps::HashMap<_, NatInKey, NatInValue> =
             aya::maps::HashMap::try_from(rig.ebpf.map("NAT_IN").unwrap()).unwrap();
-        assert_eq!(nat_out.keys().count(), FLOWS as usize, "one NAT_OUT entry per flow");
-        assert_eq!(nat_in.keys().count(), FLOWS as usize, "no orphaned NAT_IN entry");
+        assert_eq!(
+            nat_out.keys().count(),
+            FLOWS as usize,
+            "one NAT_OUT entry per flow"
+        );
+        assert_eq!(
+            nat_in.keys().count(),
+            FLOWS as usize,
+            "no orphaned NAT_IN entry"
+        );
         for e in nat_out.iter() {
             let (k, v) = e.unwrap();
-            let back = nat_in.get(&k.inbound_key(v.outside_addr, v.outside_port), 0).unwrap();
+            let back = nat_in
+                .get(&k.inbound_key(v.outside_addr, v.outside_port), 0)
+                .unwrap();
             assert_eq!(back, k.inbound_value());
         }
         let c = rig.counters();
         assert_eq!(c["nat_mapping_created"], FLOWS as u64);
         println!("races lost (and resolved): {}", c["nat_mapping_race_lost"]);
+    });
+}
+
+/// Before the controller writes the configuration, packets are dropped and counted.
+#[test]
+fn unconfigured_aftr_drops_and_counts() {
+    with_unconfigured_aftr(|rig| {
+        let frame = eth(
+            [2; 6],
+            ROUTER_MAC,
+            packets::ETH_P_IPV6,
+            &softwire(b4a(), aftr(), &udp4(HOST, SERVER, 1, 2, 64, b""), &[]),
+        );
+        let (v, _) = rig.run("tun", &frame);
+        assert_eq!(v, XDP_DROP);
+        assert_eq!(rig.counter("drop_not_configured"), 1);
     });
 }

@@ -53,7 +53,15 @@ pub fn ensure() -> Result<()> {
         ]))?;
     }
     let llvm_major = nightly_llvm_major()?;
-    match Command::new("bpf-linker").arg("--version").output() {
+    // bpf-linker links the nightly's libLLVM dynamically: rustc finds it through the
+    // toolchain's library path, so the check must run with that path too.
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let libdir = std::path::Path::new(sysroot.trim()).join("lib");
+    match Command::new("bpf-linker")
+        .arg("--version")
+        .env("LD_LIBRARY_PATH", &libdir)
+        .output()
+    {
         Ok(o) if o.status.success() => {
             let v = String::from_utf8_lossy(&o.stdout);
             if !v.contains(&format!("LLVM {llvm_major}")) && v.contains("LLVM") {
