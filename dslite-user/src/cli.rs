@@ -133,6 +133,7 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
     let tunnel = netlink::link(&s.tunnel_iface).await.map_err(usage)?;
     let internet = netlink::link(&s.internet_iface).await.map_err(usage)?;
     let object = dataplane::object_bytes(s.bpf_object.as_deref()).map_err(usage)?;
+    dataplane::ensure_bpffs(&s.pin_path).map_err(usage)?;
     ensure_forwarding();
     let mut ebpf = dataplane::load(&object, &s.pin_path)?;
     dataplane::configure_aftr(&mut ebpf, &s, dataplane::random_seed())?;
@@ -198,6 +199,7 @@ async fn run_b4(o: B4Options) -> Result<()> {
         })
         .collect();
     let object = dataplane::object_bytes(s.bpf_object.as_deref()).map_err(usage)?;
+    dataplane::ensure_bpffs(&s.pin_path).map_err(usage)?;
     ensure_forwarding();
     let mut ebpf = dataplane::load(&object, &s.pin_path)?;
     let cfg = B4Config {

@@ -41,19 +41,38 @@ pub fn object_bytes(path: Option<&Path>) -> Result<Vec<u8>> {
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// Mount bpffs on /sys/fs/bpf unless something of type bpf is already there (idempotent).
-pub fn ensure_bpffs() -> Result<()> {
-    let target = c"/sys/fs/bpf";
-    // SAFETY: statfs on a constant NUL-terminated path into a zeroed struct.
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs on a NUL-terminated path into a zeroed struct.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(target.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// Make sure `pin_path` will be on a bpf filesystem: mount bpffs on /sys/fs/bpf when the
+/// path is below it and nothing is mounted there yet (idempotent); any other location must
+/// already be on a bpffs.
+pub fn ensure_bpffs(pin_path: &Path) -> Result<()> {
+    let existing = pin_path
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    if is_bpffs(existing) {
         return Ok(());
+    }
+    let root = Path::new("/sys/fs/bpf");
+    if !pin_path.starts_with(root) {
+        bail!(
+            "--pin-path {} is not on a bpf filesystem (mount -t bpf bpf DIR)",
+            pin_path.display()
+        );
     }
     // SAFETY: plain mount(2) call with constant NUL-terminated strings.
     let rc = unsafe {
         libc::mount(
             c"bpf".as_ptr(),
-            target.as_ptr(),
+            c"/sys/fs/bpf".as_ptr(),
             c"bpf".as_ptr(),
             0,
             std::ptr::null(),
@@ -72,7 +91,7 @@ pub fn ensure_bpffs() -> Result<()> {
 /// Load the object with every map pinned under `pin_path`. Pins left by an earlier run that
 /// did not exit cleanly are removed first, so a start always begins from a known state.
 pub fn load(object: &[u8], pin_path: &Path) -> Result<Ebpf> {
-    ensure_bpffs()?;
+    ensure_bpffs(pin_path)?;
     if pin_path.exists() {
         let stale: Vec<PathBuf> = std::fs::read_dir(pin_path)?
             .filter_map(|e| e.ok().map(|e| e.path()))

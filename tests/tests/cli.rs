@@ -82,6 +82,26 @@ fn bad_flags_name_the_bad_value() {
 }
 
 #[test]
+fn pin_path_off_bpffs_is_refused() {
+    assert_usage_error(
+        &[
+            "aftr",
+            "--tunnel-iface",
+            "lo",
+            "--address",
+            "2001:db8::1",
+            "--pool",
+            "198.51.100.1",
+            "--b4-prefix",
+            "::/0",
+            "--pin-path",
+            "/tmp/not-bpffs",
+        ],
+        "/tmp/not-bpffs",
+    );
+}
+
+#[test]
 fn missing_interfaces_are_named() {
     assert_usage_error(
         &[
