@@ -17,6 +17,16 @@ macro_rules! counters {
             /// Number of counters: the STATS map's size.
             pub const COUNT: u32 = Self::ALL.len() as u32;
 
+            /// The counter at index `i` (for codes passed across BPF calls as integers);
+            /// an out-of-range index gives `DropNotConfigured` rather than a panic.
+            #[inline(always)]
+            pub fn from_index(i: u32) -> Counter {
+                let mut k = 0;
+                $( if i == k { return Counter::$variant; } k += 1; )*
+                let _ = k;
+                Counter::DropNotConfigured
+            }
+
             /// Stable snake_case name used by `dslite stats` and in metrics.
             pub const fn name(self) -> &'static str {
                 match self { $( Counter::$variant => $name, )* }
@@ -81,6 +91,10 @@ counters! {
     NatMappingCreated = "nat_mapping_created", Event;
     /// AFTR: a new flow raced another CPU and adopted the mapping that CPU created.
     NatMappingRaceLost = "nat_mapping_race_lost", Event;
+    /// AFTR: a softwire took a port block in XDP.
+    BlockAllocated = "block_allocated", Event;
+    /// AFTR: the event ring buffer was full: an allocation event could not be delivered.
+    EventsLost = "events_lost", Event;
 
     // ---- passes to the kernel stack -------------------------------------------------------
     /// Not IPv4 or IPv6 (ARP, LLDP, ...).
@@ -127,8 +141,11 @@ counters! {
     DropIcmpType = "drop_icmp_type", Drop;
     /// AFTR: inbound packet to a pool address with no mapping.
     DropNoMapping = "drop_no_mapping", Drop;
-    /// AFTR: no free outside port found within the bounded search.
-    DropPortsExhausted = "drop_ports_exhausted", Drop;
+    /// AFTR: the softwire holds `--max-blocks` blocks and none has a free port (its quota,
+    /// RFC 6888 REQ-4; RFC 8158 natEvent 13).
+    DropQuotaExceeded = "drop_quota_exceeded", Drop;
+    /// AFTR: no free port block on the softwire's address(es) (RFC 8158 natEvent 12).
+    DropPoolExhausted = "drop_pool_exhausted", Drop;
     /// AFTR: the mapping table refused an insert (full).
     DropMappingTableFull = "drop_mapping_table_full", Drop;
     /// Program loaded but not configured yet (no config entry, empty pool).
@@ -152,6 +169,14 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as u32, i as u32, "{}", c.name());
         }
+    }
+
+    #[test]
+    fn from_index_round_trips() {
+        for c in Counter::ALL {
+            assert_eq!(Counter::from_index(*c as u32), *c);
+        }
+        assert_eq!(Counter::from_index(10_000), Counter::DropNotConfigured);
     }
 
     #[test]

@@ -26,6 +26,13 @@ pub const NAT_OUT: &str = "NAT_OUT";
 /// `HashMap<NatInKey, NatInValue>`: outside endpoint -> softwire + inside endpoint.
 pub const NAT_IN: &str = "NAT_IN";
 
+/// `HashMap<BlockKey, BlockValue>`: port blocks in use or held down. Absent = free.
+pub const BLOCKS: &str = "BLOCKS";
+/// `HashMap<SlotKey, Slot>`: the port blocks each softwire holds, by slot.
+pub const SW_BLOCKS: &str = "SW_BLOCKS";
+/// `RingBuf` of [`NatEvent`]: port-block allocations, for the controller's NAT log.
+pub const EVENTS: &str = "EVENTS";
+
 /// Default size of the NAT tables (mappings). Tunable at load time.
 pub const DEFAULT_MAX_MAPPINGS: u32 = 1 << 20;
 /// Largest public pool (addresses).
@@ -48,7 +55,13 @@ pub struct AftrConfig {
     pub hash_seed: u32,
     /// Outer hop limit for packets sent to B4s.
     pub hop_limit: u8,
-    pub _pad: [u8; 3],
+    /// Port blocks a softwire may hold (1..=[`crate::nat::MAX_BLOCKS`]).
+    pub max_blocks: u8,
+    /// Ports per block (a power of two, at least [`crate::nat::MIN_BLOCK_SIZE`]).
+    pub block_size: u16,
+    /// Blocks per public address: `(port_hi - port_lo + 1) / block_size`.
+    pub blocks_per_addr: u16,
+    pub _pad: u16,
 }
 
 /// B4 configuration (single entry in [`B4_CONFIG`]).
@@ -87,7 +100,9 @@ pub struct NatOutValue {
     pub outside_addr: [u8; 4],
     /// Raw network-order word.
     pub outside_port: u16,
-    pub _pad: u16,
+    /// TCP flags seen (`crate::nat::TCP_*` bits); 0 for UDP and ICMP.
+    pub tcp_state: u8,
+    pub _pad: u8,
     /// `bpf_ktime_get_ns` at creation.
     pub created_ns: u64,
     /// `bpf_ktime_get_ns` of the last outbound packet (RFC 4787 REQ-6: outbound refreshes).
@@ -140,7 +155,72 @@ impl NatOutKey {
     }
 }
 
-const _: () = assert!(size_of::<AftrConfig>() == 32);
+/// Key of [`BLOCKS`]: one block of ports on one public address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    pub addr: [u8; 4],
+    /// Block number within the address's port range.
+    pub block: u16,
+    pub _pad: u16,
+}
+
+/// Value of [`BLOCKS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockValue {
+    /// The softwire that holds (or last held) the block.
+    pub b4: [u8; 16],
+    pub allocated_ns: u64,
+    /// 0 while in use; the release time while held down (RFC 6888 REQ-8, checklist 35).
+    pub released_ns: u64,
+}
+
+/// Key of [`SW_BLOCKS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SlotKey {
+    pub b4: [u8; 16],
+    pub slot: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of [`SW_BLOCKS`]: which block fills this slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slot {
+    pub addr: [u8; 4],
+    /// Index of `addr` in [`POOL`] (so later blocks stay on the same address: paired pooling).
+    pub addr_index: u32,
+    pub block: u16,
+    pub _pad: u16,
+}
+
+/// Kinds of [`NatEvent`] (RFC 8158 natEvent values where one exists).
+pub const EVENT_BLOCK_ALLOCATED: u8 = 16;
+pub const EVENT_BLOCK_RELEASED: u8 = 17;
+
+/// A NAT event from the kernel to the controller.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatEvent {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    pub b4: [u8; 16],
+    pub addr: [u8; 4],
+    /// First and last port of the block, host order.
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub kind: u8,
+    pub _pad: [u8; 7],
+}
+
+const _: () = assert!(size_of::<BlockKey>() == 8);
+const _: () = assert!(size_of::<BlockValue>() == 32);
+const _: () = assert!(size_of::<SlotKey>() == 20);
+const _: () = assert!(size_of::<Slot>() == 12);
+const _: () = assert!(size_of::<NatEvent>() == 40);
+const _: () = assert!(size_of::<AftrConfig>() == 36);
 const _: () = assert!(size_of::<B4Config>() == 44);
 const _: () = assert!(size_of::<NatOutKey>() == 24);
 const _: () = assert!(size_of::<NatOutValue>() == 24);
@@ -157,4 +237,9 @@ mod pod {
     unsafe impl aya::Pod for NatOutValue {}
     unsafe impl aya::Pod for NatInKey {}
     unsafe impl aya::Pod for NatInValue {}
+    unsafe impl aya::Pod for BlockKey {}
+    unsafe impl aya::Pod for BlockValue {}
+    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for Slot {}
+    unsafe impl aya::Pod for NatEvent {}
 }

@@ -1,26 +1,22 @@
 //! AFTR (RFC 6333 §6): softwire packets from B4s are decapsulated and source-NATed toward
 //! the internet; replies to pool addresses are translated back and encapsulated to the B4.
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_ns, maps::lpm_trie::Key,
-    programs::XdpContext,
-};
+use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use dslite_common::{
     csum,
-    maps::{AftrConfig, NatInKey, NatOutKey, NatOutValue},
-    nat::{candidate_port, pool_index, port_hash, PORT_SEARCH_TRIES},
+    maps::{AftrConfig, NatInKey, NatOutKey},
+    nat::tcp_bits,
     proto::*,
     Counter,
 };
 
 use crate::{
-    forward::{decapsulate, encapsulate, route_and_redirect},
-    headers::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, L3, V6},
-    maps::{count, count_n, AFTR_CONFIG, B4_ALLOW, NAT_IN, NAT_OUT, POOL, POOL_INDEX},
+    forward::{decapsulate, encapsulate, redirect_v4, redirect_v6, Outer},
+    headers::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, Softwire, L3},
+    maps::{count, count_n, AFTR_CONFIG, B4_ALLOW, NAT_IN, POOL_INDEX},
+    nat::lookup_or_create,
     packet::{at, len, read16, write16, Exit, Res},
 };
-
-const EEXIST: i32 = -17;
 
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> Res<u32> {
@@ -39,18 +35,21 @@ pub fn run(ctx: &XdpContext) -> Res<u32> {
 }
 
 /// Where the NAT reads and writes in the upper-layer header.
+#[derive(Default)]
 struct L4 {
     off: usize,
     /// Offset of the port (or ICMP identifier) the NAT rewrites, from `off`.
     port_off: usize,
     csum_off: usize,
     port: u16,
+    /// TCP flags byte (0 for UDP and ICMP).
+    tcp_flags: u8,
 }
 
 /// Locate the translatable field: the source port (outbound) or destination port (inbound)
 /// of TCP/UDP, or the ICMP echo identifier (RFC 5508 §3.1, checklist 36).
 #[inline(always)]
-fn l4(ctx: &XdpContext, ip: &Ipv4, outbound: bool) -> Res<L4> {
+fn l4(ctx: &XdpContext, ip: &Ipv4, outbound: bool, l: &mut L4) -> Res<()> {
     let off = ip.off + ip.hlen;
     let (need, port_off, csum_off) = match ip.proto {
         IPPROTO_TCP => (TCP_MIN_LEN, if outbound { 0 } else { 2 }, TCP_CSUM_OFF),
@@ -62,8 +61,11 @@ fn l4(ctx: &XdpContext, ip: &Ipv4, outbound: bool) -> Res<L4> {
         return Err(Exit::Drop(Counter::DropBadL4));
     }
     let h: *mut [u8; ICMP_MIN_LEN] = at(ctx, off, Counter::DropBadL4)?;
+    let mut tcp_flags = 0;
     if ip.proto == IPPROTO_TCP {
-        let _: *mut [u8; TCP_MIN_LEN] = at(ctx, off, Counter::DropBadL4)?;
+        let t: *mut [u8; TCP_MIN_LEN] = at(ctx, off, Counter::DropBadL4)?;
+        // SAFETY: bounds-checked by `at`.
+        tcp_flags = unsafe { (*t)[13] };
     }
     // SAFETY: bounds-checked by `at` (8 bytes: enough for ports, ICMP type and id).
     let h = unsafe { &*h };
@@ -77,12 +79,12 @@ fn l4(ctx: &XdpContext, ip: &Ipv4, outbound: bool) -> Res<L4> {
             return Err(Exit::Drop(Counter::DropIcmpType));
         }
     }
-    Ok(L4 {
-        off,
-        port_off,
-        csum_off,
-        port: read16(h[port_off..].as_ptr()),
-    })
+    l.off = off;
+    l.port_off = port_off;
+    l.csum_off = csum_off;
+    l.port = read16(h[port_off..].as_ptr());
+    l.tcp_flags = tcp_flags;
+    Ok(())
 }
 
 /// Rewrite one address (source or destination, at `addr_field` in the IPv4 header) and the
@@ -129,114 +131,90 @@ fn rewrite(
     Ok(())
 }
 
-/// B4 -> internet: decapsulate, map, source-translate, route.
+/// What the B4 -> internet path keeps from parsing.
+struct FromB4 {
+    key: NatOutKey,
+    ip: Ipv4,
+    l4: L4,
+    inner_off: usize,
+    outer_len: usize,
+}
+
+/// Parse and check a softwire packet from a B4 into `p`; 0 or an [`Exit::code`]. A BPF call
+/// of its own: its temporaries are off the stack while the NAT search runs.
+#[inline(never)]
+fn parse_from_b4(ctx: &XdpContext, cfg: &AftrConfig, p: &mut FromB4) -> u32 {
+    match parse_from_b4_inner(ctx, cfg, p) {
+        Ok(()) => 0,
+        Err(e) => e.code(),
+    }
+}
+
 #[inline(always)]
-fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
-    let sw = match ipv6(ctx)? {
-        V6::Softwire(sw) if sw.dst == cfg.aftr_addr => sw,
-        _ => return Err(Exit::Pass(Counter::PassNotSoftwire)),
-    };
+fn parse_from_b4_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &mut FromB4) -> Res<()> {
+    let mut sw = Softwire::default();
+    ipv6(ctx, &mut sw)?;
+    if !sw.is_softwire || sw.dst != cfg.aftr_addr {
+        return Err(Exit::Pass(Counter::PassNotSoftwire));
+    }
     if B4_ALLOW.get(Key::new(128, sw.src)).is_none() {
         return Err(Exit::Drop(Counter::DropB4NotAllowed));
     }
-    let ip = ipv4(ctx, sw.inner_off, sw.inner_avail)?;
-    if ip.fragment {
+    ipv4(ctx, sw.inner_off, sw.inner_avail, &mut p.ip)?;
+    if p.ip.fragment {
         return Err(Exit::Drop(Counter::DropIpv4Fragment));
     }
-    let l4 = l4(ctx, &ip, true)?;
-    let key = NatOutKey {
-        b4: sw.src,
-        inside_addr: ip.src,
-        inside_port: l4.port,
-        proto: ip.proto,
-        _pad: 0,
-    };
-    // TTL first: a packet that cannot be forwarded must not create a mapping.
-    decrement_ttl(ctx, &ip)?;
-    let (out_addr, out_port) = lookup_or_create(&key, cfg)?;
-    rewrite(ctx, &ip, &l4, 12, ip.src, out_addr, out_port)?;
-    decapsulate(ctx, sw.inner_off - ETH_HLEN)?;
-    let action = route_and_redirect(ctx, false, &out_addr, &ip.dst)?;
-    count(Counter::AftrOutPackets);
-    count_n(Counter::AftrOutBytes, sw.outer_len as u64);
-    Ok(action)
+    l4(ctx, &p.ip, true, &mut p.l4)?;
+    p.key.b4 = sw.src;
+    p.key.inside_addr = p.ip.src;
+    p.key.inside_port = p.l4.port;
+    p.key.proto = p.ip.proto;
+    p.inner_off = sw.inner_off;
+    p.outer_len = sw.outer_len;
+    Ok(())
 }
 
-/// Find this softwire endpoint's mapping, or create one here in XDP: the first packet never
-/// waits on userspace. The outside port search is bounded (`PORT_SEARCH_TRIES`). NAT_IN is
-/// claimed first with BPF_NOEXIST (so an outside port has one owner), then NAT_OUT with
-/// BPF_NOEXIST: when two CPUs race on one new flow, the loser releases its port and adopts
-/// the winner's mapping, so the flow ends with exactly one mapping.
-#[inline(always)]
-fn lookup_or_create(key: &NatOutKey, cfg: &AftrConfig) -> Res<([u8; 4], u16)> {
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(v) = NAT_OUT.get_ptr_mut(key) {
-        // SAFETY: map value pointer from the kernel; outbound refreshes (RFC 4787 REQ-6).
-        unsafe {
-            (*v).last_seen_ns = now;
-            return Ok(((*v).outside_addr, (*v).outside_port));
-        }
-    }
-    let idx = pool_index(key, cfg.hash_seed, cfg.pool_len);
-    let addr = match POOL.get(idx) {
-        Some(a) => *a,
-        None => return Err(Exit::Drop(Counter::DropNotConfigured)),
+/// B4 -> internet: decapsulate, map, source-translate, route. A BPF call of its own, so
+/// the two directions do not share (and add up) one stack frame.
+#[inline(never)]
+fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
+    let mut p = FromB4 {
+        key: NatOutKey::default(),
+        ip: Ipv4::default(),
+        l4: L4::default(),
+        inner_off: 0,
+        outer_len: 0,
     };
-    let hash = port_hash(key, cfg.hash_seed);
-    let back = key.inbound_value();
-    let mut attempt = 0;
-    while attempt < PORT_SEARCH_TRIES {
-        let port = candidate_port(hash, attempt, cfg.port_lo, cfg.port_hi).to_be();
-        let kin = key.inbound_key(addr, port);
-        match NAT_IN.insert(&kin, &back, BPF_NOEXIST as u64) {
-            Ok(()) => {
-                let out = NatOutValue {
-                    outside_addr: addr,
-                    outside_port: port,
-                    _pad: 0,
-                    created_ns: now,
-                    last_seen_ns: now,
-                };
-                return match NAT_OUT.insert(key, &out, BPF_NOEXIST as u64) {
-                    Ok(()) => {
-                        count(Counter::NatMappingCreated);
-                        Ok((addr, port))
-                    }
-                    Err(e) => {
-                        let _ = NAT_IN.remove(&kin);
-                        if e != EEXIST {
-                            return Err(Exit::Drop(Counter::DropMappingTableFull));
-                        }
-                        count(Counter::NatMappingRaceLost);
-                        match NAT_OUT.get_ptr(key) {
-                            // SAFETY: map value pointer from the kernel.
-                            Some(v) => unsafe { Ok(((*v).outside_addr, (*v).outside_port)) },
-                            None => Err(Exit::Drop(Counter::DropMappingTableFull)),
-                        }
-                    }
-                };
-            }
-            Err(EEXIST) => {}
-            Err(_) => return Err(Exit::Drop(Counter::DropMappingTableFull)),
-        }
-        attempt += 1;
+    let code = parse_from_b4(ctx, cfg, &mut p);
+    if code != 0 {
+        return Err(Exit::from_code(code));
     }
-    Err(Exit::Drop(Counter::DropPortsExhausted))
+    // TTL first: a packet that cannot be forwarded must not create a mapping.
+    decrement_ttl(ctx, &p.ip)?;
+    let (out_addr, out_port) = lookup_or_create(&p.key, cfg, tcp_bits(p.l4.tcp_flags, true))?;
+    rewrite(ctx, &p.ip, &p.l4, 12, p.ip.src, out_addr, out_port)?;
+    decapsulate(ctx, p.inner_off - ETH_HLEN)?;
+    let action = redirect_v4(ctx, &out_addr, &p.ip.dst)?;
+    count(Counter::AftrOutPackets);
+    count_n(Counter::AftrOutBytes, p.outer_len as u64);
+    Ok(action)
 }
 
 /// Internet -> B4: reverse-translate a packet to a pool address and encapsulate it to the
 /// softwire that owns the mapping. Filtering is endpoint-independent (RFC 4787 REQ-8).
-#[inline(always)]
+#[inline(never)]
 fn from_internet(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
-    let ip = ipv4(ctx, ETH_HLEN, len(ctx) - ETH_HLEN)?;
+    let mut ip = Ipv4::default();
+    ipv4(ctx, ETH_HLEN, len(ctx) - ETH_HLEN, &mut ip)?;
     if POOL_INDEX.get_ptr(ip.dst).is_none() {
         return Err(Exit::Pass(Counter::PassNotPool));
     }
     if ip.fragment {
         return Err(Exit::Drop(Counter::DropIpv4Fragment));
     }
-    let l4 = l4(ctx, &ip, false)?;
+    let mut l4v = L4::default();
+    l4(ctx, &ip, false, &mut l4v)?;
+    let l4 = l4v;
     let kin = NatInKey {
         outside_addr: ip.dst,
         outside_port: l4.port,
@@ -249,19 +227,21 @@ fn from_internet(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
         None => return Err(Exit::Drop(Counter::DropNoMapping)),
     };
     decrement_ttl(ctx, &ip)?;
+    if l4.tcp_flags & 0x07 != 0 {
+        // SYN, FIN or RST from outside: record it on the mapping (RFC 7857 §2 state).
+        crate::nat::note_tcp_inbound(&m, kin.proto, tcp_bits(l4.tcp_flags, false));
+    }
     rewrite(ctx, &ip, &l4, 16, ip.dst, m.inside_addr, m.inside_port)?;
     // Trim nothing: the inner packet is exactly tot_len; any Ethernet padding stays outside
     // the IPv6 payload length and is ignored by the receiver.
-    encapsulate(
-        ctx,
-        ip.tos,
-        ip.tot_len as u16,
-        cfg.hop_limit,
-        &cfg.aftr_addr,
-        &m.b4,
-    )?;
+    let outer = Outer {
+        inner_tos: ip.tos,
+        inner_len: ip.tot_len as u16,
+        hop_limit: cfg.hop_limit,
+    };
+    encapsulate(ctx, &outer, &cfg.aftr_addr, &m.b4)?;
     let outer = (IPV6_HLEN + ip.tot_len) as u64;
-    let action = route_and_redirect(ctx, true, &cfg.aftr_addr, &m.b4)?;
+    let action = redirect_v6(ctx, &cfg.aftr_addr, &m.b4)?;
     count(Counter::AftrInPackets);
     count_n(Counter::AftrInBytes, outer);
     Ok(action)

@@ -5,8 +5,8 @@ use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key, programs::XdpContext};
 use dslite_common::{maps::B4Config, proto::*, Counter};
 
 use crate::{
-    forward::{decapsulate, encapsulate, route_and_redirect},
-    headers::{decrement_ttl, ethernet, ipv4, ipv6, L3, V6},
+    forward::{decapsulate, encapsulate, redirect_v4, redirect_v6, Outer},
+    headers::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, Softwire, L3},
     maps::{count, count_n, B4_CONFIG, LOCAL_V4},
     packet::{len, Exit, Res},
 };
@@ -39,21 +39,20 @@ pub fn run(ctx: &XdpContext) -> Res<u32> {
 /// LAN -> softwire (RFC 6333 §5.2).
 #[inline(always)]
 fn from_lan(ctx: &XdpContext, cfg: &B4Config) -> Res<u32> {
-    let ip = ipv4(ctx, ETH_HLEN, len(ctx) - ETH_HLEN)?;
+    let mut ip = Ipv4::default();
+    ipv4(ctx, ETH_HLEN, len(ctx) - ETH_HLEN, &mut ip)?;
     if LOCAL_V4.get(Key::new(32, ip.dst)).is_some() {
         return Err(Exit::Pass(Counter::PassLocalV4));
     }
     decrement_ttl(ctx, &ip)?;
-    encapsulate(
-        ctx,
-        ip.tos,
-        ip.tot_len as u16,
-        cfg.hop_limit,
-        &cfg.b4_addr,
-        &cfg.aftr_addr,
-    )?;
+    let outer = Outer {
+        inner_tos: ip.tos,
+        inner_len: ip.tot_len as u16,
+        hop_limit: cfg.hop_limit,
+    };
+    encapsulate(ctx, &outer, &cfg.b4_addr, &cfg.aftr_addr)?;
     let outer = (IPV6_HLEN + ip.tot_len) as u64;
-    let action = route_and_redirect(ctx, true, &cfg.b4_addr, &cfg.aftr_addr)?;
+    let action = redirect_v6(ctx, &cfg.b4_addr, &cfg.aftr_addr)?;
     count(Counter::B4EncapPackets);
     count_n(Counter::B4EncapBytes, outer);
     Ok(action)
@@ -62,19 +61,20 @@ fn from_lan(ctx: &XdpContext, cfg: &B4Config) -> Res<u32> {
 /// Softwire -> LAN (RFC 6333 §5.2), and native IPv6 accounting.
 #[inline(always)]
 fn from_wan(ctx: &XdpContext, cfg: &B4Config) -> Res<u32> {
-    let sw = match ipv6(ctx)? {
-        V6::Softwire(sw) if sw.dst == cfg.b4_addr => sw,
-        V6::Softwire(sw) => return native_in(sw.outer_len),
-        V6::Other { outer_len, .. } => return native_in(outer_len),
-    };
+    let mut sw = Softwire::default();
+    ipv6(ctx, &mut sw)?;
+    if !sw.is_softwire || sw.dst != cfg.b4_addr {
+        return native_in(sw.outer_len);
+    }
     // Only the configured AFTR may inject IPv4 into this LAN.
     if sw.src != cfg.aftr_addr {
         return Err(Exit::Drop(Counter::DropNotFromAftr));
     }
-    let ip = ipv4(ctx, sw.inner_off, sw.inner_avail)?;
+    let mut ip = Ipv4::default();
+    ipv4(ctx, sw.inner_off, sw.inner_avail, &mut ip)?;
     decrement_ttl(ctx, &ip)?;
     decapsulate(ctx, sw.inner_off - ETH_HLEN)?;
-    let action = route_and_redirect(ctx, false, &ip.src, &ip.dst)?;
+    let action = redirect_v4(ctx, &ip.src, &ip.dst)?;
     count(Counter::B4DecapPackets);
     count_n(Counter::B4DecapBytes, sw.outer_len as u64);
     Ok(action)

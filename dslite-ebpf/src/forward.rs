@@ -49,7 +49,11 @@ const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
 
 /// Strip `hdr_len` bytes of outer headers that follow the Ethernet header (IPv6 + extension
 /// headers), keeping the Ethernet addresses and setting the EtherType to IPv4.
-#[inline(always)]
+///
+/// The functions here are real BPF calls (`inline(never)`): they run after the NAT decision,
+/// so their stack frames never add to the NAT search's (the verifier allows 512 bytes for
+/// the deepest call chain).
+#[inline(never)]
 pub fn decapsulate(ctx: &XdpContext, hdr_len: usize) -> Res<()> {
     let eth: *mut [u8; ETH_HLEN] = at(ctx, 0, Counter::DropTruncatedEth)?;
     // SAFETY: bounds-checked by `at`.
@@ -65,18 +69,18 @@ pub fn decapsulate(ctx: &XdpContext, hdr_len: usize) -> Res<()> {
     Ok(())
 }
 
+/// What the outer IPv6 header takes from the inner packet and the configuration.
+pub struct Outer {
+    pub inner_tos: u8,
+    pub inner_len: u16,
+    pub hop_limit: u8,
+}
+
 /// Prepend an IPv6 header (RFC 6333 §5.2/§6.2) in front of the IPv4 packet that starts
 /// right after the Ethernet header; the Ethernet addresses are kept for now and the
 /// EtherType becomes IPv6.
-#[inline(always)]
-pub fn encapsulate(
-    ctx: &XdpContext,
-    inner_tos: u8,
-    inner_len: u16,
-    hop_limit: u8,
-    src: &[u8; 16],
-    dst: &[u8; 16],
-) -> Res<()> {
+#[inline(never)]
+pub fn encapsulate(ctx: &XdpContext, o: &Outer, src: &[u8; 16], dst: &[u8; 16]) -> Res<()> {
     let eth: *mut [u8; ETH_HLEN] = at(ctx, 0, Counter::DropTruncatedEth)?;
     // SAFETY: bounds-checked by `at`.
     let mut saved = unsafe { *eth };
@@ -90,18 +94,14 @@ pub fn encapsulate(
     // SAFETY: re-checked after the head moved.
     unsafe {
         *eth = saved;
-        write_softwire_ipv6_header(&mut *ip6, inner_tos, inner_len, hop_limit, src, dst);
+        write_softwire_ipv6_header(&mut *ip6, o.inner_tos, o.inner_len, o.hop_limit, src, dst);
     }
     Ok(())
 }
 
-/// Route the frame (now IPv4 or IPv6 right after Ethernet) with the kernel FIB and redirect
-/// it out of the egress interface. A missing neighbour entry hands the packet to the kernel,
-/// which resolves the neighbour and forwards it: later packets take the fast path.
-#[inline(always)]
-pub fn route_and_redirect(ctx: &XdpContext, v6: bool, src: &[u8], dst: &[u8]) -> Res<u32> {
-    let mut p = FibParams {
-        family: if v6 { AF_INET6 } else { AF_INET },
+fn fib_params(ctx: &XdpContext, family: u8) -> FibParams {
+    FibParams {
+        family,
         l4_protocol: 0,
         sport: 0,
         dport: 0,
@@ -114,19 +114,37 @@ pub fn route_and_redirect(ctx: &XdpContext, v6: bool, src: &[u8], dst: &[u8]) ->
         vlan: 0,
         smac: [0; 6],
         dmac: [0; 6],
-    };
-    if v6 {
-        p.src.copy_from_slice(&src[..16]);
-        p.dst.copy_from_slice(&dst[..16]);
-    } else {
-        p.src[..4].copy_from_slice(&src[..4]);
-        p.dst[..4].copy_from_slice(&dst[..4]);
     }
+}
+
+/// Route an IPv4 frame (IPv4 right after Ethernet) and redirect it; see [`fib_redirect`].
+#[inline(never)]
+pub fn redirect_v4(ctx: &XdpContext, src: &[u8; 4], dst: &[u8; 4]) -> Res<u32> {
+    let mut p = fib_params(ctx, AF_INET);
+    p.src[..4].copy_from_slice(src);
+    p.dst[..4].copy_from_slice(dst);
+    fib_redirect(ctx, &mut p)
+}
+
+/// Route an IPv6 frame and redirect it; see [`fib_redirect`].
+#[inline(never)]
+pub fn redirect_v6(ctx: &XdpContext, src: &[u8; 16], dst: &[u8; 16]) -> Res<u32> {
+    let mut p = fib_params(ctx, AF_INET6);
+    p.src = *src;
+    p.dst = *dst;
+    fib_redirect(ctx, &mut p)
+}
+
+/// Route the frame with the kernel FIB and redirect it out of the egress interface. A
+/// missing neighbour entry hands the packet to the kernel, which resolves the neighbour and
+/// forwards it: later packets take the fast path.
+#[inline(always)]
+fn fib_redirect(ctx: &XdpContext, p: &mut FibParams) -> Res<u32> {
     // SAFETY: `p` is a correctly sized `struct bpf_fib_lookup`.
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.ctx as *mut _,
-            &mut p as *mut FibParams as *mut _,
+            p as *mut FibParams as *mut _,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )

@@ -4,7 +4,7 @@
 use aya_ebpf::programs::XdpContext;
 use dslite_common::{proto::*, Counter};
 
-use crate::packet::{at, len, read16, read_addr16, Exit, Res};
+use crate::packet::{at, len, read16, Exit, Res};
 
 /// What the Ethernet header says.
 pub enum L3 {
@@ -26,8 +26,12 @@ pub fn ethernet(ctx: &XdpContext) -> Res<L3> {
     }
 }
 
-/// An IPv6 packet that carries IPv4 (next header 4), after the extension-header walk.
+/// An IPv6 packet after the extension-header walk. Parsers fill caller-owned structs
+/// (out-parameters) rather than returning them: that keeps copies off the 512-byte stack.
+#[derive(Default)]
 pub struct Softwire {
+    /// Next header 4 after the walk (otherwise native IPv6: ND, ping6, ...).
+    pub is_softwire: bool,
     pub src: [u8; 16],
     pub dst: [u8; 16],
     /// Offset of the inner IPv4 header from the start of the frame.
@@ -38,21 +42,11 @@ pub struct Softwire {
     pub outer_len: usize,
 }
 
-/// Result of looking at an IPv6 packet: either a softwire packet or something else
-/// (native IPv6, ND, ...) that the caller decides about.
-pub enum V6 {
-    Softwire(Softwire),
-    /// Not IPv4-in-IPv6; `outer_len` is the IPv6 packet length, for byte counters.
-    Other {
-        outer_len: usize,
-    },
-}
-
 /// Parse the IPv6 header at offset 14 and walk at most `MAX_EXT_HEADERS` hop-by-hop or
 /// destination-options headers (RFC 2473 §4.1.1: a Tunnel Encapsulation Limit option, as
 /// Linux ip6tnl and OpenWrt B4s send by default, checklist item 5).
 #[inline(always)]
-pub fn ipv6(ctx: &XdpContext) -> Res<V6> {
+pub fn ipv6(ctx: &XdpContext, sw: &mut Softwire) -> Res<()> {
     let ip6: *mut [u8; IPV6_HLEN] = at(ctx, ETH_HLEN, Counter::DropBadIpv6)?;
     // SAFETY: bounds-checked by `at`.
     let h = unsafe { &*ip6 };
@@ -66,8 +60,7 @@ pub fn ipv6(ctx: &XdpContext) -> Res<V6> {
     if ETH_HLEN + outer_len > len(ctx) {
         return Err(Exit::Drop(Counter::DropBadIpv6));
     }
-    let dst = read_addr16(h[24..].as_ptr());
-    let src = read_addr16(h[8..].as_ptr());
+    sw.outer_len = outer_len;
     let mut next = h[6];
     let mut off = ETH_HLEN + IPV6_HLEN;
     let mut i = 0;
@@ -88,23 +81,32 @@ pub fn ipv6(ctx: &XdpContext) -> Res<V6> {
         next = nh;
         i += 1;
     }
+    // Addresses are copied last, straight into the caller's struct: read earlier, their 32
+    // bytes would stay live across the walk above and spill a byte per stack slot.
+    let ip6: *mut [u8; IPV6_HLEN] = at(ctx, ETH_HLEN, Counter::DropBadIpv6)?;
+    // SAFETY: bounds-checked by `at`; the source and destination do not overlap.
+    unsafe {
+        let base = ip6 as *const u8;
+        core::ptr::copy_nonoverlapping(base.add(8), sw.src.as_mut_ptr(), 16);
+        core::ptr::copy_nonoverlapping(base.add(24), sw.dst.as_mut_ptr(), 16);
+    }
     match next {
-        IPPROTO_IPIP => Ok(V6::Softwire(Softwire {
-            src,
-            dst,
-            inner_off: off,
-            inner_avail: ETH_HLEN + outer_len - off,
-            outer_len,
-        })),
+        IPPROTO_IPIP => {
+            sw.is_softwire = true;
+            sw.inner_off = off;
+            sw.inner_avail = ETH_HLEN + outer_len - off;
+            Ok(())
+        }
         IPPROTO_FRAGMENT => Err(Exit::Pass(Counter::PassIpv6Fragment)),
         IPPROTO_HOPOPTS | IPPROTO_DSTOPTS | IPPROTO_ROUTING => {
             Err(Exit::Pass(Counter::PassIpv6ExtHeader))
         }
-        _ => Ok(V6::Other { outer_len }),
+        _ => Ok(()),
     }
 }
 
 /// The fields of a validated IPv4 header that the programs use.
+#[derive(Default)]
 pub struct Ipv4 {
     pub off: usize,
     pub hlen: usize,
@@ -121,27 +123,26 @@ pub struct Ipv4 {
 /// Validate the IPv4 header at `off`: version 4, IHL >= 5, total length covering the header
 /// and within the `avail` bytes that enclose it (the frame, or the outer IPv6 payload).
 #[inline(always)]
-pub fn ipv4(ctx: &XdpContext, off: usize, avail: usize) -> Res<Ipv4> {
-    let ip: *mut [u8; IPV4_MIN_HLEN] = at(ctx, off, Counter::DropBadIpv4)?;
+pub fn ipv4(ctx: &XdpContext, off: usize, avail: usize, ip: &mut Ipv4) -> Res<()> {
+    let hdr: *mut [u8; IPV4_MIN_HLEN] = at(ctx, off, Counter::DropBadIpv4)?;
     // SAFETY: bounds-checked by `at`.
-    let h = unsafe { &*ip };
+    let h = unsafe { &*hdr };
     let hlen = ((h[0] & 0x0f) as usize) * 4;
     let tot_len = u16::from_be_bytes([h[2], h[3]]) as usize;
     if h[0] >> 4 != 4 || hlen < IPV4_MIN_HLEN || tot_len < hlen || tot_len > avail {
         return Err(Exit::Drop(Counter::DropBadIpv4));
     }
     let frag = u16::from_be_bytes([h[6], h[7]]);
-    Ok(Ipv4 {
-        off,
-        hlen,
-        tot_len,
-        tos: h[1],
-        ttl: h[8],
-        proto: h[9],
-        fragment: frag & (IPV4_MF | IPV4_OFFSET_MASK) != 0,
-        src: [h[12], h[13], h[14], h[15]],
-        dst: [h[16], h[17], h[18], h[19]],
-    })
+    ip.off = off;
+    ip.hlen = hlen;
+    ip.tot_len = tot_len;
+    ip.tos = h[1];
+    ip.ttl = h[8];
+    ip.proto = h[9];
+    ip.fragment = frag & (IPV4_MF | IPV4_OFFSET_MASK) != 0;
+    ip.src = [h[12], h[13], h[14], h[15]];
+    ip.dst = [h[16], h[17], h[18], h[19]];
+    Ok(())
 }
 
 /// Decrement the IPv4 TTL (the B4 and the AFTR each act as a router: RFC 2473 §3,

@@ -16,6 +16,7 @@ mod b4;
 mod forward;
 mod headers;
 mod maps;
+mod nat;
 mod packet;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};

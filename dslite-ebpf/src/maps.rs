@@ -1,15 +1,16 @@
 //! Every map of both programs. Layouts and names come from `dslite_common::maps`.
 //! All maps are pinned by name under the controller's `--pin-path`, so `dslite stats` and
-//! `dslite sessions` can read them from another process.
+//! `dslite sessions` can read them from another process. Sizes here are defaults: the
+//! controller sizes each map for its role at load time (`dataplane::map_sizes`).
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use dslite_common::{
     maps::{
-        AftrConfig, B4Config, NatInKey, NatInValue, NatOutKey, NatOutValue, DEFAULT_MAX_MAPPINGS,
-        MAX_POOL, MAX_PREFIXES,
+        AftrConfig, B4Config, BlockKey, BlockValue, NatInKey, NatInValue, NatOutKey, NatOutValue,
+        Slot, SlotKey, DEFAULT_MAX_MAPPINGS, MAX_POOL, MAX_PREFIXES,
     },
     Counter,
 };
@@ -49,6 +50,19 @@ pub static NAT_OUT: HashMap<NatOutKey, NatOutValue> = HashMap::pinned(DEFAULT_MA
 /// AFTR: outside endpoint -> softwire + inside endpoint. Created in XDP, with NAT_OUT.
 #[map(name = "NAT_IN")]
 pub static NAT_IN: HashMap<NatInKey, NatInValue> = HashMap::pinned(DEFAULT_MAX_MAPPINGS, 0);
+
+/// AFTR: port blocks in use or held down; absent means free. Claimed by XDP (BPF_NOEXIST),
+/// released and freed by the controller's sweep.
+#[map(name = "BLOCKS")]
+pub static BLOCKS: HashMap<BlockKey, BlockValue> = HashMap::pinned(1 << 16, 0);
+
+/// AFTR: each softwire's blocks by slot. Claimed by XDP, freed by the controller.
+#[map(name = "SW_BLOCKS")]
+pub static SW_BLOCKS: HashMap<SlotKey, Slot> = HashMap::pinned(1 << 16, 0);
+
+/// AFTR: events for the NAT log (block allocations), read by the controller.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::pinned(1 << 20, 0);
 
 /// Add `n` to counter `c` on this CPU (per-CPU slot: no atomics needed).
 #[inline(always)]

@@ -22,6 +22,29 @@ pub enum Exit {
 
 pub type Res<T> = Result<T, Exit>;
 
+impl Exit {
+    /// As a non-zero integer, to cross a BPF call (enums returned from BPF calls can carry
+    /// uninitialised padding that the verifier rejects).
+    #[inline(always)]
+    pub fn code(self) -> u32 {
+        match self {
+            Exit::Drop(c) => c as u32 + 1,
+            Exit::Pass(c) => (c as u32 + 1) | 0x8000_0000,
+        }
+    }
+
+    /// Inverse of [`Exit::code`].
+    #[inline(always)]
+    pub fn from_code(code: u32) -> Exit {
+        let c = Counter::from_index((code & 0x7fff_ffff).wrapping_sub(1));
+        if code & 0x8000_0000 != 0 {
+            Exit::Pass(c)
+        } else {
+            Exit::Drop(c)
+        }
+    }
+}
+
 /// Bounds-checked pointer to a `T` at `off` bytes from the start of the packet.
 ///
 /// SAFETY of the returned pointer: valid for reads and writes of `size_of::<T>()` bytes until
@@ -63,10 +86,4 @@ pub fn read16(p: *const u8) -> u16 {
 pub fn write16(p: *mut u8, v: u16) {
     // SAFETY: as for `read16`.
     unsafe { core::ptr::write_unaligned(p as *mut u16, v) }
-}
-
-#[inline(always)]
-pub fn read_addr16(p: *const u8) -> [u8; 16] {
-    // SAFETY: as for `read16`.
-    unsafe { core::ptr::read_unaligned(p as *const [u8; 16]) }
 }

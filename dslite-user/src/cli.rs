@@ -135,9 +135,12 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
     let object = dataplane::object_bytes(s.bpf_object.as_deref()).map_err(usage)?;
     dataplane::ensure_bpffs(&s.pin_path).map_err(usage)?;
     ensure_forwarding();
-    let mut ebpf = dataplane::load(&object, &s.pin_path)?;
-    dataplane::configure_aftr(&mut ebpf, &s, dataplane::random_seed())?;
+    let mut ebpf = dataplane::load(&object, &s.pin_path, &dataplane::map_sizes(Some(&s)))?;
+    let seed = dataplane::random_seed();
+    dataplane::configure_aftr(&mut ebpf, &s, seed)?;
     let logger = start_log_forwarding(&mut ebpf);
+    let sweeper =
+        crate::sweep::Sweeper::open(&s.pin_path, dataplane::aftr_config(&s, seed), s.timeouts)?;
     let r = async {
         dataplane::attach(
             &mut ebpf,
@@ -149,15 +152,17 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
             s.xdp_mode,
         )?;
         info!(
-            "AFTR {} up: pool {}, ports {}-{}, {} B4 prefixes, maps at {}",
+            "AFTR {} up: pool {}, ports {}-{} in blocks of {} (at most {} per softwire), {} B4 prefixes, maps at {}",
             s.address,
             dataplane::pool_summary(&s.pool),
             s.ports.lo,
             s.ports.hi,
+            s.block_size,
+            s.max_blocks,
             s.b4_prefixes.len(),
             s.pin_path.display()
         );
-        wait_for_shutdown().await
+        aftr_loop(&s.pin_path, sweeper).await
     }
     .await;
     drop(logger);
@@ -201,7 +206,7 @@ async fn run_b4(o: B4Options) -> Result<()> {
     let object = dataplane::object_bytes(s.bpf_object.as_deref()).map_err(usage)?;
     dataplane::ensure_bpffs(&s.pin_path).map_err(usage)?;
     ensure_forwarding();
-    let mut ebpf = dataplane::load(&object, &s.pin_path)?;
+    let mut ebpf = dataplane::load(&object, &s.pin_path, &dataplane::map_sizes(None))?;
     let cfg = B4Config {
         b4_addr: address.octets(),
         aftr_addr: s.aftr.octets(),
@@ -235,6 +240,58 @@ async fn run_b4(o: B4Options) -> Result<()> {
     dataplane::unpin(&s.pin_path);
     info!("B4 stopped and detached");
     r
+}
+
+/// The AFTR's controller work until a signal: NAT events from the kernel, and the sweep.
+async fn aftr_loop(pin: &std::path::Path, mut sweeper: crate::sweep::Sweeper) -> Result<()> {
+    use aya::maps::{Map, MapData, RingBuf};
+    use tokio::signal::unix::{signal, SignalKind};
+    let events = RingBuf::try_from(Map::RingBuf(MapData::from_pin(
+        pin.join(dslite_common::maps::EVENTS),
+    )?))?;
+    // SAFETY: the ring buffer owns its fd and the AsyncFd owns the ring buffer.
+    let mut events = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| anyhow::anyhow!("watching the event ring buffer: {e}"))?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(()); }
+            _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
+            g = events.readable_mut() => {
+                let mut g = g?;
+                let offset = crate::natlog::realtime_offset_ns();
+                while let Some(item) = g.get_inner_mut().next() {
+                    if item.len() >= std::mem::size_of::<dslite_common::maps::NatEvent>() {
+                        // SAFETY: the kernel wrote a NatEvent (repr(C), any bit pattern valid).
+                        let ev: dslite_common::maps::NatEvent =
+                            unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                        info!(target: "natlog", "{}", crate::natlog::event_record(&ev, offset));
+                    }
+                }
+                g.clear_ready();
+            }
+            _ = tick.tick() => {
+                let now = crate::sweep::monotonic_ns();
+                match sweeper.sweep(now) {
+                    Ok(r) => {
+                        let offset = crate::natlog::realtime_offset_ns();
+                        for b in &r.blocks_released {
+                            info!(target: "natlog", "{}", crate::natlog::block_record(b.kind, now, b.b4, b.addr, b.port_lo, b.port_hi, offset));
+                        }
+                        if r.expired > 0 || r.blocks_freed > 0 {
+                            log::debug!("sweep: {} mappings scanned, {} expired, {} blocks released, {} freed, {} us",
+                                r.scanned, r.expired, r.blocks_released.len(), r.blocks_freed, r.micros);
+                        }
+                    }
+                    Err(e) => warn!("sweep failed: {e:#}"),
+                }
+            }
+        }
+    }
 }
 
 async fn wait_for_shutdown() -> Result<()> {

@@ -176,6 +176,34 @@ pub struct AftrOptions {
     /// Outside port range for TCP/UDP ports and ICMP identifiers.
     #[arg(long, value_name = "LO-HI", value_parser = parse_ports)]
     pub port_range: Option<PortRange>,
+    /// Ports per block a softwire takes at a time (power of two, default 512).
+    #[arg(long, value_name = "PORTS")]
+    pub block_size: Option<u16>,
+    /// Most blocks one softwire may hold (1-8, default 4): its port quota.
+    #[arg(long, value_name = "N")]
+    pub max_blocks: Option<u8>,
+    /// Size of the NAT tables (mappings); a full table drops new flows, never evicts.
+    #[arg(long, value_name = "N")]
+    pub max_mappings: Option<u32>,
+    /// UDP mapping idle timeout in seconds (default 300, floor 120: RFC 4787 REQ-5).
+    #[arg(long, value_name = "SECS")]
+    pub udp_timeout: Option<u64>,
+    /// Established TCP idle timeout (default and floor 7440: RFC 5382 REQ-5).
+    #[arg(long, value_name = "SECS")]
+    pub tcp_established_timeout: Option<u64>,
+    /// Transitory TCP (opening, closing, reset) idle timeout (default and floor 240).
+    #[arg(long, value_name = "SECS")]
+    pub tcp_transitory_timeout: Option<u64>,
+    /// ICMP echo mapping idle timeout (default and floor 60: RFC 5508 REQ-2).
+    #[arg(long, value_name = "SECS")]
+    pub icmp_timeout: Option<u64>,
+    /// Seconds a released port block waits before another softwire may take it
+    /// (default and floor 120: RFC 6888 REQ-8).
+    #[arg(long, value_name = "SECS")]
+    pub block_hold_down: Option<u64>,
+    /// Accept timeouts below the RFC floors (labs and tests only).
+    #[arg(long)]
+    pub allow_short_timeouts: bool,
     #[command(flatten)]
     #[serde(flatten)]
     pub common: CommonOptions,
@@ -308,6 +336,15 @@ impl AftrOptions {
                 self.b4_prefix
             },
             port_range: self.port_range.or(f.port_range),
+            block_size: self.block_size.or(f.block_size),
+            max_blocks: self.max_blocks.or(f.max_blocks),
+            max_mappings: self.max_mappings.or(f.max_mappings),
+            udp_timeout: self.udp_timeout.or(f.udp_timeout),
+            tcp_established_timeout: self.tcp_established_timeout.or(f.tcp_established_timeout),
+            tcp_transitory_timeout: self.tcp_transitory_timeout.or(f.tcp_transitory_timeout),
+            icmp_timeout: self.icmp_timeout.or(f.icmp_timeout),
+            block_hold_down: self.block_hold_down.or(f.block_hold_down),
+            allow_short_timeouts: self.allow_short_timeouts || f.allow_short_timeouts,
             common: self.common.merge(f.common),
         })
     }
@@ -339,9 +376,71 @@ pub struct AftrSettings {
     pub pool: Vec<Ipv4Addr>,
     pub b4_prefixes: Vec<Cidr6>,
     pub ports: PortRange,
+    pub block_size: u16,
+    pub max_blocks: u8,
+    pub max_mappings: u32,
+    pub timeouts: Timeouts,
     pub pin_path: PathBuf,
     pub xdp_mode: XdpModeOpt,
     pub bpf_object: Option<PathBuf>,
+}
+
+/// Idle timeouts and the block hold-down, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub udp: u64,
+    pub tcp_established: u64,
+    pub tcp_transitory: u64,
+    pub icmp: u64,
+    pub block_hold_down: u64,
+}
+
+impl Default for Timeouts {
+    /// The defaults are the RFC recommendations (checklist 31-35).
+    fn default() -> Self {
+        Timeouts {
+            udp: 300,
+            tcp_established: 7440,
+            tcp_transitory: 240,
+            icmp: 60,
+            block_hold_down: 120,
+        }
+    }
+}
+
+/// RFC floors: (flag, floor). UDP: RFC 4787 REQ-5; TCP: RFC 5382 REQ-5; ICMP: RFC 5508
+/// REQ-2; hold-down: RFC 6888 REQ-8.
+const FLOORS: [(&str, u64); 5] = [
+    ("--udp-timeout", 120),
+    ("--tcp-established-timeout", 7440),
+    ("--tcp-transitory-timeout", 240),
+    ("--icmp-timeout", 60),
+    ("--block-hold-down", 120),
+];
+
+impl Timeouts {
+    fn values(&self) -> [u64; 5] {
+        [
+            self.udp,
+            self.tcp_established,
+            self.tcp_transitory,
+            self.icmp,
+            self.block_hold_down,
+        ]
+    }
+
+    /// Reject values under the RFC floors unless `allow_short`; never accept 0.
+    pub fn check(&self, allow_short: bool) -> Result<()> {
+        for ((flag, floor), v) in FLOORS.iter().zip(self.values()) {
+            if v == 0 {
+                bail!("{flag} 0: a timeout must be at least 1 second");
+            }
+            if v < *floor && !allow_short {
+                bail!("{flag} {v} is below the RFC floor of {floor} s (use --allow-short-timeouts in labs)");
+            }
+        }
+        Ok(())
+    }
 }
 
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/dslite";
@@ -390,6 +489,43 @@ impl AftrOptions {
             lo: dslite_common::nat::DEFAULT_PORT_LO,
             hi: dslite_common::nat::DEFAULT_PORT_HI,
         });
+        let span = ports.hi as u32 - ports.lo as u32 + 1;
+        let block_size = self
+            .block_size
+            .unwrap_or(dslite_common::nat::DEFAULT_BLOCK_SIZE);
+        if !block_size.is_power_of_two()
+            || block_size < dslite_common::nat::MIN_BLOCK_SIZE
+            || block_size as u32 > span
+        {
+            bail!(
+                "--block-size {block_size} must be a power of two from {} to the port range size ({span})",
+                dslite_common::nat::MIN_BLOCK_SIZE
+            );
+        }
+        let max_blocks = self
+            .max_blocks
+            .unwrap_or(dslite_common::nat::DEFAULT_MAX_BLOCKS);
+        if max_blocks == 0 || max_blocks as u32 > dslite_common::nat::MAX_BLOCKS {
+            bail!(
+                "--max-blocks {max_blocks} must be 1-{}",
+                dslite_common::nat::MAX_BLOCKS
+            );
+        }
+        let max_mappings = self
+            .max_mappings
+            .unwrap_or(dslite_common::maps::DEFAULT_MAX_MAPPINGS);
+        if max_mappings == 0 {
+            bail!("--max-mappings 0: the table needs room for at least one mapping");
+        }
+        let d = Timeouts::default();
+        let timeouts = Timeouts {
+            udp: self.udp_timeout.unwrap_or(d.udp),
+            tcp_established: self.tcp_established_timeout.unwrap_or(d.tcp_established),
+            tcp_transitory: self.tcp_transitory_timeout.unwrap_or(d.tcp_transitory),
+            icmp: self.icmp_timeout.unwrap_or(d.icmp),
+            block_hold_down: self.block_hold_down.unwrap_or(d.block_hold_down),
+        };
+        timeouts.check(self.allow_short_timeouts)?;
         Ok(AftrSettings {
             internet_iface: self.internet_iface.unwrap_or_else(|| tunnel_iface.clone()),
             tunnel_iface,
@@ -397,6 +533,10 @@ impl AftrOptions {
             pool,
             b4_prefixes: self.b4_prefix,
             ports,
+            block_size,
+            max_blocks,
+            max_mappings,
+            timeouts,
             pin_path: self
                 .common
                 .pin_path
@@ -529,6 +669,88 @@ mod tests {
         let e = flags.merged().unwrap_err().to_string();
         assert!(e.contains("line 3") && e.contains("bogus-key"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn aftr(extra: AftrOptions) -> Result<AftrSettings> {
+        AftrOptions {
+            tunnel_iface: Some("eth0".into()),
+            address: Some("2001:db8::1".parse().unwrap()),
+            pool: vec!["198.51.100.0/30".parse().unwrap()],
+            b4_prefix: vec!["::/0".parse().unwrap()],
+            ..extra
+        }
+        .validate()
+    }
+
+    #[test]
+    fn timeouts_respect_rfc_floors() {
+        let s = aftr(AftrOptions::default()).unwrap();
+        assert_eq!(s.timeouts, Timeouts::default());
+        let e = aftr(AftrOptions {
+            udp_timeout: Some(60),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("--udp-timeout 60") && e.to_string().contains("120"),
+            "{e}"
+        );
+        let e = aftr(AftrOptions {
+            icmp_timeout: Some(30),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("--icmp-timeout 30"), "{e}");
+        let e = aftr(AftrOptions {
+            tcp_established_timeout: Some(600),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("7440"), "{e}");
+        let s = aftr(AftrOptions {
+            udp_timeout: Some(2),
+            allow_short_timeouts: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.timeouts.udp, 2);
+        let e = aftr(AftrOptions {
+            udp_timeout: Some(0),
+            allow_short_timeouts: true,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("at least 1"), "{e}");
+    }
+
+    #[test]
+    fn block_settings_are_checked() {
+        let s = aftr(AftrOptions::default()).unwrap();
+        assert_eq!((s.block_size, s.max_blocks), (512, 4));
+        for bad in [0u16, 100, 8] {
+            let e = aftr(AftrOptions {
+                block_size: Some(bad),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("--block-size {bad}")),
+                "{e}"
+            );
+        }
+        let e = aftr(AftrOptions {
+            max_blocks: Some(9),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("--max-blocks 9"), "{e}");
+        let e = aftr(AftrOptions {
+            port_range: Some(PortRange { lo: 5000, hi: 5063 }),
+            block_size: Some(128),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("(64)"), "{e}");
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub fn ensure_bpffs(pin_path: &Path) -> Result<()> {
 
 /// Load the object with every map pinned under `pin_path`. Pins left by an earlier run that
 /// did not exit cleanly are removed first, so a start always begins from a known state.
-pub fn load(object: &[u8], pin_path: &Path) -> Result<Ebpf> {
+pub fn load(object: &[u8], pin_path: &Path, sizes: &[(&'static str, u32)]) -> Result<Ebpf> {
     ensure_bpffs(pin_path)?;
     if pin_path.exists() {
         let stale: Vec<PathBuf> = std::fs::read_dir(pin_path)?
@@ -109,10 +109,12 @@ pub fn load(object: &[u8], pin_path: &Path) -> Result<Ebpf> {
     }
     std::fs::create_dir_all(pin_path)
         .with_context(|| format!("creating pin path {}", pin_path.display()))?;
-    EbpfLoader::new()
-        .default_map_pin_directory(pin_path)
-        .load(object)
-        .context("loading the XDP programs")
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(pin_path);
+    for (name, size) in sizes {
+        loader.map_max_entries(name, *size);
+    }
+    loader.load(object).context("loading the XDP programs")
 }
 
 /// Remove the pinned maps (clean shutdown).
@@ -152,18 +154,60 @@ pub fn configure_aftr(ebpf: &mut Ebpf, s: &AftrSettings, hash_seed: u32) -> Resu
             allow.insert(&Key::new(p.len as u32, p.network()), 1, 0)?;
         }
     }
-    let cfg = AftrConfig {
+    let cfg = aftr_config(s, hash_seed);
+    let mut c: Array<&mut MapData, AftrConfig> = Array::try_from(map_mut(ebpf, m::AFTR_CONFIG)?)?;
+    c.set(0, cfg, 0)?;
+    Ok(())
+}
+
+/// The kernel's view of an AFTR configuration.
+pub fn aftr_config(s: &AftrSettings, hash_seed: u32) -> AftrConfig {
+    let span = s.ports.hi as u32 - s.ports.lo as u32 + 1;
+    AftrConfig {
         aftr_addr: s.address.octets(),
         port_lo: s.ports.lo,
         port_hi: s.ports.hi,
         pool_len: s.pool.len() as u32,
         hash_seed,
         hop_limit: dslite_common::proto::DEFAULT_HOP_LIMIT,
-        _pad: [0; 3],
-    };
-    let mut c: Array<&mut MapData, AftrConfig> = Array::try_from(map_mut(ebpf, m::AFTR_CONFIG)?)?;
-    c.set(0, cfg, 0)?;
-    Ok(())
+        max_blocks: s.max_blocks,
+        block_size: s.block_size,
+        blocks_per_addr: (span / s.block_size as u32) as u16,
+        _pad: 0,
+    }
+}
+
+/// Map sizes for a role: an AFTR sizes its NAT tables from `--max-mappings` and its block
+/// tables from the pool; a B4 shrinks every AFTR-only table to one entry (hash maps are
+/// preallocated, so unused capacity is memory).
+pub fn map_sizes(aftr: Option<&AftrSettings>) -> Vec<(&'static str, u32)> {
+    match aftr {
+        Some(s) => {
+            let cfg = aftr_config(s, 0);
+            let blocks = (s.pool.len() as u32 * cfg.blocks_per_addr as u32).max(1);
+            vec![
+                (m::NAT_OUT, s.max_mappings),
+                (m::NAT_IN, s.max_mappings),
+                (m::BLOCKS, blocks),
+                (m::SW_BLOCKS, blocks),
+                (m::POOL, s.pool.len() as u32),
+                (m::POOL_INDEX, s.pool.len() as u32),
+                (m::LOCAL_V4, 1),
+            ]
+        }
+        None => [
+            m::NAT_OUT,
+            m::NAT_IN,
+            m::BLOCKS,
+            m::SW_BLOCKS,
+            m::POOL,
+            m::POOL_INDEX,
+            m::B4_ALLOW,
+        ]
+        .iter()
+        .map(|n| (*n, 1))
+        .collect(),
+    }
 }
 
 /// IPv4 destinations a B4 never puts into the softwire, besides its LAN subnets: "this

@@ -9,5 +9,7 @@
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod natlog;
 pub mod netlink;
+pub mod sweep;
 pub mod views;

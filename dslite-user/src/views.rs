@@ -6,14 +6,16 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use dslite_common::{
     counters::CounterKind,
-    maps::{self as m, NatOutKey, NatOutValue},
+    maps::{self as m, AftrConfig, NatOutKey, NatOutValue},
     proto::protocol_name,
     Counter,
 };
 use serde::Serialize;
+
+use crate::sweep::monotonic_ns;
 
 fn open(pin_path: &Path, name: &str) -> Result<MapData> {
     let p = pin_path.join(name);
@@ -69,22 +71,45 @@ pub struct Session {
     pub proto: &'static str,
     pub inside: String,
     pub outside: String,
+    /// The port block holding the outside port, `lo-hi`.
+    pub block: String,
+    /// TCP state (`opening`, `established`, `closing`, `reset`), `-` otherwise.
+    pub state: &'static str,
     pub age_seconds: u64,
     pub idle_seconds: u64,
 }
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime into a local struct. CLOCK_MONOTONIC is bpf_ktime_get_ns's clock.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+/// TCP state name from the flags seen on a mapping (RFC 7857 §2).
+pub fn tcp_state_name(proto: u8, s: u8) -> &'static str {
+    use dslite_common::nat::*;
+    if proto != dslite_common::proto::IPPROTO_TCP {
+        "-"
+    } else if s & TCP_RST != 0 {
+        "reset"
+    } else if s & (TCP_FIN_OUT | TCP_FIN_IN) != 0 {
+        "closing"
+    } else if tcp_established(s) {
+        "established"
+    } else {
+        "opening"
+    }
 }
 
 impl Session {
-    pub fn from_map(k: &NatOutKey, v: &NatOutValue, now_ns: u64) -> Session {
+    pub fn from_map(k: &NatOutKey, v: &NatOutValue, cfg: &AftrConfig, now_ns: u64) -> Session {
+        let port = u16::from_be(v.outside_port);
+        let block = match dslite_common::nat::block_of(
+            port,
+            cfg.port_lo,
+            cfg.block_size,
+            cfg.blocks_per_addr,
+        ) {
+            Some(b) => {
+                let lo = dslite_common::nat::block_first_port(b, cfg.port_lo, cfg.block_size);
+                format!("{lo}-{}", lo + (cfg.block_size - 1))
+            }
+            None => "-".into(),
+        };
         Session {
             b4: Ipv6Addr::from(k.b4).to_string(),
             proto: protocol_name(k.proto),
@@ -93,11 +118,9 @@ impl Session {
                 Ipv4Addr::from(k.inside_addr),
                 u16::from_be(k.inside_port)
             ),
-            outside: format!(
-                "{}:{}",
-                Ipv4Addr::from(v.outside_addr),
-                u16::from_be(v.outside_port)
-            ),
+            outside: format!("{}:{}", Ipv4Addr::from(v.outside_addr), port),
+            block,
+            state: tcp_state_name(k.proto, v.tcp_state),
             age_seconds: now_ns.saturating_sub(v.created_ns) / 1_000_000_000,
             idle_seconds: now_ns.saturating_sub(v.last_seen_ns) / 1_000_000_000,
         }
@@ -107,11 +130,14 @@ impl Session {
 pub fn read_sessions(pin_path: &Path) -> Result<Vec<Session>> {
     let out: HashMap<MapData, NatOutKey, NatOutValue> =
         HashMap::try_from(Map::HashMap(open(pin_path, m::NAT_OUT)?))?;
+    let cfg: Array<MapData, AftrConfig> =
+        Array::try_from(Map::Array(open(pin_path, m::AFTR_CONFIG)?))?;
+    let cfg = cfg.get(&0, 0)?;
     let now = monotonic_ns();
     let mut v = Vec::new();
     for e in out.iter() {
         let (k, val) = e?;
-        v.push(Session::from_map(&k, &val, now));
+        v.push(Session::from_map(&k, &val, &cfg, now));
     }
     v.sort_by(|a, b| (&a.b4, &a.inside, a.proto).cmp(&(&b.b4, &b.inside, b.proto)));
     Ok(v)
@@ -153,11 +179,21 @@ mod tests {
         let v = NatOutValue {
             outside_addr: [198, 51, 100, 1],
             outside_port: 40000u16.to_be(),
+            tcp_state: 0,
             _pad: 0,
             created_ns: 1_000_000_000,
             last_seen_ns: 3_000_000_000,
         };
-        let s = Session::from_map(&k, &v, 5_000_000_000);
+        let cfg = AftrConfig {
+            port_lo: 1024,
+            port_hi: 65535,
+            block_size: 512,
+            blocks_per_addr: 126,
+            ..Default::default()
+        };
+        let s = Session::from_map(&k, &v, &cfg, 5_000_000_000);
+        assert_eq!(s.block, "39936-40447");
+        assert_eq!(s.state, "-");
         assert_eq!(s.b4, "2001:db8:a::2");
         assert_eq!(s.proto, "udp");
         assert_eq!(s.inside, "192.168.1.10:5000");

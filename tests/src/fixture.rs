@@ -107,6 +107,7 @@ fn with_rig(
     ifaces: &'static [&'static str],
     net: &[&str],
     prog: &'static str,
+    sizes: Vec<(&'static str, u32)>,
     configure: impl FnOnce(&mut Ebpf, &HashMap<&'static str, u32>) + Send + 'static,
     f: impl FnOnce(&mut Rig) + Send + 'static,
 ) {
@@ -133,7 +134,7 @@ fn with_rig(
                 .collect();
             let object =
                 std::fs::read(crate::bpf_object()).expect("kernel object (cargo xtask build-ebpf)");
-            let mut ebpf = dataplane::load(&object, &pin2).unwrap();
+            let mut ebpf = dataplane::load(&object, &pin2, &sizes).unwrap();
             configure(&mut ebpf, &ifindex);
             dataplane::load_program(&mut ebpf, prog).unwrap();
             let mut rig = Rig {
@@ -155,10 +156,39 @@ fn with_rig(
 pub const AFTR_ADDR: &str = "2001:db8:f::2";
 pub const B4A: &str = "2001:db8:a::2";
 
+/// The fixture AFTR's settings: pool 198.51.100.0/30, allowed B4 prefix 2001:db8:a::/64,
+/// ports 1024-65535 in blocks of 512, 4 blocks per softwire, 65536 mappings.
+pub fn aftr_settings() -> config::AftrSettings {
+    config::AftrSettings {
+        tunnel_iface: "tun".into(),
+        internet_iface: "inet".into(),
+        address: AFTR_ADDR.parse().unwrap(),
+        pool: config::expand_pool(&["198.51.100.0/30".parse().unwrap()]).unwrap(),
+        b4_prefixes: vec!["2001:db8:a::/64".parse().unwrap()],
+        ports: config::PortRange {
+            lo: 1024,
+            hi: 65535,
+        },
+        block_size: 512,
+        max_blocks: 4,
+        max_mappings: 1 << 16,
+        timeouts: config::Timeouts::default(),
+        pin_path: PathBuf::new(),
+        xdp_mode: config::XdpModeOpt::Skb,
+        bpf_object: None,
+    }
+}
+
 /// AFTR rig: `tun` faces the B4s (2001:db8:f::2/64, default via 2001:db8:f::1), `inet`
-/// faces the internet (203.0.113.1/24, server 203.0.113.2). Pool 198.51.100.0/30, allowed
-/// B4 prefix 2001:db8:a::/64, ports 1024-65535 unless `ports` narrows them.
-pub fn with_aftr(ports: Option<(u16, u16)>, f: impl FnOnce(&mut Rig) + Send + 'static) {
+/// faces the internet (203.0.113.1/24, servers 203.0.113.2 and .3), configured with
+/// [`aftr_settings`] as changed by `tweak`.
+pub fn with_aftr_cfg(
+    tweak: impl FnOnce(&mut config::AftrSettings),
+    f: impl FnOnce(&mut Rig) + Send + 'static,
+) {
+    let mut s = aftr_settings();
+    tweak(&mut s);
+    let sizes = dataplane::map_sizes(Some(&s));
     with_rig(
         "fxa",
         &["tun", "inet"],
@@ -171,28 +201,15 @@ pub fn with_aftr(ports: Option<(u16, u16)>, f: impl FnOnce(&mut Rig) + Send + 's
             "neigh replace 203.0.113.3 lladdr 02:00:00:00:00:e2 dev inet nud permanent",
         ],
         dslite_user::dataplane::PROG_AFTR,
-        move |ebpf, _| {
-            let s = config::AftrSettings {
-                tunnel_iface: "tun".into(),
-                internet_iface: "inet".into(),
-                address: AFTR_ADDR.parse().unwrap(),
-                pool: config::expand_pool(&["198.51.100.0/30".parse().unwrap()]).unwrap(),
-                b4_prefixes: vec!["2001:db8:a::/64".parse().unwrap()],
-                ports: ports.map_or(
-                    config::PortRange {
-                        lo: 1024,
-                        hi: 65535,
-                    },
-                    |(lo, hi)| config::PortRange { lo, hi },
-                ),
-                pin_path: PathBuf::new(),
-                xdp_mode: config::XdpModeOpt::Skb,
-                bpf_object: None,
-            };
-            dataplane::configure_aftr(ebpf, &s, 0x5eed).unwrap();
-        },
+        sizes,
+        move |ebpf, _| dataplane::configure_aftr(ebpf, &s, 0x5eed).unwrap(),
         f,
     );
+}
+
+/// [`with_aftr_cfg`] with the default settings.
+pub fn with_aftr(f: impl FnOnce(&mut Rig) + Send + 'static) {
+    with_aftr_cfg(|_| {}, f);
 }
 
 /// AFTR rig whose controller never wrote a configuration.
@@ -202,6 +219,7 @@ pub fn with_unconfigured_aftr(f: impl FnOnce(&mut Rig) + Send + 'static) {
         &["tun", "inet"],
         &[],
         dslite_user::dataplane::PROG_AFTR,
+        vec![],
         |_, _| {},
         f,
     );
@@ -221,6 +239,7 @@ pub fn with_b4(f: impl FnOnce(&mut Rig) + Send + 'static) {
             "neigh replace 2001:db8:a::1 lladdr 02:00:00:00:00:f1 dev wan nud permanent",
         ],
         dslite_user::dataplane::PROG_B4,
+        dataplane::map_sizes(None),
         |ebpf, ifindex| {
             let cfg = B4Config {
                 b4_addr: B4A.parse::<Ipv6Addr>().unwrap().octets(),

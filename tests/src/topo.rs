@@ -154,7 +154,8 @@ pub fn attach_pass(ns: &Netns, ifaces: &[&str], pin: PathBuf) -> Result<aya::Ebp
     let ifaces: Vec<String> = ifaces.iter().map(|s| s.to_string()).collect();
     ns.run(move || -> Result<aya::Ebpf> {
         let object = std::fs::read(crate::bpf_object())?;
-        let mut ebpf = dslite_user::dataplane::load(&object, &pin)?;
+        let mut ebpf =
+            dslite_user::dataplane::load(&object, &pin, &dslite_user::dataplane::map_sizes(None))?;
         let targets: Vec<(String, u32)> = ifaces
             .iter()
             .map(|i| {

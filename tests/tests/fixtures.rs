@@ -41,7 +41,7 @@ fn pool() -> [Ipv4Addr; 4] {
 /// right, redirected with the next hop's MAC (items 1, 2); the same flow reuses the mapping.
 #[test]
 fn aftr_outbound_udp_is_decapsulated_and_translated() {
-    with_aftr(None, |rig| {
+    with_aftr(|rig| {
         let inner = udp4(HOST, SERVER, 5000, 7777, 64, b"hello");
         let (v, out) = rig.run("tun", &from_b4(rig, b4a(), &inner, &[]));
         assert_eq!(v, XDP_REDIRECT);
@@ -72,7 +72,7 @@ fn aftr_outbound_udp_is_decapsulated_and_translated() {
 /// The reply to the mapping is reverse-translated and encapsulated to the owning B4 (item 1).
 #[test]
 fn aftr_inbound_reply_is_translated_and_encapsulated() {
-    with_aftr(None, |rig| {
+    with_aftr(|rig| {
         let inner = udp4(HOST, SERVER, 5000, 7777, 64, b"hello");
         let (_, out) = rig.run("tun", &from_b4(rig, b4a(), &inner, &[]));
         let ip = &out[14..];
@@ -106,7 +106,7 @@ fn aftr_inbound_reply_is_translated_and_encapsulated() {
 /// A Destination Options header with a Tunnel Encapsulation Limit is skipped (item 5).
 #[test]
 fn aftr_accepts_tunnel_encapsulation_limit_option() {
-    with_aftr(None, |rig| {
+    with_aftr(|rig| {
         let inner = udp4(HOST, SERVER, 5000, 7777, 64, b"tel");
         let (v, out) = rig.run(
             "tun",
@@ -121,7 +121,7 @@ fn aftr_accepts_tunnel_encapsulation_limit_option() {
 /// TCP and ICMP echo are translated both ways with valid checksums (items 1, 36).
 #[test]
 fn aftr_translates_tcp_and_icmp_echo_both_ways() {
-    with_aftr(None, |rig| {
+    with_aftr(|rig| {
         let syn = packets::tcp4_syn(HOST, SERVER, 40000, 80, 64);
         let (v, out) = rig.run("tun", &from_b4(rig, b4a(), &syn, &[]));
         assert_eq!(v, XDP_REDIRECT);
@@ -162,7 +162,7 @@ fn aftr_translates_tcp_and_icmp_echo_both_ways() {
 /// A UDP checksum of zero means "none" and stays zero through the NAT.
 #[test]
 fn aftr_keeps_zero_udp_checksum() {
-    with_aftr(None, |rig| {
+    with_aftr(|rig| {
         let mut inner = udp4(HOST, SERVER, 5000, 7777, 64, b"nocsum");
         inner[26] = 0;
         inner[27] = 0;
@@ -176,7 +176,7 @@ fn aftr_keeps_zero_udp_checksum() {
 /// Same inside endpoint behind two softwires: two distinct outside endpoints (item 2).
 #[test]
 fn aftr_keys_mappings_by_softwire() {
-    with_aftr(None, |rig| {
+    with_aftr(|rig| {
         let inner = udp4(HOST, SERVER, 5000, 7777, 64, b"x");
         let other: Ipv6Addr = "2001:db8:a::99".parse().unwrap();
         let (_, o1) = rig.run("tun", &from_b4(rig, b4a(), &inner, &[]));
@@ -190,33 +190,57 @@ fn aftr_keys_mappings_by_softwire() {
     });
 }
 
-/// With a 4-port range and a 4-address pool each address still has its own 4 ports; a B4's
-/// inside host stays on one address (paired pooling, item 18), so the 5th flow exhausts.
+/// A softwire's quota: 2 blocks of 16 ports. Even inside ports keep even outside ports, so
+/// each block serves 8 of them (item 20); the first fills, a second block comes from the same
+/// address (paired, item 18), and the 17th flow is a counted drop that evicts nothing
+/// (items 41, 44).
 #[test]
-fn aftr_port_exhaustion_is_a_counted_drop() {
-    with_aftr(Some((5000, 5003)), |rig| {
-        let mut outs = Vec::new();
-        for p in 0..4u16 {
-            let inner = udp4(HOST, SERVER, 6000 + p, 7777, 64, b"x");
+fn aftr_quota_is_blocks_and_exhaustion_is_a_counted_drop() {
+    with_aftr_cfg(
+        |s| {
+            s.block_size = 16;
+            s.max_blocks = 2;
+        },
+        |rig| {
+            let mut outs = Vec::new();
+            for p in 0..16u16 {
+                let inner = udp4(HOST, SERVER, 6000 + 2 * p, 7777, 64, b"x");
+                let (v, out) = rig.run("tun", &from_b4(rig, b4a(), &inner, &[]));
+                assert_eq!(v, XDP_REDIRECT, "flow {p}");
+                let ip = &out[14..];
+                outs.push((ip[12..16].to_vec(), u16::from_be_bytes([ip[20], ip[21]])));
+            }
+            assert!(
+                outs.iter().all(|(a, _)| *a == outs[0].0),
+                "paired pooling: one address"
+            );
+            assert!(
+                outs.iter().all(|(_, p)| p % 2 == 0),
+                "parity kept: {outs:?}"
+            );
+            let ports: std::collections::HashSet<u16> = outs.iter().map(|(_, p)| *p).collect();
+            assert_eq!(ports.len(), 16, "no port shared (item 19)");
+            let blocks: std::collections::HashSet<u16> =
+                ports.iter().map(|p| (p - 1024) / 16).collect();
+            assert_eq!(blocks.len(), 2, "two blocks of 16: {ports:?}");
+            assert_eq!(rig.counter("block_allocated"), 2);
+            let inner = udp4(HOST, SERVER, 7000, 7777, 64, b"x");
+            let (v, _) = rig.run("tun", &from_b4(rig, b4a(), &inner, &[]));
+            assert_eq!(v, XDP_DROP);
+            assert_eq!(rig.counter("drop_quota_exceeded"), 1);
+            // Existing mappings still work: nothing was evicted.
+            let inner = udp4(HOST, SERVER, 6000, 7777, 64, b"x");
             let (v, out) = rig.run("tun", &from_b4(rig, b4a(), &inner, &[]));
             assert_eq!(v, XDP_REDIRECT);
-            outs.push(out[14 + 12..14 + 16].to_vec());
-        }
-        assert!(
-            outs.windows(2).all(|w| w[0] == w[1]),
-            "paired pooling: one address"
-        );
-        let inner = udp4(HOST, SERVER, 6100, 7777, 64, b"x");
-        let (v, _) = rig.run("tun", &from_b4(rig, b4a(), &inner, &[]));
-        assert_eq!(v, XDP_DROP);
-        assert_eq!(rig.counter("drop_ports_exhausted"), 1);
-    });
+            assert_eq!(u16::from_be_bytes([out[14 + 20], out[14 + 21]]), outs[0].1);
+        },
+    );
 }
 
 /// Every non-forwarded outcome is a named counter with the right verdict (items 6, 9).
 #[test]
 fn aftr_drops_and_passes_are_counted() {
-    with_aftr(None, |rig| {
+    with_aftr(|rig| {
         let ok = udp4(HOST, SERVER, 5000, 7777, 64, b"x");
         let stranger: Ipv6Addr = "2001:db8:c::2".parse().unwrap();
         let mut cases: Vec<(&str, &str, Vec<u8>, u32, &str)> = vec![
@@ -406,7 +430,7 @@ fn aftr_drops_and_passes_are_counted() {
 /// Truncation at every byte: never XDP_ABORTED, always a counted drop naming the boundary.
 #[test]
 fn aftr_truncated_packets_at_every_boundary() {
-    with_aftr(None, |rig| {
+    with_aftr(|rig| {
         let inner = udp4(HOST, SERVER, 5000, 7777, 64, b"payload");
         let full = from_b4(rig, b4a(), &inner, &[]);
         // BPF_PROG_TEST_RUN itself refuses frames shorter than an Ethernet header (EINVAL),
@@ -660,17 +684,21 @@ fn pin_to_cpu(cpu: usize) {
     }
 }
 
-/// Two CPUs racing on the same new flows end with exactly one mapping per flow, and both
-/// translate every packet identically (the loser adopts the winner's mapping).
+/// Two CPUs racing on the same new flows (100 flows from each of 20 softwires, so blocks
+/// are claimed concurrently too) end with exactly one mapping per flow and one owner per
+/// block, and both translate every packet identically (the loser adopts the winner's).
 #[test]
 fn aftr_concurrent_first_packets_make_one_mapping() {
-    with_aftr(None, |rig| {
+    with_aftr(|rig| {
         const FLOWS: u16 = 2000;
         let frames: Vec<Vec<u8>> = (0..FLOWS)
             .map(|i| {
+                let b4: Ipv6Addr = format!("2001:db8:a::{:x}", 0x100 + i / 100)
+                    .parse()
+                    .unwrap();
                 from_b4(
                     rig,
-                    b4a(),
+                    b4,
                     &udp4(HOST, SERVER, 10000 + i, 7777, 64, b"race"),
                     &[],
                 )
@@ -729,6 +757,19 @@ fn aftr_concurrent_first_packets_make_one_mapping() {
         }
         let c = rig.counters();
         assert_eq!(c["nat_mapping_created"], FLOWS as u64);
+        // Every softwire got exactly the blocks it needed: 100 flows fit one 512-port block.
+        use dslite_common::maps::{BlockKey, BlockValue, Slot, SlotKey};
+        let blocks: aya::maps::HashMap<_, BlockKey, BlockValue> =
+            aya::maps::HashMap::try_from(rig.ebpf.map("BLOCKS").unwrap()).unwrap();
+        let slots: aya::maps::HashMap<_, SlotKey, Slot> =
+            aya::maps::HashMap::try_from(rig.ebpf.map("SW_BLOCKS").unwrap()).unwrap();
+        assert_eq!(
+            blocks.keys().count(),
+            20,
+            "no block claimed and leaked by a lost race"
+        );
+        assert_eq!(slots.keys().count(), 20);
+        assert_eq!(c["block_allocated"], 20);
         println!("races lost (and resolved): {}", c["nat_mapping_race_lost"]);
     });
 }
