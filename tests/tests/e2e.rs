@@ -233,3 +233,69 @@ fn native_ipv6_is_counted_apart_from_softwire() {
     );
     assert_eq!(t.aftr.counter("aftr_out_packets"), 0);
 }
+
+/// Short timeouts in a lab (item 31's floors are lifted with --allow-short-timeouts): an idle
+/// UDP mapping expires, its block is released into hold-down and then freed, and the NAT log
+/// records the block's allocation and release with the softwire and the port range (item 50).
+#[test]
+fn idle_mappings_expire_and_blocks_are_logged() {
+    let t = DsLite::start(&[
+        "--udp-timeout",
+        "2",
+        "--block-hold-down",
+        "2",
+        "--allow-short-timeouts",
+    ])
+    .unwrap();
+    let _echo = udp_echo_server(&t.server, sa(SERVER1, 7777));
+    let seen = udp_request(&t.a.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "x").unwrap();
+    let sessions = t.aftr.sessions().unwrap();
+    assert_eq!(sessions.len(), 1);
+    let block = sessions[0]["block"].as_str().unwrap().to_string();
+    let (lo, hi) = block.split_once('-').unwrap();
+    let (lo, hi): (u16, u16) = (lo.parse().unwrap(), hi.parse().unwrap());
+    assert!(lo <= seen.port() && seen.port() <= hi, "{seen} in {block}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !t.aftr.sessions().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mapping never expired"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Released, held down for 2 s, then freed: both events in the log.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let log = loop {
+        let log = t.aftr.log();
+        if log.contains("block-released") {
+            break log;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no release event:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let records: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| l.find('{').map(|i| &l[i..]))
+        .filter_map(|j| serde_json::from_str(j).ok())
+        .collect();
+    let alloc = records
+        .iter()
+        .find(|r| r["event"] == "block-allocated")
+        .expect("allocation record");
+    let rel = records
+        .iter()
+        .find(|r| r["event"] == "block-released")
+        .expect("release record");
+    for r in [alloc, rel] {
+        assert_eq!(r["b4"], "2001:db8:a::2");
+        assert_eq!(r["outside"], seen.ip().to_string());
+        assert_eq!(r["ports"], block.as_str());
+        assert!(r["ts"].as_str().unwrap().ends_with('Z'));
+    }
+    assert!(alloc["ts"].as_str().unwrap() < rel["ts"].as_str().unwrap());
+    // The same customer comes back: it gets a working mapping again.
+    udp_request(&t.a.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "again").unwrap();
+}

@@ -789,3 +789,157 @@ fn unconfigured_aftr_drops_and_counts() {
         assert_eq!(rig.counter("drop_not_configured"), 1);
     });
 }
+
+/// The first mapping of a softwire takes a block and announces it on the EVENTS ring
+/// buffer (kind 16, RFC 8158 natEvent "port block allocation") with the softwire, the
+/// address and the port range that holds the mapping's port.
+#[test]
+fn aftr_block_allocation_is_an_event() {
+    with_aftr(|rig| {
+        let (_, out) = rig.run(
+            "tun",
+            &from_b4(rig, b4a(), &udp4(HOST, SERVER, 5000, 7777, 64, b"x"), &[]),
+        );
+        let ip = &out[14..];
+        let port = u16::from_be_bytes([ip[20], ip[21]]);
+        let _ = rig.run(
+            "tun",
+            &from_b4(rig, b4a(), &udp4(HOST, SERVER, 5001, 7777, 64, b"x"), &[]),
+        );
+        let mut ring = aya::maps::RingBuf::try_from(rig.ebpf.map_mut("EVENTS").unwrap()).unwrap();
+        let mut events = Vec::new();
+        while let Some(item) = ring.next() {
+            // SAFETY: the kernel wrote a NatEvent (repr(C), any bit pattern valid).
+            let ev: dslite_common::maps::NatEvent =
+                unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            events.push(ev);
+        }
+        assert_eq!(events.len(), 1, "one block, one event: {events:?}");
+        let ev = events[0];
+        assert_eq!(ev.kind, dslite_common::maps::EVENT_BLOCK_ALLOCATED);
+        assert_eq!(ev.b4, b4a().octets());
+        assert_eq!(ev.addr, [ip[12], ip[13], ip[14], ip[15]]);
+        assert!(ev.port_lo <= port && port <= ev.port_hi);
+        assert_eq!(ev.port_hi - ev.port_lo + 1, 512);
+        assert!(ev.ts_ns > 0);
+    });
+}
+
+/// Expiry (items 29, 31-35): the sweep removes idle mappings after their protocol's and TCP
+/// state's timeout, never before; an emptied block is held down, then freed.
+#[test]
+fn sweep_expires_by_protocol_and_state_and_holds_blocks_down() {
+    with_aftr(|rig| {
+        use dslite_user::{
+            config::Timeouts,
+            sweep::{monotonic_ns, Sweeper},
+        };
+        let s = SERVER;
+        // UDP, an opening TCP (SYN only), and an established TCP (SYN out, SYN-ACK in).
+        let (_, udp) = rig.run(
+            "tun",
+            &from_b4(rig, b4a(), &udp4(HOST, s, 5000, 7777, 64, b"x"), &[]),
+        );
+        let _ = rig.run(
+            "tun",
+            &from_b4(rig, b4a(), &packets::tcp4_syn(HOST, s, 40000, 80, 64), &[]),
+        );
+        let (_, est) = rig.run(
+            "tun",
+            &from_b4(rig, b4a(), &packets::tcp4_syn(HOST, s, 40002, 80, 64), &[]),
+        );
+        let ip = &est[14..];
+        let (outside, port) = (
+            Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+            u16::from_be_bytes([ip[20], ip[21]]),
+        );
+        let mut synack = packets::tcp4_syn(s, outside, 80, port, 64);
+        synack[33] = 0x12; // SYN+ACK
+        synack[36..38].copy_from_slice(&[0, 0]);
+        let c = {
+            let h = etherparse::Ipv4HeaderSlice::from_slice(&synack)
+                .unwrap()
+                .to_header();
+            let t = etherparse::TcpHeaderSlice::from_slice(&synack[20..])
+                .unwrap()
+                .to_header();
+            t.calc_checksum_ipv4(&h, &[]).unwrap()
+        };
+        synack[36..38].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(
+            rig.run("inet", &from_internet(rig, &synack)).0,
+            XDP_REDIRECT
+        );
+        let sessions = views_of(rig);
+        assert_eq!(
+            sessions.iter().filter(|s| s.state == "established").count(),
+            1,
+            "{sessions:?}"
+        );
+        assert_eq!(
+            sessions.iter().filter(|s| s.state == "opening").count(),
+            1,
+            "{sessions:?}"
+        );
+
+        let cfg = dslite_user::dataplane::aftr_config(&aftr_settings(), 0);
+        let mut sw = Sweeper::open(&rig.pin, cfg, Timeouts::default()).unwrap();
+        let t0 = monotonic_ns();
+        let sec = 1_000_000_000u64;
+        let r = sw.sweep(t0 + 59 * sec).unwrap();
+        assert_eq!(
+            (r.scanned, r.expired),
+            (3, 0),
+            "nothing is idle for a minute yet"
+        );
+        let r = sw.sweep(t0 + 241 * sec).unwrap();
+        assert_eq!(r.expired, 1, "the opening TCP is transitory (240 s)");
+        let r = sw.sweep(t0 + 301 * sec).unwrap();
+        assert_eq!(r.expired, 1, "UDP after 300 s");
+        assert!(
+            r.blocks_released.is_empty(),
+            "the established TCP still uses the block"
+        );
+        let r = sw.sweep(t0 + 7439 * sec).unwrap();
+        assert_eq!(r.expired, 0, "established TCP lives 7440 s");
+        let r = sw.sweep(t0 + 7441 * sec).unwrap();
+        assert_eq!(r.expired, 1);
+        assert_eq!(r.blocks_released.len(), 1, "the empty block is released");
+        let rel = &r.blocks_released[0];
+        assert_eq!(rel.b4, b4a().octets());
+        assert_eq!(
+            rel.addr,
+            [udp[14 + 12], udp[14 + 13], udp[14 + 14], udp[14 + 15]]
+        );
+        assert_eq!(rig.counter("nat_mapping_created"), 3);
+        use dslite_common::maps::{BlockKey, BlockValue, NatInKey, NatInValue, Slot, SlotKey};
+        let nat_in: aya::maps::HashMap<_, NatInKey, NatInValue> =
+            aya::maps::HashMap::try_from(rig.ebpf.map("NAT_IN").unwrap()).unwrap();
+        assert_eq!(
+            nat_in.keys().count(),
+            0,
+            "reverse entries go with their mappings"
+        );
+        let slots: aya::maps::HashMap<_, SlotKey, Slot> =
+            aya::maps::HashMap::try_from(rig.ebpf.map("SW_BLOCKS").unwrap()).unwrap();
+        assert_eq!(
+            slots.keys().count(),
+            0,
+            "the softwire no longer holds the block"
+        );
+        let blocks: aya::maps::HashMap<_, BlockKey, BlockValue> =
+            aya::maps::HashMap::try_from(rig.ebpf.map("BLOCKS").unwrap()).unwrap();
+        let held: Vec<_> = blocks.iter().map(|e| e.unwrap()).collect();
+        assert_eq!(held.len(), 1);
+        assert_ne!(held[0].1.released_ns, 0, "held down, not free (item 35)");
+        let r = sw.sweep(t0 + 7441 * sec + 119 * sec).unwrap();
+        assert_eq!(r.blocks_freed, 0, "hold-down is 120 s");
+        let r = sw.sweep(t0 + 7441 * sec + 121 * sec).unwrap();
+        assert_eq!(r.blocks_freed, 1);
+        assert_eq!(blocks.keys().count(), 0);
+    });
+}
+
+fn views_of(rig: &Rig) -> Vec<dslite_user::views::Session> {
+    dslite_user::views::read_sessions(&rig.pin).unwrap()
+}
