@@ -4,7 +4,9 @@
 //! - [`cli`]: command line, exit codes.
 //! - [`config`]: options from flags and TOML, validation.
 //! - [`dataplane`]: loading, pinning, map setup, attach/detach.
+//! - [`natlog`]: NAT log records (port-block events) with millisecond UTC timestamps.
 //! - [`netlink`]: interface indexes and addresses via rtnetlink.
+//! - [`sweep`]: expiry of idle mappings and the port-block hold-down.
 //! - [`views`]: reading counters and NAT mappings from pinned maps.
 pub mod cli;
 pub mod config;
