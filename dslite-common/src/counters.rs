@@ -85,6 +85,8 @@ counters! {
     AftrInPackets = "aftr_in_packets", Traffic;
     /// AFTR: bytes of the outer IPv6 packets sent to B4s.
     AftrInBytes = "aftr_in_bytes", Traffic;
+    /// AFTR: packets between two subscribers translated both ways in XDP (hairpinning).
+    HairpinPackets = "hairpin_packets", Traffic;
 
     // ---- events -----------------------------------------------------------------------
     /// AFTR: a NAT mapping was created in XDP.

@@ -61,8 +61,12 @@ pub struct AftrConfig {
     pub block_size: u16,
     /// Blocks per public address: `(port_hi - port_lo + 1) / block_size`.
     pub blocks_per_addr: u16,
-    pub _pad: u16,
+    /// `AFTR_*` flags.
+    pub flags: u16,
 }
+
+/// [`AftrConfig::flags`]: inbound packets refresh their mapping too (RFC 4787 REQ-6 MAY).
+pub const AFTR_INBOUND_REFRESH: u16 = 1;
 
 /// B4 configuration (single entry in [`B4_CONFIG`]).
 #[repr(C)]

@@ -4,7 +4,7 @@
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use dslite_common::{
     csum,
-    maps::{AftrConfig, NatInKey, NatOutKey},
+    maps::{AftrConfig, NatInKey, NatOutKey, AFTR_INBOUND_REFRESH},
     nat::tcp_bits,
     proto::*,
     Counter,
@@ -35,7 +35,7 @@ pub fn run(ctx: &XdpContext) -> Res<u32> {
 }
 
 /// Where the NAT reads and writes in the upper-layer header.
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 struct L4 {
     off: usize,
     /// Offset of the port (or ICMP identifier) the NAT rewrites, from `off`.
@@ -134,6 +134,8 @@ fn rewrite(
 /// What the B4 -> internet path keeps from parsing.
 struct FromB4 {
     key: NatOutKey,
+    /// The source's outside address once mapped (for hairpinning).
+    out_addr: [u8; 4],
     ip: Ipv4,
     l4: L4,
     inner_off: usize,
@@ -180,6 +182,7 @@ fn parse_from_b4_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &mut FromB4) -> Re
 fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
     let mut p = FromB4 {
         key: NatOutKey::default(),
+        out_addr: [0; 4],
         ip: Ipv4::default(),
         l4: L4::default(),
         inner_off: 0,
@@ -192,11 +195,77 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
     // TTL first: a packet that cannot be forwarded must not create a mapping.
     decrement_ttl(ctx, &p.ip)?;
     let (out_addr, out_port) = lookup_or_create(&p.key, cfg, tcp_bits(p.l4.tcp_flags, true))?;
+    p.out_addr = out_addr;
+    if POOL_INDEX.get_ptr(p.ip.dst).is_some() {
+        // To another subscriber's public endpoint: hairpin it here (RFC 4787 REQ-9).
+        let mut action = 0;
+        let code = hairpin(ctx, cfg, &p, (out_port as u32) << 16, &mut action);
+        return if code == 0 {
+            Ok(action)
+        } else {
+            Err(Exit::from_code(code))
+        };
+    }
     rewrite(ctx, &p.ip, &p.l4, 12, p.ip.src, out_addr, out_port)?;
     decapsulate(ctx, p.inner_off - ETH_HLEN)?;
     let action = redirect_v4(ctx, &out_addr, &p.ip.dst)?;
     count(Counter::AftrOutPackets);
     count_n(Counter::AftrOutBytes, p.outer_len as u64);
+    Ok(action)
+}
+
+/// Hairpinning (RFC 4787 REQ-9/9a, RFC 5382 REQ-8, checklist 22): a packet from one
+/// subscriber to a public endpoint another subscriber holds is translated both ways here, in
+/// XDP, and sent down the owner's softwire with the sender's outside address:port as its
+/// source. `out_port` is the sender's outside port in the top 16 bits. Returns 0 (with
+/// `action` set) or an [`Exit::code`].
+#[inline(never)]
+fn hairpin(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u32, action: &mut u32) -> u32 {
+    match hairpin_inner(ctx, cfg, p, (out_port >> 16) as u16) {
+        Ok(a) => {
+            *action = a;
+            0
+        }
+        Err(e) => e.code(),
+    }
+}
+
+#[inline(always)]
+fn hairpin_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u16) -> Res<u32> {
+    // Only TCP and UDP name a destination port; an echo request has no owner to find.
+    if p.ip.proto != IPPROTO_TCP && p.ip.proto != IPPROTO_UDP {
+        return Err(Exit::Drop(Counter::DropNoMapping));
+    }
+    let d: *mut [u8; 4] = at(ctx, p.l4.off, Counter::DropBadL4)?;
+    // SAFETY: bounds-checked by `at`.
+    let dport = read16(unsafe { (d as *const u8).add(2) });
+    let kin = NatInKey {
+        outside_addr: p.ip.dst,
+        outside_port: dport,
+        proto: p.ip.proto,
+        _pad: 0,
+    };
+    let m = match NAT_IN.get_ptr(&kin) {
+        // SAFETY: map value pointer from the kernel; copied out at once.
+        Some(v) => unsafe { *v },
+        None => return Err(Exit::Drop(Counter::DropNoMapping)),
+    };
+    rewrite(ctx, &p.ip, &p.l4, 12, p.ip.src, p.out_addr, out_port)?;
+    let to = L4 {
+        port_off: 2,
+        port: dport,
+        ..p.l4
+    };
+    rewrite(ctx, &p.ip, &to, 16, p.ip.dst, m.inside_addr, m.inside_port)?;
+    decapsulate(ctx, p.inner_off - ETH_HLEN)?;
+    let outer = Outer {
+        inner_tos: p.ip.tos,
+        inner_len: p.ip.tot_len as u16,
+        hop_limit: cfg.hop_limit,
+    };
+    encapsulate(ctx, &outer, &cfg.aftr_addr, &m.b4)?;
+    let action = redirect_v6(ctx, &cfg.aftr_addr, &m.b4)?;
+    count(Counter::HairpinPackets);
     Ok(action)
 }
 
@@ -227,9 +296,11 @@ fn from_internet(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
         None => return Err(Exit::Drop(Counter::DropNoMapping)),
     };
     decrement_ttl(ctx, &ip)?;
-    if l4.tcp_flags & 0x07 != 0 {
-        // SYN, FIN or RST from outside: record it on the mapping (RFC 7857 §2 state).
-        crate::nat::note_tcp_inbound(&m, kin.proto, tcp_bits(l4.tcp_flags, false));
+    let refresh = cfg.flags & AFTR_INBOUND_REFRESH != 0;
+    if refresh || l4.tcp_flags & 0x07 != 0 {
+        // SYN, FIN or RST from outside is recorded on the mapping (RFC 7857 §2 state);
+        // with --inbound-refresh, inbound traffic also keeps it alive (RFC 4787 REQ-6).
+        crate::nat::note_inbound(&m, kin.proto, tcp_bits(l4.tcp_flags, false), refresh);
     }
     rewrite(ctx, &ip, &l4, 16, ip.dst, m.inside_addr, m.inside_port)?;
     // Trim nothing: the inner packet is exactly tot_len; any Ethernet padding stays outside

@@ -336,9 +336,10 @@ fn publish(key: &NatOutKey, kin: &NatInKey, q: &Search, out: &mut Outside) -> u3
     }
 }
 
-/// Record TCP flags seen from outside on the mapping that `m` points back to.
+/// Record TCP flags seen from outside on the mapping that `m` points back to, and refresh
+/// it when `refresh` (inbound refresh enabled).
 #[inline(always)]
-pub fn note_tcp_inbound(m: &NatInValue, proto: u8, bits: u8) {
+pub fn note_inbound(m: &NatInValue, proto: u8, bits: u8, refresh: bool) {
     let key = NatOutKey {
         b4: m.b4,
         inside_addr: m.inside_addr,
@@ -347,10 +348,13 @@ pub fn note_tcp_inbound(m: &NatInValue, proto: u8, bits: u8) {
         _pad: 0,
     };
     if let Some(v) = NAT_OUT.get_ptr_mut(&key) {
-        // SAFETY: map value pointer from the kernel.
+        // SAFETY: map value pointer from the kernel; plain helper call.
         unsafe {
             if bits & !(*v).tcp_state != 0 {
                 (*v).tcp_state |= bits;
+            }
+            if refresh {
+                (*v).last_seen_ns = bpf_ktime_get_ns();
             }
         }
     }

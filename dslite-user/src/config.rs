@@ -204,6 +204,10 @@ pub struct AftrOptions {
     /// Accept timeouts below the RFC floors (labs and tests only).
     #[arg(long)]
     pub allow_short_timeouts: bool,
+    /// Inbound packets refresh their mapping too (off by default: RFC 4787 REQ-6 makes it a
+    /// MAY, and it lets outsiders keep a mapping alive).
+    #[arg(long)]
+    pub inbound_refresh: bool,
     #[command(flatten)]
     #[serde(flatten)]
     pub common: CommonOptions,
@@ -345,6 +349,7 @@ impl AftrOptions {
             icmp_timeout: self.icmp_timeout.or(f.icmp_timeout),
             block_hold_down: self.block_hold_down.or(f.block_hold_down),
             allow_short_timeouts: self.allow_short_timeouts || f.allow_short_timeouts,
+            inbound_refresh: self.inbound_refresh || f.inbound_refresh,
             common: self.common.merge(f.common),
         })
     }
@@ -380,6 +385,7 @@ pub struct AftrSettings {
     pub max_blocks: u8,
     pub max_mappings: u32,
     pub timeouts: Timeouts,
+    pub inbound_refresh: bool,
     pub pin_path: PathBuf,
     pub xdp_mode: XdpModeOpt,
     pub bpf_object: Option<PathBuf>,
@@ -537,6 +543,7 @@ impl AftrOptions {
             max_blocks,
             max_mappings,
             timeouts,
+            inbound_refresh: self.inbound_refresh,
             pin_path: self
                 .common
                 .pin_path

@@ -173,7 +173,11 @@ pub fn aftr_config(s: &AftrSettings, hash_seed: u32) -> AftrConfig {
         max_blocks: s.max_blocks,
         block_size: s.block_size,
         blocks_per_addr: (span / s.block_size as u32) as u16,
-        _pad: 0,
+        flags: if s.inbound_refresh {
+            m::AFTR_INBOUND_REFRESH
+        } else {
+            0
+        },
     }
 }
 

@@ -173,6 +173,7 @@ pub fn aftr_settings() -> config::AftrSettings {
         max_blocks: 4,
         max_mappings: 1 << 16,
         timeouts: config::Timeouts::default(),
+        inbound_refresh: false,
         pin_path: PathBuf::new(),
         xdp_mode: config::XdpModeOpt::Skb,
         bpf_object: None,

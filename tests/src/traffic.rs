@@ -356,3 +356,15 @@ pub fn http_get(ns: &Netns, to: SocketAddrV4) -> JoinHandle<Result<(usize, f64)>
         Ok((body.len(), start.elapsed().as_secs_f64()))
     })
 }
+
+/// Send one datagram from `bind` to `to` inside `ns` (no reply expected).
+pub fn udp_send(ns: &Netns, bind: SocketAddrV4, to: SocketAddr, payload: &[u8]) -> Result<()> {
+    let payload = payload.to_vec();
+    ns.run(move || -> Result<()> {
+        let sock = UdpSocket::bind(bind).with_context(|| format!("bind {bind}"))?;
+        sock.send_to(&payload, to)?;
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("udp sender panicked"))?
+}

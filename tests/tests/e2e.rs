@@ -299,3 +299,19 @@ fn idle_mappings_expire_and_blocks_are_logged() {
     // The same customer comes back: it gets a working mapping again.
     udp_request(&t.a.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "again").unwrap();
 }
+
+/// Hairpinning (item 22): hostA sends to the public address:port that hostB holds; hostB
+/// receives it from hostA's public address:port, translated in XDP on the AFTR.
+#[test]
+fn hairpinning_between_two_subscribers() {
+    let t = DsLite::start(&[]).unwrap();
+    let _echo = udp_echo_server(&t.server, sa(SERVER1, 7777));
+    let seen_a = udp_request(&t.a.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "a").unwrap();
+    let seen_b = udp_request(&t.b.host, sa(HOST_ADDR, 6000), sa(SERVER1, 7777), "b").unwrap();
+    let listener = udp_listen_once(&t.b.host, sa(HOST_ADDR, 6000), Duration::from_secs(5));
+    udp_send(&t.a.host, sa(HOST_ADDR, 5000), seen_b, b"hello neighbour").unwrap();
+    let (data, from) = listener.join().unwrap().unwrap();
+    assert_eq!(data, b"hello neighbour");
+    assert_eq!(from, seen_a, "the source is hostA's public endpoint");
+    assert_eq!(t.aftr.counter("hairpin_packets"), 1, "{}", t.diagnostics());
+}

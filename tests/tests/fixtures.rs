@@ -943,3 +943,81 @@ fn sweep_expires_by_protocol_and_state_and_holds_blocks_down() {
 fn views_of(rig: &Rig) -> Vec<dslite_user::views::Session> {
     dslite_user::views::read_sessions(&rig.pin).unwrap()
 }
+
+/// Hairpinning in XDP (item 22): to another softwire's outside endpoint, both addresses are
+/// translated and the packet goes down that softwire, every checksum right.
+#[test]
+fn aftr_hairpins_between_softwires() {
+    with_aftr(|rig| {
+        let b4b: Ipv6Addr = "2001:db8:a::99".parse().unwrap();
+        let (_, a) = rig.run(
+            "tun",
+            &from_b4(rig, b4a(), &udp4(HOST, SERVER, 5000, 7777, 64, b"a"), &[]),
+        );
+        let (_, b) = rig.run(
+            "tun",
+            &from_b4(rig, b4b, &udp4(HOST, SERVER, 6000, 7777, 64, b"b"), &[]),
+        );
+        let ep = |o: &[u8]| {
+            (
+                Ipv4Addr::new(o[26], o[27], o[28], o[29]),
+                u16::from_be_bytes([o[34], o[35]]),
+            )
+        };
+        let ((a_addr, a_port), (b_addr, b_port)) = (ep(&a), ep(&b));
+        let to_b = udp4(HOST, b_addr, 5000, b_port, 64, b"hairpin");
+        let (v, out) = rig.run("tun", &from_b4(rig, b4a(), &to_b, &[]));
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(&out[12..14], &[0x86, 0xdd], "back into a softwire");
+        let v6 = &out[14..];
+        assert_eq!(&v6[8..24], &aftr().octets());
+        assert_eq!(&v6[24..40], &b4b.octets(), "down the owner's softwire");
+        let inner = &v6[40..];
+        assert_eq!(
+            inner,
+            udp4(a_addr, HOST, a_port, 6000, 63, b"hairpin").as_slice()
+        );
+        assert_ipv4_checksums(inner);
+        assert_eq!(rig.counter("hairpin_packets"), 1);
+        // To a public endpoint nobody holds: a counted drop.
+        let nobody = udp4(HOST, b_addr, 5000, b_port ^ 0x40, 64, b"x");
+        let (v, _) = rig.run("tun", &from_b4(rig, b4a(), &nobody, &[]));
+        assert_eq!(v, XDP_DROP);
+        assert_eq!(rig.counter("drop_no_mapping"), 1);
+    });
+}
+
+/// Inbound traffic refreshes a mapping only with --inbound-refresh (item 29).
+#[test]
+fn inbound_refresh_is_optional() {
+    for refresh in [false, true] {
+        with_aftr_cfg(
+            move |s| s.inbound_refresh = refresh,
+            move |rig| {
+                let (_, out) = rig.run(
+                    "tun",
+                    &from_b4(rig, b4a(), &udp4(HOST, SERVER, 5000, 7777, 64, b"x"), &[]),
+                );
+                let ip = &out[14..];
+                let (outside, port) = (
+                    Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+                    u16::from_be_bytes([ip[20], ip[21]]),
+                );
+                use dslite_common::maps::{NatOutKey, NatOutValue};
+                let last = || {
+                    let m: aya::maps::HashMap<_, NatOutKey, NatOutValue> =
+                        aya::maps::HashMap::try_from(rig.ebpf.map("NAT_OUT").unwrap()).unwrap();
+                    m.iter().next().unwrap().unwrap().1.last_seen_ns
+                };
+                let before = last();
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                let (v, _) = rig.run(
+                    "inet",
+                    &from_internet(rig, &udp4(SERVER, outside, 7777, port, 64, b"in")),
+                );
+                assert_eq!(v, XDP_REDIRECT);
+                assert_eq!(last() > before, refresh, "refresh={refresh}");
+            },
+        );
+    }
+}
