@@ -97,6 +97,10 @@ counters! {
     BlockAllocated = "block_allocated", Event;
     /// AFTR: the event ring buffer was full: an allocation event could not be delivered.
     EventsLost = "events_lost", Event;
+    /// AFTR: ICMP destination unreachable sent down a softwire for a refused new mapping.
+    IcmpUnreachableSent = "icmp_unreachable_sent", Event;
+    /// AFTR: such an ICMP message was suppressed by its rate limit.
+    IcmpRateLimited = "icmp_rate_limited", Event;
 
     // ---- passes to the kernel stack -------------------------------------------------------
     /// Not IPv4 or IPv6 (ARP, LLDP, ...).
@@ -148,6 +152,10 @@ counters! {
     DropQuotaExceeded = "drop_quota_exceeded", Drop;
     /// AFTR: no free port block on the softwire's address(es) (RFC 8158 natEvent 12).
     DropPoolExhausted = "drop_pool_exhausted", Drop;
+    /// AFTR: the softwire holds `--max-sessions` mappings.
+    DropSessionLimit = "drop_session_limit", Drop;
+    /// AFTR: the softwire opens new mappings faster than `--new-mapping-rate`.
+    DropRateLimit = "drop_rate_limit", Drop;
     /// AFTR: the mapping table refused an insert (full).
     DropMappingTableFull = "drop_mapping_table_full", Drop;
     /// Program loaded but not configured yet (no config entry, empty pool).

@@ -63,7 +63,48 @@ pub struct AftrConfig {
     pub blocks_per_addr: u16,
     /// `AFTR_*` flags.
     pub flags: u16,
+    /// New mappings refused once a softwire holds this many (0: only the port quota).
+    pub max_sessions: u32,
+    /// New mappings per second per softwire, token bucket with this burst (0: unlimited).
+    pub new_per_sec: u32,
+    /// ICMP destination-unreachable replies per second per CPU (0: never send).
+    pub icmp_per_sec: u32,
+    /// Code of those replies (13 "administratively prohibited", RFC 5508 REQ-8; or 1).
+    pub icmp_code: u8,
+    pub _pad: [u8; 3],
 }
+
+/// Key of [`SOFTWIRES`]: the B4 address. Value: [`SoftwireState`].
+pub const SOFTWIRES: &str = "SOFTWIRES";
+/// `PerCpuArray<IcmpBucket>` (one entry): rate limit of generated ICMP errors.
+pub const ICMP_BUCKET: &str = "ICMP_BUCKET";
+
+/// Per-softwire limit state (RFC 6888 REQ-4/5, checklist 44-45).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SoftwireState {
+    /// Mappings held: XDP adds one per new mapping; the sweep recounts every second.
+    pub sessions: u64,
+    /// Rate-limit tokens (new mappings) left.
+    pub tokens: u32,
+    pub _pad: u32,
+    /// When the tokens were last refilled (`bpf_ktime_get_ns`).
+    pub refill_ns: u64,
+    /// New mappings refused by a limit (quota, sessions or rate).
+    pub refused: u64,
+}
+
+/// Token bucket for generated ICMP errors, one per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IcmpBucket {
+    pub tokens: u32,
+    pub _pad: u32,
+    pub refill_ns: u64,
+}
+
+const _: () = assert!(size_of::<SoftwireState>() == 32);
+const _: () = assert!(size_of::<IcmpBucket>() == 16);
 
 /// [`AftrConfig::flags`]: inbound packets refresh their mapping too (RFC 4787 REQ-6 MAY).
 pub const AFTR_INBOUND_REFRESH: u16 = 1;
@@ -224,7 +265,7 @@ const _: () = assert!(size_of::<BlockValue>() == 32);
 const _: () = assert!(size_of::<SlotKey>() == 20);
 const _: () = assert!(size_of::<Slot>() == 12);
 const _: () = assert!(size_of::<NatEvent>() == 40);
-const _: () = assert!(size_of::<AftrConfig>() == 36);
+const _: () = assert!(size_of::<AftrConfig>() == 52);
 const _: () = assert!(size_of::<B4Config>() == 44);
 const _: () = assert!(size_of::<NatOutKey>() == 24);
 const _: () = assert!(size_of::<NatOutValue>() == 24);
@@ -246,4 +287,6 @@ mod pod {
     unsafe impl aya::Pod for SlotKey {}
     unsafe impl aya::Pod for Slot {}
     unsafe impl aya::Pod for NatEvent {}
+    unsafe impl aya::Pod for SoftwireState {}
+    unsafe impl aya::Pod for IcmpBucket {}
 }

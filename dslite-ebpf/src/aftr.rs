@@ -13,6 +13,7 @@ use dslite_common::{
 use crate::{
     forward::{decapsulate, encapsulate, redirect_v4, redirect_v6, Outer},
     headers::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, Softwire, L3},
+    icmp::{send_unreachable, Refusal},
     maps::{count, count_n, AFTR_CONFIG, B4_ALLOW, NAT_IN, POOL_INDEX},
     nat::lookup_or_create,
     packet::{at, len, read16, write16, Exit, Res},
@@ -20,8 +21,9 @@ use crate::{
 
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> Res<u32> {
+    // A reference into the map value: copying the config would cost main's stack frame.
     let cfg = match AFTR_CONFIG.get(0) {
-        Some(c) if c.pool_len != 0 => *c,
+        Some(c) if c.pool_len != 0 => c,
         _ => {
             // Cold path (only before the controller wrote the config): safe to log.
             aya_log_ebpf::warn!(ctx, "dslite_aftr: packet before configuration, dropped");
@@ -29,8 +31,8 @@ pub fn run(ctx: &XdpContext) -> Res<u32> {
         }
     };
     match ethernet(ctx)? {
-        L3::V6 => from_b4(ctx, &cfg),
-        L3::V4 => from_internet(ctx, &cfg),
+        L3::V6 => from_b4(ctx, cfg),
+        L3::V4 => from_internet(ctx, cfg),
     }
 }
 
@@ -194,7 +196,25 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
     }
     // TTL first: a packet that cannot be forwarded must not create a mapping.
     decrement_ttl(ctx, &p.ip)?;
-    let (out_addr, out_port) = lookup_or_create(&p.key, cfg, tcp_bits(p.l4.tcp_flags, true))?;
+    let (out_addr, out_port) = match lookup_or_create(&p.key, cfg, tcp_bits(p.l4.tcp_flags, true)) {
+        Ok(m) => m,
+        Err(Exit::Drop(
+            c @ (Counter::DropQuotaExceeded
+            | Counter::DropPoolExhausted
+            | Counter::DropSessionLimit
+            | Counter::DropRateLimit),
+        )) => {
+            // Refused: tell the host, down its softwire (RFC 5508 REQ-8, checklist 41).
+            let mut action = 0;
+            let code = refuse(ctx, cfg, &p, c as u32, &mut action);
+            return if code == 0 {
+                Ok(action)
+            } else {
+                Err(Exit::from_code(code))
+            };
+        }
+        Err(e) => return Err(e),
+    };
     p.out_addr = out_addr;
     if POOL_INDEX.get_ptr(p.ip.dst).is_some() {
         // To another subscriber's public endpoint: hairpin it here (RFC 4787 REQ-9).
@@ -212,6 +232,29 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
     count(Counter::AftrOutPackets);
     count_n(Counter::AftrOutBytes, p.outer_len as u64);
     Ok(action)
+}
+
+/// Answer a refused new mapping with an ICMP destination unreachable (its own BPF call:
+/// the quote's bookkeeping stays off `from_b4`'s stack).
+#[inline(never)]
+fn refuse(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, why: u32, action: &mut u32) -> u32 {
+    let r = Refusal {
+        b4: p.key.b4,
+        inside: p.key.inside_addr,
+        inner_off: p.ip.off,
+        hlen: p.ip.hlen,
+    };
+    let code = send_unreachable(ctx, cfg, &r, why);
+    if code != 0 {
+        return code;
+    }
+    match redirect_v6(ctx, &cfg.aftr_addr, &r.b4) {
+        Ok(a) => {
+            *action = a;
+            0
+        }
+        Err(e) => e.code(),
+    }
 }
 
 /// Hairpinning (RFC 4787 REQ-9/9a, RFC 5382 REQ-8, checklist 22): a packet from one

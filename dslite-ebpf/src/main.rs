@@ -15,6 +15,7 @@ mod aftr;
 mod b4;
 mod forward;
 mod headers;
+mod icmp;
 mod maps;
 mod nat;
 mod packet;

@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use dslite_common::{
     maps::{
-        AftrConfig, B4Config, BlockKey, BlockValue, NatInKey, NatInValue, NatOutKey, NatOutValue,
-        Slot, SlotKey, DEFAULT_MAX_MAPPINGS, MAX_POOL, MAX_PREFIXES,
+        AftrConfig, B4Config, BlockKey, BlockValue, IcmpBucket, NatInKey, NatInValue, NatOutKey,
+        NatOutValue, Slot, SlotKey, SoftwireState, DEFAULT_MAX_MAPPINGS, MAX_POOL, MAX_PREFIXES,
     },
     Counter,
 };
@@ -63,6 +63,15 @@ pub static SW_BLOCKS: HashMap<SlotKey, Slot> = HashMap::pinned(1 << 16, 0);
 /// AFTR: events for the NAT log (block allocations), read by the controller.
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(1 << 20, 0);
+
+/// AFTR: per-softwire limit state (sessions, new-mapping tokens). XDP creates and updates;
+/// the sweep recounts sessions and removes idle entries.
+#[map(name = "SOFTWIRES")]
+pub static SOFTWIRES: HashMap<[u8; 16], SoftwireState> = HashMap::pinned(1 << 16, 0);
+
+/// AFTR: per-CPU token bucket for generated ICMP errors.
+#[map(name = "ICMP_BUCKET")]
+pub static ICMP_BUCKET: PerCpuArray<IcmpBucket> = PerCpuArray::pinned(1, 0);
 
 /// Add `n` to counter `c` on this CPU (per-CPU slot: no atomics needed).
 #[inline(always)]

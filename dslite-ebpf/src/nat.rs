@@ -18,7 +18,7 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_ns};
 use dslite_common::{
     maps::{
         AftrConfig, BlockKey, BlockValue, NatEvent, NatInKey, NatInValue, NatOutKey, NatOutValue,
-        Slot, SlotKey, EVENT_BLOCK_ALLOCATED,
+        Slot, SlotKey, SoftwireState, EVENT_BLOCK_ALLOCATED,
     },
     nat::{
         block_first_port, candidate_in_block, port_hash, softwire_hash, ADDR_TRIES, BLOCK_TRIES,
@@ -28,7 +28,7 @@ use dslite_common::{
 };
 
 use crate::{
-    maps::{count, BLOCKS, EVENTS, NAT_IN, NAT_OUT, POOL, SW_BLOCKS},
+    maps::{count, BLOCKS, EVENTS, NAT_IN, NAT_OUT, POOL, SOFTWIRES, SW_BLOCKS},
     packet::{Exit, Res},
 };
 
@@ -45,6 +45,8 @@ const TABLE_FULL: u32 = 4;
 const NOT_CONFIGURED: u32 = 5;
 /// `NEED_BLOCK | slot << 8`: slot `slot` is empty and must be given a block first.
 const NEED_BLOCK: u32 = 6;
+const SESSION_LIMIT: u32 = 7;
+const RATE_LIMIT: u32 = 8;
 
 /// Outside endpoint chosen for a new mapping.
 #[repr(C)]
@@ -73,6 +75,19 @@ pub fn lookup_or_create(key: &NatOutKey, cfg: &AftrConfig, tcp: u8) -> Res<([u8;
         port: 0,
         _pad: 0,
     };
+    if cfg.max_sessions != 0 || cfg.new_per_sec != 0 {
+        // SAFETY: plain helper call.
+        let r = admit(&key.b4, cfg, unsafe { bpf_ktime_get_ns() });
+        if r != FOUND {
+            return Err(Exit::Drop(if r == SESSION_LIMIT {
+                Counter::DropSessionLimit
+            } else if r == RATE_LIMIT {
+                Counter::DropRateLimit
+            } else {
+                Counter::DropMappingTableFull
+            }));
+        }
+    }
     // Each round either ends the search or claims one more block for an empty slot; the
     // two are separate BPF calls so their stack frames are never stacked.
     let mut round = 0;
@@ -103,6 +118,47 @@ pub fn lookup_or_create(key: &NatOutKey, cfg: &AftrConfig, tcp: u8) -> Res<([u8;
         _ => Counter::DropMappingTableFull,
     };
     Err(Exit::Drop(c))
+}
+
+/// Per-softwire limits before a new mapping (RFC 6888 REQ-4/5): at most `max_sessions`
+/// mappings, and new ones at `new_per_sec` with that burst (token bucket). The state is
+/// updated without locks: two CPUs may both take the last token, an error of one mapping
+/// that the next refill absorbs.
+#[inline(never)]
+fn admit(b4: &[u8; 16], cfg: &AftrConfig, now: u64) -> u32 {
+    if SOFTWIRES.get_ptr(b4).is_none() {
+        let fresh = SoftwireState {
+            sessions: 0,
+            tokens: cfg.new_per_sec,
+            _pad: 0,
+            refill_ns: now,
+            refused: 0,
+        };
+        let _ = SOFTWIRES.insert(b4, &fresh, BPF_NOEXIST as u64);
+    }
+    let Some(st) = SOFTWIRES.get_ptr_mut(b4) else {
+        return TABLE_FULL;
+    };
+    // SAFETY: map value pointer from the kernel.
+    let st = unsafe { &mut *st };
+    if cfg.max_sessions != 0 && st.sessions >= cfg.max_sessions as u64 {
+        st.refused += 1;
+        return SESSION_LIMIT;
+    }
+    let rate = cfg.new_per_sec as u64;
+    if rate != 0 {
+        let add = now.saturating_sub(st.refill_ns) * rate / 1_000_000_000;
+        if add > 0 {
+            st.tokens = (st.tokens as u64 + add).min(rate) as u32;
+            st.refill_ns = now;
+        }
+        if st.tokens == 0 {
+            st.refused += 1;
+            return RATE_LIMIT;
+        }
+        st.tokens -= 1;
+    }
+    FOUND
 }
 
 /// What a port search needs besides the key (bundled: BPF calls take five arguments).
@@ -311,6 +367,12 @@ fn publish(key: &NatOutKey, kin: &NatInKey, q: &Search, out: &mut Outside) -> u3
     match NAT_OUT.insert(key, &v, BPF_NOEXIST as u64) {
         Ok(()) => {
             count(Counter::NatMappingCreated);
+            if let Some(st) = SOFTWIRES.get_ptr_mut(&key.b4) {
+                // SAFETY: map value pointer. Not atomic (the BPF target has no fetch-add in
+                // `core`): concurrent creations may lose an increment, which the sweep's
+                // recount every second repairs.
+                unsafe { (*st).sessions += 1 };
+            }
             out.addr = kin.outside_addr;
             out.port = kin.outside_port;
             FOUND

@@ -204,6 +204,21 @@ pub struct AftrOptions {
     /// Accept timeouts below the RFC floors (labs and tests only).
     #[arg(long)]
     pub allow_short_timeouts: bool,
+    /// Most mappings one softwire may hold (0: only the port quota limits it).
+    #[arg(long, value_name = "N")]
+    pub max_sessions: Option<u32>,
+    /// New mappings per second one softwire may open, with a burst of the same size
+    /// (0: unlimited).
+    #[arg(long, value_name = "PER_SEC")]
+    pub new_mapping_rate: Option<u32>,
+    /// ICMP destination-unreachable messages per second per CPU for refused new mappings
+    /// (default 100; 0 sends none).
+    #[arg(long, value_name = "PER_SEC")]
+    pub icmp_rate: Option<u32>,
+    /// Code of those messages: 13 (administratively prohibited, RFC 5508 REQ-8, the
+    /// default) or 1 (host unreachable, RFC 6888 REQ-11).
+    #[arg(long, value_name = "CODE")]
+    pub icmp_unreachable_code: Option<u8>,
     /// Inbound packets refresh their mapping too (off by default: RFC 4787 REQ-6 makes it a
     /// MAY, and it lets outsiders keep a mapping alive).
     #[arg(long)]
@@ -350,6 +365,10 @@ impl AftrOptions {
             block_hold_down: self.block_hold_down.or(f.block_hold_down),
             allow_short_timeouts: self.allow_short_timeouts || f.allow_short_timeouts,
             inbound_refresh: self.inbound_refresh || f.inbound_refresh,
+            max_sessions: self.max_sessions.or(f.max_sessions),
+            new_mapping_rate: self.new_mapping_rate.or(f.new_mapping_rate),
+            icmp_rate: self.icmp_rate.or(f.icmp_rate),
+            icmp_unreachable_code: self.icmp_unreachable_code.or(f.icmp_unreachable_code),
             common: self.common.merge(f.common),
         })
     }
@@ -386,9 +405,30 @@ pub struct AftrSettings {
     pub max_mappings: u32,
     pub timeouts: Timeouts,
     pub inbound_refresh: bool,
+    pub limits: Limits,
     pub pin_path: PathBuf,
     pub xdp_mode: XdpModeOpt,
     pub bpf_object: Option<PathBuf>,
+}
+
+/// Per-softwire limits and the ICMP feedback for refused mappings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_sessions: u32,
+    pub new_mapping_rate: u32,
+    pub icmp_rate: u32,
+    pub icmp_code: u8,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_sessions: 0,
+            new_mapping_rate: 0,
+            icmp_rate: 100,
+            icmp_code: 13,
+        }
+    }
 }
 
 /// Idle timeouts and the block hold-down, in seconds.
@@ -532,6 +572,19 @@ impl AftrOptions {
             block_hold_down: self.block_hold_down.unwrap_or(d.block_hold_down),
         };
         timeouts.check(self.allow_short_timeouts)?;
+        let dl = Limits::default();
+        let limits = Limits {
+            max_sessions: self.max_sessions.unwrap_or(dl.max_sessions),
+            new_mapping_rate: self.new_mapping_rate.unwrap_or(dl.new_mapping_rate),
+            icmp_rate: self.icmp_rate.unwrap_or(dl.icmp_rate),
+            icmp_code: self.icmp_unreachable_code.unwrap_or(dl.icmp_code),
+        };
+        if limits.icmp_code > 15 {
+            bail!(
+                "--icmp-unreachable-code {} is not a destination-unreachable code (0-15)",
+                limits.icmp_code
+            );
+        }
         Ok(AftrSettings {
             internet_iface: self.internet_iface.unwrap_or_else(|| tunnel_iface.clone()),
             tunnel_iface,
@@ -544,6 +597,7 @@ impl AftrOptions {
             max_mappings,
             timeouts,
             inbound_refresh: self.inbound_refresh,
+            limits,
             pin_path: self
                 .common
                 .pin_path

@@ -178,6 +178,11 @@ pub fn aftr_config(s: &AftrSettings, hash_seed: u32) -> AftrConfig {
         } else {
             0
         },
+        max_sessions: s.limits.max_sessions,
+        new_per_sec: s.limits.new_mapping_rate,
+        icmp_per_sec: s.limits.icmp_rate,
+        icmp_code: s.limits.icmp_code,
+        _pad: [0; 3],
     }
 }
 
@@ -194,6 +199,8 @@ pub fn map_sizes(aftr: Option<&AftrSettings>) -> Vec<(&'static str, u32)> {
                 (m::NAT_IN, s.max_mappings),
                 (m::BLOCKS, blocks),
                 (m::SW_BLOCKS, blocks),
+                // One entry per softwire holding a block (or at its limits).
+                (m::SOFTWIRES, blocks.max(1024)),
                 (m::POOL, s.pool.len() as u32),
                 (m::POOL_INDEX, s.pool.len() as u32),
                 (m::LOCAL_V4, 1),
@@ -204,6 +211,7 @@ pub fn map_sizes(aftr: Option<&AftrSettings>) -> Vec<(&'static str, u32)> {
             m::NAT_IN,
             m::BLOCKS,
             m::SW_BLOCKS,
+            m::SOFTWIRES,
             m::POOL,
             m::POOL_INDEX,
             m::B4_ALLOW,

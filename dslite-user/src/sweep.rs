@@ -13,7 +13,7 @@ use aya::maps::{HashMap, Map, MapData};
 use dslite_common::{
     maps::{
         self as m, AftrConfig, BlockKey, BlockValue, NatInKey, NatInValue, NatOutKey, NatOutValue,
-        Slot, SlotKey, EVENT_BLOCK_RELEASED,
+        Slot, SlotKey, SoftwireState, EVENT_BLOCK_RELEASED,
     },
     nat::{block_first_port, block_of, tcp_established},
     proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
@@ -53,6 +53,7 @@ pub struct Sweeper {
     nat_in: HashMap<MapData, NatInKey, NatInValue>,
     blocks: HashMap<MapData, BlockKey, BlockValue>,
     slots: HashMap<MapData, SlotKey, Slot>,
+    softwires: HashMap<MapData, [u8; 16], SoftwireState>,
     pub timeouts: Timeouts,
     cfg: AftrConfig,
 }
@@ -93,6 +94,7 @@ impl Sweeper {
             nat_in: open_hash(pin, m::NAT_IN)?,
             blocks: open_hash(pin, m::BLOCKS)?,
             slots: open_hash(pin, m::SW_BLOCKS)?,
+            softwires: open_hash(pin, m::SOFTWIRES)?,
             timeouts,
             cfg,
         })
@@ -119,6 +121,7 @@ impl Sweeper {
         let mut r = SweepReport::default();
         let mut live: std::collections::HashSet<BlockKey> = Default::default();
         let mut expired = Vec::new();
+        let mut sessions: StdMap<[u8; 16], u64> = StdMap::new();
         for e in self.nat_out.iter() {
             let (k, v) = e?;
             r.scanned += 1;
@@ -127,8 +130,11 @@ impl Sweeper {
                 && expired.len() < MAX_EXPIRE_PER_SWEEP
             {
                 expired.push((k, v));
-            } else if let Some(b) = self.block_key(v.outside_addr, v.outside_port) {
-                live.insert(b);
+            } else {
+                *sessions.entry(k.b4).or_default() += 1;
+                if let Some(b) = self.block_key(v.outside_addr, v.outside_port) {
+                    live.insert(b);
+                }
             }
         }
         for (k, v) in expired {
@@ -136,6 +142,7 @@ impl Sweeper {
             match self.nat_out.get(&k, 0) {
                 Ok(cur) if cur.last_seen_ns == v.last_seen_ns => {}
                 _ => {
+                    *sessions.entry(k.b4).or_default() += 1;
                     if let Some(b) = self.block_key(v.outside_addr, v.outside_port) {
                         live.insert(b);
                     }
@@ -205,6 +212,27 @@ impl Sweeper {
                     let _ = self.blocks.remove(&bk);
                     r.blocks_freed += 1;
                 }
+            }
+        }
+        // Recount each softwire's sessions (XDP's increments are not atomic, and expiry
+        // happens here); forget softwires with none (their rate bucket starts full again).
+        let mut updates = Vec::new();
+        for e in self.softwires.iter() {
+            let (b4, st) = e?;
+            match sessions.get(&b4) {
+                None => updates.push((b4, None)),
+                Some(&n) if n != st.sessions => {
+                    updates.push((b4, Some(SoftwireState { sessions: n, ..st })))
+                }
+                Some(_) => {}
+            }
+        }
+        for (b4, st) in updates {
+            match st {
+                None => {
+                    let _ = self.softwires.remove(&b4);
+                }
+                Some(st) => self.softwires.insert(b4, st, 0)?,
             }
         }
         r.micros = start.elapsed().as_micros();

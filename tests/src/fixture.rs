@@ -174,6 +174,7 @@ pub fn aftr_settings() -> config::AftrSettings {
         max_mappings: 1 << 16,
         timeouts: config::Timeouts::default(),
         inbound_refresh: false,
+        limits: config::Limits::default(),
         pin_path: PathBuf::new(),
         xdp_mode: config::XdpModeOpt::Skb,
         bpf_object: None,

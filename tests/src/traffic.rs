@@ -368,3 +368,57 @@ pub fn udp_send(ns: &Netns, bind: SocketAddrV4, to: SocketAddr, payload: &[u8]) 
     .join()
     .map_err(|_| anyhow::anyhow!("udp sender panicked"))?
 }
+
+/// What a burst of one-datagram flows got back.
+#[derive(Debug, Default)]
+pub struct BurstResult {
+    pub replies: usize,
+    /// Sockets that got an ICMP error (reported by the kernel as a socket error).
+    pub icmp_errors: usize,
+    pub silent: usize,
+}
+
+/// From each source port in `ports`, send one datagram to `to` over a connected UDP socket,
+/// then give every flow up to `wait` to get a reply or an ICMP error.
+pub fn udp_burst(
+    ns: &Netns,
+    addr: Ipv4Addr,
+    ports: std::ops::Range<u16>,
+    to: SocketAddrV4,
+    wait: Duration,
+) -> Result<BurstResult> {
+    ns.run(move || -> Result<BurstResult> {
+        let mut socks = Vec::new();
+        for p in ports {
+            let s = UdpSocket::bind(SocketAddrV4::new(addr, p))?;
+            s.connect(to)?;
+            s.set_nonblocking(true)?;
+            s.send(b"burst")?;
+            socks.push(Some(s));
+        }
+        let mut r = BurstResult::default();
+        let deadline = Instant::now() + wait;
+        let mut buf = [0u8; 1500];
+        while Instant::now() < deadline && socks.iter().any(Option::is_some) {
+            for slot in socks.iter_mut() {
+                let Some(s) = slot else { continue };
+                match s.recv(&mut buf) {
+                    Ok(_) => {
+                        r.replies += 1;
+                        *slot = None;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => {
+                        r.icmp_errors += 1;
+                        *slot = None;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        r.silent = socks.iter().filter(|s| s.is_some()).count();
+        Ok(r)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("burst thread panicked"))?
+}

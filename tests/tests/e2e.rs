@@ -315,3 +315,50 @@ fn hairpinning_between_two_subscribers() {
     assert_eq!(from, seen_a, "the source is hostA's public endpoint");
     assert_eq!(t.aftr.counter("hairpin_packets"), 1, "{}", t.diagnostics());
 }
+
+/// Two subscribers use up their port quota (one block of 16 ports) while a third keeps
+/// working: refused flows get an ICMP error at the host's socket, nothing is evicted, and
+/// the third subscriber is unaffected (items 41, 44).
+#[test]
+fn quota_exhaustion_is_per_subscriber() {
+    let t = DsLite::start(&[
+        "--block-size",
+        "16",
+        "--max-blocks",
+        "1",
+        "--b4-prefix",
+        "2001:db8:c::/64",
+    ])
+    .unwrap();
+    let _echo = udp_echo_server(&t.server, sa(SERVER1, 7777));
+    for (name, c) in [("hostA", &t.a), ("hostB", &t.b)] {
+        // 16 even source ports: only 8 even outside ports exist in a 16-port block.
+        let evens: Vec<u16> = (0..16).map(|i| 20000 + 2 * i).collect();
+        let mut got = BurstResult::default();
+        for p in evens {
+            let r = udp_burst(
+                &c.host,
+                HOST_ADDR,
+                p..p + 1,
+                sa(SERVER1, 7777),
+                Duration::from_secs(2),
+            )
+            .unwrap();
+            got.replies += r.replies;
+            got.icmp_errors += r.icmp_errors;
+            got.silent += r.silent;
+        }
+        assert_eq!(got.replies, 8, "{name}: {got:?}\n{}", t.diagnostics());
+        assert_eq!(
+            got.icmp_errors, 8,
+            "{name}: refused flows hear about it: {got:?}"
+        );
+    }
+    assert_eq!(t.aftr.counter("drop_quota_exceeded"), 16);
+    assert_eq!(t.aftr.counter("icmp_unreachable_sent"), 16);
+    // The third subscriber is unaffected.
+    let seen = udp_request(&t.c.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "from-C").unwrap();
+    assert!(seen.to_string().starts_with("198.51.100."));
+    // And the first two still reach the server on the mappings they have.
+    udp_request(&t.a.host, sa(HOST_ADDR, 20000), sa(SERVER1, 7777), "still").unwrap();
+}

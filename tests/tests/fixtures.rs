@@ -225,8 +225,9 @@ fn aftr_quota_is_blocks_and_exhaustion_is_a_counted_drop() {
             assert_eq!(blocks.len(), 2, "two blocks of 16: {ports:?}");
             assert_eq!(rig.counter("block_allocated"), 2);
             let inner = udp4(HOST, SERVER, 7000, 7777, 64, b"x");
-            let (v, _) = rig.run("tun", &from_b4(rig, b4a(), &inner, &[]));
-            assert_eq!(v, XDP_DROP);
+            let (v, out) = rig.run("tun", &from_b4(rig, b4a(), &inner, &[]));
+            assert_eq!(v, XDP_REDIRECT, "refused: an ICMP error goes back instead");
+            assert_icmp_refusal(&out, &inner, 13);
             assert_eq!(rig.counter("drop_quota_exceeded"), 1);
             // Existing mappings still work: nothing was evicted.
             let inner = udp4(HOST, SERVER, 6000, 7777, 64, b"x");
@@ -1017,6 +1018,128 @@ fn inbound_refresh_is_optional() {
                 );
                 assert_eq!(v, XDP_REDIRECT);
                 assert_eq!(last() > before, refresh, "refresh={refresh}");
+            },
+        );
+    }
+}
+
+/// The ICMP destination unreachable sent down b4a's softwire for a refused `refused` packet:
+/// from 192.0.0.1 to the host, quoting the packet's IPv4 header (TTL already spent by one)
+/// and first 8 bytes, every checksum right (items 4, 41).
+fn assert_icmp_refusal(out: &[u8], refused: &[u8], code: u8) {
+    assert_eq!(&out[12..14], &[0x86, 0xdd]);
+    let v6 = &out[14..];
+    assert_eq!(v6[6], 4);
+    assert_eq!(&v6[8..24], &aftr().octets());
+    assert_eq!(&v6[24..40], &b4a().octets());
+    let ip = &v6[40..];
+    assert_eq!(u16::from_be_bytes([v6[4], v6[5]]) as usize, ip.len());
+    assert_eq!(
+        &ip[12..16],
+        &[192, 0, 0, 1],
+        "from the AFTR's 192.0.0.1 (RFC 6333 §6.5)"
+    );
+    assert_eq!(&ip[16..20], &HOST.octets());
+    assert_eq!(ip[9], 1);
+    assert_eq!(
+        (ip[20], ip[21]),
+        (3, code),
+        "destination unreachable, code {code}"
+    );
+    let quote = &ip[28..];
+    assert_eq!(quote.len(), 28, "IPv4 header + 8 bytes");
+    assert_eq!(
+        &quote[12..20],
+        &refused[12..20],
+        "quotes the inside addresses"
+    );
+    assert_eq!(&quote[20..28], &refused[20..28], "and the inside ports");
+    assert_eq!(quote[8], refused[8] - 1, "as forwarded (TTL spent by one)");
+    assert_ipv4_checksums(ip);
+}
+
+/// --max-sessions: the third mapping of a softwire limited to two is refused with an ICMP
+/// error, counted, and the first two keep working (items 41, 44).
+#[test]
+fn aftr_session_limit_refuses_with_icmp() {
+    with_aftr_cfg(
+        |s| s.limits.max_sessions = 2,
+        |rig| {
+            for p in [5000u16, 5001] {
+                let (v, _) = rig.run(
+                    "tun",
+                    &from_b4(rig, b4a(), &udp4(HOST, SERVER, p, 7777, 64, b"x"), &[]),
+                );
+                assert_eq!(v, XDP_REDIRECT);
+            }
+            let third = udp4(HOST, SERVER, 5002, 7777, 64, b"x");
+            let (v, out) = rig.run("tun", &from_b4(rig, b4a(), &third, &[]));
+            assert_eq!(v, XDP_REDIRECT);
+            assert_icmp_refusal(&out, &third, 13);
+            let c = rig.counters();
+            assert_eq!(
+                (
+                    c["drop_session_limit"],
+                    c["icmp_unreachable_sent"],
+                    c["nat_mapping_created"]
+                ),
+                (1, 1, 2)
+            );
+            // Another softwire is not affected.
+            let other: Ipv6Addr = "2001:db8:a::7".parse().unwrap();
+            let (v, out) = rig.run("tun", &from_b4(rig, other, &third, &[]));
+            assert_eq!((v, &out[12..14]), (XDP_REDIRECT, &[0x08, 0x00][..]));
+            let (v, out) = rig.run(
+                "tun",
+                &from_b4(rig, b4a(), &udp4(HOST, SERVER, 5000, 7777, 64, b"x"), &[]),
+            );
+            assert_eq!(
+                (v, &out[12..14]),
+                (XDP_REDIRECT, &[0x08, 0x00][..]),
+                "existing mapping kept"
+            );
+        },
+    );
+}
+
+/// --new-mapping-rate with a configured ICMP code; with --icmp-rate 0 the refusal is a plain
+/// counted drop.
+#[test]
+fn aftr_new_mapping_rate_limit() {
+    for icmp in [true, false] {
+        with_aftr_cfg(
+            move |s| {
+                s.limits.new_mapping_rate = 3;
+                s.limits.icmp_code = 1;
+                s.limits.icmp_rate = if icmp { 100 } else { 0 };
+            },
+            move |rig| {
+                for p in 0..3u16 {
+                    let (v, _) = rig.run(
+                        "tun",
+                        &from_b4(
+                            rig,
+                            b4a(),
+                            &udp4(HOST, SERVER, 5000 + p, 7777, 64, b"x"),
+                            &[],
+                        ),
+                    );
+                    assert_eq!(v, XDP_REDIRECT);
+                }
+                let fourth = udp4(HOST, SERVER, 5003, 7777, 64, b"x");
+                let (v, out) = rig.run("tun", &from_b4(rig, b4a(), &fourth, &[]));
+                if icmp {
+                    assert_eq!(v, XDP_REDIRECT);
+                    assert_icmp_refusal(&out, &fourth, 1);
+                } else {
+                    assert_eq!(v, XDP_DROP);
+                    assert_eq!(rig.counter("icmp_rate_limited"), 1);
+                }
+                assert_eq!(rig.counter("drop_rate_limit"), 1);
+                // Tokens come back with time: 3 per second.
+                std::thread::sleep(std::time::Duration::from_millis(400));
+                let (v, out) = rig.run("tun", &from_b4(rig, b4a(), &fourth, &[]));
+                assert_eq!((v, &out[12..14]), (XDP_REDIRECT, &[0x08, 0x00][..]));
             },
         );
     }

@@ -1,0 +1,146 @@
+//! ICMP messages the AFTR generates itself, sent down a softwire from 192.0.0.1 (RFC 6333
+//! §6.5, checklist 4). Today: destination unreachable when a new mapping is refused
+//! (RFC 5508 REQ-8 / RFC 6888 REQ-11, checklist 41), rate limited per CPU.
+
+use aya_ebpf::{
+    helpers::generated::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
+use dslite_common::{csum, maps::AftrConfig, proto::*, Counter};
+
+use crate::{
+    maps::{count, ICMP_BUCKET},
+    packet::{at, len, ptr_at, read16, write16, Exit, Res},
+};
+
+/// The AFTR's own IPv4 address (RFC 6333 §6.5).
+pub const AFTR_V4: [u8; 4] = [192, 0, 0, 1];
+/// Outer IPv6 + new IPv4 + ICMP header: where the quoted packet starts.
+const QUOTE_OFF: usize = ETH_HLEN + IPV6_HLEN + IPV4_MIN_HLEN + ICMP_MIN_LEN;
+
+/// What a refusal quotes and where it goes.
+pub struct Refusal {
+    pub b4: [u8; 16],
+    pub inside: [u8; 4],
+    /// Offset of the refused packet's IPv4 header in the frame, and its header length.
+    pub inner_off: usize,
+    pub hlen: usize,
+}
+
+/// One token from this CPU's ICMP bucket (`icmp_per_sec`, burst of the same size).
+#[inline(always)]
+fn take_token(cfg: &AftrConfig) -> bool {
+    let rate = cfg.icmp_per_sec as u64;
+    if rate == 0 {
+        return false;
+    }
+    let Some(b) = ICMP_BUCKET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU map value: only this CPU touches it while the program runs.
+    let b = unsafe { &mut *b };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let add = now.saturating_sub(b.refill_ns) * rate / 1_000_000_000;
+    if add > 0 {
+        b.tokens = (b.tokens as u64 + add).min(rate) as u32;
+        b.refill_ns = now;
+    }
+    if b.tokens == 0 {
+        return false;
+    }
+    b.tokens -= 1;
+    true
+}
+
+/// Turn the refused packet into an ICMP destination unreachable (code `icmp_code`) quoting
+/// its IPv4 header and first 8 payload bytes, addressed down the softwire it came from; the
+/// caller routes it. Returns 0, or an [`Exit::code`] (rate limited: the packet is just
+/// dropped). The refusal itself is counted under `why` either way.
+#[inline(never)]
+pub fn send_unreachable(ctx: &XdpContext, cfg: &AftrConfig, r: &Refusal, why: u32) -> u32 {
+    let reason = Counter::from_index(why);
+    if !take_token(cfg) {
+        count(Counter::IcmpRateLimited);
+        return Exit::Drop(reason).code();
+    }
+    count(reason);
+    match build(ctx, cfg, r) {
+        Ok(()) => {
+            count(Counter::IcmpUnreachableSent);
+            0
+        }
+        Err(e) => e.code(),
+    }
+}
+
+/// Sum of `n` bytes (even, at most `max`) of the packet at `off`, as raw words.
+#[inline(always)]
+fn sum_words(ctx: &XdpContext, off: usize, n: usize) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0usize;
+    while i < (ICMP_MIN_LEN + 68) / 2 {
+        if i * 2 >= n {
+            break;
+        }
+        let Some(w) = ptr_at::<[u8; 2]>(ctx, off + i * 2) else {
+            break;
+        };
+        sum += read16(w as *const u8) as u32;
+        i += 1;
+    }
+    sum
+}
+
+#[inline(always)]
+fn build(ctx: &XdpContext, cfg: &AftrConfig, r: &Refusal) -> Res<()> {
+    let eth: *mut [u8; ETH_HLEN] = at(ctx, 0, Counter::DropTruncatedEth)?;
+    // SAFETY: bounds-checked by `at`.
+    let mut saved = unsafe { *eth };
+    saved[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+    let quote_len = r.hlen + 8;
+    // Move the head so that the refused IPv4 header lands right after the new headers.
+    let delta = r.inner_off as i32 - QUOTE_OFF as i32;
+    // SAFETY: the helper checks the new head against the frame.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) } != 0 {
+        return Err(Exit::Drop(Counter::DropAdjustHead));
+    }
+    let want = QUOTE_OFF + quote_len;
+    let have = len(ctx);
+    if have < want {
+        return Err(Exit::Drop(Counter::DropBadL4));
+    }
+    // SAFETY: the helper checks the new tail against the frame.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, want as i32 - have as i32) } != 0 {
+        return Err(Exit::Drop(Counter::DropAdjustHead));
+    }
+    let hdr: *mut [u8; QUOTE_OFF] = at(ctx, 0, Counter::DropAdjustHead)?;
+    // SAFETY: bounds-checked by `at` after both adjustments. Written in place: stack copies
+    // of these headers would not fit next to the NAT path's frames.
+    let h = unsafe { &mut *hdr };
+    h[..ETH_HLEN].copy_from_slice(&saved);
+    let icmp_len = ICMP_MIN_LEN + quote_len;
+    let v4_len = (IPV4_MIN_HLEN + icmp_len) as u16;
+    let v6: &mut [u8; IPV6_HLEN] = (&mut h[ETH_HLEN..ETH_HLEN + IPV6_HLEN])
+        .try_into()
+        .unwrap_or_else(|_| unreachable!());
+    write_softwire_ipv6_header(v6, 0, v4_len, cfg.hop_limit, &cfg.aftr_addr, &r.b4);
+    let o = ETH_HLEN + IPV6_HLEN;
+    h[o..o + 2].copy_from_slice(&[0x45, 0]);
+    h[o + 2..o + 4].copy_from_slice(&v4_len.to_be_bytes());
+    h[o + 4..o + 10].copy_from_slice(&[0, 0, 0, 0, 64, IPPROTO_ICMP]);
+    h[o + 10..o + 12].copy_from_slice(&[0, 0]);
+    h[o + 12..o + 16].copy_from_slice(&AFTR_V4);
+    h[o + 16..o + 20].copy_from_slice(&r.inside);
+    let c = !csum::fold(sum_words(ctx, o, IPV4_MIN_HLEN));
+    let sum_p: *mut [u8; 2] = at(ctx, o + 10, Counter::DropAdjustHead)?;
+    write16(sum_p as *mut u8, c);
+    let o = o + IPV4_MIN_HLEN;
+    let t: *mut [u8; ICMP_MIN_LEN] = at(ctx, o, Counter::DropAdjustHead)?;
+    // SAFETY: bounds-checked by `at`.
+    unsafe { *t = [3, cfg.icmp_code, 0, 0, 0, 0, 0, 0] };
+    let c = !csum::fold(sum_words(ctx, o, icmp_len));
+    let sum_p: *mut [u8; 2] = at(ctx, o + 2, Counter::DropAdjustHead)?;
+    write16(sum_p as *mut u8, c);
+    Ok(())
+}
