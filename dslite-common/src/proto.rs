@@ -25,6 +25,9 @@ pub const IPPROTO_DSTOPTS: u8 = 60;
 
 pub const ICMP_ECHO_REPLY: u8 = 0;
 pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAM_PROBLEM: u8 = 12;
 
 /// Outer hop limit for encapsulated packets: configured, never copied from the inner TTL
 /// (RFC 2473 §3, checklist item 9).

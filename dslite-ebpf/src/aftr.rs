@@ -13,7 +13,7 @@ use dslite_common::{
 use crate::{
     forward::{decapsulate, encapsulate, redirect_v4, redirect_v6, Outer},
     headers::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, Softwire, L3},
-    icmp::{send_unreachable, Refusal},
+    icmp::{send_unreachable, Refusal, AFTR_V4},
     maps::{count, count_n, AFTR_CONFIG, B4_ALLOW, NAT_IN, POOL_INDEX},
     nat::lookup_or_create,
     packet::{at, len, read16, write16, Exit, Res},
@@ -194,7 +194,29 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
     if code != 0 {
         return Err(Exit::from_code(code));
     }
-    // TTL first: a packet that cannot be forwarded must not create a mapping.
+    if p.ip.dst == AFTR_V4 {
+        // Ping to the AFTR's own 192.0.0.1 (checklist 43); nothing else is for it.
+        let mut action = 0;
+        let code = echo_reply(ctx, cfg, &p, &mut action);
+        return if code == 0 {
+            Ok(action)
+        } else {
+            Err(Exit::from_code(code))
+        };
+    }
+    // TTL first: a packet that cannot be forwarded must not create a mapping. One that
+    // expires here is answered with a Time Exceeded from 192.0.0.1 (checklist 9), so
+    // traceroute shows the AFTR.
+    if p.ip.ttl <= 1 {
+        let mut action = 0;
+        let why = Counter::DropTtlExceeded as u32 | (ICMP_TIME_EXCEEDED as u32) << 16;
+        let code = refuse(ctx, cfg, &p, why, &mut action);
+        return if code == 0 {
+            Ok(action)
+        } else {
+            Err(Exit::from_code(code))
+        };
+    }
     decrement_ttl(ctx, &p.ip)?;
     let (out_addr, out_port) = match lookup_or_create(&p.key, cfg, tcp_bits(p.l4.tcp_flags, true)) {
         Ok(m) => m,
@@ -202,11 +224,13 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
             c @ (Counter::DropQuotaExceeded
             | Counter::DropPoolExhausted
             | Counter::DropSessionLimit
-            | Counter::DropRateLimit),
+            | Counter::DropRateLimit
+            | Counter::DropMappingTableFull),
         )) => {
             // Refused: tell the host, down its softwire (RFC 5508 REQ-8, checklist 41).
             let mut action = 0;
-            let code = refuse(ctx, cfg, &p, c as u32, &mut action);
+            let why = c as u32 | (ICMP_DEST_UNREACH as u32) << 16 | (cfg.icmp_code as u32) << 24;
+            let code = refuse(ctx, cfg, &p, why, &mut action);
             return if code == 0 {
                 Ok(action)
             } else {
@@ -234,8 +258,9 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
     Ok(action)
 }
 
-/// Answer a refused new mapping with an ICMP destination unreachable (its own BPF call:
-/// the quote's bookkeeping stays off `from_b4`'s stack).
+/// Answer a packet the AFTR will not forward with an ICMP error down its softwire: `why` is
+/// the counter, with the ICMP type in bits 16-23 and code in bits 24-31. Its own BPF call:
+/// the quote's bookkeeping stays off `from_b4`'s stack.
 #[inline(never)]
 fn refuse(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, why: u32, action: &mut u32) -> u32 {
     let r = Refusal {
@@ -243,7 +268,10 @@ fn refuse(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, why: u32, action: &mut
         inside: p.key.inside_addr,
         inner_off: p.ip.off,
         hlen: p.ip.hlen,
+        icmp_type: (why >> 16) as u8,
+        icmp_code: (why >> 24) as u8,
     };
+    let why = why & 0xffff;
     let code = send_unreachable(ctx, cfg, &r, why);
     if code != 0 {
         return code;
@@ -255,6 +283,61 @@ fn refuse(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, why: u32, action: &mut
         }
         Err(e) => e.code(),
     }
+}
+
+/// Answer an echo request to 192.0.0.1 down the softwire it came from.
+#[inline(never)]
+fn echo_reply(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, action: &mut u32) -> u32 {
+    match echo_reply_inner(ctx, cfg, p) {
+        Ok(a) => {
+            *action = a;
+            count(Counter::IcmpEchoAnswered);
+            0
+        }
+        Err(e) => e.code(),
+    }
+}
+
+#[inline(always)]
+fn echo_reply_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4) -> Res<u32> {
+    if p.ip.proto != IPPROTO_ICMP {
+        return Err(Exit::Drop(Counter::DropUnsupportedProto));
+    }
+    // l4() accepted only an echo request. Type 8 -> 0; swapping the addresses leaves the IPv4
+    // checksum as it is; the TTL becomes 64.
+    let t: *mut [u8; 2] = at(ctx, p.l4.off, Counter::DropBadL4)?;
+    let sum: *mut [u8; 2] = at(ctx, p.l4.off + ICMP_CSUM_OFF, Counter::DropBadL4)?;
+    // SAFETY: bounds-checked by `at`.
+    unsafe {
+        let old = read16(t as *const u8);
+        (*t)[0] = ICMP_ECHO_REPLY;
+        let new = read16(t as *const u8);
+        write16(
+            sum as *mut u8,
+            csum::replace2(read16(sum as *const u8), old, new),
+        );
+    }
+    let h: *mut [u8; IPV4_MIN_HLEN] = at(ctx, p.ip.off, Counter::DropBadIpv4)?;
+    // SAFETY: bounds-checked by `at`.
+    let h = unsafe { &mut *h };
+    let old = u16::from_ne_bytes([h[8], h[9]]);
+    h[8] = 64;
+    let c = csum::replace2(
+        read16(h[10..].as_ptr()),
+        old,
+        u16::from_ne_bytes([h[8], h[9]]),
+    );
+    write16(h[10..].as_mut_ptr(), c);
+    h[12..16].copy_from_slice(&AFTR_V4);
+    h[16..20].copy_from_slice(&p.key.inside_addr);
+    decapsulate(ctx, p.inner_off - ETH_HLEN)?;
+    let outer = Outer {
+        inner_tos: p.ip.tos,
+        inner_len: p.ip.tot_len as u16,
+        hop_limit: cfg.hop_limit,
+    };
+    encapsulate(ctx, &outer, &cfg.aftr_addr, &p.key.b4)?;
+    redirect_v6(ctx, &cfg.aftr_addr, &p.key.b4)
 }
 
 /// Hairpinning (RFC 4787 REQ-9/9a, RFC 5382 REQ-8, checklist 22): a packet from one

@@ -123,7 +123,30 @@ pub fn redirect_v4(ctx: &XdpContext, src: &[u8; 4], dst: &[u8; 4]) -> Res<u32> {
     let mut p = fib_params(ctx, AF_INET);
     p.src[..4].copy_from_slice(src);
     p.dst[..4].copy_from_slice(dst);
-    fib_redirect(ctx, &mut p)
+    let action = fib_redirect(ctx, &mut p)?;
+    if action == xdp_action::XDP_PASS {
+        // The kernel will forward it and spend a TTL itself: give back the one we spent,
+        // or a packet arriving with TTL 2 would die in the kernel instead of being routed.
+        restore_ttl(ctx)?;
+    }
+    Ok(action)
+}
+
+/// Add one to the TTL of the IPv4 header after Ethernet (checksum updated incrementally).
+#[inline(always)]
+fn restore_ttl(ctx: &XdpContext) -> Res<()> {
+    let h: *mut [u8; IPV4_MIN_HLEN] = at(ctx, ETH_HLEN, Counter::DropBadIpv4)?;
+    // SAFETY: bounds-checked by `at`.
+    let h = unsafe { &mut *h };
+    let old = u16::from_ne_bytes([h[8], h[9]]);
+    h[8] = h[8].wrapping_add(1);
+    let c = dslite_common::csum::replace2(
+        crate::packet::read16(h[10..].as_ptr()),
+        old,
+        u16::from_ne_bytes([h[8], h[9]]),
+    );
+    crate::packet::write16(h[10..].as_mut_ptr(), c);
+    Ok(())
 }
 
 /// Route an IPv6 frame and redirect it; see [`fib_redirect`].

@@ -1,6 +1,7 @@
 //! ICMP messages the AFTR generates itself, sent down a softwire from 192.0.0.1 (RFC 6333
-//! §6.5, checklist 4). Today: destination unreachable when a new mapping is refused
-//! (RFC 5508 REQ-8 / RFC 6888 REQ-11, checklist 41), rate limited per CPU.
+//! §6.5, checklist 4), rate limited per CPU: destination unreachable when a new mapping is
+//! refused (RFC 5508 REQ-8 / RFC 6888 REQ-11, checklist 41) and time exceeded when the
+//! inner TTL runs out here (checklist 9).
 
 use aya_ebpf::{
     helpers::generated::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
@@ -25,6 +26,8 @@ pub struct Refusal {
     /// Offset of the refused packet's IPv4 header in the frame, and its header length.
     pub inner_off: usize,
     pub hlen: usize,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
 }
 
 /// One token from this CPU's ICMP bucket (`icmp_per_sec`, burst of the same size).
@@ -53,7 +56,7 @@ fn take_token(cfg: &AftrConfig) -> bool {
     true
 }
 
-/// Turn the refused packet into an ICMP destination unreachable (code `icmp_code`) quoting
+/// Turn the refused packet into an ICMP error (`r.icmp_type`/`r.icmp_code`) quoting
 /// its IPv4 header and first 8 payload bytes, addressed down the softwire it came from; the
 /// caller routes it. Returns 0, or an [`Exit::code`] (rate limited: the packet is just
 /// dropped). The refusal itself is counted under `why` either way.
@@ -67,7 +70,7 @@ pub fn send_unreachable(ctx: &XdpContext, cfg: &AftrConfig, r: &Refusal, why: u3
     count(reason);
     match build(ctx, cfg, r) {
         Ok(()) => {
-            count(Counter::IcmpUnreachableSent);
+            count(Counter::IcmpErrorSent);
             0
         }
         Err(e) => e.code(),
@@ -138,7 +141,7 @@ fn build(ctx: &XdpContext, cfg: &AftrConfig, r: &Refusal) -> Res<()> {
     let o = o + IPV4_MIN_HLEN;
     let t: *mut [u8; ICMP_MIN_LEN] = at(ctx, o, Counter::DropAdjustHead)?;
     // SAFETY: bounds-checked by `at`.
-    unsafe { *t = [3, cfg.icmp_code, 0, 0, 0, 0, 0, 0] };
+    unsafe { *t = [r.icmp_type, r.icmp_code, 0, 0, 0, 0, 0, 0] };
     let c = !csum::fold(sum_words(ctx, o, icmp_len));
     let sum_p: *mut [u8; 2] = at(ctx, o + 2, Counter::DropAdjustHead)?;
     write16(sum_p as *mut u8, c);

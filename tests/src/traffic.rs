@@ -422,3 +422,56 @@ pub fn udp_burst(
     .join()
     .map_err(|_| anyhow::anyhow!("burst thread panicked"))?
 }
+
+/// Send one echo request with IP TTL `ttl` from `ns` to `dst` (a traceroute probe); return
+/// the source and type of the first ICMP message about it (an echo reply, or an error that
+/// quotes it).
+pub fn icmp_probe(ns: &Netns, dst: Ipv4Addr, id: u16, ttl: u32) -> Result<(Ipv4Addr, u8)> {
+    ns.run(move || -> Result<(Ipv4Addr, u8)> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
+        s.set_ttl(ttl)?;
+        s.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let mut pkt = vec![8u8, 0, 0, 0];
+        pkt.extend_from_slice(&id.to_be_bytes());
+        pkt.extend_from_slice(&[0, 1]);
+        pkt.extend_from_slice(b"probe");
+        let c = dslite_common::csum::checksum(&pkt);
+        pkt[2..4].copy_from_slice(&c.to_ne_bytes());
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut sent = Instant::now() - Duration::from_secs(1);
+        while Instant::now() < deadline {
+            if sent.elapsed() > Duration::from_millis(700) {
+                s.send_to(&pkt, &SocketAddr::from((dst, 0)).into())?;
+                sent = Instant::now();
+            }
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+            let Ok(n) = s.recv(&mut buf) else { continue };
+            // SAFETY: `recv` initialised the first n bytes.
+            let b: Vec<u8> = buf[..n]
+                .iter()
+                .map(|x| unsafe { x.assume_init() })
+                .collect();
+            let ihl = ((b[0] & 0x0f) as usize) * 4;
+            let src = Ipv4Addr::new(b[12], b[13], b[14], b[15]);
+            let ty = b[ihl];
+            let quoted_id = |off: usize| {
+                b.len() >= off + 6 && u16::from_be_bytes([b[off + 4], b[off + 5]]) == id
+            };
+            match ty {
+                0 if quoted_id(ihl) => return Ok((src, ty)),
+                3 | 11 => {
+                    let q = ihl + 8;
+                    let qihl = ((b.get(q).copied().unwrap_or(0) & 0x0f) as usize) * 4;
+                    if quoted_id(q + qihl) {
+                        return Ok((src, ty));
+                    }
+                }
+                _ => {}
+            }
+        }
+        bail!("no ICMP answer to a TTL {ttl} probe to {dst}")
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("probe thread panicked"))?
+}

@@ -355,10 +355,33 @@ fn quota_exhaustion_is_per_subscriber() {
         );
     }
     assert_eq!(t.aftr.counter("drop_quota_exceeded"), 16);
-    assert_eq!(t.aftr.counter("icmp_unreachable_sent"), 16);
+    assert_eq!(t.aftr.counter("icmp_error_sent"), 16);
     // The third subscriber is unaffected.
     let seen = udp_request(&t.c.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "from-C").unwrap();
     assert!(seen.to_string().starts_with("198.51.100."));
     // And the first two still reach the server on the mappings they have.
     udp_request(&t.a.host, sa(HOST_ADDR, 20000), sa(SERVER1, 7777), "still").unwrap();
+}
+
+/// Traceroute through the softwire: hop 1 is the B4 (dropped there today, so skipped),
+/// hop 2 is the AFTR answering from 192.0.0.1, and the AFTR answers ping itself
+/// (items 4, 9, 43).
+#[test]
+fn aftr_shows_as_192_0_0_1() {
+    let t = DsLite::start(&[]).unwrap();
+    let aftr4 = std::net::Ipv4Addr::new(192, 0, 0, 1);
+    assert_eq!(
+        ping(&t.a.host, aftr4, 0x0192, 2).unwrap(),
+        2,
+        "ping 192.0.0.1"
+    );
+    let (from, ty) = icmp_probe(&t.a.host, SERVER1, 0x0200, 2).unwrap();
+    assert_eq!(
+        (from, ty),
+        (aftr4, 11),
+        "TTL 2: Time Exceeded from the AFTR"
+    );
+    let (from, ty) = icmp_probe(&t.a.host, SERVER1, 0x0201, 3).unwrap();
+    assert_eq!((from, ty), (SERVER1, 0), "TTL 3 reaches the server");
+    assert_eq!(t.aftr.counter("icmp_echo_answered"), 2);
 }

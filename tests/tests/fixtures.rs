@@ -253,13 +253,6 @@ fn aftr_drops_and_passes_are_counted() {
                 "drop_b4_not_allowed",
             ),
             (
-                "inner TTL 1",
-                "tun",
-                from_b4(rig, b4a(), &udp4(HOST, SERVER, 5000, 7777, 1, b"x"), &[]),
-                XDP_DROP,
-                "drop_ttl_exceeded",
-            ),
-            (
                 "GRE inside",
                 "tun",
                 from_b4(
@@ -1027,6 +1020,12 @@ fn inbound_refresh_is_optional() {
 /// from 192.0.0.1 to the host, quoting the packet's IPv4 header (TTL already spent by one)
 /// and first 8 bytes, every checksum right (items 4, 41).
 fn assert_icmp_refusal(out: &[u8], refused: &[u8], code: u8) {
+    assert_icmp_error(out, refused, 3, code, 1);
+}
+
+/// An ICMP error of `ty`/`code` from 192.0.0.1 down b4a's softwire, quoting `refused` with
+/// its TTL lowered by `spent`.
+fn assert_icmp_error(out: &[u8], refused: &[u8], ty: u8, code: u8, spent: u8) {
     assert_eq!(&out[12..14], &[0x86, 0xdd]);
     let v6 = &out[14..];
     assert_eq!(v6[6], 4);
@@ -1041,11 +1040,7 @@ fn assert_icmp_refusal(out: &[u8], refused: &[u8], code: u8) {
     );
     assert_eq!(&ip[16..20], &HOST.octets());
     assert_eq!(ip[9], 1);
-    assert_eq!(
-        (ip[20], ip[21]),
-        (3, code),
-        "destination unreachable, code {code}"
-    );
+    assert_eq!((ip[20], ip[21]), (ty, code), "ICMP type {ty} code {code}");
     let quote = &ip[28..];
     assert_eq!(quote.len(), 28, "IPv4 header + 8 bytes");
     assert_eq!(
@@ -1054,7 +1049,11 @@ fn assert_icmp_refusal(out: &[u8], refused: &[u8], code: u8) {
         "quotes the inside addresses"
     );
     assert_eq!(&quote[20..28], &refused[20..28], "and the inside ports");
-    assert_eq!(quote[8], refused[8] - 1, "as forwarded (TTL spent by one)");
+    assert_eq!(
+        quote[8],
+        refused[8] - spent,
+        "as forwarded (TTL spent by {spent})"
+    );
     assert_ipv4_checksums(ip);
 }
 
@@ -1080,7 +1079,7 @@ fn aftr_session_limit_refuses_with_icmp() {
             assert_eq!(
                 (
                     c["drop_session_limit"],
-                    c["icmp_unreachable_sent"],
+                    c["icmp_error_sent"],
                     c["nat_mapping_created"]
                 ),
                 (1, 1, 2)
@@ -1143,4 +1142,47 @@ fn aftr_new_mapping_rate_limit() {
             },
         );
     }
+}
+
+/// Inner TTL 1 at the AFTR: a Time Exceeded from 192.0.0.1 goes back down the softwire, so a
+/// traceroute shows the AFTR (items 4, 9); no mapping is created.
+#[test]
+fn aftr_ttl_expiry_answers_time_exceeded() {
+    with_aftr(|rig| {
+        let dying = udp4(HOST, SERVER, 5000, 33434, 1, b"trace");
+        let (v, out) = rig.run("tun", &from_b4(rig, b4a(), &dying, &[]));
+        assert_eq!(v, XDP_REDIRECT);
+        assert_icmp_error(&out, &dying, 11, 0, 0);
+        let c = rig.counters();
+        assert_eq!(
+            (
+                c["drop_ttl_exceeded"],
+                c["icmp_error_sent"],
+                c["nat_mapping_created"]
+            ),
+            (1, 1, 0)
+        );
+    });
+}
+
+/// Ping to 192.0.0.1 through the softwire is answered by the AFTR itself (item 43).
+#[test]
+fn aftr_answers_ping_to_192_0_0_1() {
+    with_aftr(|rig| {
+        let aftr4 = Ipv4Addr::new(192, 0, 0, 1);
+        let echo = packets::icmp4_echo(HOST, aftr4, 0x77, 3, 64, false);
+        let (v, out) = rig.run("tun", &from_b4(rig, b4a(), &echo, &[(60, tel_destopts(4))]));
+        assert_eq!(v, XDP_REDIRECT);
+        let v6 = &out[14..];
+        assert_eq!(&v6[8..24], &aftr().octets());
+        assert_eq!(&v6[24..40], &b4a().octets());
+        let inner = &v6[40..];
+        assert_eq!(
+            inner,
+            packets::icmp4_echo(aftr4, HOST, 0x77, 3, 64, true).as_slice()
+        );
+        assert_ipv4_checksums(inner);
+        assert_eq!(rig.counter("icmp_echo_answered"), 1);
+        assert_eq!(rig.counter("nat_mapping_created"), 0);
+    });
 }
