@@ -148,8 +148,12 @@ counters! {
     DropUnsupportedProto = "drop_unsupported_proto", Drop;
     /// AFTR: ICMP other than echo request/reply (errors are issue 2/5).
     DropIcmpType = "drop_icmp_type", Drop;
-    /// AFTR: inbound packet to a pool address with no mapping.
+    /// AFTR: inbound packet to a pool address with no mapping (unsolicited, including a TCP
+    /// SYN: dropped silently, RFC 5382 REQ-4).
     DropNoMapping = "drop_no_mapping", Drop;
+    /// AFTR: inbound packet from a remote the mapping never sent to (address- or
+    /// address-and-port-dependent filtering).
+    DropFiltered = "drop_filtered", Drop;
     /// AFTR: the softwire holds `--max-blocks` blocks and none has a free port (its quota,
     /// RFC 6888 REQ-4; RFC 8158 natEvent 13).
     DropQuotaExceeded = "drop_quota_exceeded", Drop;

@@ -71,8 +71,31 @@ pub struct AftrConfig {
     pub icmp_per_sec: u32,
     /// Code of those replies (13 "administratively prohibited", RFC 5508 REQ-8; or 1).
     pub icmp_code: u8,
-    pub _pad: [u8; 3],
+    /// Filtering per protocol, 2 bits each (`crate::nat::filter_mode`): UDP, TCP, ICMP.
+    pub filter_modes: u8,
+    pub _pad: [u8; 2],
 }
+
+/// `HashMap<PeerKey, u64>`: remote endpoints each mapping has sent to, for address- and
+/// address-and-port-dependent filtering (RFC 4787 REQ-8, checklist 21); value: last use.
+pub const PEERS: &str = "PEERS";
+
+/// Key of [`PEERS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub outside_addr: [u8; 4],
+    /// Raw network-order words.
+    pub outside_port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub remote_addr: [u8; 4],
+    /// 0 under address-dependent filtering.
+    pub remote_port: u16,
+    pub _pad2: u16,
+}
+
+const _: () = assert!(size_of::<PeerKey>() == 16);
 
 /// Key of [`SOFTWIRES`]: the B4 address. Value: [`SoftwireState`].
 pub const SOFTWIRES: &str = "SOFTWIRES";
@@ -288,5 +311,6 @@ mod pod {
     unsafe impl aya::Pod for Slot {}
     unsafe impl aya::Pod for NatEvent {}
     unsafe impl aya::Pod for SoftwireState {}
+    unsafe impl aya::Pod for PeerKey {}
     unsafe impl aya::Pod for IcmpBucket {}
 }

@@ -19,6 +19,27 @@ pub const MIN_BLOCK_SIZE: u16 = 16;
 pub const DEFAULT_BLOCK_SIZE: u16 = 512;
 pub const DEFAULT_MAX_BLOCKS: u8 = 4;
 
+/// Filtering behaviours (RFC 4787 §5, REQ-8): endpoint-independent (the default),
+/// address-dependent, address-and-port-dependent.
+pub const FILTER_EIF: u8 = 0;
+pub const FILTER_ADF: u8 = 1;
+pub const FILTER_APDF: u8 = 2;
+
+/// The filtering mode for `proto` from the packed per-protocol modes.
+pub const fn filter_mode(modes: u8, proto: u8) -> u8 {
+    match proto {
+        crate::proto::IPPROTO_UDP => modes & 3,
+        crate::proto::IPPROTO_TCP => (modes >> 2) & 3,
+        crate::proto::IPPROTO_ICMP => (modes >> 4) & 3,
+        _ => FILTER_EIF,
+    }
+}
+
+/// Pack per-protocol modes for `AftrConfig::filter_modes`.
+pub const fn filter_modes(udp: u8, tcp: u8, icmp: u8) -> u8 {
+    (udp & 3) | (tcp & 3) << 2 | (icmp & 3) << 4
+}
+
 // TCP flags seen on a mapping (RFC 7857 §2 state, checklist 33).
 pub const TCP_SYN_OUT: u8 = 1;
 pub const TCP_SYN_IN: u8 = 2;
@@ -214,6 +235,15 @@ mod tests {
             None,
             "the tail past the last block"
         );
+    }
+
+    #[test]
+    fn filter_modes_pack_per_protocol() {
+        let m = filter_modes(FILTER_ADF, FILTER_EIF, FILTER_APDF);
+        assert_eq!(filter_mode(m, crate::proto::IPPROTO_UDP), FILTER_ADF);
+        assert_eq!(filter_mode(m, crate::proto::IPPROTO_TCP), FILTER_EIF);
+        assert_eq!(filter_mode(m, crate::proto::IPPROTO_ICMP), FILTER_APDF);
+        assert_eq!(filter_mode(m, 47), FILTER_EIF);
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use dslite_common::{
     csum,
-    maps::{AftrConfig, NatInKey, NatOutKey, AFTR_INBOUND_REFRESH},
-    nat::tcp_bits,
+    maps::{AftrConfig, NatInKey, NatOutKey, PeerKey, AFTR_INBOUND_REFRESH},
+    nat::{filter_mode, tcp_bits, FILTER_APDF, FILTER_EIF},
     proto::*,
     Counter,
 };
@@ -14,7 +14,7 @@ use crate::{
     forward::{decapsulate, encapsulate, redirect_v4, redirect_v6, Outer},
     headers::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, Softwire, L3},
     icmp::{send_unreachable, Refusal, AFTR_V4},
-    maps::{count, count_n, AFTR_CONFIG, B4_ALLOW, NAT_IN, POOL_INDEX},
+    maps::{count, count_n, AFTR_CONFIG, B4_ALLOW, NAT_IN, PEERS, POOL_INDEX},
     nat::lookup_or_create,
     packet::{at, len, read16, write16, Exit, Res},
 };
@@ -240,6 +240,9 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
         Err(e) => return Err(e),
     };
     p.out_addr = out_addr;
+    if cfg.filter_modes != 0 {
+        note_peer(ctx, cfg, &p, out_port as u32);
+    }
     if POOL_INDEX.get_ptr(p.ip.dst).is_some() {
         // To another subscriber's public endpoint: hairpin it here (RFC 4787 REQ-9).
         let mut action = 0;
@@ -395,8 +398,65 @@ fn hairpin_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u16) 
     Ok(action)
 }
 
+/// Remember the remote this mapping sends to, when its protocol's filtering depends on it
+/// (RFC 4787 REQ-8, checklist 21): the address, and the port too for
+/// address-and-port-dependent filtering.
+#[inline(never)]
+fn note_peer(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u32) {
+    let mode = filter_mode(cfg.filter_modes, p.ip.proto);
+    if mode == FILTER_EIF {
+        return;
+    }
+    let mut remote_port = 0;
+    if mode == FILTER_APDF && p.ip.proto != IPPROTO_ICMP {
+        if let Some(d) = crate::packet::ptr_at::<[u8; 4]>(ctx, p.l4.off) {
+            remote_port = read16((d as *const u8).wrapping_add(2));
+        }
+    }
+    let key = PeerKey {
+        outside_addr: p.out_addr,
+        outside_port: out_port as u16,
+        proto: p.ip.proto,
+        _pad: 0,
+        remote_addr: p.ip.dst,
+        remote_port,
+        _pad2: 0,
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() };
+    let _ = PEERS.insert(&key, &now, 0);
+}
+
+/// 1 if an inbound packet passes its protocol's filtering: always under
+/// endpoint-independent filtering, else only from a remote the mapping has sent to.
+#[inline(never)]
+fn peer_allowed(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4, l4: &L4) -> u32 {
+    let mode = filter_mode(cfg.filter_modes, ip.proto);
+    if mode == FILTER_EIF {
+        return 1;
+    }
+    let mut remote_port = 0;
+    if mode == FILTER_APDF && ip.proto != IPPROTO_ICMP {
+        let Some(s) = crate::packet::ptr_at::<[u8; 2]>(ctx, l4.off) else {
+            return 0;
+        };
+        remote_port = read16(s as *const u8);
+    }
+    let key = PeerKey {
+        outside_addr: ip.dst,
+        outside_port: l4.port,
+        proto: ip.proto,
+        _pad: 0,
+        remote_addr: ip.src,
+        remote_port,
+        _pad2: 0,
+    };
+    PEERS.get_ptr(&key).is_some() as u32
+}
+
 /// Internet -> B4: reverse-translate a packet to a pool address and encapsulate it to the
-/// softwire that owns the mapping. Filtering is endpoint-independent (RFC 4787 REQ-8).
+/// softwire that owns the mapping. Filtering is endpoint-independent by default
+/// (RFC 4787 REQ-8); see [`peer_allowed`].
 #[inline(never)]
 fn from_internet(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
     let mut ip = Ipv4::default();
@@ -421,6 +481,9 @@ fn from_internet(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
         Some(v) => unsafe { *v },
         None => return Err(Exit::Drop(Counter::DropNoMapping)),
     };
+    if cfg.filter_modes != 0 && peer_allowed(ctx, cfg, &ip, &l4) == 0 {
+        return Err(Exit::Drop(Counter::DropFiltered));
+    }
     decrement_ttl(ctx, &ip)?;
     let refresh = cfg.flags & AFTR_INBOUND_REFRESH != 0;
     if refresh || l4.tcp_flags & 0x07 != 0 {

@@ -10,7 +10,8 @@ use aya_ebpf::{
 use dslite_common::{
     maps::{
         AftrConfig, B4Config, BlockKey, BlockValue, IcmpBucket, NatInKey, NatInValue, NatOutKey,
-        NatOutValue, Slot, SlotKey, SoftwireState, DEFAULT_MAX_MAPPINGS, MAX_POOL, MAX_PREFIXES,
+        NatOutValue, PeerKey, Slot, SlotKey, SoftwireState, DEFAULT_MAX_MAPPINGS, MAX_POOL,
+        MAX_PREFIXES,
     },
     Counter,
 };
@@ -68,6 +69,10 @@ pub static EVENTS: RingBuf = RingBuf::pinned(1 << 20, 0);
 /// the sweep recounts sessions and removes idle entries.
 #[map(name = "SOFTWIRES")]
 pub static SOFTWIRES: HashMap<[u8; 16], SoftwireState> = HashMap::pinned(1 << 16, 0);
+
+/// AFTR: remotes each mapping has sent to, for non-endpoint-independent filtering.
+#[map(name = "PEERS")]
+pub static PEERS: HashMap<PeerKey, u64> = HashMap::pinned(1 << 16, 0);
 
 /// AFTR: per-CPU token bucket for generated ICMP errors.
 #[map(name = "ICMP_BUCKET")]

@@ -126,6 +126,29 @@ impl<'de> Deserialize<'de> for PortRange {
     }
 }
 
+/// Inbound filtering behaviour (RFC 4787 §5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Filtering {
+    /// Endpoint-independent: anyone may reach a mapping.
+    #[default]
+    Eif,
+    /// Address-dependent: only addresses the mapping has sent to.
+    Adf,
+    /// Address-and-port-dependent: only address:ports the mapping has sent to.
+    Apdf,
+}
+
+impl Filtering {
+    pub fn code(self) -> u8 {
+        match self {
+            Filtering::Eif => dslite_common::nat::FILTER_EIF,
+            Filtering::Adf => dslite_common::nat::FILTER_ADF,
+            Filtering::Apdf => dslite_common::nat::FILTER_APDF,
+        }
+    }
+}
+
 /// How to attach XDP: `auto` tries native (driver) mode and falls back to generic (skb).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -219,6 +242,16 @@ pub struct AftrOptions {
     /// default) or 1 (host unreachable, RFC 6888 REQ-11).
     #[arg(long, value_name = "CODE")]
     pub icmp_unreachable_code: Option<u8>,
+    /// UDP filtering: eif (endpoint-independent, the default), adf (address-dependent) or
+    /// apdf (address-and-port-dependent): RFC 4787 REQ-8.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub udp_filtering: Option<Filtering>,
+    /// TCP filtering (eif, adf or apdf).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub tcp_filtering: Option<Filtering>,
+    /// ICMP echo filtering (eif or adf; apdf behaves as adf).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub icmp_filtering: Option<Filtering>,
     /// Inbound packets refresh their mapping too (off by default: RFC 4787 REQ-6 makes it a
     /// MAY, and it lets outsiders keep a mapping alive).
     #[arg(long)]
@@ -369,6 +402,9 @@ impl AftrOptions {
             new_mapping_rate: self.new_mapping_rate.or(f.new_mapping_rate),
             icmp_rate: self.icmp_rate.or(f.icmp_rate),
             icmp_unreachable_code: self.icmp_unreachable_code.or(f.icmp_unreachable_code),
+            udp_filtering: self.udp_filtering.or(f.udp_filtering),
+            tcp_filtering: self.tcp_filtering.or(f.tcp_filtering),
+            icmp_filtering: self.icmp_filtering.or(f.icmp_filtering),
             common: self.common.merge(f.common),
         })
     }
@@ -406,6 +442,8 @@ pub struct AftrSettings {
     pub timeouts: Timeouts,
     pub inbound_refresh: bool,
     pub limits: Limits,
+    /// Filtering per protocol: UDP, TCP, ICMP.
+    pub filtering: [Filtering; 3],
     pub pin_path: PathBuf,
     pub xdp_mode: XdpModeOpt,
     pub bpf_object: Option<PathBuf>,
@@ -598,6 +636,11 @@ impl AftrOptions {
             timeouts,
             inbound_refresh: self.inbound_refresh,
             limits,
+            filtering: [
+                self.udp_filtering.unwrap_or_default(),
+                self.tcp_filtering.unwrap_or_default(),
+                self.icmp_filtering.unwrap_or_default(),
+            ],
             pin_path: self
                 .common
                 .pin_path

@@ -182,7 +182,12 @@ pub fn aftr_config(s: &AftrSettings, hash_seed: u32) -> AftrConfig {
         new_per_sec: s.limits.new_mapping_rate,
         icmp_per_sec: s.limits.icmp_rate,
         icmp_code: s.limits.icmp_code,
-        _pad: [0; 3],
+        filter_modes: dslite_common::nat::filter_modes(
+            s.filtering[0].code(),
+            s.filtering[1].code(),
+            s.filtering[2].code(),
+        ),
+        _pad: [0; 2],
     }
 }
 
@@ -201,6 +206,15 @@ pub fn map_sizes(aftr: Option<&AftrSettings>) -> Vec<(&'static str, u32)> {
                 (m::SW_BLOCKS, blocks),
                 // One entry per softwire holding a block (or at its limits).
                 (m::SOFTWIRES, blocks.max(1024)),
+                // Remote endpoints per mapping, only kept for non-EIF filtering.
+                (
+                    m::PEERS,
+                    if cfg.filter_modes == 0 {
+                        1
+                    } else {
+                        s.max_mappings
+                    },
+                ),
                 (m::POOL, s.pool.len() as u32),
                 (m::POOL_INDEX, s.pool.len() as u32),
                 (m::LOCAL_V4, 1),
@@ -212,6 +226,7 @@ pub fn map_sizes(aftr: Option<&AftrSettings>) -> Vec<(&'static str, u32)> {
             m::BLOCKS,
             m::SW_BLOCKS,
             m::SOFTWIRES,
+            m::PEERS,
             m::POOL,
             m::POOL_INDEX,
             m::B4_ALLOW,

@@ -13,7 +13,7 @@ use aya::maps::{HashMap, Map, MapData};
 use dslite_common::{
     maps::{
         self as m, AftrConfig, BlockKey, BlockValue, NatInKey, NatInValue, NatOutKey, NatOutValue,
-        Slot, SlotKey, SoftwireState, EVENT_BLOCK_RELEASED,
+        PeerKey, Slot, SlotKey, SoftwireState, EVENT_BLOCK_RELEASED,
     },
     nat::{block_first_port, block_of, tcp_established},
     proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
@@ -54,6 +54,7 @@ pub struct Sweeper {
     blocks: HashMap<MapData, BlockKey, BlockValue>,
     slots: HashMap<MapData, SlotKey, Slot>,
     softwires: HashMap<MapData, [u8; 16], SoftwireState>,
+    peers: HashMap<MapData, PeerKey, u64>,
     pub timeouts: Timeouts,
     cfg: AftrConfig,
 }
@@ -95,6 +96,7 @@ impl Sweeper {
             blocks: open_hash(pin, m::BLOCKS)?,
             slots: open_hash(pin, m::SW_BLOCKS)?,
             softwires: open_hash(pin, m::SOFTWIRES)?,
+            peers: open_hash(pin, m::PEERS)?,
             timeouts,
             cfg,
         })
@@ -233,6 +235,25 @@ impl Sweeper {
                     let _ = self.softwires.remove(&b4);
                 }
                 Some(st) => self.softwires.insert(b4, st, 0)?,
+            }
+        }
+        // Filtering entries go with their mapping.
+        if self.cfg.filter_modes != 0 {
+            let mut gone = Vec::new();
+            for e in self.peers.iter() {
+                let (pk, _) = e?;
+                let kin = NatInKey {
+                    outside_addr: pk.outside_addr,
+                    outside_port: pk.outside_port,
+                    proto: pk.proto,
+                    _pad: 0,
+                };
+                if self.nat_in.get(&kin, 0).is_err() {
+                    gone.push(pk);
+                }
+            }
+            for pk in gone {
+                let _ = self.peers.remove(&pk);
             }
         }
         r.micros = start.elapsed().as_micros();

@@ -175,6 +175,7 @@ pub fn aftr_settings() -> config::AftrSettings {
         timeouts: config::Timeouts::default(),
         inbound_refresh: false,
         limits: config::Limits::default(),
+        filtering: [config::Filtering::Eif; 3],
         pin_path: PathBuf::new(),
         xdp_mode: config::XdpModeOpt::Skb,
         bpf_object: None,

@@ -385,3 +385,25 @@ fn aftr_shows_as_192_0_0_1() {
     assert_eq!((from, ty), (SERVER1, 0), "TTL 3 reaches the server");
     assert_eq!(t.aftr.counter("icmp_echo_answered"), 2);
 }
+
+/// Filtering (item 21): after hostA -> S1, a datagram from S2 to hostA's mapping is delivered
+/// under endpoint-independent filtering and dropped under address-dependent filtering.
+#[test]
+fn endpoint_independent_vs_address_dependent_filtering() {
+    for adf in [false, true] {
+        let extra: &[&str] = if adf { &["--udp-filtering", "adf"] } else { &[] };
+        let t = DsLite::start(extra).unwrap();
+        let _echo = udp_echo_server(&t.server, sa(SERVER1, 7777));
+        let seen = udp_request(&t.a.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "open").unwrap();
+        let listener = udp_listen_once(&t.a.host, sa(HOST_ADDR, 5000), Duration::from_secs(2));
+        udp_send(&t.server, sa(SERVER2, 6666), seen, b"from S2").unwrap();
+        let got = listener.join().unwrap();
+        if adf {
+            assert!(got.is_err(), "ADF must drop S2's datagram: {got:?}");
+            assert_eq!(t.aftr.counter("drop_filtered"), 1);
+        } else {
+            let (data, from) = got.unwrap();
+            assert_eq!((data.as_slice(), from), (&b"from S2"[..], SocketAddr::V4(sa(SERVER2, 6666))));
+        }
+    }
+}

@@ -1186,3 +1186,76 @@ fn aftr_answers_ping_to_192_0_0_1() {
         assert_eq!(rig.counter("nat_mapping_created"), 0);
     });
 }
+
+/// Filtering per protocol (item 21): EIF lets anyone reach a mapping; ADF only addresses it
+/// sent to; APDF only address:ports it sent to. Other protocols keep their own mode.
+#[test]
+fn aftr_filtering_modes_per_protocol() {
+    use dslite_user::config::Filtering;
+    for mode in [Filtering::Eif, Filtering::Adf, Filtering::Apdf] {
+        with_aftr_cfg(
+            move |s| s.filtering = [mode, Filtering::Eif, Filtering::Eif],
+            move |rig| {
+                let (_, out) = rig.run(
+                    "tun",
+                    &from_b4(rig, b4a(), &udp4(HOST, SERVER, 5000, 7777, 64, b"x"), &[]),
+                );
+                let ip = &out[14..];
+                let (o, p) = (
+                    Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+                    u16::from_be_bytes([ip[20], ip[21]]),
+                );
+                let other = Ipv4Addr::new(203, 0, 113, 3);
+                let verdict = |src: Ipv4Addr, sport: u16| {
+                    rig.run(
+                        "inet",
+                        &from_internet(rig, &udp4(src, o, sport, p, 64, b"in")),
+                    )
+                    .0
+                };
+                let want = |ok: bool| if ok { XDP_REDIRECT } else { XDP_DROP };
+                assert_eq!(
+                    verdict(SERVER, 7777),
+                    XDP_REDIRECT,
+                    "{mode:?}: the peer itself"
+                );
+                assert_eq!(
+                    verdict(SERVER, 9999),
+                    want(mode != Filtering::Apdf),
+                    "{mode:?}: same address, other port"
+                );
+                assert_eq!(
+                    verdict(other, 7777),
+                    want(mode == Filtering::Eif),
+                    "{mode:?}: another address"
+                );
+                // TCP stays endpoint-independent.
+                let (_, out) = rig.run(
+                    "tun",
+                    &from_b4(
+                        rig,
+                        b4a(),
+                        &packets::tcp4_syn(HOST, SERVER, 40000, 80, 64),
+                        &[],
+                    ),
+                );
+                let ip = &out[14..];
+                let (o, p) = (
+                    Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+                    u16::from_be_bytes([ip[20], ip[21]]),
+                );
+                let (v, _) = rig.run(
+                    "inet",
+                    &from_internet(rig, &packets::tcp4_syn(other, o, 80, p, 64)),
+                );
+                assert_eq!(v, XDP_REDIRECT, "{mode:?}: TCP is EIF");
+                let dropped = match mode {
+                    Filtering::Eif => 0,
+                    Filtering::Adf => 1,
+                    Filtering::Apdf => 2,
+                };
+                assert_eq!(rig.counter("drop_filtered"), dropped);
+            },
+        );
+    }
+}
