@@ -11,7 +11,7 @@ use dslite_common::{
 };
 
 use crate::{
-    forward::{decapsulate, encapsulate, redirect_v4, redirect_v6, Outer},
+    forward::{decapsulate, encapsulate_and_send, redirect_v4, redirect_v6, Outer},
     headers::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, Softwire, L3},
     icmp::{send_unreachable, Refusal, AFTR_V4},
     maps::{count, count_n, AFTR_CONFIG, B4_ALLOW, NAT_IN, PEERS, POOL_INDEX},
@@ -339,8 +339,7 @@ fn echo_reply_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4) -> Res<u32> 
         inner_len: p.ip.tot_len as u16,
         hop_limit: cfg.hop_limit,
     };
-    encapsulate(ctx, &outer, &cfg.aftr_addr, &p.key.b4)?;
-    redirect_v6(ctx, &cfg.aftr_addr, &p.key.b4)
+    encapsulate_and_send(ctx, &outer, &cfg.aftr_addr, &p.key.b4)
 }
 
 /// Hairpinning (RFC 4787 REQ-9/9a, RFC 5382 REQ-8, checklist 22): a packet from one
@@ -392,8 +391,7 @@ fn hairpin_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u16) 
         inner_len: p.ip.tot_len as u16,
         hop_limit: cfg.hop_limit,
     };
-    encapsulate(ctx, &outer, &cfg.aftr_addr, &m.b4)?;
-    let action = redirect_v6(ctx, &cfg.aftr_addr, &m.b4)?;
+    let action = encapsulate_and_send(ctx, &outer, &cfg.aftr_addr, &m.b4)?;
     count(Counter::HairpinPackets);
     Ok(action)
 }
@@ -499,10 +497,9 @@ fn from_internet(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
         inner_len: ip.tot_len as u16,
         hop_limit: cfg.hop_limit,
     };
-    encapsulate(ctx, &outer, &cfg.aftr_addr, &m.b4)?;
-    let outer = (IPV6_HLEN + ip.tot_len) as u64;
-    let action = redirect_v6(ctx, &cfg.aftr_addr, &m.b4)?;
+    let outer_len = (IPV6_HLEN + ip.tot_len) as u64;
+    let action = encapsulate_and_send(ctx, &outer, &cfg.aftr_addr, &m.b4)?;
     count(Counter::AftrInPackets);
-    count_n(Counter::AftrInBytes, outer);
+    count_n(Counter::AftrInBytes, outer_len);
     Ok(action)
 }

@@ -5,7 +5,7 @@ use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key, programs::XdpContext};
 use dslite_common::{maps::B4Config, proto::*, Counter};
 
 use crate::{
-    forward::{decapsulate, encapsulate, redirect_v4, redirect_v6, Outer},
+    forward::{decapsulate, encapsulate_and_send, redirect_v4, Outer},
     headers::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, Softwire, L3},
     maps::{count, count_n, B4_CONFIG, LOCAL_V4},
     packet::{len, Exit, Res},
@@ -50,11 +50,10 @@ fn from_lan(ctx: &XdpContext, cfg: &B4Config) -> Res<u32> {
         inner_len: ip.tot_len as u16,
         hop_limit: cfg.hop_limit,
     };
-    encapsulate(ctx, &outer, &cfg.b4_addr, &cfg.aftr_addr)?;
-    let outer = (IPV6_HLEN + ip.tot_len) as u64;
-    let action = redirect_v6(ctx, &cfg.b4_addr, &cfg.aftr_addr)?;
+    let outer_len = (IPV6_HLEN + ip.tot_len) as u64;
+    let action = encapsulate_and_send(ctx, &outer, &cfg.b4_addr, &cfg.aftr_addr)?;
     count(Counter::B4EncapPackets);
-    count_n(Counter::B4EncapBytes, outer);
+    count_n(Counter::B4EncapBytes, outer_len);
     Ok(action)
 }
 

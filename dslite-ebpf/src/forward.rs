@@ -99,6 +99,18 @@ pub fn encapsulate(ctx: &XdpContext, o: &Outer, src: &[u8; 16], dst: &[u8; 16]) 
     Ok(())
 }
 
+/// Encapsulate toward `dst` and send: the common tail of every path into a softwire.
+#[inline(always)]
+pub fn encapsulate_and_send(
+    ctx: &XdpContext,
+    o: &Outer,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+) -> Res<u32> {
+    encapsulate(ctx, o, src, dst)?;
+    redirect_v6(ctx, src, dst)
+}
+
 fn fib_params(ctx: &XdpContext, family: u8) -> FibParams {
     FibParams {
         family,

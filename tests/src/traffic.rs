@@ -113,40 +113,43 @@ pub fn udp_listen_once(
     h
 }
 
-/// TCP echo server: copies every byte back on each connection.
-pub fn tcp_echo_server(ns: &Netns, addr: impl Into<SocketAddr>) -> Server {
-    let addr: SocketAddr = addr.into();
+/// A TCP server in `ns`: every accepted connection runs `handle` on a thread of its own,
+/// with 20 s timeouts so a stalled peer ends the worker instead of hanging the test.
+fn tcp_server(ns: &Netns, addr: SocketAddr, handle: fn(TcpStream)) -> Server {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = ns.run(move || {
-        let l = TcpListener::bind(addr).expect("bind tcp echo");
+    let thread = ns.run(move || {
+        let l = TcpListener::bind(addr).expect("bind tcp server");
         l.set_nonblocking(true).unwrap();
         ready_tx.send(()).unwrap();
         while !s.load(Ordering::Relaxed) {
-            match l.accept() {
-                Ok((mut c, _)) => {
-                    c.set_nonblocking(false).unwrap();
-                    // Bounded: a stalled peer ends the worker instead of hanging the test.
-                    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                    c.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
-                    std::thread::spawn(move || {
-                        let mut r = c.try_clone().unwrap();
-                        let _ = std::io::copy(&mut r, &mut c);
-                        let _ = c.shutdown(std::net::Shutdown::Write);
-                    });
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
+            let Ok((c, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            c.set_nonblocking(false).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            c.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+            std::thread::spawn(move || handle(c));
         }
     });
     ready_rx
         .recv_timeout(Duration::from_secs(5))
-        .expect("tcp echo server ready");
+        .expect("tcp server ready");
     Server {
         stop,
-        handle: Some(handle),
+        handle: Some(thread),
     }
+}
+
+/// TCP echo server: copies every byte back on each connection.
+pub fn tcp_echo_server(ns: &Netns, addr: impl Into<SocketAddr>) -> Server {
+    tcp_server(ns, addr.into(), |mut c| {
+        let mut r = c.try_clone().unwrap();
+        let _ = std::io::copy(&mut r, &mut c);
+        let _ = c.shutdown(std::net::Shutdown::Write);
+    })
 }
 
 /// Byte `i` of the test stream (not periodic in any small power of two).
@@ -288,47 +291,27 @@ pub fn send_frame(ns: &Netns, ifname: &str, frame: Vec<u8>) -> Result<()> {
     .map_err(|_| anyhow::anyhow!("sender panicked"))?
 }
 
-/// Minimal HTTP/1.1 server: every GET is answered with `len` pattern bytes.
-pub fn http_server(ns: &Netns, addr: SocketAddrV4, len: usize) -> Server {
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = ns.run(move || {
-        let l = TcpListener::bind(addr).expect("bind http");
-        l.set_nonblocking(true).unwrap();
-        ready_tx.send(()).unwrap();
-        while !s.load(Ordering::Relaxed) {
-            let Ok((mut c, _)) = l.accept() else {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            };
-            std::thread::spawn(move || {
-                c.set_nonblocking(false).unwrap();
-                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                let mut req = Vec::new();
-                let mut b = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match c.read(&mut b) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&b[..n]),
-                    }
-                }
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-                );
-                let _ = c.write_all(head.as_bytes());
-                let body: Vec<u8> = (0..len).map(pattern).collect();
-                let _ = c.write_all(&body);
-            });
+/// Length of the body [`http_server`] serves.
+pub const HTTP_BODY_LEN: usize = 8 * 1024 * 1024;
+
+/// Minimal HTTP/1.1 server: every GET is answered with [`HTTP_BODY_LEN`] pattern bytes.
+pub fn http_server(ns: &Netns, addr: SocketAddrV4) -> Server {
+    tcp_server(ns, addr.into(), |mut c| {
+        let mut req = Vec::new();
+        let mut b = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            match c.read(&mut b) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => req.extend_from_slice(&b[..n]),
+            }
         }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("http server ready");
-    Server {
-        stop,
-        handle: Some(handle),
-    }
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {HTTP_BODY_LEN}\r\nConnection: close\r\n\r\n"
+        );
+        let _ = c.write_all(head.as_bytes());
+        let body: Vec<u8> = (0..HTTP_BODY_LEN).map(pattern).collect();
+        let _ = c.write_all(&body);
+    })
 }
 
 /// GET `/` from `to` inside `ns`; verifies the body. Returns (bytes, seconds).

@@ -391,7 +391,11 @@ fn aftr_shows_as_192_0_0_1() {
 #[test]
 fn endpoint_independent_vs_address_dependent_filtering() {
     for adf in [false, true] {
-        let extra: &[&str] = if adf { &["--udp-filtering", "adf"] } else { &[] };
+        let extra: &[&str] = if adf {
+            &["--udp-filtering", "adf"]
+        } else {
+            &[]
+        };
         let t = DsLite::start(extra).unwrap();
         let _echo = udp_echo_server(&t.server, sa(SERVER1, 7777));
         let seen = udp_request(&t.a.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "open").unwrap();
@@ -403,7 +407,10 @@ fn endpoint_independent_vs_address_dependent_filtering() {
             assert_eq!(t.aftr.counter("drop_filtered"), 1);
         } else {
             let (data, from) = got.unwrap();
-            assert_eq!((data.as_slice(), from), (&b"from S2"[..], SocketAddr::V4(sa(SERVER2, 6666))));
+            assert_eq!(
+                (data.as_slice(), from),
+                (&b"from S2"[..], SocketAddr::V4(sa(SERVER2, 6666)))
+            );
         }
     }
 }

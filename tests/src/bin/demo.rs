@@ -35,8 +35,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     section("HTTP download of 8 MiB by both hosts at once");
-    const LEN: usize = 8 * 1024 * 1024;
-    let _http = http_server(&t.server, SocketAddrV4::new(SERVER1, 80), LEN);
+    let _http = http_server(&t.server, SocketAddrV4::new(SERVER1, 80));
     let ja = http_get(&t.a.host, SocketAddrV4::new(SERVER1, 80));
     let jb = http_get(&t.b.host, SocketAddrV4::new(SERVER1, 80));
     for (name, j) in [("hostA", ja), ("hostB", jb)] {
