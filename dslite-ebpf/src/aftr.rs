@@ -32,9 +32,28 @@ pub fn run(ctx: &XdpContext) -> Res<u32> {
     };
     match ethernet(ctx)? {
         L3::V6 => from_b4(ctx, cfg),
-        L3::V4 => from_internet(ctx, cfg),
+        L3::V4 => {
+            let mut ip = Ipv4::default();
+            match from_internet(ctx, cfg, &mut ip)? {
+                // An ICMP error: translated by a sibling call, so its frame never stacks
+                // on `from_internet`'s.
+                ICMP_ERROR => {
+                    let mut action = 0;
+                    let code = crate::icmp::error_inbound(ctx, cfg, &ip, &mut action);
+                    if code == 0 {
+                        Ok(action)
+                    } else {
+                        Err(Exit::from_code(code))
+                    }
+                }
+                action => Ok(action),
+            }
+        }
     }
 }
+
+/// `from_internet`'s answer for an ICMP error, which `run` hands to `icmp::error_inbound`.
+const ICMP_ERROR: u32 = u32::MAX;
 
 /// Where the NAT reads and writes in the upper-layer header.
 #[derive(Clone, Copy, Default)]
@@ -456,17 +475,25 @@ fn peer_allowed(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4, l4: &L4) -> u32 {
 /// softwire that owns the mapping. Filtering is endpoint-independent by default
 /// (RFC 4787 REQ-8); see [`peer_allowed`].
 #[inline(never)]
-fn from_internet(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
-    let mut ip = Ipv4::default();
-    ipv4(ctx, ETH_HLEN, len(ctx) - ETH_HLEN, &mut ip)?;
+fn from_internet(ctx: &XdpContext, cfg: &AftrConfig, ip: &mut Ipv4) -> Res<u32> {
+    ipv4(ctx, ETH_HLEN, len(ctx) - ETH_HLEN, ip)?;
     if POOL_INDEX.get_ptr(ip.dst).is_none() {
         return Err(Exit::Pass(Counter::PassNotPool));
     }
     if ip.fragment {
         return Err(Exit::Drop(Counter::DropIpv4Fragment));
     }
+    if ip.proto == IPPROTO_ICMP {
+        let t: *mut [u8; 2] = at(ctx, ip.off + ip.hlen, Counter::DropBadL4)?;
+        // SAFETY: bounds-checked by `at`.
+        let ty = unsafe { (*t)[0] };
+        if ty == ICMP_DEST_UNREACH || ty == ICMP_TIME_EXCEEDED || ty == ICMP_PARAM_PROBLEM {
+            return Ok(ICMP_ERROR);
+        }
+    }
+    let ip = &*ip;
     let mut l4v = L4::default();
-    l4(ctx, &ip, false, &mut l4v)?;
+    l4(ctx, ip, false, &mut l4v)?;
     let l4 = l4v;
     let kin = NatInKey {
         outside_addr: ip.dst,

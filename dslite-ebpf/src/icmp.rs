@@ -7,10 +7,17 @@ use aya_ebpf::{
     helpers::generated::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use dslite_common::{csum, maps::AftrConfig, proto::*, Counter};
+use dslite_common::{
+    csum,
+    maps::{AftrConfig, NatInKey},
+    proto::*,
+    Counter,
+};
 
 use crate::{
-    maps::{count, ICMP_BUCKET},
+    forward::{encapsulate_and_send, Outer},
+    headers::{decrement_ttl, Ipv4},
+    maps::{count, ICMP_BUCKET, NAT_IN},
     packet::{at, len, ptr_at, read16, write16, Exit, Res},
 };
 
@@ -146,4 +153,168 @@ fn build(ctx: &XdpContext, cfg: &AftrConfig, r: &Refusal) -> Res<()> {
     let sum_p: *mut [u8; 2] = at(ctx, o + 2, Counter::DropAdjustHead)?;
     write16(sum_p as *mut u8, c);
     Ok(())
+}
+
+/// Longest ICMP error translated (a full Ethernet payload).
+const MAX_ICMP_LEN: usize = 1480;
+
+/// Raw 16-bit word at `off`.
+#[inline(always)]
+fn word(ctx: &XdpContext, off: usize) -> Res<u16> {
+    let p: *mut [u8; 2] = at(ctx, off, Counter::DropBadIcmpError)?;
+    Ok(read16(p as *const u8))
+}
+
+#[inline(always)]
+fn set_word(ctx: &XdpContext, off: usize, v: u16) -> Res<()> {
+    let p: *mut [u8; 2] = at(ctx, off, Counter::DropBadIcmpError)?;
+    write16(p as *mut u8, v);
+    Ok(())
+}
+
+/// 1 if the IPv4 header of `hlen` bytes (options included) at `off` sums to 0xffff. A BPF
+/// call returning a plain integer, so its loop exits meet the caller in one state.
+#[inline(never)]
+fn header_ok(ctx: &XdpContext, off: usize, hlen: usize) -> u32 {
+    // Fresh copies: the verifier links an argument to the caller's register it came from.
+    let hlen = hlen & 0x3c;
+    let off = off & 0x7ff;
+    let mut sum = 0u32;
+    let mut i = 0usize;
+    while i < 30 {
+        if i * 2 >= hlen {
+            break;
+        }
+        let Some(w) = ptr_at::<[u8; 2]>(ctx, off + i * 2) else {
+            return 0;
+        };
+        sum += read16(w as *const u8) as u32;
+        i += 1;
+    }
+    (csum::fold(sum) == 0xffff) as u32
+}
+
+/// An ICMP error from the internet about one of our mappings (RFC 5508 REQ-4, checklist
+/// 37-40): checked (the embedded IPv4 checksum, REQ-3), the embedded packet and the
+/// outer destination restored to the inside endpoint with every checksum fixed, and sent
+/// down the owning softwire. Errors never create, refresh or delete a mapping.
+/// Returns 0 with `action` set, or an [`Exit::code`].
+#[inline(never)]
+pub fn error_inbound(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4, action: &mut u32) -> u32 {
+    match error_inbound_inner(ctx, cfg, ip) {
+        Ok(a) => {
+            *action = a;
+            count(Counter::IcmpErrorTranslated);
+            0
+        }
+        Err(e) => e.code(),
+    }
+}
+
+#[inline(always)]
+fn error_inbound_inner(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> Res<u32> {
+    let icmp = ip.off + ip.hlen;
+    let icmp_len = ip.tot_len - ip.hlen;
+    if icmp_len < ICMP_MIN_LEN + IPV4_MIN_HLEN + 8 || icmp_len > MAX_ICMP_LEN {
+        return Err(Exit::Drop(Counter::DropBadIcmpError));
+    }
+    // The embedded header: ours, so its source is the outside endpoint.
+    let emb = icmp + ICMP_MIN_LEN;
+    let e: *mut [u8; IPV4_MIN_HLEN] = at(ctx, emb, Counter::DropBadIcmpError)?;
+    // SAFETY: bounds-checked by `at`.
+    let eh = unsafe { &*e };
+    let ehlen = ((eh[0] & 0x0f) as usize) * 4;
+    if eh[0] >> 4 != 4 || ehlen < IPV4_MIN_HLEN || ICMP_MIN_LEN + ehlen + 8 > icmp_len {
+        return Err(Exit::Drop(Counter::DropBadIcmpError));
+    }
+    let eproto = eh[9];
+    let esrc = [eh[12], eh[13], eh[14], eh[15]];
+    // The quoted header must be intact (RFC 5508 REQ-3a). The ICMP checksum itself is not
+    // summed over the whole message here (a long loop the verifier walks per state); it is
+    // updated incrementally below, so a corrupted one stays corrupted and the host drops it.
+    if header_ok(ctx, emb, ehlen) == 0 {
+        return Err(Exit::Drop(Counter::DropBadIcmpError));
+    }
+    let el4 = emb + ehlen;
+    // Port (TCP/UDP source) or echo identifier of the embedded packet.
+    let (port_off, l4sum_off) = match eproto {
+        IPPROTO_UDP => (0, UDP_CSUM_OFF),
+        IPPROTO_TCP => (0, TCP_CSUM_OFF),
+        IPPROTO_ICMP => (4, ICMP_CSUM_OFF),
+        _ => return Err(Exit::Drop(Counter::DropBadIcmpError)),
+    };
+    let eport = word(ctx, el4 + port_off)?;
+    let kin = NatInKey {
+        outside_addr: esrc,
+        outside_port: eport,
+        proto: eproto,
+        _pad: 0,
+    };
+    let m = match NAT_IN.get_ptr(&kin) {
+        // SAFETY: map value pointer from the kernel; copied out at once.
+        Some(v) => unsafe { *v },
+        None => return Err(Exit::Drop(Counter::DropNoMapping)),
+    };
+    decrement_ttl(ctx, ip)?;
+    // Outer destination -> inside address (the ICMP checksum has no pseudo-header).
+    let outer_sum = word(ctx, ip.off + 10)?;
+    set_word(
+        ctx,
+        ip.off + 10,
+        csum::replace4(outer_sum, ip.dst, m.inside_addr),
+    )?;
+    set_word(
+        ctx,
+        ip.off + 16,
+        u16::from_ne_bytes([m.inside_addr[0], m.inside_addr[1]]),
+    )?;
+    set_word(
+        ctx,
+        ip.off + 18,
+        u16::from_ne_bytes([m.inside_addr[2], m.inside_addr[3]]),
+    )?;
+    // Embedded source address, its header checksum, its port, and its L4 checksum (when the
+    // quote holds it); every changed word is folded into the ICMP checksum as well.
+    let mut isum = word(ctx, icmp + ICMP_CSUM_OFF)?;
+    let old_ec = word(ctx, emb + 10)?;
+    let new_ec = csum::replace4(old_ec, esrc, m.inside_addr);
+    set_word(ctx, emb + 10, new_ec)?;
+    set_word(
+        ctx,
+        emb + 12,
+        u16::from_ne_bytes([m.inside_addr[0], m.inside_addr[1]]),
+    )?;
+    set_word(
+        ctx,
+        emb + 14,
+        u16::from_ne_bytes([m.inside_addr[2], m.inside_addr[3]]),
+    )?;
+    isum = csum::replace2(csum::replace4(isum, esrc, m.inside_addr), old_ec, new_ec);
+    set_word(ctx, el4 + port_off, m.inside_port)?;
+    isum = csum::replace2(isum, eport, m.inside_port);
+    if ICMP_MIN_LEN + ehlen + l4sum_off + 2 <= icmp_len {
+        let old = word(ctx, el4 + l4sum_off)?;
+        let new = match eproto {
+            IPPROTO_ICMP => csum::replace2(old, eport, m.inside_port),
+            IPPROTO_UDP => csum::udp_replace2(
+                csum::udp_replace4(old, esrc, m.inside_addr),
+                eport,
+                m.inside_port,
+            ),
+            _ => csum::replace2(
+                csum::replace4(old, esrc, m.inside_addr),
+                eport,
+                m.inside_port,
+            ),
+        };
+        set_word(ctx, el4 + l4sum_off, new)?;
+        isum = csum::replace2(isum, old, new);
+    }
+    set_word(ctx, icmp + ICMP_CSUM_OFF, isum)?;
+    let outer = Outer {
+        inner_tos: ip.tos,
+        inner_len: ip.tot_len as u16,
+        hop_limit: cfg.hop_limit,
+    };
+    encapsulate_and_send(ctx, &outer, &cfg.aftr_addr, &m.b4)
 }

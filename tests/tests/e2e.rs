@@ -414,3 +414,40 @@ fn endpoint_independent_vs_address_dependent_filtering() {
         }
     }
 }
+
+/// ICMP errors from the internet reach the host (items 38-39): a UDP datagram to a closed
+/// server port brings back a port unreachable quoting the host's own private address and
+/// port (the host's kernel matches it to the socket, which sees the error), and a probe
+/// whose TTL runs out on an internet-side router gets that router's Time Exceeded.
+#[test]
+fn icmp_errors_from_the_internet_reach_the_host() {
+    let t = DsLite::start(&[]).unwrap();
+    let r = udp_burst(
+        &t.a.host,
+        HOST_ADDR,
+        5050..5051,
+        sa(SERVER1, 9),
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    assert_eq!(
+        r.icmp_errors,
+        1,
+        "port unreachable delivered to the socket: {r:?}\n{}",
+        t.diagnostics()
+    );
+    assert!(t.aftr.counter("icmp_error_translated") >= 1);
+    // The server routes on: a TTL-3 probe dies there (B4, AFTR, then the server).
+    t.aftr_ns
+        .ip(&["route", "add", "198.18.0.0/24", "via", "203.0.113.2"])
+        .unwrap();
+    t.server.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    t.server.ip(&["route", "add", "198.18.0.0/24", "dev", "eth0"]).unwrap();
+    let far = std::net::Ipv4Addr::new(198, 18, 0, 1);
+    let (from, ty) = icmp_probe(&t.a.host, far, 0x0300, 3).unwrap();
+    assert_eq!(
+        (from, ty),
+        (SERVER1, 11),
+        "Time Exceeded from the internet-side router"
+    );
+}

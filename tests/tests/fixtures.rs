@@ -1259,3 +1259,117 @@ fn aftr_filtering_modes_per_protocol() {
         );
     }
 }
+
+/// An ICMP error about `quoted` (the packet as the AFTR sent it), built independently.
+fn icmp_error4(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    ty: etherparse::Icmpv4Type,
+    quoted: &[u8],
+) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ipv4(src.octets(), dst.octets(), ttl).icmpv4(ty);
+    let mut v = Vec::with_capacity(b.size(quoted.len()));
+    b.write(&mut v, quoted).unwrap();
+    v
+}
+
+/// ICMP errors from the internet about a mapping are translated back to the inside
+/// endpoint with every checksum right and sent down the owner's softwire (items 37-40);
+/// ones quoting a corrupted header or no mapping are counted drops; a corrupted ICMP
+/// checksum stays corrupted; none touches the mapping.
+#[test]
+fn aftr_translates_inbound_icmp_errors() {
+    use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type};
+    with_aftr(|rig| {
+        let inside = udp4(HOST, SERVER, 5000, 7777, 64, b"payload!");
+        let (_, out) = rig.run("tun", &from_b4(rig, b4a(), &inside, &[]));
+        let sent = out[14..].to_vec(); // what the server got
+        let outside = Ipv4Addr::new(sent[12], sent[13], sent[14], sent[15]);
+        let router = Ipv4Addr::new(203, 0, 113, 3);
+        let mut restored = inside.clone();
+        restored[8] = sent[8]; // the quote carries the TTL the packet had when quoted
+        restored[10] = 0;
+        restored[11] = 0;
+        let c = dslite_common::csum::checksum(&restored[..20]);
+        restored[10..12].copy_from_slice(&c.to_ne_bytes());
+        for (what, src, ty) in [
+            (
+                "port unreachable",
+                SERVER,
+                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+            ),
+            (
+                "time exceeded",
+                router,
+                Icmpv4Type::TimeExceeded(
+                    etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit,
+                ),
+            ),
+            (
+                "frag needed",
+                router,
+                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: 1400,
+                }),
+            ),
+        ] {
+            for quote_len in [28, sent.len()] {
+                let err = icmp_error4(src, outside, 64, ty.clone(), &sent[..quote_len]);
+                let (v, out) = rig.run("inet", &from_internet(rig, &err));
+                assert_eq!(v, XDP_REDIRECT, "{what}");
+                let v6 = &out[14..];
+                assert_eq!(
+                    &v6[24..40],
+                    &b4a().octets(),
+                    "{what}: down the owner's softwire"
+                );
+                let inner = &v6[40..];
+                let want = icmp_error4(src, HOST, 63, ty.clone(), &restored[..quote_len]);
+                assert_eq!(
+                    inner,
+                    want.as_slice(),
+                    "{what}, quote {quote_len}: byte-exact"
+                );
+                assert_ipv4_checksums(inner);
+                if quote_len == sent.len() {
+                    assert_ipv4_checksums(&inner[28..]);
+                }
+            }
+        }
+        assert_eq!(rig.counter("icmp_error_translated"), 6);
+        // A corrupted error, and one about a port nobody holds: counted drops.
+        let port_unreach = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
+        let mut bad = icmp_error4(SERVER, outside, 64, port_unreach.clone(), &sent[..28]);
+        bad[20 + 8 + 8] ^= 0x01; // the quoted header's TTL: its checksum no longer holds
+        assert_eq!(rig.run("inet", &from_internet(rig, &bad)).0, XDP_DROP);
+        assert_eq!(rig.counter("drop_bad_icmp_error"), 1);
+        let mut bad_sum = icmp_error4(SERVER, outside, 64, port_unreach, &sent[..28]);
+        bad_sum[22] ^= 0xff;
+        let (v, out) = rig.run("inet", &from_internet(rig, &bad_sum));
+        assert_eq!(v, XDP_REDIRECT);
+        let inner = &out[14 + 40..];
+        let icmp = etherparse::Icmpv4Slice::from_slice(&inner[20..]).unwrap();
+        assert_ne!(
+            icmp.checksum(),
+            icmp.header().icmp_type.calc_checksum(icmp.payload()),
+            "never made valid"
+        );
+        let mut other = sent.clone();
+        other[20] ^= 0x40;
+        let stray = icmp_error4(
+            SERVER,
+            outside,
+            64,
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+            &other[..28],
+        );
+        assert_eq!(rig.run("inet", &from_internet(rig, &stray)).0, XDP_DROP);
+        assert_eq!(rig.counter("drop_no_mapping"), 1);
+        assert_eq!(
+            views_of(rig).len(),
+            1,
+            "errors never create or delete a mapping"
+        );
+    });
+}
