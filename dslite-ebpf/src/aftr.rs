@@ -153,13 +153,13 @@ fn rewrite(
 }
 
 /// What the B4 -> internet path keeps from parsing.
-struct FromB4 {
-    key: NatOutKey,
+pub struct FromB4 {
+    pub key: NatOutKey,
     /// The source's outside address once mapped (for hairpinning).
     out_addr: [u8; 4],
-    ip: Ipv4,
+    pub ip: Ipv4,
     l4: L4,
-    inner_off: usize,
+    pub inner_off: usize,
     outer_len: usize,
 }
 
@@ -187,8 +187,18 @@ fn parse_from_b4_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &mut FromB4) -> Re
     if p.ip.fragment {
         return Err(Exit::Drop(Counter::DropIpv4Fragment));
     }
-    l4(ctx, &p.ip, true, &mut p.l4)?;
     p.key.b4 = sw.src;
+    p.inner_off = sw.inner_off;
+    if p.ip.proto == IPPROTO_ICMP {
+        let t: *mut [u8; 2] = at(ctx, p.ip.off + p.ip.hlen, Counter::DropBadL4)?;
+        // SAFETY: bounds-checked by `at`.
+        let ty = unsafe { (*t)[0] };
+        if ty == ICMP_DEST_UNREACH || ty == ICMP_TIME_EXCEEDED || ty == ICMP_PARAM_PROBLEM {
+            // A host's ICMP error: no mapping of its own (`key` holds the softwire only).
+            return Err(Exit::Pass(Counter::IcmpErrorTranslated));
+        }
+    }
+    l4(ctx, &p.ip, true, &mut p.l4)?;
     p.key.inside_addr = p.ip.src;
     p.key.inside_port = p.l4.port;
     p.key.proto = p.ip.proto;
@@ -210,8 +220,22 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
         outer_len: 0,
     };
     let code = parse_from_b4(ctx, cfg, &mut p);
-    if code != 0 {
+    // `IcmpErrorTranslated` as a "pass" is parse's signal for a host's ICMP error: a code
+    // rather than a flag in `p`, whose one-byte store would blur the verifier's view of the
+    // stack slot around it.
+    let icmp_error = Exit::Pass(Counter::IcmpErrorTranslated).code();
+    if code != 0 && code != icmp_error {
         return Err(Exit::from_code(code));
+    }
+    if code == icmp_error {
+        // A host's ICMP error about an inbound packet (RFC 5508 REQ-5, checklist 39).
+        let mut outside = [0u8; 4];
+        let code = crate::icmp::error_outbound(ctx, &p, &mut outside);
+        if code != 0 {
+            return Err(Exit::from_code(code));
+        }
+        decapsulate(ctx, p.inner_off - ETH_HLEN)?;
+        return redirect_v4(ctx, &outside, &p.ip.dst);
     }
     if p.ip.dst == AFTR_V4 {
         // Ping to the AFTR's own 192.0.0.1 (checklist 43); nothing else is for it.
@@ -506,17 +530,17 @@ fn from_internet(ctx: &XdpContext, cfg: &AftrConfig, ip: &mut Ipv4) -> Res<u32> 
         Some(v) => unsafe { *v },
         None => return Err(Exit::Drop(Counter::DropNoMapping)),
     };
-    if cfg.filter_modes != 0 && peer_allowed(ctx, cfg, &ip, &l4) == 0 {
+    if cfg.filter_modes != 0 && peer_allowed(ctx, cfg, ip, &l4) == 0 {
         return Err(Exit::Drop(Counter::DropFiltered));
     }
-    decrement_ttl(ctx, &ip)?;
+    decrement_ttl(ctx, ip)?;
     let refresh = cfg.flags & AFTR_INBOUND_REFRESH != 0;
     if refresh || l4.tcp_flags & 0x07 != 0 {
         // SYN, FIN or RST from outside is recorded on the mapping (RFC 7857 §2 state);
         // with --inbound-refresh, inbound traffic also keeps it alive (RFC 4787 REQ-6).
         crate::nat::note_inbound(&m, kin.proto, tcp_bits(l4.tcp_flags, false), refresh);
     }
-    rewrite(ctx, &ip, &l4, 16, ip.dst, m.inside_addr, m.inside_port)?;
+    rewrite(ctx, ip, &l4, 16, ip.dst, m.inside_addr, m.inside_port)?;
     // Trim nothing: the inner packet is exactly tot_len; any Ethernet padding stays outside
     // the IPv6 payload length and is ignored by the receiver.
     let outer = Outer {

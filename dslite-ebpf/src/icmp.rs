@@ -9,15 +9,16 @@ use aya_ebpf::{
 };
 use dslite_common::{
     csum,
-    maps::{AftrConfig, NatInKey},
+    maps::{AftrConfig, NatInKey, NatOutKey},
     proto::*,
     Counter,
 };
 
 use crate::{
+    aftr::FromB4,
     forward::{encapsulate_and_send, Outer},
     headers::{decrement_ttl, Ipv4},
-    maps::{count, ICMP_BUCKET, NAT_IN},
+    maps::{count, ICMP_BUCKET, NAT_IN, NAT_OUT},
     packet::{at, len, ptr_at, read16, write16, Exit, Res},
 };
 
@@ -172,6 +173,51 @@ fn set_word(ctx: &XdpContext, off: usize, v: u16) -> Res<()> {
     Ok(())
 }
 
+/// Where an ICMP error's quoted packet is, and what it says.
+struct Quote {
+    icmp: usize,
+    icmp_len: usize,
+    emb: usize,
+    ehlen: usize,
+    proto: u8,
+    src: [u8; 4],
+    dst: [u8; 4],
+}
+
+/// Locate and check the packet an ICMP error quotes: an IPv4 header (options included)
+/// plus 8 bytes, whose own checksum holds (RFC 5508 REQ-3a). The ICMP checksum itself is
+/// not summed over the whole message (a long loop the verifier would walk per state): it is
+/// updated incrementally, so a corrupted one stays corrupted and the receiver drops it.
+#[inline(always)]
+fn quoted(ctx: &XdpContext, ip: &Ipv4) -> Res<Quote> {
+    let icmp = ip.off + ip.hlen;
+    let icmp_len = ip.tot_len - ip.hlen;
+    if !(ICMP_MIN_LEN + IPV4_MIN_HLEN + 8..=MAX_ICMP_LEN).contains(&icmp_len) {
+        return Err(Exit::Drop(Counter::DropBadIcmpError));
+    }
+    let emb = icmp + ICMP_MIN_LEN;
+    let e: *mut [u8; IPV4_MIN_HLEN] = at(ctx, emb, Counter::DropBadIcmpError)?;
+    // SAFETY: bounds-checked by `at`.
+    let eh = unsafe { &*e };
+    let ehlen = ((eh[0] & 0x0f) as usize) * 4;
+    if eh[0] >> 4 != 4 || ehlen < IPV4_MIN_HLEN || ICMP_MIN_LEN + ehlen + 8 > icmp_len {
+        return Err(Exit::Drop(Counter::DropBadIcmpError));
+    }
+    let q = Quote {
+        icmp,
+        icmp_len,
+        emb,
+        ehlen,
+        proto: eh[9],
+        src: [eh[12], eh[13], eh[14], eh[15]],
+        dst: [eh[16], eh[17], eh[18], eh[19]],
+    };
+    if header_ok(ctx, emb, ehlen) == 0 {
+        return Err(Exit::Drop(Counter::DropBadIcmpError));
+    }
+    Ok(q)
+}
+
 /// 1 if the IPv4 header of `hlen` bytes (options included) at `off` sums to 0xffff. A BPF
 /// call returning a plain integer, so its loop exits meet the caller in one state.
 #[inline(never)]
@@ -213,28 +259,10 @@ pub fn error_inbound(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4, action: &mut
 
 #[inline(always)]
 fn error_inbound_inner(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> Res<u32> {
-    let icmp = ip.off + ip.hlen;
-    let icmp_len = ip.tot_len - ip.hlen;
-    if icmp_len < ICMP_MIN_LEN + IPV4_MIN_HLEN + 8 || icmp_len > MAX_ICMP_LEN {
-        return Err(Exit::Drop(Counter::DropBadIcmpError));
-    }
-    // The embedded header: ours, so its source is the outside endpoint.
-    let emb = icmp + ICMP_MIN_LEN;
-    let e: *mut [u8; IPV4_MIN_HLEN] = at(ctx, emb, Counter::DropBadIcmpError)?;
-    // SAFETY: bounds-checked by `at`.
-    let eh = unsafe { &*e };
-    let ehlen = ((eh[0] & 0x0f) as usize) * 4;
-    if eh[0] >> 4 != 4 || ehlen < IPV4_MIN_HLEN || ICMP_MIN_LEN + ehlen + 8 > icmp_len {
-        return Err(Exit::Drop(Counter::DropBadIcmpError));
-    }
-    let eproto = eh[9];
-    let esrc = [eh[12], eh[13], eh[14], eh[15]];
-    // The quoted header must be intact (RFC 5508 REQ-3a). The ICMP checksum itself is not
-    // summed over the whole message here (a long loop the verifier walks per state); it is
-    // updated incrementally below, so a corrupted one stays corrupted and the host drops it.
-    if header_ok(ctx, emb, ehlen) == 0 {
-        return Err(Exit::Drop(Counter::DropBadIcmpError));
-    }
+    let q = quoted(ctx, ip)?;
+    let (icmp, icmp_len, emb, ehlen, eproto) = (q.icmp, q.icmp_len, q.emb, q.ehlen, q.proto);
+    // Ours, so the quoted source is the outside endpoint.
+    let esrc = q.src;
     let el4 = emb + ehlen;
     // Port (TCP/UDP source) or echo identifier of the embedded packet.
     let (port_off, l4sum_off) = match eproto {
@@ -317,4 +345,81 @@ fn error_inbound_inner(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> Res<u32
         hop_limit: cfg.hop_limit,
     };
     encapsulate_and_send(ctx, &outer, &cfg.aftr_addr, &m.b4)
+}
+
+/// A host's ICMP error about a packet it received through the AFTR (RFC 5508 REQ-5,
+/// checklist 39): the quoted packet's destination (the host's inside endpoint) and the
+/// outer source become the mapping's outside endpoint, every checksum follows, and it goes
+/// is ready to go to the internet (the caller decapsulates and routes it, so the routing
+/// frame does not stack on this one). It never refreshes the mapping (REQ-6). Returns 0
+/// with `outside` set to the new outer source, or an [`Exit::code`].
+#[inline(never)]
+pub fn error_outbound(ctx: &XdpContext, p: &FromB4, outside: &mut [u8; 4]) -> u32 {
+    match error_outbound_inner(ctx, p) {
+        Ok(a) => {
+            *outside = a;
+            count(Counter::IcmpErrorTranslated);
+            0
+        }
+        Err(e) => e.code(),
+    }
+}
+
+#[inline(always)]
+fn error_outbound_inner(ctx: &XdpContext, p: &FromB4) -> Res<[u8; 4]> {
+    let ip = &p.ip;
+    let q = quoted(ctx, ip)?;
+    let (icmp, icmp_len, emb, ehlen, eproto) = (q.icmp, q.icmp_len, q.emb, q.ehlen, q.proto);
+    // A packet the host received, so the quoted destination is the inside endpoint.
+    let edst = q.dst;
+    let el4 = emb + ehlen;
+    // The inside endpoint in the quote: TCP/UDP destination port, or echo identifier.
+    let (port_off, l4sum_off) = match eproto {
+        IPPROTO_UDP => (2, UDP_CSUM_OFF),
+        IPPROTO_TCP => (2, TCP_CSUM_OFF),
+        IPPROTO_ICMP => (4, ICMP_CSUM_OFF),
+        _ => return Err(Exit::Drop(Counter::DropBadIcmpError)),
+    };
+    let eport = word(ctx, el4 + port_off)?;
+    let key = NatOutKey {
+        b4: p.key.b4,
+        inside_addr: edst,
+        inside_port: eport,
+        proto: eproto,
+        _pad: 0,
+    };
+    let (oaddr, oport) = match NAT_OUT.get_ptr(&key) {
+        // SAFETY: map value pointer from the kernel; read only (errors never refresh).
+        Some(v) => unsafe { ((*v).outside_addr, (*v).outside_port) },
+        None => return Err(Exit::Drop(Counter::DropNoMapping)),
+    };
+    decrement_ttl(ctx, ip)?;
+    // Outer source -> outside address.
+    let outer_sum = word(ctx, ip.off + 10)?;
+    set_word(ctx, ip.off + 10, csum::replace4(outer_sum, ip.src, oaddr))?;
+    set_word(ctx, ip.off + 12, u16::from_ne_bytes([oaddr[0], oaddr[1]]))?;
+    set_word(ctx, ip.off + 14, u16::from_ne_bytes([oaddr[2], oaddr[3]]))?;
+    // Quoted destination address, its header checksum, its port and L4 checksum; all folded
+    // into the ICMP checksum.
+    let mut isum = word(ctx, icmp + ICMP_CSUM_OFF)?;
+    let old_ec = word(ctx, emb + 10)?;
+    let new_ec = csum::replace4(old_ec, edst, oaddr);
+    set_word(ctx, emb + 10, new_ec)?;
+    set_word(ctx, emb + 16, u16::from_ne_bytes([oaddr[0], oaddr[1]]))?;
+    set_word(ctx, emb + 18, u16::from_ne_bytes([oaddr[2], oaddr[3]]))?;
+    isum = csum::replace2(csum::replace4(isum, edst, oaddr), old_ec, new_ec);
+    set_word(ctx, el4 + port_off, oport)?;
+    isum = csum::replace2(isum, eport, oport);
+    if ICMP_MIN_LEN + ehlen + l4sum_off + 2 <= icmp_len {
+        let old = word(ctx, el4 + l4sum_off)?;
+        let new = match eproto {
+            IPPROTO_ICMP => csum::replace2(old, eport, oport),
+            IPPROTO_UDP => csum::udp_replace2(csum::udp_replace4(old, edst, oaddr), eport, oport),
+            _ => csum::replace2(csum::replace4(old, edst, oaddr), eport, oport),
+        };
+        set_word(ctx, el4 + l4sum_off, new)?;
+        isum = csum::replace2(isum, old, new);
+    }
+    set_word(ctx, icmp + ICMP_CSUM_OFF, isum)?;
+    Ok(oaddr)
 }

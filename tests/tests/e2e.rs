@@ -442,12 +442,29 @@ fn icmp_errors_from_the_internet_reach_the_host() {
         .ip(&["route", "add", "198.18.0.0/24", "via", "203.0.113.2"])
         .unwrap();
     t.server.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    t.server.ip(&["route", "add", "198.18.0.0/24", "dev", "eth0"]).unwrap();
+    t.server
+        .ip(&["route", "add", "198.18.0.0/24", "dev", "eth0"])
+        .unwrap();
     let far = std::net::Ipv4Addr::new(198, 18, 0, 1);
     let (from, ty) = icmp_probe(&t.a.host, far, 0x0300, 3).unwrap();
     assert_eq!(
         (from, ty),
         (SERVER1, 11),
         "Time Exceeded from the internet-side router"
+    );
+    // And the other way: hostA has no socket on 5050 any more; the server's datagram to
+    // its mapping draws the host's port unreachable, which reaches the server's socket.
+    let sessions = t.aftr.sessions().unwrap();
+    let m = sessions
+        .iter()
+        .find(|s| s["inside"] == "192.168.1.10:5050")
+        .expect("mapping for 5050");
+    let outside: SocketAddrV4 = m["outside"].as_str().unwrap().parse().unwrap();
+    let r = udp_burst(&t.server, SERVER1, 9..10, outside, Duration::from_secs(3)).unwrap();
+    assert_eq!(
+        r.icmp_errors,
+        1,
+        "the host's port unreachable reached the server: {r:?}\n{}",
+        t.diagnostics()
     );
 }

@@ -269,14 +269,14 @@ fn aftr_drops_and_passes_are_counted() {
                 "drop_unsupported_proto",
             ),
             (
-                "ICMP dest unreachable inside",
+                "ICMP timestamp inside",
                 "tun",
                 from_b4(
                     rig,
                     b4a(),
                     &{
                         let mut p = packets::icmp4_echo(HOST, SERVER, 1, 1, 64, false);
-                        p[20] = 3;
+                        p[20] = 13;
                         p
                     },
                     &[],
@@ -1371,5 +1371,71 @@ fn aftr_translates_inbound_icmp_errors() {
             1,
             "errors never create or delete a mapping"
         );
+    });
+}
+
+/// A host's ICMP error about a packet it received through the AFTR goes out with the
+/// mapping's outside address as its source and the quoted packet restored to what the
+/// remote sent, every checksum right (item 39).
+#[test]
+fn aftr_translates_outbound_icmp_errors() {
+    use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type};
+    with_aftr(|rig| {
+        let (_, out) = rig.run(
+            "tun",
+            &from_b4(rig, b4a(), &udp4(HOST, SERVER, 5000, 7777, 64, b"x"), &[]),
+        );
+        let ip = &out[14..];
+        let (o, p) = (
+            Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+            u16::from_be_bytes([ip[20], ip[21]]),
+        );
+        let (_, down) = rig.run(
+            "inet",
+            &from_internet(rig, &udp4(SERVER, o, 7777, p, 64, b"world")),
+        );
+        let delivered = down[14 + 40..].to_vec();
+        let unreach = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
+        let err = icmp_error4(HOST, SERVER, 64, unreach.clone(), &delivered);
+        let (v, out) = rig.run("tun", &from_b4(rig, b4a(), &err, &[]));
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(&out[12..14], &[0x08, 0x00]);
+        let want = icmp_error4(
+            o,
+            SERVER,
+            63,
+            unreach,
+            &udp4(SERVER, o, 7777, p, 63, b"world"),
+        );
+        assert_eq!(&out[14..], want.as_slice(), "byte-exact");
+        assert_ipv4_checksums(&out[14..]);
+        assert_ipv4_checksums(&out[14 + 28..]);
+        assert_eq!(rig.counter("icmp_error_translated"), 1);
+        assert_eq!(
+            rig.counter("nat_mapping_created"),
+            1,
+            "an error creates no mapping"
+        );
+        // An "error" quoting nothing like an IPv4 header, and one about no mapping.
+        let mut garbage = packets::icmp4_echo(HOST, SERVER, 1, 1, 64, false);
+        garbage[20] = 3;
+        assert_eq!(
+            rig.run("tun", &from_b4(rig, b4a(), &garbage, &[])).0,
+            XDP_DROP
+        );
+        assert_eq!(rig.counter("drop_bad_icmp_error"), 1);
+        let port_unreach = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
+        let stray = icmp_error4(
+            HOST,
+            SERVER,
+            64,
+            port_unreach,
+            &udp4(SERVER, HOST, 7777, 5999, 63, b"?"),
+        );
+        assert_eq!(
+            rig.run("tun", &from_b4(rig, b4a(), &stray, &[])).0,
+            XDP_DROP
+        );
+        assert_eq!(rig.counter("drop_no_mapping"), 1);
     });
 }
