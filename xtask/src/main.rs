@@ -85,7 +85,9 @@ fn build_ebpf() -> Result<()> {
             .current_dir(root())
             .env_remove("RUSTUP_TOOLCHAIN")
             .env_remove("RUSTC")
-            .env_remove("RUSTFLAGS")
+            // BTF with func_info: the kernel needs it for bpf_loop callbacks (the same
+            // flags aya-build uses).
+            .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
             .args([
                 "+nightly",
                 "build",
