@@ -55,7 +55,17 @@ pub struct DsLite {
     pub router: Netns,
     pub aftr_ns: Netns,
     pub server: Netns,
-    pub pin_root: PathBuf,
+    /// Last field, so dropped last: removes every pin once all programs are gone.
+    pub pins: PinDir,
+}
+
+/// A directory of pinned maps, removed when dropped.
+pub struct PinDir(pub PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn customer(tag: char, router: &Netns) -> Result<Customer> {
@@ -226,6 +236,8 @@ impl DsLite {
         router.ip(&["link", "set", "to-aftr", "up"])?;
         router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         let pin_root = PathBuf::from("/sys/fs/bpf").join(unique("pins"));
+        // Declared before everything that pins, so an early return removes the pins last.
+        let pins = PinDir(pin_root.clone());
         let router_xdp = attach_pass(
             &router,
             &["to-a", "to-b", "to-c", "to-aftr"],
@@ -312,7 +324,7 @@ impl DsLite {
             router,
             aftr_ns,
             server,
-            pin_root,
+            pins,
         })
     }
 }
@@ -338,11 +350,5 @@ impl DsLite {
             out.push_str(&format!("{name}: {}\n", nz.join(" ")));
         }
         out
-    }
-}
-
-impl Drop for DsLite {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pin_root);
     }
 }

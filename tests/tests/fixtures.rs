@@ -1440,3 +1440,38 @@ fn aftr_translates_outbound_icmp_errors() {
         assert_eq!(rig.counter("drop_no_mapping"), 1);
     });
 }
+
+/// An unsolicited inbound TCP SYN (no mapping) is dropped silently: nothing is ever sent
+/// back, which RFC 5382 REQ-4 allows and which lets a simultaneous open from inside work
+/// (item 27); an outbound SYN then opens the mapping as usual.
+#[test]
+fn aftr_drops_unsolicited_syn_silently() {
+    with_aftr(|rig| {
+        let pool_addr = Ipv4Addr::new(198, 51, 100, 1);
+        let (v, _) = rig.run(
+            "inet",
+            &from_internet(rig, &packets::tcp4_syn(SERVER, pool_addr, 80, 40000, 64)),
+        );
+        assert_eq!(v, XDP_DROP, "dropped, not answered");
+        let c = rig.counters();
+        assert_eq!(
+            (
+                c["drop_no_mapping"],
+                c["icmp_error_sent"],
+                c["nat_mapping_created"]
+            ),
+            (1, 0, 0)
+        );
+        let (v, _) = rig.run(
+            "tun",
+            &from_b4(
+                rig,
+                b4a(),
+                &packets::tcp4_syn(HOST, SERVER, 40000, 80, 64),
+                &[],
+            ),
+        );
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(rig.counter("nat_mapping_created"), 1);
+    });
+}
