@@ -11,7 +11,7 @@ use dslite_common::{
 };
 
 use crate::{
-    forward::{decapsulate, encapsulate_and_send, redirect_v4, redirect_v6, Outer},
+    forward::{decapsulate, encapsulate_and_send, redirect_v4, redirect_v6},
     headers::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, Softwire, L3},
     icmp::{send_unreachable, Refusal, AFTR_V4},
     maps::{count, count_n, AFTR_CONFIG, B4_ALLOW, NAT_IN, PEERS, POOL_INDEX},
@@ -377,12 +377,7 @@ fn echo_reply_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4) -> Res<u32> 
     h[12..16].copy_from_slice(&AFTR_V4);
     h[16..20].copy_from_slice(&p.key.inside_addr);
     decapsulate(ctx, p.inner_off - ETH_HLEN)?;
-    let outer = Outer {
-        inner_tos: p.ip.tos,
-        inner_len: p.ip.tot_len as u16,
-        hop_limit: cfg.hop_limit,
-    };
-    encapsulate_and_send(ctx, &outer, &cfg.aftr_addr, &p.key.b4)
+    encapsulate_and_send(ctx, &p.ip, cfg.hop_limit, &cfg.aftr_addr, &p.key.b4)
 }
 
 /// Hairpinning (RFC 4787 REQ-9/9a, RFC 5382 REQ-8, checklist 22): a packet from one
@@ -429,12 +424,7 @@ fn hairpin_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u16) 
     };
     rewrite(ctx, &p.ip, &to, 16, p.ip.dst, m.inside_addr, m.inside_port)?;
     decapsulate(ctx, p.inner_off - ETH_HLEN)?;
-    let outer = Outer {
-        inner_tos: p.ip.tos,
-        inner_len: p.ip.tot_len as u16,
-        hop_limit: cfg.hop_limit,
-    };
-    let action = encapsulate_and_send(ctx, &outer, &cfg.aftr_addr, &m.b4)?;
+    let action = encapsulate_and_send(ctx, &p.ip, cfg.hop_limit, &cfg.aftr_addr, &m.b4)?;
     count(Counter::HairpinPackets);
     Ok(action)
 }
@@ -543,13 +533,8 @@ fn from_internet(ctx: &XdpContext, cfg: &AftrConfig, ip: &mut Ipv4) -> Res<u32> 
     rewrite(ctx, ip, &l4, 16, ip.dst, m.inside_addr, m.inside_port)?;
     // Trim nothing: the inner packet is exactly tot_len; any Ethernet padding stays outside
     // the IPv6 payload length and is ignored by the receiver.
-    let outer = Outer {
-        inner_tos: ip.tos,
-        inner_len: ip.tot_len as u16,
-        hop_limit: cfg.hop_limit,
-    };
     let outer_len = (IPV6_HLEN + ip.tot_len) as u64;
-    let action = encapsulate_and_send(ctx, &outer, &cfg.aftr_addr, &m.b4)?;
+    let action = encapsulate_and_send(ctx, ip, cfg.hop_limit, &cfg.aftr_addr, &m.b4)?;
     count(Counter::AftrInPackets);
     count_n(Counter::AftrInBytes, outer_len);
     Ok(action)

@@ -5,7 +5,7 @@ use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key, programs::XdpContext};
 use dslite_common::{maps::B4Config, proto::*, Counter};
 
 use crate::{
-    forward::{decapsulate, encapsulate_and_send, redirect_v4, Outer},
+    forward::{decapsulate, encapsulate_and_send, redirect_v4},
     headers::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, Softwire, L3},
     maps::{count, count_n, B4_CONFIG, LOCAL_V4},
     packet::{len, Exit, Res},
@@ -45,13 +45,8 @@ fn from_lan(ctx: &XdpContext, cfg: &B4Config) -> Res<u32> {
         return Err(Exit::Pass(Counter::PassLocalV4));
     }
     decrement_ttl(ctx, &ip)?;
-    let outer = Outer {
-        inner_tos: ip.tos,
-        inner_len: ip.tot_len as u16,
-        hop_limit: cfg.hop_limit,
-    };
     let outer_len = (IPV6_HLEN + ip.tot_len) as u64;
-    let action = encapsulate_and_send(ctx, &outer, &cfg.b4_addr, &cfg.aftr_addr)?;
+    let action = encapsulate_and_send(ctx, &ip, cfg.hop_limit, &cfg.b4_addr, &cfg.aftr_addr)?;
     count(Counter::B4EncapPackets);
     count_n(Counter::B4EncapBytes, outer_len);
     Ok(action)

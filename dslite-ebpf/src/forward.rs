@@ -99,15 +99,22 @@ pub fn encapsulate(ctx: &XdpContext, o: &Outer, src: &[u8; 16], dst: &[u8; 16]) 
     Ok(())
 }
 
-/// Encapsulate toward `dst` and send: the common tail of every path into a softwire.
+/// Encapsulate the IPv4 packet `ip` (right after Ethernet) toward `dst` and send it: the
+/// common tail of every path into a softwire.
 #[inline(always)]
 pub fn encapsulate_and_send(
     ctx: &XdpContext,
-    o: &Outer,
+    ip: &crate::headers::Ipv4,
+    hop_limit: u8,
     src: &[u8; 16],
     dst: &[u8; 16],
 ) -> Res<u32> {
-    encapsulate(ctx, o, src, dst)?;
+    let o = Outer {
+        inner_tos: ip.tos,
+        inner_len: ip.tot_len as u16,
+        hop_limit,
+    };
+    encapsulate(ctx, &o, src, dst)?;
     redirect_v6(ctx, src, dst)
 }
 

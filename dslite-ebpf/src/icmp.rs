@@ -21,7 +21,7 @@ use dslite_common::{
 
 use crate::{
     aftr::FromB4,
-    forward::{encapsulate_and_send, Outer},
+    forward::encapsulate_and_send,
     headers::{decrement_ttl, Ipv4},
     maps::{count, ICMP_BUCKET, NAT_IN, NAT_OUT},
     packet::{at, len, ptr_at, read16, write16, Exit, Res},
@@ -424,12 +424,7 @@ fn error_inbound_inner(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> Res<u32
         isum = csum::replace2(isum, old, new);
     }
     set_word(ctx, icmp + ICMP_CSUM_OFF, isum)?;
-    let outer = Outer {
-        inner_tos: ip.tos,
-        inner_len: ip.tot_len as u16,
-        hop_limit: cfg.hop_limit,
-    };
-    encapsulate_and_send(ctx, &outer, &cfg.aftr_addr, &m.b4)
+    encapsulate_and_send(ctx, ip, cfg.hop_limit, &cfg.aftr_addr, &m.b4)
 }
 
 /// A host's ICMP error about a packet it received through the AFTR (RFC 5508 REQ-5,

@@ -209,6 +209,30 @@ pub fn tcp_transfer(
     })
 }
 
+/// An ICMP echo request (type 8) with a correct checksum.
+fn echo_request(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut pkt = vec![8u8, 0, 0, 0];
+    pkt.extend_from_slice(&id.to_be_bytes());
+    pkt.extend_from_slice(&seq.to_be_bytes());
+    pkt.extend_from_slice(payload);
+    let c = dslite_common::csum::checksum(&pkt);
+    pkt[2..4].copy_from_slice(&c.to_ne_bytes());
+    pkt
+}
+
+/// One IPv4 packet from a raw socket (header included), if one came before the timeout.
+fn recv_raw(s: &socket2::Socket) -> Option<Vec<u8>> {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+    let n = s.recv(&mut buf).ok()?;
+    // SAFETY: `recv` initialised the first n bytes.
+    Some(
+        buf[..n]
+            .iter()
+            .map(|x| unsafe { x.assume_init() })
+            .collect(),
+    )
+}
+
 /// Send `count` ICMP echo requests with identifier `id` from `ns` to `dst` over a raw socket,
 /// 100 ms apart; returns how many distinct sequence numbers were answered within 3 s of the
 /// last request.
@@ -222,23 +246,12 @@ pub fn ping(ns: &Netns, dst: Ipv4Addr, id: u16, count: u16) -> Result<u16> {
         let mut next_seq = 0;
         while next_seq < count || (Instant::now() < deadline && answered.len() < count as usize) {
             if next_seq < count {
-                let mut pkt = vec![8u8, 0, 0, 0];
-                pkt.extend_from_slice(&id.to_be_bytes());
-                pkt.extend_from_slice(&next_seq.to_be_bytes());
-                pkt.extend_from_slice(b"dslite ping payload");
-                let c = dslite_common::csum::checksum(&pkt);
-                pkt[2..4].copy_from_slice(&c.to_ne_bytes());
+                let pkt = echo_request(id, next_seq, b"dslite ping payload");
                 s.send_to(&pkt, &SocketAddr::from((dst, 0)).into())?;
                 next_seq += 1;
                 deadline = Instant::now() + Duration::from_secs(3);
             }
-            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
-            let Ok(n) = s.recv(&mut buf) else { continue };
-            // SAFETY: `recv` initialised the first n bytes.
-            let b: Vec<u8> = buf[..n]
-                .iter()
-                .map(|x| unsafe { x.assume_init() })
-                .collect();
+            let Some(b) = recv_raw(&s) else { continue };
             let ihl = ((b[0] & 0x0f) as usize) * 4;
             if b.len() >= ihl + 8
                 && b[ihl] == 0
@@ -415,12 +428,7 @@ pub fn icmp_probe(ns: &Netns, dst: Ipv4Addr, id: u16, ttl: u32) -> Result<(Ipv4A
         let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
         s.set_ttl(ttl)?;
         s.set_read_timeout(Some(Duration::from_millis(200)))?;
-        let mut pkt = vec![8u8, 0, 0, 0];
-        pkt.extend_from_slice(&id.to_be_bytes());
-        pkt.extend_from_slice(&[0, 1]);
-        pkt.extend_from_slice(b"probe");
-        let c = dslite_common::csum::checksum(&pkt);
-        pkt[2..4].copy_from_slice(&c.to_ne_bytes());
+        let pkt = echo_request(id, 1, b"probe");
         let deadline = Instant::now() + Duration::from_secs(3);
         let mut sent = Instant::now() - Duration::from_secs(1);
         while Instant::now() < deadline {
@@ -428,13 +436,7 @@ pub fn icmp_probe(ns: &Netns, dst: Ipv4Addr, id: u16, ttl: u32) -> Result<(Ipv4A
                 s.send_to(&pkt, &SocketAddr::from((dst, 0)).into())?;
                 sent = Instant::now();
             }
-            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
-            let Ok(n) = s.recv(&mut buf) else { continue };
-            // SAFETY: `recv` initialised the first n bytes.
-            let b: Vec<u8> = buf[..n]
-                .iter()
-                .map(|x| unsafe { x.assume_init() })
-                .collect();
+            let Some(b) = recv_raw(&s) else { continue };
             let ihl = ((b[0] & 0x0f) as usize) * 4;
             let src = Ipv4Addr::new(b[12], b[13], b[14], b[15]);
             let ty = b[ihl];
