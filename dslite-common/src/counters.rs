@@ -93,6 +93,8 @@ counters! {
     NatMappingCreated = "nat_mapping_created", Event;
     /// AFTR: a new flow raced another CPU and adopted the mapping that CPU created.
     NatMappingRaceLost = "nat_mapping_race_lost", Event;
+    /// A SYN's MSS option was lowered to fit the softwire.
+    MssClamped = "mss_clamped", Event;
     /// AFTR: a softwire took a port block in XDP.
     BlockAllocated = "block_allocated", Event;
     /// AFTR: the event ring buffer was full: an allocation event could not be delivered.

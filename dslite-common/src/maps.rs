@@ -73,7 +73,8 @@ pub struct AftrConfig {
     pub icmp_code: u8,
     /// Filtering per protocol, 2 bits each (`crate::nat::filter_mode`): UDP, TCP, ICMP.
     pub filter_modes: u8,
-    pub _pad: [u8; 2],
+    /// TCP MSS that SYNs are clamped to, host order (0: off).
+    pub mss: u16,
 }
 
 /// `HashMap<PeerKey, u64>`: remote endpoints each mapping has sent to, for address- and
@@ -145,7 +146,8 @@ pub struct B4Config {
     pub hop_limit: u8,
     /// Non-zero once the controller has written a complete configuration.
     pub enabled: u8,
-    pub _pad: [u8; 2],
+    /// TCP MSS that SYNs are clamped to, host order (0: off).
+    pub mss: u16,
 }
 
 /// Key of [`NAT_OUT`]: the softwire plus the inside endpoint (RFC 6333 §6.6, checklist 2).

@@ -29,6 +29,17 @@ pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAM_PROBLEM: u8 = 12;
 
+/// The TCP MSS that fits a softwire over a link of `link_mtu` bytes: the IPv6 header, then
+/// the IPv4 and TCP headers, come off (RFC 6908 §2.3, checklist 13).
+pub const fn mss_for_link_mtu(link_mtu: u32) -> u16 {
+    let m = link_mtu.saturating_sub((IPV6_HLEN + IPV4_MIN_HLEN + TCP_MIN_LEN) as u32);
+    if m > u16::MAX as u32 {
+        u16::MAX
+    } else {
+        m as u16
+    }
+}
+
 /// Outer hop limit for encapsulated packets: configured, never copied from the inner TTL
 /// (RFC 2473 §3, checklist item 9).
 pub const DEFAULT_HOP_LIMIT: u8 = 64;
@@ -121,6 +132,18 @@ mod tests {
         assert_eq!(h[7], 64);
         assert_eq!(&h[8..24], &src);
         assert_eq!(&h[24..40], &dst);
+    }
+
+    #[test]
+    fn mss_fits_the_tunnel() {
+        assert_eq!(
+            mss_for_link_mtu(1540),
+            1460,
+            "a 1540-byte link carries 1500-byte IPv4"
+        );
+        assert_eq!(mss_for_link_mtu(1500), 1420);
+        assert_eq!(mss_for_link_mtu(1280), 1200);
+        assert_eq!(mss_for_link_mtu(40), 0);
     }
 
     #[test]

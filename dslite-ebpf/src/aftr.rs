@@ -283,6 +283,9 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
         Err(e) => return Err(e),
     };
     p.out_addr = out_addr;
+    if p.ip.proto == IPPROTO_TCP && cfg.mss != 0 {
+        crate::mss::clamp(ctx, p.l4.off, cfg.mss);
+    }
     if cfg.filter_modes != 0 {
         note_peer(ctx, cfg, &p, out_port as u32);
     }
@@ -524,6 +527,9 @@ fn from_internet(ctx: &XdpContext, cfg: &AftrConfig, ip: &mut Ipv4) -> Res<u32> 
         return Err(Exit::Drop(Counter::DropFiltered));
     }
     decrement_ttl(ctx, ip)?;
+    if ip.proto == IPPROTO_TCP && cfg.mss != 0 {
+        crate::mss::clamp(ctx, l4.off, cfg.mss);
+    }
     let refresh = cfg.flags & AFTR_INBOUND_REFRESH != 0;
     if refresh || l4.tcp_flags & 0x07 != 0 {
         // SYN, FIN or RST from outside is recorded on the mapping (RFC 7857 §2 state);

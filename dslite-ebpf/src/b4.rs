@@ -45,6 +45,9 @@ fn from_lan(ctx: &XdpContext, cfg: &B4Config) -> Res<u32> {
         return Err(Exit::Pass(Counter::PassLocalV4));
     }
     decrement_ttl(ctx, &ip)?;
+    if ip.proto == IPPROTO_TCP && cfg.mss != 0 {
+        crate::mss::clamp(ctx, ip.off + ip.hlen, cfg.mss);
+    }
     let outer_len = (IPV6_HLEN + ip.tot_len) as u64;
     let action = encapsulate_and_send(ctx, &ip, cfg.hop_limit, &cfg.b4_addr, &cfg.aftr_addr)?;
     count(Counter::B4EncapPackets);
@@ -67,6 +70,9 @@ fn from_wan(ctx: &XdpContext, cfg: &B4Config) -> Res<u32> {
     let mut ip = Ipv4::default();
     ipv4(ctx, sw.inner_off, sw.inner_avail, &mut ip)?;
     decrement_ttl(ctx, &ip)?;
+    if ip.proto == IPPROTO_TCP && cfg.mss != 0 {
+        crate::mss::clamp(ctx, ip.off + ip.hlen, cfg.mss);
+    }
     decapsulate(ctx, sw.inner_off - ETH_HLEN)?;
     let action = redirect_v4(ctx, &ip.src, &ip.dst)?;
     count(Counter::B4DecapPackets);

@@ -17,6 +17,7 @@ mod forward;
 mod headers;
 mod icmp;
 mod maps;
+mod mss;
 mod nat;
 mod packet;
 

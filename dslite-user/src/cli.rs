@@ -129,8 +129,9 @@ fn ensure_forwarding() {
 }
 
 async fn run_aftr(o: AftrOptions) -> Result<()> {
-    let s = o.merged().map_err(usage)?.validate().map_err(usage)?;
+    let mut s = o.merged().map_err(usage)?.validate().map_err(usage)?;
     let tunnel = netlink::link(&s.tunnel_iface).await.map_err(usage)?;
+    s.mss = s.mss_clamp.resolve(tunnel.mtu);
     let internet = netlink::link(&s.internet_iface).await.map_err(usage)?;
     let object = dataplane::object_bytes(s.bpf_object.as_deref()).map_err(usage)?;
     dataplane::ensure_bpffs(&s.pin_path).map_err(usage)?;
@@ -152,7 +153,7 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
             s.xdp_mode,
         )?;
         info!(
-            "AFTR {} up: pool {}, ports {}-{} in blocks of {} (at most {} per softwire), {} B4 prefixes, maps at {}",
+            "AFTR {} up: pool {}, ports {}-{} in blocks of {} (at most {} per softwire), {} B4 prefixes, MSS clamp {}, maps at {}",
             s.address,
             dataplane::pool_summary(&s.pool),
             s.ports.lo,
@@ -160,6 +161,7 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
             s.block_size,
             s.max_blocks,
             s.b4_prefixes.len(),
+            s.mss,
             s.pin_path.display()
         );
         aftr_loop(&s.pin_path, sweeper).await
@@ -213,6 +215,7 @@ async fn run_b4(o: B4Options) -> Result<()> {
         lan_ifindex: lan.index,
         wan_ifindex: wan.index,
         hop_limit: dslite_common::proto::DEFAULT_HOP_LIMIT,
+        mss: s.mss_clamp.resolve(wan.mtu),
         ..Default::default()
     };
     dataplane::configure_b4(&mut ebpf, cfg, &lan_prefixes)?;

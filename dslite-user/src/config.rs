@@ -297,10 +297,61 @@ pub struct CommonOptions {
     /// Kernel object to load instead of the one built in.
     #[arg(long, value_name = "FILE")]
     pub bpf_object: Option<PathBuf>,
+    /// TCP MSS clamping on SYNs both ways: `auto` (the default: fit the softwire over the
+    /// IPv6 interface's MTU), `off`, or an MSS value.
+    #[arg(long, value_name = "auto|off|MSS", value_parser = parse_mss)]
+    #[serde(default, deserialize_with = "de_opt_mss")]
+    pub mss_clamp: Option<MssClamp>,
     /// TOML file with any of these options; flags override it.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
+}
+
+/// TCP MSS clamping (RFC 6908 §2.3, checklist 13).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MssClamp {
+    /// From the MTU of the interface the softwire runs over.
+    #[default]
+    Auto,
+    Off,
+    Fixed(u16),
+}
+
+impl MssClamp {
+    /// The MSS to program for a softwire over a link of `link_mtu` (0: off).
+    pub fn resolve(self, link_mtu: u32) -> u16 {
+        match self {
+            MssClamp::Auto => dslite_common::proto::mss_for_link_mtu(link_mtu),
+            MssClamp::Off => 0,
+            MssClamp::Fixed(m) => m,
+        }
+    }
+}
+
+fn parse_mss(s: &str) -> Result<MssClamp, String> {
+    match s {
+        "auto" => Ok(MssClamp::Auto),
+        "off" => Ok(MssClamp::Off),
+        _ => match s.parse::<u16>() {
+            Ok(m) if (536..=65495).contains(&m) => Ok(MssClamp::Fixed(m)),
+            _ => Err(format!("'{s}' is not auto, off or an MSS of 536-65495")),
+        },
+    }
+}
+
+fn de_opt_mss<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<MssClamp>, D::Error> {
+    let v = toml::Value::deserialize(d)?;
+    let s = match v {
+        toml::Value::String(s) => s,
+        toml::Value::Integer(i) => i.to_string(),
+        other => {
+            return Err(serde::de::Error::custom(format!(
+                "mss-clamp: {other} is not auto, off or a number"
+            )))
+        }
+    };
+    parse_mss(&s).map(Some).map_err(serde::de::Error::custom)
 }
 
 fn de_opt_ipv6<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Ipv6Addr>, D::Error> {
@@ -314,13 +365,14 @@ impl CommonOptions {
             pin_path: self.pin_path.or(file.pin_path),
             xdp_mode: self.xdp_mode.or(file.xdp_mode),
             bpf_object: self.bpf_object.or(file.bpf_object),
+            mss_clamp: self.mss_clamp.or(file.mss_clamp),
             config: self.config,
         }
     }
 }
 
 /// Keys each file may hold (serde cannot deny unknown keys through `flatten`).
-const COMMON_KEYS: &[&str] = &["pin-path", "xdp-mode", "bpf-object"];
+const COMMON_KEYS: &[&str] = &["pin-path", "xdp-mode", "bpf-object", "mss-clamp"];
 const AFTR_KEYS: &[&str] = &[
     "tunnel-iface",
     "internet-iface",
@@ -444,6 +496,9 @@ pub struct AftrSettings {
     pub limits: Limits,
     /// Filtering per protocol: UDP, TCP, ICMP.
     pub filtering: [Filtering; 3],
+    pub mss_clamp: MssClamp,
+    /// The MSS programmed into the dataplane (resolved from `mss_clamp` at start; 0: off).
+    pub mss: u16,
     pub pin_path: PathBuf,
     pub xdp_mode: XdpModeOpt,
     pub bpf_object: Option<PathBuf>,
@@ -641,6 +696,8 @@ impl AftrOptions {
                 self.tcp_filtering.unwrap_or_default(),
                 self.icmp_filtering.unwrap_or_default(),
             ],
+            mss_clamp: self.common.mss_clamp.unwrap_or_default(),
+            mss: 0,
             pin_path: self
                 .common
                 .pin_path
@@ -658,6 +715,7 @@ pub struct B4Settings {
     pub wan_iface: String,
     pub aftr: Ipv6Addr,
     pub address: Option<Ipv6Addr>,
+    pub mss_clamp: MssClamp,
     pub pin_path: PathBuf,
     pub xdp_mode: XdpModeOpt,
     pub bpf_object: Option<PathBuf>,
@@ -679,6 +737,7 @@ impl B4Options {
             wan_iface,
             aftr,
             address: self.address,
+            mss_clamp: self.common.mss_clamp.unwrap_or_default(),
             pin_path: self
                 .common
                 .pin_path
@@ -723,6 +782,15 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.to_string().contains("overlaps"), "{e}");
+    }
+
+    #[test]
+    fn mss_clamp_values() {
+        assert_eq!(parse_mss("auto").unwrap().resolve(1540), 1460);
+        assert_eq!(parse_mss("off").unwrap().resolve(1540), 0);
+        assert_eq!(parse_mss("1400").unwrap().resolve(9000), 1400);
+        assert!(parse_mss("100").unwrap_err().contains("'100'"));
+        assert!(parse_mss("big").is_err());
     }
 
     #[test]

@@ -187,7 +187,7 @@ pub fn aftr_config(s: &AftrSettings, hash_seed: u32) -> AftrConfig {
             s.filtering[1].code(),
             s.filtering[2].code(),
         ),
-        _pad: [0; 2],
+        mss: s.mss,
     }
 }
 

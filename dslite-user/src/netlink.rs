@@ -15,6 +15,7 @@ pub struct Link {
     pub name: String,
     pub index: u32,
     pub mac: Option<[u8; 6]>,
+    pub mtu: u32,
 }
 
 /// An address configured on an interface.
@@ -43,10 +44,19 @@ pub async fn link(name: &str) -> Result<Link> {
         LinkAttribute::Address(m) if m.len() == 6 => Some([m[0], m[1], m[2], m[3], m[4], m[5]]),
         _ => None,
     });
+    let mtu = msg
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        })
+        .unwrap_or(1500);
     Ok(Link {
         name: name.to_string(),
         index: msg.header.index,
         mac,
+        mtu,
     })
 }
 

@@ -176,6 +176,8 @@ pub fn aftr_settings() -> config::AftrSettings {
         inbound_refresh: false,
         limits: config::Limits::default(),
         filtering: [config::Filtering::Eif; 3],
+        mss_clamp: config::MssClamp::Off,
+        mss: 0,
         pin_path: PathBuf::new(),
         xdp_mode: config::XdpModeOpt::Skb,
         bpf_object: None,
@@ -229,8 +231,13 @@ pub fn with_unconfigured_aftr(f: impl FnOnce(&mut Rig) + Send + 'static) {
 }
 
 /// B4 rig: `lan` (192.168.1.1/24, host 192.168.1.10) and `wan` (2001:db8:a::2/64, default
-/// via 2001:db8:a::1); AFTR 2001:db8:f::2.
+/// via 2001:db8:a::1); AFTR 2001:db8:f::2; no MSS clamping.
 pub fn with_b4(f: impl FnOnce(&mut Rig) + Send + 'static) {
+    with_b4_mss(0, f);
+}
+
+/// [`with_b4`] clamping SYNs to `mss` (0: off).
+pub fn with_b4_mss(mss: u16, f: impl FnOnce(&mut Rig) + Send + 'static) {
     with_rig(
         "fxb",
         &["lan", "wan"],
@@ -243,8 +250,9 @@ pub fn with_b4(f: impl FnOnce(&mut Rig) + Send + 'static) {
         ],
         dslite_user::dataplane::PROG_B4,
         dataplane::map_sizes(None),
-        |ebpf, ifindex| {
+        move |ebpf, ifindex| {
             let cfg = B4Config {
+                mss,
                 b4_addr: B4A.parse::<Ipv6Addr>().unwrap().octets(),
                 aftr_addr: AFTR_ADDR.parse::<Ipv6Addr>().unwrap().octets(),
                 lan_ifindex: ifindex["lan"],

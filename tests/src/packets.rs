@@ -134,3 +134,33 @@ pub fn assert_ipv4_checksums(ip: &[u8]) {
         p => panic!("unexpected protocol {p}"),
     }
 }
+
+/// A SYN carrying an MSS option (and a window-scale option after it).
+pub fn tcp4_syn_mss(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    ttl: u8,
+    mss: u16,
+) -> Vec<u8> {
+    use etherparse::TcpOptionElement::{MaximumSegmentSize, Noop, WindowScale};
+    let b = PacketBuilder::ipv4(src.octets(), dst.octets(), ttl)
+        .tcp(sport, dport, 1000, 64240)
+        .syn()
+        .options(&[MaximumSegmentSize(mss), Noop, WindowScale(7)])
+        .unwrap();
+    let mut v = Vec::with_capacity(b.size(0));
+    b.write(&mut v, &[]).unwrap();
+    v
+}
+
+/// The MSS option's value in an IPv4 TCP segment, if any.
+pub fn tcp_mss(ip: &[u8]) -> Option<u16> {
+    let h = etherparse::Ipv4HeaderSlice::from_slice(ip).ok()?;
+    let t = etherparse::TcpHeaderSlice::from_slice(&ip[h.slice().len()..]).ok()?;
+    t.options_iterator().find_map(|o| match o {
+        Ok(etherparse::TcpOptionElement::MaximumSegmentSize(m)) => Some(m),
+        _ => None,
+    })
+}

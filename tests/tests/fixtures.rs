@@ -1475,3 +1475,73 @@ fn aftr_drops_unsolicited_syn_silently() {
         assert_eq!(rig.counter("nat_mapping_created"), 1);
     });
 }
+
+/// MSS clamping on SYN and SYN-ACK in both elements (item 13): a larger MSS is lowered to
+/// fit the softwire, a smaller one is left alone, every checksum stays right.
+#[test]
+fn mss_clamping_on_both_elements() {
+    with_b4_mss(1400, |rig| {
+        let syn = packets::tcp4_syn_mss(HOST, SERVER, 40000, 80, 64, 1460);
+        let (v, out) = rig.run("lan", &eth(rig.mac("lan"), HOST_MAC, 0x0800, &syn));
+        assert_eq!(v, XDP_REDIRECT);
+        let inner = &out[14 + 40..];
+        assert_eq!(
+            packets::tcp_mss(inner),
+            Some(1400),
+            "B4 outbound SYN clamped"
+        );
+        assert_ipv4_checksums(inner);
+        let small = packets::tcp4_syn_mss(HOST, SERVER, 40001, 80, 64, 1200);
+        let (_, out) = rig.run("lan", &eth(rig.mac("lan"), HOST_MAC, 0x0800, &small));
+        assert_eq!(
+            packets::tcp_mss(&out[14 + 40..]),
+            Some(1200),
+            "a smaller MSS is kept"
+        );
+        let synack = packets::tcp4_syn_mss(SERVER, HOST, 80, 40000, 64, 1460);
+        let frame = eth(
+            rig.mac("wan"),
+            ROUTER_MAC,
+            0x86dd,
+            &softwire(aftr(), b4a(), &synack, &[]),
+        );
+        let (v, out) = rig.run("wan", &frame);
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(
+            packets::tcp_mss(&out[14..]),
+            Some(1400),
+            "B4 inbound SYN-ACK clamped"
+        );
+        assert_ipv4_checksums(&out[14..]);
+        assert_eq!(rig.counter("mss_clamped"), 2);
+    });
+    with_aftr_cfg(
+        |s| s.mss = 1400,
+        |rig| {
+            let syn = packets::tcp4_syn_mss(HOST, SERVER, 40000, 80, 64, 1460);
+            let (v, out) = rig.run("tun", &from_b4(rig, b4a(), &syn, &[]));
+            assert_eq!(v, XDP_REDIRECT);
+            assert_eq!(
+                packets::tcp_mss(&out[14..]),
+                Some(1400),
+                "AFTR outbound SYN clamped"
+            );
+            assert_ipv4_checksums(&out[14..]);
+            let ip = &out[14..];
+            let (o, p) = (
+                Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+                u16::from_be_bytes([ip[20], ip[21]]),
+            );
+            let synack = packets::tcp4_syn_mss(SERVER, o, 80, p, 64, 1460);
+            let (v, out) = rig.run("inet", &from_internet(rig, &synack));
+            assert_eq!(v, XDP_REDIRECT);
+            let inner = &out[14 + 40..];
+            assert_eq!(
+                packets::tcp_mss(inner),
+                Some(1400),
+                "AFTR inbound SYN-ACK clamped"
+            );
+            assert_ipv4_checksums(inner);
+        },
+    );
+}
