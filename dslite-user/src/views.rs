@@ -143,22 +143,29 @@ pub fn read_sessions(pin_path: &Path) -> Result<Vec<Session>> {
     Ok(v)
 }
 
+/// The table `dslite sessions` prints: one line per mapping, with its block, TCP state,
+/// age and idle time.
+pub fn sessions_table(sessions: &[Session]) -> String {
+    let mut out = format!(
+        "{:<28} {:<5} {:<21} {:<21} {:<11} {:<11} {:>7} {:>7}\n",
+        "B4", "PROTO", "INSIDE", "OUTSIDE", "BLOCK", "STATE", "AGE(s)", "IDLE(s)"
+    );
+    for s in sessions {
+        out.push_str(&format!(
+            "{:<28} {:<5} {:<21} {:<21} {:<11} {:<11} {:>7} {:>7}\n",
+            s.b4, s.proto, s.inside, s.outside, s.block, s.state, s.age_seconds, s.idle_seconds
+        ));
+    }
+    out
+}
+
 pub fn print_sessions(pin_path: &Path, json: bool) -> Result<()> {
     let sessions = read_sessions(pin_path)?;
     if json {
         println!("{}", serde_json::to_string(&sessions)?);
         return Ok(());
     }
-    println!(
-        "{:<40} {:<5} {:<22} {:<22} {:>8} {:>8}",
-        "B4", "PROTO", "INSIDE", "OUTSIDE", "AGE(s)", "IDLE(s)"
-    );
-    for s in &sessions {
-        println!(
-            "{:<40} {:<5} {:<22} {:<22} {:>8} {:>8}",
-            s.b4, s.proto, s.inside, s.outside, s.age_seconds, s.idle_seconds
-        );
-    }
+    print!("{}", sessions_table(&sessions));
     println!("{} mappings", sessions.len());
     Ok(())
 }
@@ -194,6 +201,27 @@ mod tests {
         let s = Session::from_map(&k, &v, &cfg, 5_000_000_000);
         assert_eq!(s.block, "39936-40447");
         assert_eq!(s.state, "-");
+        let table = sessions_table(std::slice::from_ref(&s));
+        let mut lines = table.lines();
+        let head: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        assert_eq!(
+            head,
+            ["B4", "PROTO", "INSIDE", "OUTSIDE", "BLOCK", "STATE", "AGE(s)", "IDLE(s)"]
+        );
+        let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        assert_eq!(
+            row,
+            [
+                "2001:db8:a::2",
+                "udp",
+                "192.168.1.10:5000",
+                "198.51.100.1:40000",
+                "39936-40447",
+                "-",
+                "4",
+                "2"
+            ]
+        );
         assert_eq!(s.b4, "2001:db8:a::2");
         assert_eq!(s.proto, "udp");
         assert_eq!(s.inside, "192.168.1.10:5000");
