@@ -325,6 +325,67 @@ fn header_ok(ctx: &XdpContext, off: usize, hlen: usize) -> u32 {
     (csum::fold(sum) == 0xffff) as u32
 }
 
+/// One ICMP error translation: an outer address and the matching quoted address become
+/// `addr`, the quoted port or identifier becomes `port`.
+struct Xlate {
+    /// Offsets of the addresses in the outer and the quoted IPv4 headers (12 src, 16 dst).
+    outer_field: usize,
+    outer_old: [u8; 4],
+    quote_field: usize,
+    quote_old: [u8; 4],
+    addr: [u8; 4],
+    /// Offsets of the port/identifier and of the checksum in the quoted L4 header.
+    port_off: usize,
+    l4sum_off: usize,
+    port_old: u16,
+    port: u16,
+}
+
+#[inline(always)]
+fn set_addr(ctx: &XdpContext, off: usize, a: [u8; 4]) -> Res<()> {
+    set_word(ctx, off, u16::from_ne_bytes([a[0], a[1]]))?;
+    set_word(ctx, off + 2, u16::from_ne_bytes([a[2], a[3]]))
+}
+
+/// Apply `x` to the error at `ip` quoting `q`: the outer address (and the outer header
+/// checksum; the ICMP checksum has no pseudo-header), the quoted address, its header
+/// checksum, its port, and its L4 checksum when the quote holds it. Every word changed
+/// inside the ICMP message is folded into the ICMP checksum as well.
+#[inline(always)]
+fn translate(ctx: &XdpContext, ip: &Ipv4, q: &Quote, x: &Xlate) -> Res<()> {
+    let outer_sum = word(ctx, ip.off + 10)?;
+    set_word(
+        ctx,
+        ip.off + 10,
+        csum::replace4(outer_sum, x.outer_old, x.addr),
+    )?;
+    set_addr(ctx, ip.off + x.outer_field, x.addr)?;
+    let mut isum = word(ctx, q.icmp + ICMP_CSUM_OFF)?;
+    let old_ec = word(ctx, q.emb + 10)?;
+    let new_ec = csum::replace4(old_ec, x.quote_old, x.addr);
+    set_word(ctx, q.emb + 10, new_ec)?;
+    set_addr(ctx, q.emb + x.quote_field, x.addr)?;
+    isum = csum::replace2(csum::replace4(isum, x.quote_old, x.addr), old_ec, new_ec);
+    let el4 = q.emb + q.ehlen;
+    set_word(ctx, el4 + x.port_off, x.port)?;
+    isum = csum::replace2(isum, x.port_old, x.port);
+    if ICMP_MIN_LEN + q.ehlen + x.l4sum_off + 2 <= q.icmp_len {
+        let old = word(ctx, el4 + x.l4sum_off)?;
+        let new = match q.proto {
+            IPPROTO_ICMP => csum::replace2(old, x.port_old, x.port),
+            IPPROTO_UDP => csum::udp_replace2(
+                csum::udp_replace4(old, x.quote_old, x.addr),
+                x.port_old,
+                x.port,
+            ),
+            _ => csum::replace2(csum::replace4(old, x.quote_old, x.addr), x.port_old, x.port),
+        };
+        set_word(ctx, el4 + x.l4sum_off, new)?;
+        isum = csum::replace2(isum, old, new);
+    }
+    set_word(ctx, q.icmp + ICMP_CSUM_OFF, isum)
+}
+
 /// An ICMP error from the internet about one of our mappings (RFC 5508 REQ-4, checklist
 /// 37-40): checked (the embedded IPv4 checksum, REQ-3), the embedded packet and the
 /// outer destination restored to the inside endpoint with every checksum fixed, and sent
@@ -345,7 +406,7 @@ pub fn error_inbound(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4, action: &mut
 #[inline(always)]
 fn error_inbound_inner(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> Res<u32> {
     let q = quoted(ctx, ip)?;
-    let (icmp, icmp_len, emb, ehlen, eproto) = (q.icmp, q.icmp_len, q.emb, q.ehlen, q.proto);
+    let (emb, ehlen, eproto) = (q.emb, q.ehlen, q.proto);
     // Ours, so the quoted source is the outside endpoint.
     let esrc = q.src;
     let el4 = emb + ehlen;
@@ -369,61 +430,19 @@ fn error_inbound_inner(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> Res<u32
         None => return Err(Exit::Drop(Counter::DropNoMapping)),
     };
     decrement_ttl(ctx, ip)?;
-    // Outer destination -> inside address (the ICMP checksum has no pseudo-header).
-    let outer_sum = word(ctx, ip.off + 10)?;
-    set_word(
-        ctx,
-        ip.off + 10,
-        csum::replace4(outer_sum, ip.dst, m.inside_addr),
-    )?;
-    set_word(
-        ctx,
-        ip.off + 16,
-        u16::from_ne_bytes([m.inside_addr[0], m.inside_addr[1]]),
-    )?;
-    set_word(
-        ctx,
-        ip.off + 18,
-        u16::from_ne_bytes([m.inside_addr[2], m.inside_addr[3]]),
-    )?;
-    // Embedded source address, its header checksum, its port, and its L4 checksum (when the
-    // quote holds it); every changed word is folded into the ICMP checksum as well.
-    let mut isum = word(ctx, icmp + ICMP_CSUM_OFF)?;
-    let old_ec = word(ctx, emb + 10)?;
-    let new_ec = csum::replace4(old_ec, esrc, m.inside_addr);
-    set_word(ctx, emb + 10, new_ec)?;
-    set_word(
-        ctx,
-        emb + 12,
-        u16::from_ne_bytes([m.inside_addr[0], m.inside_addr[1]]),
-    )?;
-    set_word(
-        ctx,
-        emb + 14,
-        u16::from_ne_bytes([m.inside_addr[2], m.inside_addr[3]]),
-    )?;
-    isum = csum::replace2(csum::replace4(isum, esrc, m.inside_addr), old_ec, new_ec);
-    set_word(ctx, el4 + port_off, m.inside_port)?;
-    isum = csum::replace2(isum, eport, m.inside_port);
-    if ICMP_MIN_LEN + ehlen + l4sum_off + 2 <= icmp_len {
-        let old = word(ctx, el4 + l4sum_off)?;
-        let new = match eproto {
-            IPPROTO_ICMP => csum::replace2(old, eport, m.inside_port),
-            IPPROTO_UDP => csum::udp_replace2(
-                csum::udp_replace4(old, esrc, m.inside_addr),
-                eport,
-                m.inside_port,
-            ),
-            _ => csum::replace2(
-                csum::replace4(old, esrc, m.inside_addr),
-                eport,
-                m.inside_port,
-            ),
-        };
-        set_word(ctx, el4 + l4sum_off, new)?;
-        isum = csum::replace2(isum, old, new);
-    }
-    set_word(ctx, icmp + ICMP_CSUM_OFF, isum)?;
+    // Outer destination and quoted source -> the inside endpoint.
+    let x = Xlate {
+        outer_field: 16,
+        outer_old: ip.dst,
+        quote_field: 12,
+        quote_old: esrc,
+        addr: m.inside_addr,
+        port_off,
+        l4sum_off,
+        port_old: eport,
+        port: m.inside_port,
+    };
+    translate(ctx, ip, &q, &x)?;
     encapsulate_and_send(ctx, ip, cfg.hop_limit, &cfg.aftr_addr, &m.b4)
 }
 
@@ -449,7 +468,7 @@ pub fn error_outbound(ctx: &XdpContext, p: &FromB4, outside: &mut [u8; 4]) -> u3
 fn error_outbound_inner(ctx: &XdpContext, p: &FromB4) -> Res<[u8; 4]> {
     let ip = &p.ip;
     let q = quoted(ctx, ip)?;
-    let (icmp, icmp_len, emb, ehlen, eproto) = (q.icmp, q.icmp_len, q.emb, q.ehlen, q.proto);
+    let (emb, ehlen, eproto) = (q.emb, q.ehlen, q.proto);
     // A packet the host received, so the quoted destination is the inside endpoint.
     let edst = q.dst;
     let el4 = emb + ehlen;
@@ -474,32 +493,18 @@ fn error_outbound_inner(ctx: &XdpContext, p: &FromB4) -> Res<[u8; 4]> {
         None => return Err(Exit::Drop(Counter::DropNoMapping)),
     };
     decrement_ttl(ctx, ip)?;
-    // Outer source -> outside address.
-    let outer_sum = word(ctx, ip.off + 10)?;
-    set_word(ctx, ip.off + 10, csum::replace4(outer_sum, ip.src, oaddr))?;
-    set_word(ctx, ip.off + 12, u16::from_ne_bytes([oaddr[0], oaddr[1]]))?;
-    set_word(ctx, ip.off + 14, u16::from_ne_bytes([oaddr[2], oaddr[3]]))?;
-    // Quoted destination address, its header checksum, its port and L4 checksum; all folded
-    // into the ICMP checksum.
-    let mut isum = word(ctx, icmp + ICMP_CSUM_OFF)?;
-    let old_ec = word(ctx, emb + 10)?;
-    let new_ec = csum::replace4(old_ec, edst, oaddr);
-    set_word(ctx, emb + 10, new_ec)?;
-    set_word(ctx, emb + 16, u16::from_ne_bytes([oaddr[0], oaddr[1]]))?;
-    set_word(ctx, emb + 18, u16::from_ne_bytes([oaddr[2], oaddr[3]]))?;
-    isum = csum::replace2(csum::replace4(isum, edst, oaddr), old_ec, new_ec);
-    set_word(ctx, el4 + port_off, oport)?;
-    isum = csum::replace2(isum, eport, oport);
-    if ICMP_MIN_LEN + ehlen + l4sum_off + 2 <= icmp_len {
-        let old = word(ctx, el4 + l4sum_off)?;
-        let new = match eproto {
-            IPPROTO_ICMP => csum::replace2(old, eport, oport),
-            IPPROTO_UDP => csum::udp_replace2(csum::udp_replace4(old, edst, oaddr), eport, oport),
-            _ => csum::replace2(csum::replace4(old, edst, oaddr), eport, oport),
-        };
-        set_word(ctx, el4 + l4sum_off, new)?;
-        isum = csum::replace2(isum, old, new);
-    }
-    set_word(ctx, icmp + ICMP_CSUM_OFF, isum)?;
+    // Outer source and quoted destination -> the outside endpoint.
+    let x = Xlate {
+        outer_field: 12,
+        outer_old: ip.src,
+        quote_field: 16,
+        quote_old: edst,
+        addr: oaddr,
+        port_off,
+        l4sum_off,
+        port_old: eport,
+        port: oport,
+    };
+    translate(ctx, ip, &q, &x)?;
     Ok(oaddr)
 }
