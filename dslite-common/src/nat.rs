@@ -153,15 +153,6 @@ pub const fn pool_hash(b4: &[u8; 16], inside_addr: &[u8; 4], seed: u32) -> u32 {
     mix32(h ^ word(inside_addr, 0))
 }
 
-/// Index into the pool for this softwire's inside host.
-#[inline(always)]
-pub const fn pool_index(key: &NatOutKey, seed: u32, pool_len: u32) -> u32 {
-    if pool_len == 0 {
-        return 0;
-    }
-    pool_hash(&key.b4, &key.inside_addr, seed) % pool_len
-}
-
 /// Starting point of the port search for a full mapping key (keyed by a secret seed, so
 /// outside ports are not predictable from inside ports: RFC 6056, checklist 47).
 #[inline(always)]
@@ -267,22 +258,8 @@ mod tests {
     }
 
     #[test]
-    fn pool_choice_is_paired_per_inside_host() {
-        // Different ports and protocols of one inside host on one softwire: one address.
-        let a = key(2, 5000);
-        let mut b = key(2, 6000);
-        b.proto = 6;
-        assert_eq!(pool_index(&a, 42, 4), pool_index(&b, 42, 4));
-    }
-
-    #[test]
     fn port_hash_depends_on_softwire() {
         // Same inside endpoint behind two B4s must not start the search at the same port.
         assert_ne!(port_hash(&key(2, 5000), 42), port_hash(&key(3, 5000), 42));
-    }
-
-    #[test]
-    fn pool_index_handles_empty_pool() {
-        assert_eq!(pool_index(&key(2, 1), 0, 0), 0);
     }
 }

@@ -187,6 +187,11 @@ struct Quote {
     proto: u8,
     src: [u8; 4],
     dst: [u8; 4],
+    /// Offsets in the quoted L4 header: the source and destination ports (both the echo
+    /// identifier for ICMP) and the checksum.
+    sport_off: usize,
+    dport_off: usize,
+    l4sum_off: usize,
 }
 
 /// Locate and check the packet an ICMP error quotes: an IPv4 header (options included)
@@ -207,11 +212,20 @@ fn quoted(ctx: &XdpContext, ip: &Ipv4) -> Res<Quote> {
     if eh[0] >> 4 != 4 || ehlen < IPV4_MIN_HLEN || ICMP_MIN_LEN + ehlen + 8 > icmp_len {
         return Err(Exit::Drop(Counter::DropBadIcmpError));
     }
+    let (sport_off, dport_off, l4sum_off) = match eh[9] {
+        IPPROTO_UDP => (0, 2, UDP_CSUM_OFF),
+        IPPROTO_TCP => (0, 2, TCP_CSUM_OFF),
+        IPPROTO_ICMP => (4, 4, ICMP_CSUM_OFF),
+        _ => return Err(Exit::Drop(Counter::DropBadIcmpError)),
+    };
     let q = Quote {
         icmp,
         icmp_len,
         emb,
         ehlen,
+        sport_off,
+        dport_off,
+        l4sum_off,
         proto: eh[9],
         src: [eh[12], eh[13], eh[14], eh[15]],
         dst: [eh[16], eh[17], eh[18], eh[19]],
@@ -411,12 +425,7 @@ fn error_inbound_inner(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> Res<u32
     let esrc = q.src;
     let el4 = emb + ehlen;
     // Port (TCP/UDP source) or echo identifier of the embedded packet.
-    let (port_off, l4sum_off) = match eproto {
-        IPPROTO_UDP => (0, UDP_CSUM_OFF),
-        IPPROTO_TCP => (0, TCP_CSUM_OFF),
-        IPPROTO_ICMP => (4, ICMP_CSUM_OFF),
-        _ => return Err(Exit::Drop(Counter::DropBadIcmpError)),
-    };
+    let (port_off, l4sum_off) = (q.sport_off, q.l4sum_off);
     let eport = word(ctx, el4 + port_off)?;
     let kin = NatInKey {
         outside_addr: esrc,
@@ -473,12 +482,7 @@ fn error_outbound_inner(ctx: &XdpContext, p: &FromB4) -> Res<[u8; 4]> {
     let edst = q.dst;
     let el4 = emb + ehlen;
     // The inside endpoint in the quote: TCP/UDP destination port, or echo identifier.
-    let (port_off, l4sum_off) = match eproto {
-        IPPROTO_UDP => (2, UDP_CSUM_OFF),
-        IPPROTO_TCP => (2, TCP_CSUM_OFF),
-        IPPROTO_ICMP => (4, ICMP_CSUM_OFF),
-        _ => return Err(Exit::Drop(Counter::DropBadIcmpError)),
-    };
+    let (port_off, l4sum_off) = (q.dport_off, q.l4sum_off);
     let eport = word(ctx, el4 + port_off)?;
     let key = NatOutKey {
         b4: p.key.b4,
