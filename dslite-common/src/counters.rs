@@ -48,6 +48,9 @@ pub enum CounterKind {
     Pass,
     Drop,
     Event,
+    /// Written by the controller's slow path (and the kernel reassembly it relies on), not
+    /// by XDP.
+    Slow,
 }
 
 impl CounterKind {
@@ -57,6 +60,7 @@ impl CounterKind {
             CounterKind::Pass => "pass",
             CounterKind::Drop => "drop",
             CounterKind::Event => "event",
+            CounterKind::Slow => "slow path",
         }
     }
 }
@@ -108,6 +112,11 @@ counters! {
     IcmpEchoAnswered = "icmp_echo_answered", Event;
     /// AFTR: a generated ICMP error was suppressed by its rate limit.
     IcmpRateLimited = "icmp_rate_limited", Event;
+    /// An encapsulated packet larger than the softwire MTU, handed to the slow path to be
+    /// sent as IPv6 fragments (checklist 10-11).
+    SlowEncapFragment = "slow_encap_fragment", Event;
+    /// AFTR: an IPv4 fragment for the NAT, handed to the slow path for reassembly (15).
+    SlowV4Fragment = "slow_v4_fragment", Event;
 
     // ---- passes to the kernel stack -------------------------------------------------------
     /// Not IPv4 or IPv6 (ARP, LLDP, ...).
@@ -118,7 +127,8 @@ counters! {
     PassLocalV4 = "pass_local_v4", Pass;
     /// IPv6 not addressed to the softwire endpoint, or not IPv4-in-IPv6 (ND, ping6, ...).
     PassNotSoftwire = "pass_not_softwire", Pass;
-    /// IPv6 carrying a Fragment header: reassembly is the kernel's (issue 3/5 slow path).
+    /// IPv6 carrying a Fragment header: the kernel reassembles it and the slow path brings
+    /// the whole packet back to XDP (checklist 12).
     PassIpv6Fragment = "pass_ipv6_fragment", Pass;
     /// IPv6 extension header the fast path does not walk (routing, too long, too many).
     PassIpv6ExtHeader = "pass_ipv6_ext_header", Pass;
@@ -128,6 +138,9 @@ counters! {
     PassNoNeighbour = "pass_no_neighbour", Pass;
     /// FIB says "not forwarded" (local destination, no route): the kernel decides.
     PassFibNotForwarded = "pass_fib_not_forwarded", Pass;
+    /// IPv4 with DF=0 larger than the egress MTU: the kernel forwards and fragments it
+    /// (RFC 4787 REQ-13a, checklist 14).
+    PassV4FragmentNeeded = "pass_v4_fragment_needed", Pass;
 
     // ---- drops ------------------------------------------------------------------------
     /// Frame shorter than an Ethernet header.
@@ -146,8 +159,6 @@ counters! {
     DropNotFromAftr = "drop_not_from_aftr", Drop;
     /// Inner TTL would reach zero.
     DropTtlExceeded = "drop_ttl_exceeded", Drop;
-    /// AFTR: IPv4 fragment (needs the reassembly slow path of issue 3/5).
-    DropIpv4Fragment = "drop_ipv4_fragment", Drop;
     /// AFTR: inner protocol the NAT does not translate.
     DropUnsupportedProto = "drop_unsupported_proto", Drop;
     /// AFTR: ICMP that is neither an echo nor a translatable error.
@@ -178,10 +189,44 @@ counters! {
     DropAdjustHead = "drop_adjust_head", Drop;
     /// FIB lookup: blackhole, unreachable or prohibit route.
     DropFibUnreachable = "drop_fib_unreachable", Drop;
-    /// FIB lookup: egress MTU smaller than the packet (fragmentation is issue 3/5).
-    DropFibFragNeeded = "drop_fib_frag_needed", Drop;
+    /// IPv4 with DF=1 larger than the egress MTU. The AFTR answers it with an ICMP 3/4
+    /// carrying the MTU down the softwire (RFC 4787 REQ-13, checklist 14).
+    DropV4TooBig = "drop_v4_too_big", Drop;
+    /// A packet for the slow path while there is none (no TAP device, or it refused it).
+    DropSlowPathUnavailable = "drop_slow_path_unavailable", Drop;
+    /// A packet the slow path wrote back would go to the kernel as IPv6 again: dropped, so
+    /// it can never circle between the kernel and the controller.
+    DropSlowLoop = "drop_slow_loop", Drop;
     /// FIB lookup failed for another reason.
     DropFibOther = "drop_fib_other", Drop;
+
+    // ---- slow path: written by the controller ------------------------------------------
+    /// Frames the controller read from its TAP device (XDP hand-overs and own traffic).
+    SlowFramesRead = "slow_frames_read", Slow;
+    /// IPv4 packets sent into a softwire through the kernel, which fragmented the IPv6.
+    SlowEncapSent = "slow_encap_sent", Slow;
+    /// Sends or writes the kernel refused (the error is logged once per kind).
+    SlowSendErrors = "slow_send_errors", Slow;
+    /// Softwire packets the kernel reassembled, written back to XDP.
+    SlowV6Reassembled = "slow_v6_reassembled", Slow;
+    /// IPv4 datagrams reassembled for the NAT and written back to XDP.
+    SlowV4Reassembled = "slow_v4_reassembled", Slow;
+    /// Incomplete IPv4 fragment chains that timed out.
+    SlowV4ReasmTimeout = "slow_v4_reasm_timeout", Slow;
+    /// IPv4 fragments dropped: overlapping, too long, or beyond the chain/memory limits.
+    SlowV4ReasmDropped = "slow_v4_reasm_dropped", Slow;
+    /// ICMPv6 errors about softwire packets relayed to the inner source as ICMPv4 (42).
+    SlowIcmp6Relayed = "slow_icmp6_relayed", Slow;
+    /// B4: the router's own IPv4 packets (from 192.0.0.2) sent into the softwire.
+    SlowOwnV4Packets = "slow_own_v4_packets", Slow;
+    /// Frames read from the TAP that made no sense (unknown reason, truncated).
+    SlowBadFrames = "slow_bad_frames", Slow;
+    /// The kernel's IPv6 reassembly in this namespace (Ip6ReasmOKs in /proc/net/snmp6).
+    KernelV6ReasmOk = "kernel_v6_reasm_ok", Slow;
+    /// ... failures: overlapping fragments (RFC 5722), memory limit (Ip6ReasmFails).
+    KernelV6ReasmFailed = "kernel_v6_reasm_failed", Slow;
+    /// ... incomplete chains that expired (Ip6ReasmTimeout).
+    KernelV6ReasmTimeout = "kernel_v6_reasm_timeout", Slow;
 }
 
 #[cfg(test)]

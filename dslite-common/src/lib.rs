@@ -10,5 +10,6 @@ pub mod csum;
 pub mod maps;
 pub mod nat;
 pub mod proto;
+pub mod slow;
 
 pub use counters::Counter;

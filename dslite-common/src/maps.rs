@@ -32,6 +32,8 @@ pub const BLOCKS: &str = "BLOCKS";
 pub const SW_BLOCKS: &str = "SW_BLOCKS";
 /// `RingBuf` of [`NatEvent`]: port-block allocations, for the controller's NAT log.
 pub const EVENTS: &str = "EVENTS";
+/// `Array<SlowConfig>`, one entry: the slow path (both roles).
+pub const SLOW_CONFIG: &str = "SLOW_CONFIG";
 
 /// Default size of the NAT tables (mappings). Tunable at load time.
 pub const DEFAULT_MAX_MAPPINGS: u32 = 1 << 20;
@@ -75,6 +77,10 @@ pub struct AftrConfig {
     pub filter_modes: u8,
     /// TCP MSS that SYNs are clamped to, host order (0: off).
     pub mss: u16,
+    /// MTU of the internet-side interface: a DF=1 packet larger than this gets its route's
+    /// MTU checked before translation (0: never checked, such packets are dropped, counted).
+    pub v4_mtu: u16,
+    pub _pad: u16,
 }
 
 /// `HashMap<PeerKey, u64>`: remote endpoints each mapping has sent to, for address- and
@@ -290,7 +296,7 @@ const _: () = assert!(size_of::<BlockValue>() == 32);
 const _: () = assert!(size_of::<SlotKey>() == 20);
 const _: () = assert!(size_of::<Slot>() == 12);
 const _: () = assert!(size_of::<NatEvent>() == 40);
-const _: () = assert!(size_of::<AftrConfig>() == 52);
+const _: () = assert!(size_of::<AftrConfig>() == 56);
 const _: () = assert!(size_of::<B4Config>() == 44);
 const _: () = assert!(size_of::<NatOutKey>() == 24);
 const _: () = assert!(size_of::<NatOutValue>() == 24);
@@ -315,4 +321,5 @@ mod pod {
     unsafe impl aya::Pod for SoftwireState {}
     unsafe impl aya::Pod for PeerKey {}
     unsafe impl aya::Pod for IcmpBucket {}
+    unsafe impl aya::Pod for crate::slow::SlowConfig {}
 }

@@ -25,6 +25,8 @@ pub const ICMP_ECHO_REQUEST: u8 = 8;
 pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAM_PROBLEM: u8 = 12;
+/// Destination unreachable code 4: fragmentation needed and DF set (RFC 1191).
+pub const ICMP_FRAG_NEEDED: u8 = 4;
 
 /// The TCP MSS that fits a softwire over a link of `link_mtu` bytes: the IPv6 header, then
 /// the IPv4 and TCP headers, come off (RFC 6908 §2.3, checklist 13).
@@ -58,6 +60,7 @@ pub const UDP_LEN: usize = 8;
 pub const ICMP_MIN_LEN: usize = 8;
 
 /// IPv4 flags/fragment-offset masks (host order of the 16-bit field).
+pub const IPV4_DF: u16 = 0x4000;
 pub const IPV4_MF: u16 = 0x2000;
 pub const IPV4_OFFSET_MASK: u16 = 0x1fff;
 

@@ -7,16 +7,18 @@ use dslite_common::{
     maps::{AftrConfig, NatInKey, NatOutKey, PeerKey, AFTR_INBOUND_REFRESH},
     nat::{filter_mode, tcp_bits, FILTER_APDF, FILTER_EIF},
     proto::*,
+    slow::SLOW_V4_FRAGMENT,
     Counter,
 };
 
 use crate::{
-    forward::{decapsulate, encapsulate_and_send, redirect_v4, redirect_v6},
+    forward::{decapsulate, encapsulate_and_send, redirect_v4, redirect_v6, v4_route_mtu, TOO_BIG},
     headers::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, Softwire, L3},
     icmp::{send_unreachable, Refusal, AFTR_V4},
     maps::{count, count_n, AFTR_CONFIG, B4_ALLOW, NAT_IN, PEERS, POOL_INDEX},
     nat::lookup_or_create,
     packet::{at, len, read16, write16, Exit, Res},
+    slow::to_controller,
 };
 
 #[inline(always)]
@@ -161,6 +163,8 @@ pub struct FromB4 {
     l4: L4,
     pub inner_off: usize,
     outer_len: usize,
+    /// For an ICMP 3/4 refusal: the next-hop MTU it reports.
+    pub mtu: u32,
 }
 
 /// Parse and check a softwire packet from a B4 into `p`; 0 or an [`Exit::code`]. A BPF call
@@ -185,7 +189,8 @@ fn parse_from_b4_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &mut FromB4) -> Re
     }
     ipv4(ctx, sw.inner_off, sw.inner_avail, &mut p.ip)?;
     if p.ip.fragment {
-        return Err(Exit::Drop(Counter::DropIpv4Fragment));
+        // Ports are in the first fragment only: the slow path reassembles (checklist 15).
+        return Err(Exit::Pass(Counter::SlowV4Fragment));
     }
     p.key.b4 = sw.src;
     p.inner_off = sw.inner_off;
@@ -218,8 +223,12 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
         l4: L4::default(),
         inner_off: 0,
         outer_len: 0,
+        mtu: 0,
     };
     let code = parse_from_b4(ctx, cfg, &mut p);
+    if code == Exit::Pass(Counter::SlowV4Fragment).code() {
+        return to_controller(ctx, SLOW_V4_FRAGMENT, 0);
+    }
     // `IcmpErrorTranslated` as a "pass" is parse's signal for a host's ICMP error: a code
     // rather than a flag in `p`, whose one-byte store would blur the verifier's view of the
     // stack slot around it.
@@ -259,6 +268,25 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
         } else {
             Err(Exit::from_code(code))
         };
+    }
+    if p.ip.df && p.ip.tot_len > cfg.v4_mtu as usize {
+        // Larger than the internet side allows and not to be fragmented: an ICMP 3/4 with
+        // the route's MTU goes back down the softwire (RFC 4787 REQ-13, checklist 14), and
+        // no mapping is made for it.
+        let mtu = v4_route_mtu(ctx, &p.ip.dst, p.ip.tot_len as u32);
+        if mtu != 0 {
+            p.mtu = mtu;
+            let mut action = 0;
+            let why = Counter::DropV4TooBig as u32
+                | (ICMP_DEST_UNREACH as u32) << 16
+                | (ICMP_FRAG_NEEDED as u32) << 24;
+            let code = refuse(ctx, cfg, &p, why, &mut action);
+            return if code == 0 {
+                Ok(action)
+            } else {
+                Err(Exit::from_code(code))
+            };
+        }
     }
     decrement_ttl(ctx, &p.ip)?;
     let (out_addr, out_port) = match lookup_or_create(&p.key, cfg, tcp_bits(p.l4.tcp_flags, true)) {
@@ -319,6 +347,7 @@ fn refuse(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, why: u32, action: &mut
         hlen: p.ip.hlen,
         icmp_type: (why >> 16) as u8,
         icmp_code: (why >> 24) as u8,
+        mtu: p.mtu as u16,
     };
     let why = why & 0xffff;
     let code = send_unreachable(ctx, cfg, &r, why);
@@ -326,6 +355,8 @@ fn refuse(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, why: u32, action: &mut
         return code;
     }
     match redirect_v6(ctx, &cfg.aftr_addr, &r.b4) {
+        // A quote is far below any IPv6 MTU; should a route say otherwise, drop it.
+        Ok(a) if a & TOO_BIG != 0 => Exit::Drop(Counter::DropV4TooBig).code(),
         Ok(a) => {
             *action = a;
             0
@@ -498,7 +529,8 @@ fn from_internet(ctx: &XdpContext, cfg: &AftrConfig, ip: &mut Ipv4) -> Res<u32> 
         return Err(Exit::Pass(Counter::PassNotPool));
     }
     if ip.fragment {
-        return Err(Exit::Drop(Counter::DropIpv4Fragment));
+        // Ports are in the first fragment only: the slow path reassembles (checklist 15).
+        return to_controller(ctx, SLOW_V4_FRAGMENT, 0);
     }
     if ip.proto == IPPROTO_ICMP {
         let t: *mut [u8; 2] = at(ctx, ip.off + ip.hlen, Counter::DropBadL4)?;

@@ -9,6 +9,7 @@ use crate::{
     headers::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, Softwire, L3},
     maps::{count, count_n, B4_CONFIG, LOCAL_V4},
     packet::{len, Exit, Res},
+    slow::from_slow_path,
 };
 
 #[inline(always)]
@@ -23,10 +24,12 @@ pub fn run(ctx: &XdpContext) -> Res<u32> {
     };
     // SAFETY: reading the ingress ifindex from the context.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    // The slow path's TAP plays both sides: it writes back reassembled softwire packets
+    // (IPv6, as from the WAN) and the router's own IPv4 from 192.0.0.2 (as from the LAN).
     match ethernet(ctx)? {
-        L3::V4 if ingress == cfg.lan_ifindex => from_lan(ctx, &cfg),
+        L3::V4 if ingress == cfg.lan_ifindex || from_slow_path(ctx) => from_lan(ctx, &cfg),
         L3::V4 => Err(Exit::Pass(Counter::PassNotSoftwire)),
-        L3::V6 if ingress == cfg.wan_ifindex => from_wan(ctx, &cfg),
+        L3::V6 if ingress == cfg.wan_ifindex || from_slow_path(ctx) => from_wan(ctx, &cfg),
         L3::V6 => {
             // Native IPv6 from the LAN: the kernel routes it; we only count it.
             count(Counter::NativeV6OutPackets);

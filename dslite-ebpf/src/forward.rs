@@ -6,7 +6,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
-use dslite_common::{proto::*, Counter};
+use dslite_common::{proto::*, slow::SLOW_ENCAP_FRAGMENT, Counter};
 
 use crate::{
     maps::count,
@@ -100,7 +100,9 @@ pub fn encapsulate(ctx: &XdpContext, o: &Outer, src: &[u8; 16], dst: &[u8; 16]) 
 }
 
 /// Encapsulate the IPv4 packet `ip` (right after Ethernet) toward `dst` and send it: the
-/// common tail of every path into a softwire.
+/// common tail of every path into a softwire. An outer packet larger than the tunnel MTU or
+/// the route's MTU goes to the slow path, which sends it as IPv6 fragments: the inner IPv4
+/// packet is never fragmented (RFC 6333 §5.3/§6.3, checklist 10-11).
 #[inline(always)]
 pub fn encapsulate_and_send(
     ctx: &XdpContext,
@@ -115,8 +117,20 @@ pub fn encapsulate_and_send(
         hop_limit,
     };
     encapsulate(ctx, &o, src, dst)?;
-    redirect_v6(ctx, src, dst)
+    let tunnel_mtu = crate::slow::tunnel_mtu();
+    if tunnel_mtu != 0 && (IPV6_HLEN + ip.tot_len) as u32 > tunnel_mtu {
+        return crate::slow::to_controller(ctx, SLOW_ENCAP_FRAGMENT, tunnel_mtu);
+    }
+    let action = redirect_v6(ctx, src, dst)?;
+    if action & TOO_BIG != 0 {
+        return crate::slow::to_controller(ctx, SLOW_ENCAP_FRAGMENT, action & !TOO_BIG);
+    }
+    Ok(action)
 }
+
+/// Set in what [`redirect_v6`] returns when the route's MTU is smaller than the packet; the
+/// low bits carry that MTU. Never a valid XDP action.
+pub const TOO_BIG: u32 = 1 << 31;
 
 fn fib_params(ctx: &XdpContext, family: u8) -> FibParams {
     FibParams {
@@ -142,7 +156,18 @@ pub fn redirect_v4(ctx: &XdpContext, src: &[u8; 4], dst: &[u8; 4]) -> Res<u32> {
     let mut p = fib_params(ctx, AF_INET);
     p.src[..4].copy_from_slice(src);
     p.dst[..4].copy_from_slice(dst);
-    let action = fib_redirect(ctx, &mut p)?;
+    let mut action = fib_redirect(ctx, &mut p)?;
+    if action & TOO_BIG != 0 {
+        // Larger than the egress MTU. DF=0: the kernel forwards it and fragments it (RFC 4787
+        // REQ-13a); DF=1 was answered before translation where an answer is due (AFTR).
+        let h: *mut [u8; IPV4_MIN_HLEN] = at(ctx, ETH_HLEN, Counter::DropBadIpv4)?;
+        // SAFETY: bounds-checked by `at`.
+        if unsafe { (*h)[6] } & 0x40 != 0 {
+            return Err(Exit::Drop(Counter::DropV4TooBig));
+        }
+        count(Counter::PassV4FragmentNeeded);
+        action = xdp_action::XDP_PASS;
+    }
     if action == xdp_action::XDP_PASS {
         // The kernel will forward it and spend a TTL itself: give back the one we spent,
         // or a packet arriving with TTL 2 would die in the kernel instead of being routed.
@@ -168,7 +193,30 @@ fn restore_ttl(ctx: &XdpContext) -> Res<()> {
     Ok(())
 }
 
-/// Route an IPv6 frame and redirect it; see [`fib_redirect`].
+/// The MTU of the IPv4 route to `dst` if a packet of `tot_len` bytes exceeds it, else 0.
+#[inline(never)]
+pub fn v4_route_mtu(ctx: &XdpContext, dst: &[u8; 4], tot_len: u32) -> u32 {
+    let mut p = fib_params(ctx, AF_INET);
+    p.tot_len = tot_len as u16;
+    p.dst[..4].copy_from_slice(dst);
+    // SAFETY: `p` is a correctly sized `struct bpf_fib_lookup`.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            &mut p as *mut FibParams as *mut _,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc == FIB_FRAG_NEEDED {
+        p.tot_len as u32
+    } else {
+        0
+    }
+}
+
+/// Route an IPv6 frame and redirect it; see [`fib_redirect`]. A packet larger than the
+/// route's MTU is not sent: the result is [`TOO_BIG`] with the MTU.
 #[inline(never)]
 pub fn redirect_v6(ctx: &XdpContext, src: &[u8; 16], dst: &[u8; 16]) -> Res<u32> {
     let mut p = fib_params(ctx, AF_INET6);
@@ -179,7 +227,8 @@ pub fn redirect_v6(ctx: &XdpContext, src: &[u8; 16], dst: &[u8; 16]) -> Res<u32>
 
 /// Route the frame with the kernel FIB and redirect it out of the egress interface. A
 /// missing neighbour entry hands the packet to the kernel, which resolves the neighbour and
-/// forwards it: later packets take the fast path.
+/// forwards it: later packets take the fast path. A packet larger than the egress MTU gives
+/// [`TOO_BIG`] | MTU for the caller to decide.
 #[inline(always)]
 fn fib_redirect(ctx: &XdpContext, p: &mut FibParams) -> Res<u32> {
     // SAFETY: `p` is a correctly sized `struct bpf_fib_lookup`.
@@ -212,7 +261,8 @@ fn fib_redirect(ctx: &XdpContext, p: &mut FibParams) -> Res<u32> {
         FIB_BLACKHOLE | FIB_UNREACHABLE | FIB_PROHIBIT => {
             Err(Exit::Drop(Counter::DropFibUnreachable))
         }
-        FIB_FRAG_NEEDED => Err(Exit::Drop(Counter::DropFibFragNeeded)),
+        // `tot_len` now holds the MTU (`mtu_result` in the kernel's union).
+        FIB_FRAG_NEEDED => Ok(TOO_BIG | p.tot_len as u32),
         _ => Err(Exit::Drop(Counter::DropFibOther)),
     }
 }

@@ -116,6 +116,8 @@ pub struct Ipv4 {
     pub proto: u8,
     /// More-fragments set or a non-zero fragment offset.
     pub fragment: bool,
+    /// Don't Fragment.
+    pub df: bool,
     pub src: [u8; 4],
     pub dst: [u8; 4],
 }
@@ -140,6 +142,7 @@ pub fn ipv4(ctx: &XdpContext, off: usize, avail: usize, ip: &mut Ipv4) -> Res<()
     ip.ttl = h[8];
     ip.proto = h[9];
     ip.fragment = frag & (IPV4_MF | IPV4_OFFSET_MASK) != 0;
+    ip.df = frag & IPV4_DF != 0;
     ip.src = [h[12], h[13], h[14], h[15]];
     ip.dst = [h[16], h[17], h[18], h[19]];
     Ok(())

@@ -41,6 +41,8 @@ pub struct Refusal {
     pub hlen: usize,
     pub icmp_type: u8,
     pub icmp_code: u8,
+    /// Next-hop MTU for a "fragmentation needed" (RFC 1191), else 0.
+    pub mtu: u16,
 }
 
 /// One token from this CPU's ICMP bucket (`icmp_per_sec`, burst of the same size).
@@ -154,7 +156,9 @@ fn build(ctx: &XdpContext, cfg: &AftrConfig, r: &Refusal) -> Res<()> {
     let o = o + IPV4_MIN_HLEN;
     let t: *mut [u8; ICMP_MIN_LEN] = at(ctx, o, Counter::DropAdjustHead)?;
     // SAFETY: bounds-checked by `at`.
-    unsafe { *t = [r.icmp_type, r.icmp_code, 0, 0, 0, 0, 0, 0] };
+    let [m0, m1] = r.mtu.to_be_bytes();
+    // SAFETY: bounds-checked by `at`.
+    unsafe { *t = [r.icmp_type, r.icmp_code, 0, 0, 0, 0, m0, m1] };
     let c = !csum::fold(sum_words(ctx, o, icmp_len));
     let sum_p: *mut [u8; 2] = at(ctx, o + 2, Counter::DropAdjustHead)?;
     write16(sum_p as *mut u8, c);

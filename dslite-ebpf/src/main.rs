@@ -20,17 +20,28 @@ mod maps;
 mod mss;
 mod nat;
 mod packet;
+mod slow;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+use dslite_common::Counter;
 
 use crate::packet::{Exit, Res};
 
 #[inline(always)]
-fn finish(r: Res<u32>) -> u32 {
+fn finish(ctx: &XdpContext, r: Res<u32>) -> u32 {
     match r {
         Ok(action) => action,
         Err(Exit::Drop(c)) => {
             maps::count(c);
+            xdp_action::XDP_DROP
+        }
+        Err(Exit::Pass(
+            Counter::PassIpv6Fragment | Counter::PassIpv6ExtHeader | Counter::PassNotSoftwire,
+        )) if slow::from_slow_path(ctx) => {
+            // IPv6 for the kernel's local delivery would reach the slow path's raw socket
+            // and come back here: never let a written-back packet circle.
+            maps::count(Counter::DropSlowLoop);
             xdp_action::XDP_DROP
         }
         Err(Exit::Pass(c)) => {
@@ -42,12 +53,12 @@ fn finish(r: Res<u32>) -> u32 {
 
 #[xdp]
 pub fn dslite_b4(ctx: XdpContext) -> u32 {
-    finish(b4::run(&ctx))
+    finish(&ctx, b4::run(&ctx))
 }
 
 #[xdp]
 pub fn dslite_aftr(ctx: XdpContext) -> u32 {
-    finish(aftr::run(&ctx))
+    finish(&ctx, aftr::run(&ctx))
 }
 
 /// Passes everything. A veth only accepts frames that XDP_REDIRECT sends into it when its

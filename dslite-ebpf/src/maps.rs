@@ -13,6 +13,7 @@ use dslite_common::{
         NatOutValue, PeerKey, Slot, SlotKey, SoftwireState, DEFAULT_MAX_MAPPINGS, MAX_POOL,
         MAX_PREFIXES,
     },
+    slow::SlowConfig,
     Counter,
 };
 
@@ -77,6 +78,10 @@ pub static PEERS: HashMap<PeerKey, u64> = HashMap::pinned(1 << 16, 0);
 /// AFTR: per-CPU token bucket for generated ICMP errors.
 #[map(name = "ICMP_BUCKET")]
 pub static ICMP_BUCKET: PerCpuArray<IcmpBucket> = PerCpuArray::pinned(1, 0);
+
+/// The slow path (TAP ifindex, tunnel MTU), one entry. Written by the controller.
+#[map(name = "SLOW_CONFIG")]
+pub static SLOW_CONFIG: Array<SlowConfig> = Array::pinned(1, 0);
 
 /// Add `n` to counter `c` on this CPU (per-CPU slot: no atomics needed).
 #[inline(always)]

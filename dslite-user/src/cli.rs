@@ -11,7 +11,7 @@ use log::{info, warn};
 
 use crate::{
     config::{AftrOptions, B4Options, Cidr4, DEFAULT_PIN_ROOT},
-    dataplane, netlink, views,
+    dataplane, netlink, slowpath, views,
 };
 
 #[derive(Parser)]
@@ -133,6 +133,7 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
     let tunnel = netlink::link(&s.tunnel_iface).await.map_err(usage)?;
     s.mss = s.mss_clamp.resolve(tunnel.mtu);
     let internet = netlink::link(&s.internet_iface).await.map_err(usage)?;
+    s.v4_mtu = internet.mtu.min(u16::MAX as u32) as u16;
     let object = dataplane::object_bytes(s.bpf_object.as_deref()).map_err(usage)?;
     dataplane::ensure_bpffs(&s.pin_path).map_err(usage)?;
     ensure_forwarding();
@@ -152,6 +153,8 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
             ],
             s.xdp_mode,
         )?;
+        let role = slowpath::Role::Aftr { aftr: s.address };
+        let slow = start_slow_path(&mut ebpf, dataplane::PROG_AFTR, role, &s.slow).await?;
         info!(
             "AFTR {} up: pool {}, ports {}-{} in blocks of {} (at most {} per softwire), {} B4 prefixes, MSS clamp {}, maps at {}",
             s.address,
@@ -164,7 +167,7 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
             s.mss,
             s.pin_path.display()
         );
-        aftr_loop(&s.pin_path, sweeper).await
+        aftr_loop(&s.pin_path, sweeper, &slow).await
     }
     .await;
     drop(logger);
@@ -227,6 +230,11 @@ async fn run_b4(o: B4Options) -> Result<()> {
             &[(lan.name.clone(), lan.index), (wan.name.clone(), wan.index)],
             s.xdp_mode,
         )?;
+        let role = slowpath::Role::B4 {
+            b4: address,
+            aftr: s.aftr,
+        };
+        let slow = start_slow_path(&mut ebpf, dataplane::PROG_B4, role, &s.slow).await?;
         info!(
             "B4 {address} up: AFTR {}, LAN {} ({} local prefixes), WAN {}, maps at {}",
             s.aftr,
@@ -235,7 +243,7 @@ async fn run_b4(o: B4Options) -> Result<()> {
             wan.name,
             s.pin_path.display()
         );
-        wait_for_shutdown().await
+        b4_loop(&s.pin_path, &slow).await
     }
     .await;
     drop(logger);
@@ -245,8 +253,89 @@ async fn run_b4(o: B4Options) -> Result<()> {
     r
 }
 
+/// Size of the TAP's MTU: a reassembled datagram plus its softwire header must cross it.
+const TAP_MTU: u32 = 65000;
+
+/// Create the slow path's TAP, point the dataplane at it, and start its threads
+/// (docs/design.md, "The slow path").
+async fn start_slow_path(
+    ebpf: &mut aya::Ebpf,
+    prog: &str,
+    role: slowpath::Role,
+    s: &slowpath::Settings,
+) -> Result<slowpath::SlowPath> {
+    let (tap, index) = slowpath::create_tap(&s.tap_name)?;
+    netlink::configure_tap(index, slowpath::TAP_MAC, TAP_MTU).await?;
+    let name = &s.tap_name;
+    // Written-back packets are routed from the TAP (forwarding); the kernel must not filter
+    // them by reverse path, nor configure IPv6 from router advertisements on it.
+    for (path, v) in [
+        (format!("net/ipv4/conf/{name}/forwarding"), "1"),
+        (format!("net/ipv4/conf/{name}/rp_filter"), "0"),
+        (format!("net/ipv6/conf/{name}/forwarding"), "1"),
+        (format!("net/ipv6/conf/{name}/accept_ra"), "0"),
+    ] {
+        if let Err(e) = netlink::ensure_sysctl(&path, v) {
+            warn!("could not set {path} = {v}: {e:#}");
+        }
+    }
+    if let slowpath::Role::B4 { .. } = role {
+        if netlink::own_ipv4_route(index, slowpath::B4_V4).await? {
+            info!(
+                "no IPv4 default route here: this router's own IPv4 goes into the softwire from {}",
+                slowpath::B4_V4
+            );
+        }
+    }
+    slowpath::set_kernel_reassembly(s);
+    dataplane::set_slow_config(
+        ebpf,
+        dslite_common::slow::SlowConfig {
+            ifindex: index,
+            tunnel_mtu: s.tunnel_mtu.unwrap_or(0),
+        },
+    )?;
+    dataplane::attach_tap(ebpf, prog, name, index)?;
+    let slow = slowpath::start(tap, index, role, s)?;
+    info!(
+        "slow path on {name}: tunnel MTU {}, reassembly {} s / {} bytes",
+        s.tunnel_mtu
+            .map_or("from the route".to_string(), |m| m.to_string()),
+        s.reassembly_timeout.as_secs(),
+        s.reassembly_memory
+    );
+    Ok(slow)
+}
+
+/// Publish the slow path's counters next to the kernel's.
+fn publish(pin: &std::path::Path, slow: &slowpath::SlowPath) {
+    slow.stats.read_kernel();
+    if let Err(e) = dataplane::publish_counters(pin, &slow.stats.snapshot()) {
+        warn!("publishing slow path counters: {e:#}");
+    }
+}
+
+/// The B4's controller work until a signal: publishing counters.
+async fn b4_loop(pin: &std::path::Path, slow: &slowpath::SlowPath) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(()); }
+            _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
+            _ = tick.tick() => publish(pin, slow),
+        }
+    }
+}
+
 /// The AFTR's controller work until a signal: NAT events from the kernel, and the sweep.
-async fn aftr_loop(pin: &std::path::Path, mut sweeper: crate::sweep::Sweeper) -> Result<()> {
+async fn aftr_loop(
+    pin: &std::path::Path,
+    mut sweeper: crate::sweep::Sweeper,
+    slow: &slowpath::SlowPath,
+) -> Result<()> {
     use aya::maps::{Map, MapData, RingBuf};
     use tokio::signal::unix::{signal, SignalKind};
     let events = RingBuf::try_from(Map::RingBuf(MapData::from_pin(
@@ -278,6 +367,7 @@ async fn aftr_loop(pin: &std::path::Path, mut sweeper: crate::sweep::Sweeper) ->
                 g.clear_ready();
             }
             _ = tick.tick() => {
+                publish(pin, slow);
                 let now = crate::sweep::monotonic_ns();
                 match sweeper.sweep(now) {
                     Ok(r) => {
@@ -295,17 +385,6 @@ async fn aftr_loop(pin: &std::path::Path, mut sweeper: crate::sweep::Sweeper) ->
             }
         }
     }
-}
-
-async fn wait_for_shutdown() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
-    }
-    Ok(())
 }
 
 /// Forward kernel-side aya-log records (cold paths only) into this process's log.

@@ -302,6 +302,19 @@ pub struct CommonOptions {
     #[arg(long, value_name = "auto|off|MSS", value_parser = parse_mss)]
     #[serde(default, deserialize_with = "de_opt_mss")]
     pub mss_clamp: Option<MssClamp>,
+    /// Largest outer IPv6 packet on a softwire; bigger ones leave as IPv6 fragments
+    /// (default: the route's MTU toward the peer).
+    #[arg(long, value_name = "BYTES")]
+    pub tunnel_mtu: Option<u32>,
+    /// Seconds an incomplete fragment chain is kept (IPv6 by the kernel, IPv4 by the NAT).
+    #[arg(long, value_name = "SECS")]
+    pub reassembly_timeout: Option<u64>,
+    /// Bytes of fragments held for reassembly (each of IPv6 and IPv4).
+    #[arg(long, value_name = "BYTES")]
+    pub reassembly_memory: Option<u32>,
+    /// Name of the slow path's TAP device.
+    #[arg(long, value_name = "NAME")]
+    pub slow_iface: Option<String>,
     /// TOML file with any of these options; flags override it.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -360,19 +373,66 @@ fn de_opt_ipv6<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Ipv6Addr
 }
 
 impl CommonOptions {
+    /// The slow path's settings, checked.
+    fn slow(&self) -> Result<crate::slowpath::Settings> {
+        if let Some(m) = self.tunnel_mtu {
+            if !(1280..=65535).contains(&m) {
+                bail!("--tunnel-mtu {m} is outside 1280-65535 (IPv6's minimum MTU is 1280)");
+            }
+        }
+        use crate::slowpath::{
+            Settings, DEFAULT_REASSEMBLY_MEMORY, DEFAULT_REASSEMBLY_SECS, DEFAULT_TAP,
+        };
+        let timeout = self.reassembly_timeout.unwrap_or(DEFAULT_REASSEMBLY_SECS);
+        if !(1..=60).contains(&timeout) {
+            bail!("--reassembly-timeout {timeout} is outside 1-60 seconds");
+        }
+        let memory = self.reassembly_memory.unwrap_or(DEFAULT_REASSEMBLY_MEMORY);
+        if !((64 << 10)..=(1 << 30)).contains(&memory) {
+            bail!("--reassembly-memory {memory} is outside 65536-1073741824 bytes");
+        }
+        let tap_name = self
+            .slow_iface
+            .clone()
+            .unwrap_or_else(|| DEFAULT_TAP.into());
+        if tap_name.is_empty() || tap_name.len() > 15 || tap_name.contains(['/', ' ']) {
+            bail!("--slow-iface '{tap_name}' is not a valid interface name (1-15 bytes)");
+        }
+        Ok(Settings {
+            tap_name,
+            tunnel_mtu: self.tunnel_mtu,
+            reassembly_timeout: std::time::Duration::from_secs(timeout),
+            reassembly_memory: memory,
+            reassembly_chains: Settings::chains_for(memory),
+        })
+    }
+
     fn merge(self, file: CommonOptions) -> CommonOptions {
         CommonOptions {
             pin_path: self.pin_path.or(file.pin_path),
             xdp_mode: self.xdp_mode.or(file.xdp_mode),
             bpf_object: self.bpf_object.or(file.bpf_object),
             mss_clamp: self.mss_clamp.or(file.mss_clamp),
+            tunnel_mtu: self.tunnel_mtu.or(file.tunnel_mtu),
+            reassembly_timeout: self.reassembly_timeout.or(file.reassembly_timeout),
+            reassembly_memory: self.reassembly_memory.or(file.reassembly_memory),
+            slow_iface: self.slow_iface.or(file.slow_iface),
             config: self.config,
         }
     }
 }
 
 /// Keys each file may hold (serde cannot deny unknown keys through `flatten`).
-const COMMON_KEYS: &[&str] = &["pin-path", "xdp-mode", "bpf-object", "mss-clamp"];
+const COMMON_KEYS: &[&str] = &[
+    "pin-path",
+    "xdp-mode",
+    "bpf-object",
+    "mss-clamp",
+    "tunnel-mtu",
+    "reassembly-timeout",
+    "reassembly-memory",
+    "slow-iface",
+];
 const AFTR_KEYS: &[&str] = &[
     "tunnel-iface",
     "internet-iface",
@@ -497,6 +557,10 @@ pub struct AftrSettings {
     /// Filtering per protocol: UDP, TCP, ICMP.
     pub filtering: [Filtering; 3],
     pub mss_clamp: MssClamp,
+    pub slow: crate::slowpath::Settings,
+    /// MTU of the internet interface (resolved at start; 0: DF=1 packets too big for it are
+    /// dropped without an ICMP 3/4).
+    pub v4_mtu: u16,
     /// The MSS programmed into the dataplane (resolved from `mss_clamp` at start; 0: off).
     pub mss: u16,
     pub pin_path: PathBuf,
@@ -697,6 +761,8 @@ impl AftrOptions {
                 self.icmp_filtering.unwrap_or_default(),
             ],
             mss_clamp: self.common.mss_clamp.unwrap_or_default(),
+            slow: self.common.slow()?,
+            v4_mtu: 0,
             mss: 0,
             pin_path: self
                 .common
@@ -716,6 +782,7 @@ pub struct B4Settings {
     pub aftr: Ipv6Addr,
     pub address: Option<Ipv6Addr>,
     pub mss_clamp: MssClamp,
+    pub slow: crate::slowpath::Settings,
     pub pin_path: PathBuf,
     pub xdp_mode: XdpModeOpt,
     pub bpf_object: Option<PathBuf>,
@@ -738,6 +805,7 @@ impl B4Options {
             aftr,
             address: self.address,
             mss_clamp: self.common.mss_clamp.unwrap_or_default(),
+            slow: self.common.slow()?,
             pin_path: self
                 .common
                 .pin_path

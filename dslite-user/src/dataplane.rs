@@ -10,11 +10,15 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues},
     programs::{Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use dslite_common::maps::{self as m, AftrConfig, B4Config};
+use dslite_common::{
+    maps::{self as m, AftrConfig, B4Config},
+    slow::SlowConfig,
+    Counter,
+};
 use log::{info, warn};
 
 use crate::config::{AftrSettings, Cidr4, XdpModeOpt};
@@ -188,6 +192,8 @@ pub fn aftr_config(s: &AftrSettings, hash_seed: u32) -> AftrConfig {
             s.filtering[2].code(),
         ),
         mss: s.mss,
+        v4_mtu: s.v4_mtu,
+        _pad: 0,
     }
 }
 
@@ -303,6 +309,41 @@ pub fn attach(
         r.with_context(|| format!("attaching {name} to {ifname}"))?;
         info!("{name} attached to {ifname} (ifindex {index})");
         done.push(*index);
+    }
+    Ok(())
+}
+
+/// Attach the (already loaded) program `name` to the slow path's TAP in generic mode: the
+/// frames the controller writes back run through the same code as the wire's.
+pub fn attach_tap(ebpf: &mut Ebpf, name: &str, ifname: &str, index: u32) -> Result<()> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?
+        .try_into()?;
+    prog.attach_to_if_index(index, XdpMode::Skb)
+        .with_context(|| format!("attaching {name} to the slow path's {ifname}"))?;
+    info!("{name} attached to the slow path's {ifname} (ifindex {index}, generic mode)");
+    Ok(())
+}
+
+/// Tell both programs where the slow path is.
+pub fn set_slow_config(ebpf: &mut Ebpf, cfg: SlowConfig) -> Result<()> {
+    let mut c: Array<&mut MapData, SlowConfig> = Array::try_from(map_mut(ebpf, m::SLOW_CONFIG)?)?;
+    c.set(0, cfg, 0)?;
+    Ok(())
+}
+
+/// Write controller-side counters into STATS (CPU 0's slot; the others stay 0), so that
+/// `dslite stats` shows one set of counters.
+pub fn publish_counters(pin_path: &Path, values: &[(Counter, u64)]) -> Result<()> {
+    let map = MapData::from_pin(pin_path.join(m::STATS))?;
+    let mut stats: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map))?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    for (c, v) in values {
+        let mut per_cpu = vec![0u64; cpus];
+        per_cpu[0] = *v;
+        stats.set(*c as u32, PerCpuValues::try_from(per_cpu)?, 0)?;
     }
     Ok(())
 }

@@ -6,6 +6,8 @@
 //! - [`dataplane`]: loading, pinning, map setup, attach/detach.
 //! - [`natlog`]: NAT log records (port-block events) with millisecond UTC timestamps.
 //! - [`netlink`]: interface indexes and addresses via rtnetlink.
+//! - [`reasm`]: IPv4 reassembly for the NAT (bounded, keyed by softwire).
+//! - [`slowpath`]: what XDP cannot do: fragmenting, reassembly, ICMPv6 relay, own traffic.
 //! - [`sweep`]: expiry of idle mappings and the port-block hold-down.
 //! - [`views`]: reading counters and NAT mappings from pinned maps.
 pub mod cli;
@@ -13,5 +15,7 @@ pub mod config;
 pub mod dataplane;
 pub mod natlog;
 pub mod netlink;
+pub mod reasm;
+pub mod slowpath;
 pub mod sweep;
 pub mod views;

@@ -90,3 +90,47 @@ pub fn ensure_sysctl(path: &str, value: &str) -> Result<bool> {
     std::fs::write(&full, value).with_context(|| format!("writing {full}"))?;
     Ok(true)
 }
+
+/// Bring the slow path's TAP up: our MAC, a large MTU (whole reassembled packets cross it),
+/// and no ARP (nothing on it needs resolving).
+pub async fn configure_tap(index: u32, mac: [u8; 6], mtu: u32) -> Result<()> {
+    let h = handle().await?;
+    h.link()
+        .set(index)
+        .address(mac.to_vec())
+        .mtu(mtu)
+        .arp(false)
+        .up()
+        .execute()
+        .await
+        .context("configuring the slow path's TAP device")
+}
+
+/// B4: give the TAP the router's own IPv4 address (192.0.0.2, RFC 6333 §5.7) and, when the
+/// namespace has no IPv4 default route, route IPv4 into the softwire through it. Returns
+/// whether the default route was added.
+pub async fn own_ipv4_route(index: u32, addr: std::net::Ipv4Addr) -> Result<bool> {
+    let h = handle().await?;
+    h.address()
+        .add(index, IpAddr::V4(addr), 32)
+        .execute()
+        .await
+        .context("adding 192.0.0.2 to the slow path's TAP device")?;
+    let mut routes = h.route().get(rtnetlink::IpVersion::V4).execute();
+    while let Some(r) = routes.try_next().await.context("listing IPv4 routes")? {
+        let main = r.header.table == 254;
+        if main && r.header.destination_prefix_length == 0 {
+            return Ok(false);
+        }
+    }
+    h.route()
+        .add()
+        .v4()
+        .destination_prefix(std::net::Ipv4Addr::UNSPECIFIED, 0)
+        .output_interface(index)
+        .pref_source(addr)
+        .execute()
+        .await
+        .context("adding the IPv4 default route into the softwire")?;
+    Ok(true)
+}

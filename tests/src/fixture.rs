@@ -78,6 +78,26 @@ impl Rig {
             .unwrap_or_else(|| panic!("no counter {name}"))
     }
 
+    /// Point the dataplane at a slow path on the rig's `slow` interface (a veth standing in
+    /// for the controller's TAP: BPF_PROG_TEST_RUN reports a redirect without sending).
+    pub fn enable_slow_path(&mut self, tunnel_mtu: u32) {
+        let cfg = dslite_common::slow::SlowConfig {
+            ifindex: self.ifindex["slow"],
+            tunnel_mtu,
+        };
+        dataplane::set_slow_config(&mut self.ebpf, cfg).unwrap();
+    }
+
+    /// Run `ip ARGS` in the rig's namespace (the rig's closure runs on a thread inside it,
+    /// and a child process inherits that thread's namespace).
+    pub fn ip(&self, args: &str) {
+        let st = std::process::Command::new("ip")
+            .args(args.split_whitespace())
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip {args}");
+    }
+
     pub fn mac(&self, iface: &str) -> [u8; 6] {
         crate::netns::mac(iface).unwrap()
     }
@@ -177,6 +197,8 @@ pub fn aftr_settings() -> config::AftrSettings {
         limits: config::Limits::default(),
         filtering: [config::Filtering::Eif; 3],
         mss_clamp: config::MssClamp::Off,
+        slow: Default::default(),
+        v4_mtu: 1500,
         mss: 0,
         pin_path: PathBuf::new(),
         xdp_mode: config::XdpModeOpt::Skb,
@@ -196,7 +218,7 @@ pub fn with_aftr_cfg(
     let sizes = dataplane::map_sizes(Some(&s));
     with_rig(
         "fxa",
-        &["tun", "inet"],
+        &["tun", "inet", "slow"],
         &[
             "addr add 2001:db8:f::2/64 dev tun nodad",
             "-6 route add default via 2001:db8:f::1",
@@ -240,7 +262,7 @@ pub fn with_b4(f: impl FnOnce(&mut Rig) + Send + 'static) {
 pub fn with_b4_mss(mss: u16, f: impl FnOnce(&mut Rig) + Send + 'static) {
     with_rig(
         "fxb",
-        &["lan", "wan"],
+        &["lan", "wan", "slow"],
         &[
             "addr add 192.168.1.1/24 dev lan",
             "neigh replace 192.168.1.10 lladdr 02:00:00:00:00:10 dev lan nud permanent",

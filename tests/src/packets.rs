@@ -164,3 +164,71 @@ pub fn tcp_mss(ip: &[u8]) -> Option<u16> {
         _ => None,
     })
 }
+
+/// Set or clear DF on an IPv4 packet, fixing its header checksum.
+pub fn set_df(ip: &mut [u8], df: bool) {
+    if df {
+        ip[6] |= 0x40;
+    } else {
+        ip[6] &= !0x40;
+    }
+    fix_ipv4_checksum(ip);
+}
+
+pub fn fix_ipv4_checksum(ip: &mut [u8]) {
+    let hlen = ((ip[0] & 0x0f) as usize) * 4;
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let s = dslite_common::csum::checksum(&ip[..hlen]);
+    ip[10..12].copy_from_slice(&s.to_ne_bytes());
+}
+
+/// Split an IPv4 packet into fragments carrying at most `size` payload bytes each (rounded
+/// down to a multiple of 8), in order.
+pub fn fragment_v4(ip: &[u8], size: usize) -> Vec<Vec<u8>> {
+    let hlen = ((ip[0] & 0x0f) as usize) * 4;
+    let payload = &ip[hlen..];
+    let size = size / 8 * 8;
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < payload.len() {
+        let n = size.min(payload.len() - off);
+        let mut f = ip[..hlen].to_vec();
+        f.extend_from_slice(&payload[off..off + n]);
+        f[2..4].copy_from_slice(&((hlen + n) as u16).to_be_bytes());
+        let mut flags = (off / 8) as u16;
+        if off + n < payload.len() {
+            flags |= 0x2000;
+        }
+        f[6..8].copy_from_slice(&flags.to_be_bytes());
+        fix_ipv4_checksum(&mut f);
+        out.push(f);
+        off += n;
+    }
+    out
+}
+
+/// IPv6 fragments of `payload` (next header `next`) from `src` to `dst`, each carrying at
+/// most `size` bytes (rounded down to a multiple of 8), with identification `id`, in order.
+pub fn fragment_v6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    next: u8,
+    payload: &[u8],
+    size: usize,
+    id: u32,
+) -> Vec<Vec<u8>> {
+    let size = size / 8 * 8;
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < payload.len() {
+        let n = size.min(payload.len() - off);
+        let more = off + n < payload.len();
+        let mut fh = vec![next, 0];
+        fh.extend_from_slice(&(((off / 8) as u16) << 3 | more as u16).to_be_bytes());
+        fh.extend_from_slice(&id.to_be_bytes());
+        fh.extend_from_slice(&payload[off..off + n]);
+        out.push(ipv6(src, dst, 44, &[], &fh, 64));
+        off += n;
+    }
+    out
+}

@@ -3,6 +3,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use dslite_common::slow::{SlowMeta, SLOW_ENCAP_FRAGMENT, SLOW_META_LEN, SLOW_V4_FRAGMENT};
 use dslite_tests::{
     fixture::*,
     packets::{self, assert_ipv4_checksums, eth, softwire, tel_destopts, udp4},
@@ -285,7 +286,7 @@ fn aftr_drops_and_passes_are_counted() {
                 "drop_icmp_type",
             ),
             (
-                "IPv4 fragment",
+                "IPv4 fragment, no slow path configured",
                 "tun",
                 from_b4(
                     rig,
@@ -298,7 +299,7 @@ fn aftr_drops_and_passes_are_counted() {
                     &[],
                 ),
                 XDP_DROP,
-                "drop_ipv4_fragment",
+                "drop_slow_path_unavailable",
             ),
             (
                 "IHL 4",
@@ -1544,4 +1545,162 @@ fn mss_clamping_on_both_elements() {
             assert_ipv4_checksums(inner);
         },
     );
+}
+
+// ---- the slow path (issue 3/5) --------------------------------------------------------
+
+/// The reason and MTU XDP put in front of a frame it handed to the slow path, and the frame.
+fn handed_over(out: &[u8]) -> (u8, u16, &[u8]) {
+    let m = SlowMeta::parse(out).expect("a frame for the slow path starts with its meta");
+    (m.reason, m.mtu, &out[SLOW_META_LEN..])
+}
+
+/// IPv4 fragments bound for the NAT go to the slow path untouched, from a B4 (softwire
+/// header and all, so the reassembly is keyed by softwire) and from the internet; XDP makes
+/// no mapping for them (items 15, 16).
+#[test]
+fn aftr_hands_ipv4_fragments_to_the_slow_path() {
+    with_aftr(|rig| {
+        rig.enable_slow_path(0);
+        let big = udp4(HOST, SERVER, 5000, 7777, 64, &[7u8; 2000]);
+        let frags = packets::fragment_v4(&big, 1400);
+        assert_eq!(frags.len(), 2);
+        for f in &frags {
+            let frame = from_b4(rig, b4a(), f, &[]);
+            let (v, out) = rig.run("tun", &frame);
+            assert_eq!(v, XDP_REDIRECT);
+            let (reason, _, rest) = handed_over(&out);
+            assert_eq!(reason, SLOW_V4_FRAGMENT);
+            assert_eq!(rest, &frame[..]);
+        }
+        let inbound = udp4(SERVER, pool()[0], 7777, 1024, 64, &[1u8; 2000]);
+        let frame = from_internet(rig, &packets::fragment_v4(&inbound, 1400)[1]);
+        let (v, out) = rig.run("inet", &frame);
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(handed_over(&out), (SLOW_V4_FRAGMENT, 0, &frame[..]));
+        assert_eq!(rig.counter("slow_v4_fragment"), 3);
+        assert_eq!(rig.counter("nat_mapping_created"), 0);
+    });
+}
+
+/// A reply too big for the tunnel MTU is translated, encapsulated whole and handed over with
+/// that MTU, for the kernel to send as IPv6 fragments; the inner packet is never split, DF or
+/// not (item 11). One that fits stays on the fast path.
+#[test]
+fn aftr_hands_oversized_softwire_packets_over_with_the_mtu() {
+    with_aftr(|rig| {
+        rig.enable_slow_path(1280);
+        let inner = udp4(HOST, SERVER, 5000, 7777, 64, b"hello");
+        let (_, out) = rig.run("tun", &from_b4(rig, b4a(), &inner, &[]));
+        let ip = &out[14..];
+        let outside = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let port = u16::from_be_bytes([ip[20], ip[21]]);
+
+        let mut reply = udp4(SERVER, outside, 7777, port, 64, &[9u8; 1400]);
+        packets::set_df(&mut reply, true);
+        let (v, out) = rig.run("inet", &from_internet(rig, &reply));
+        assert_eq!(v, XDP_REDIRECT);
+        let (reason, mtu, rest) = handed_over(&out);
+        assert_eq!((reason, mtu), (SLOW_ENCAP_FRAGMENT, 1280));
+        let v6 = &rest[14..];
+        assert_eq!((v6[6], &v6[24..40]), (4, &b4a().octets()[..]));
+        let inner_out = &v6[40..];
+        assert_eq!(u16::from_be_bytes([v6[4], v6[5]]) as usize, inner_out.len());
+        let mut want = udp4(SERVER, HOST, 7777, 5000, 63, &[9u8; 1400]);
+        packets::set_df(&mut want, true);
+        assert_eq!(inner_out, want.as_slice());
+        assert_ipv4_checksums(inner_out);
+
+        let small = udp4(SERVER, outside, 7777, port, 64, &[9u8; 1200]);
+        let (v, out) = rig.run("inet", &from_internet(rig, &small));
+        assert_eq!(v, XDP_REDIRECT);
+        assert!(SlowMeta::parse(&out).is_none(), "1240 bytes fit: fast path");
+        assert_eq!(rig.counter("slow_encap_fragment"), 1);
+    });
+}
+
+/// Toward the internet, DF=1 and larger than the IPv4 egress MTU: an ICMP 3/4 carrying that
+/// MTU goes down the softwire from 192.0.0.1, and no mapping is made. DF=0: translated and
+/// passed to the kernel to fragment, with the TTL the kernel will spend given back (item 14).
+#[test]
+fn aftr_too_big_for_the_internet() {
+    with_aftr_cfg(
+        |s| s.v4_mtu = 1400,
+        |rig| {
+            rig.ip("link set inet mtu 1400");
+            let mut big = udp4(HOST, SERVER, 5000, 7777, 64, &[5u8; 1452]);
+            packets::set_df(&mut big, true);
+            let (v, out) = rig.run("tun", &from_b4(rig, b4a(), &big, &[]));
+            assert_eq!(v, XDP_REDIRECT);
+            assert_icmp_error(&out, &big, 3, 4, 0);
+            let icmp = &out[14 + 40 + 20..];
+            assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1400, "next-hop MTU");
+            assert_eq!(rig.counter("drop_v4_too_big"), 1);
+            assert_eq!(rig.counter("nat_mapping_created"), 0);
+
+            packets::set_df(&mut big, false);
+            let (v, out) = rig.run("tun", &from_b4(rig, b4a(), &big, &[]));
+            assert_eq!(v, XDP_PASS);
+            assert_eq!(&out[12..14], &[0x08, 0x00]);
+            let ip = &out[14..];
+            assert!(pool().contains(&Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15])));
+            assert_eq!(ip[8], 64, "the kernel's forwarding spends the TTL");
+            assert_ipv4_checksums(ip);
+            assert_eq!(rig.counter("pass_v4_fragment_needed"), 1);
+            assert_eq!(rig.counter("nat_mapping_created"), 1);
+        },
+    );
+}
+
+/// B4: LAN IPv4 that does not fit the WAN once encapsulated is handed over with the route's
+/// MTU, or the tunnel MTU when that is lower (item 10). On the slow path's device, written-
+/// back softwire packets are decapsulated to the LAN, the router's own IPv4 (192.0.0.2) is
+/// encapsulated (item 4), and IPv6 is never handed to the kernel, where it would come back
+/// (the loop guard); on the WAN, IPv6 fragments go up for the kernel to reassemble (12).
+#[test]
+fn b4_slow_path_hand_over_and_write_back() {
+    with_b4(|rig| {
+        rig.enable_slow_path(0);
+        let lan_mac = rig.mac("lan");
+        let lan = |ip: &[u8]| eth(lan_mac, HOST_MAC, packets::ETH_P_IP, ip);
+        let mut big = udp4(HOST, SERVER, 5000, 7777, 64, &[3u8; 1472]);
+        packets::set_df(&mut big, true);
+        let (v, out) = rig.run("lan", &lan(&big));
+        assert_eq!(v, XDP_REDIRECT);
+        let (reason, mtu, rest) = handed_over(&out);
+        assert_eq!((reason, mtu), (SLOW_ENCAP_FRAGMENT, 1500));
+        assert_eq!(rest.len(), 14 + 40 + 1500, "the inner packet whole");
+        assert_eq!(&rest[14 + 24..14 + 40], &aftr().octets());
+
+        rig.enable_slow_path(1400);
+        let mid = udp4(HOST, SERVER, 5000, 7777, 64, &[3u8; 1352]);
+        let (v, out) = rig.run("lan", &lan(&mid));
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(handed_over(&out).1, 1400);
+        assert_eq!(rig.counter("slow_encap_fragment"), 2);
+
+        let slow = |ty: u16, p: &[u8]| eth(rig.mac("slow"), [2, 0, 0, 0, 0, 1], ty, p);
+        let back = udp4(SERVER, HOST, 7777, 5000, 64, &[1u8; 1400]);
+        let sw = softwire(aftr(), b4a(), &back, &[]);
+        let (v, out) = rig.run("slow", &slow(packets::ETH_P_IPV6, &sw));
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!((&out[0..6], &out[12..14]), (&HOST_MAC[..], &[8u8, 0][..]));
+        assert_eq!(out.len(), 14 + back.len());
+
+        let own = udp4(Ipv4Addr::new(192, 0, 0, 2), SERVER, 5353, 53, 64, b"q");
+        let (v, out) = rig.run("slow", &slow(packets::ETH_P_IP, &own));
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(&out[12..14], &[0x86, 0xdd]);
+        assert_eq!(&out[14 + 8..14 + 24], &b4a().octets());
+        assert_eq!(&out[14 + 40 + 12..14 + 40 + 16], &[192, 0, 0, 2]);
+
+        let frag = packets::fragment_v6(aftr(), b4a(), 4, &back, 1232, 7)[0].clone();
+        let (v, _) = rig.run("slow", &slow(packets::ETH_P_IPV6, &frag));
+        assert_eq!(v, XDP_DROP);
+        assert_eq!(rig.counter("drop_slow_loop"), 1);
+        let wan = eth(rig.mac("wan"), ROUTER_MAC, packets::ETH_P_IPV6, &frag);
+        let (v, _) = rig.run("wan", &wan);
+        assert_eq!(v, XDP_PASS);
+        assert_eq!(rig.counter("pass_ipv6_fragment"), 1);
+    });
 }
