@@ -113,7 +113,7 @@ impl Reassembler {
         let more = frag & IPV4_MF != 0;
         let payload = &pkt[hlen..tot_len];
         let end = offset + payload.len();
-        if (more && payload.len() % 8 != 0) || (more && payload.is_empty()) {
+        if more && (!payload.len().is_multiple_of(8) || payload.is_empty()) {
             return Outcome::Refused(Refused::Malformed);
         }
         if end + hlen > u16::MAX as usize {

@@ -279,8 +279,14 @@ struct Shared {
 impl Shared {
     /// Write one frame back into the TAP, where the XDP program runs on it.
     fn write_back(&self, frame: &[u8]) -> bool {
+        // A TAP takes one frame per write, whole or not at all.
         match (&self.tap).write(frame) {
-            Ok(_) => true,
+            Ok(n) if n == frame.len() => true,
+            Ok(n) => {
+                self.stats.inc(Counter::SlowSendErrors);
+                debug!("the TAP took {n} of {} bytes", frame.len());
+                false
+            }
             Err(e) => {
                 self.stats.inc(Counter::SlowSendErrors);
                 debug!("writing {} bytes to the TAP: {e}", frame.len());
@@ -334,10 +340,11 @@ fn handle_tap_frame(sh: &Shared, reasm: &mut Reassembler, frame: &[u8], now: u64
     let Some(meta) = SlowMeta::parse(frame) else {
         // Sent by the kernel itself: on a B4, the router's own IPv4 (192.0.0.2) routed into
         // the softwire. Anything else (IPv6 neighbour discovery on the TAP) is not ours.
-        if matches!(sh.role, Role::B4 { .. }) && ethertype(frame) == Some(ETH_P_IP) {
-            if sh.write_back(frame) {
-                sh.stats.inc(Counter::SlowOwnV4Packets);
-            }
+        if matches!(sh.role, Role::B4 { .. })
+            && ethertype(frame) == Some(ETH_P_IP)
+            && sh.write_back(frame)
+        {
+            sh.stats.inc(Counter::SlowOwnV4Packets);
         }
         return;
     };
@@ -714,32 +721,38 @@ impl RawSock {
         msg.msg_iovlen = 1;
         msg.msg_control = cbuf.as_mut_ptr().cast();
         msg.msg_controllen = std::mem::size_of_val(&cbuf);
-        let mut used = 0;
-        // SAFETY: CMSG_* walk the control buffer we own, sized for the three messages.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            let put = |c: *mut libc::cmsghdr, ty: i32, data: &[u8]| {
+        let info_bytes: [u8; std::mem::size_of::<libc::in6_pktinfo>()] =
+            // SAFETY: in6_pktinfo is plain bytes (an address and an int).
+            unsafe { std::mem::transmute(info) };
+        let mut used = 0usize;
+        for (ty, data) in [
+            (libc::IPV6_PKTINFO, &info_bytes[..]),
+            (libc::IPV6_TCLASS, &(tclass as i32).to_ne_bytes()[..]),
+            (libc::IPV6_HOPLIMIT, &(hop as i32).to_ne_bytes()[..]),
+        ] {
+            // SAFETY: CMSG_SPACE/CMSG_LEN are pure size computations.
+            let (space, clen) = unsafe {
+                (
+                    libc::CMSG_SPACE(data.len() as u32) as usize,
+                    libc::CMSG_LEN(data.len() as u32) as usize,
+                )
+            };
+            assert!(
+                used + space <= std::mem::size_of_val(&cbuf),
+                "control buffer size"
+            );
+            // SAFETY: `used + space` is within `cbuf` (asserted); cmsg headers are aligned
+            // because `cbuf` is u64-aligned and CMSG_SPACE keeps that alignment.
+            unsafe {
+                let c = (cbuf.as_mut_ptr() as *mut u8).add(used) as *mut libc::cmsghdr;
                 (*c).cmsg_level = libc::IPPROTO_IPV6;
                 (*c).cmsg_type = ty;
-                (*c).cmsg_len = libc::CMSG_LEN(data.len() as u32) as _;
+                (*c).cmsg_len = clen as _;
                 std::ptr::copy_nonoverlapping(data.as_ptr(), libc::CMSG_DATA(c), data.len());
-                libc::CMSG_SPACE(data.len() as u32) as usize
-            };
-            let info_bytes = std::slice::from_raw_parts(
-                (&info as *const libc::in6_pktinfo).cast::<u8>(),
-                std::mem::size_of::<libc::in6_pktinfo>(),
-            );
-            used += put(c, libc::IPV6_PKTINFO, info_bytes);
-            msg.msg_controllen = used;
-            c = libc::CMSG_NXTHDR(&msg, c);
-            msg.msg_controllen = std::mem::size_of_val(&cbuf);
-            used += put(c, libc::IPV6_TCLASS, &(tclass as i32).to_ne_bytes());
-            msg.msg_controllen = used;
-            c = libc::CMSG_NXTHDR(&msg, c);
-            msg.msg_controllen = std::mem::size_of_val(&cbuf);
-            used += put(c, libc::IPV6_HOPLIMIT, &(hop as i32).to_ne_bytes());
-            msg.msg_controllen = used;
+            }
+            used += space;
         }
+        msg.msg_controllen = used as _;
         // SAFETY: `msg` is fully initialised above.
         let n = unsafe { libc::sendmsg(fd, &msg, 0) };
         if n < 0 {

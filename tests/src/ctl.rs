@@ -97,6 +97,19 @@ impl Controller {
             .unwrap_or_else(|| panic!("no counter {name} in {s}"))
     }
 
+    /// Wait up to 5 s for counter `name` to reach `min` (the controller publishes its slow
+    /// path counters every half second or so); returns its last value.
+    pub fn counter_at_least(&self, name: &str, min: u64) -> u64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let v = self.counter(name);
+            if v >= min || std::time::Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     fn view(&self, what: &str) -> Result<serde_json::Value> {
         let out = Command::new(dslite_bin())
             .args([what, "--json", "--pin-path"])

@@ -52,6 +52,14 @@ impl Netns {
         ip(&a)
     }
 
+    /// MAC address of `ifname` inside this namespace.
+    pub fn mac_of(&self, ifname: &str) -> Result<[u8; 6]> {
+        let i = ifname.to_string();
+        self.run(move || mac(&i))
+            .join()
+            .map_err(|_| anyhow::anyhow!("mac thread panicked"))?
+    }
+
     pub fn path(&self) -> String {
         format!("/run/netns/{}", self.name)
     }

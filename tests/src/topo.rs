@@ -68,7 +68,33 @@ impl Drop for PinDir {
     }
 }
 
-fn customer(tag: char, router: &Netns) -> Result<Customer> {
+/// What a test may change in the topology.
+#[derive(Clone, Copy)]
+pub struct Options<'a> {
+    pub aftr_extra: &'a [&'a str],
+    /// Flags added to every B4.
+    pub b4_extra: &'a [&'a str],
+    /// MTU of every IPv6 link.
+    pub v6_mtu: &'a str,
+    /// MTU of the router-AFTR link alone, when it differs (a narrower core link).
+    pub aftr_link_mtu: Option<&'a str>,
+    /// MTU of the AFTR-server link (the IPv4 egress).
+    pub inet_mtu: &'a str,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Options {
+            aftr_extra: &[],
+            b4_extra: &[],
+            v6_mtu: V6_MTU,
+            aftr_link_mtu: None,
+            inet_mtu: "1500",
+        }
+    }
+}
+
+fn customer(tag: char, router: &Netns, v6_mtu: &str) -> Result<Customer> {
     let host = Netns::new(&unique(&format!("h{tag}")))?;
     let b4 = Netns::new(&unique(&format!("b{tag}")))?;
     host.ip(&[
@@ -118,7 +144,7 @@ fn customer(tag: char, router: &Netns) -> Result<Customer> {
     ])?;
     let wan = format!("2001:db8:{tag}::2");
     b4.ip(&["addr", "add", &format!("{wan}/64"), "dev", "wan", "nodad"])?;
-    b4.ip(&["link", "set", "wan", "mtu", V6_MTU])?;
+    b4.ip(&["link", "set", "wan", "mtu", v6_mtu])?;
     b4.ip(&["link", "set", "lan", "up"])?;
     b4.ip(&["link", "set", "wan", "up"])?;
     b4.ip(&[
@@ -138,7 +164,7 @@ fn customer(tag: char, router: &Netns) -> Result<Customer> {
         &to,
         "nodad",
     ])?;
-    router.ip(&["link", "set", &to, "mtu", V6_MTU])?;
+    router.ip(&["link", "set", &to, "mtu", v6_mtu])?;
     router.ip(&["link", "set", &to, "up"])?;
     router.ip(&[
         "-6",
@@ -211,13 +237,22 @@ fn tune(ns: &Netns, ifaces: &[&str], origin: bool) -> Result<()> {
 impl DsLite {
     /// Build the topology and start the AFTR and three B4s. `aftr_extra` adds AFTR flags.
     pub fn start(aftr_extra: &[&str]) -> Result<DsLite> {
+        DsLite::start_with(Options {
+            aftr_extra,
+            ..Default::default()
+        })
+    }
+
+    /// [`DsLite::start`] with other link MTUs or B4 flags.
+    pub fn start_with(o: Options) -> Result<DsLite> {
         crate::require_root();
+        let aftr_link_mtu = o.aftr_link_mtu.unwrap_or(o.v6_mtu);
         let router = Netns::new(&unique("rt"))?;
         let aftr_ns = Netns::new(&unique("af"))?;
         let server = Netns::new(&unique("sv"))?;
-        let a = customer('a', &router)?;
-        let b = customer('b', &router)?;
-        let c = customer('c', &router)?;
+        let a = customer('a', &router, o.v6_mtu)?;
+        let b = customer('b', &router, o.v6_mtu)?;
+        let c = customer('c', &router, o.v6_mtu)?;
         router.ip(&[
             "link",
             "add",
@@ -232,7 +267,7 @@ impl DsLite {
             &aftr_ns.name,
         ])?;
         router.ip(&["addr", "add", "2001:db8:f::1/64", "dev", "to-aftr", "nodad"])?;
-        router.ip(&["link", "set", "to-aftr", "mtu", V6_MTU])?;
+        router.ip(&["link", "set", "to-aftr", "mtu", aftr_link_mtu])?;
         router.ip(&["link", "set", "to-aftr", "up"])?;
         router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         let pin_root = PathBuf::from("/sys/fs/bpf").join(unique("pins"));
@@ -252,7 +287,7 @@ impl DsLite {
             "tun",
             "nodad",
         ])?;
-        aftr_ns.ip(&["link", "set", "tun", "mtu", V6_MTU])?;
+        aftr_ns.ip(&["link", "set", "tun", "mtu", aftr_link_mtu])?;
         aftr_ns.ip(&["link", "set", "tun", "up"])?;
         aftr_ns.ip(&["-6", "route", "add", "default", "via", "2001:db8:f::1"])?;
         aftr_ns.ip(&[
@@ -269,11 +304,13 @@ impl DsLite {
             &server.name,
         ])?;
         aftr_ns.ip(&["addr", "add", "203.0.113.1/24", "dev", "inet"])?;
+        aftr_ns.ip(&["link", "set", "inet", "mtu", o.inet_mtu])?;
         aftr_ns.ip(&["link", "set", "inet", "up"])?;
         tune(&aftr_ns, &[], false)?;
 
         server.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"])?;
         server.ip(&["addr", "add", "203.0.113.3/24", "dev", "eth0"])?;
+        server.ip(&["link", "set", "eth0", "mtu", o.inet_mtu])?;
         server.ip(&["link", "set", "eth0", "up"])?;
         server.ip(&["route", "add", POOL, "via", "203.0.113.1"])?;
         tune(&server, &["eth0"], true)?;
@@ -292,22 +329,20 @@ impl DsLite {
             "2001:db8:a::/64",
             "2001:db8:b::/64",
         ];
-        aftr_args.extend_from_slice(aftr_extra);
+        aftr_args.extend_from_slice(o.aftr_extra);
         let aftr = Controller::start(&aftr_ns, &aftr_args, pin_root.join("aftr"))?;
         let b4 = |c: &Customer, name: &str| {
-            Controller::start(
-                &c.b4,
-                &[
-                    "b4",
-                    "--lan-iface",
-                    "lan",
-                    "--wan-iface",
-                    "wan",
-                    "--aftr",
-                    AFTR_ADDR,
-                ],
-                pin_root.join(name),
-            )
+            let mut args = vec![
+                "b4",
+                "--lan-iface",
+                "lan",
+                "--wan-iface",
+                "wan",
+                "--aftr",
+                AFTR_ADDR,
+            ];
+            args.extend_from_slice(o.b4_extra);
+            Controller::start(&c.b4, &args, pin_root.join(name))
         };
         let b4a = b4(&a, "b4a")?;
         let b4b = b4(&b, "b4b")?;

@@ -104,7 +104,7 @@ pub fn udp_listen_once(
         let sock = UdpSocket::bind(bind)?;
         tx.send(()).unwrap();
         sock.set_read_timeout(Some(timeout))?;
-        let mut buf = [0u8; 2048];
+        let mut buf = vec![0u8; 65536];
         let (n, from) = sock.recv_from(&mut buf).context("waiting for a datagram")?;
         Ok((buf[..n].to_vec(), from))
     });
@@ -269,6 +269,11 @@ pub fn ping(ns: &Netns, dst: Ipv4Addr, id: u16, count: u16) -> Result<u16> {
 
 /// Send one raw Ethernet frame out of `ifname` (AF_PACKET) from inside `ns`.
 pub fn send_frame(ns: &Netns, ifname: &str, frame: Vec<u8>) -> Result<()> {
+    send_frames(ns, ifname, vec![frame])
+}
+
+/// Send raw Ethernet frames, in order, out of `ifname` (AF_PACKET) from inside `ns`.
+pub fn send_frames(ns: &Netns, ifname: &str, frames: Vec<Vec<u8>>) -> Result<()> {
     let ifname = ifname.to_string();
     ns.run(move || -> Result<()> {
         // SAFETY: plain socket/bind/send calls on a local fd, closed at the end.
@@ -279,26 +284,35 @@ pub fn send_frame(ns: &Netns, ifname: &str, frame: Vec<u8>) -> Result<()> {
             }
             let name = std::ffi::CString::new(ifname.clone())?;
             let index = libc::if_nametoindex(name.as_ptr());
-            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_ifindex = index as i32;
-            sll.sll_halen = 6;
-            sll.sll_addr[..6].copy_from_slice(&frame[..6]);
-            let rc = libc::sendto(
-                fd,
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            );
-            let err = std::io::Error::last_os_error();
-            libc::close(fd);
-            if rc < 0 {
-                bail!("sendto {ifname}: {err}");
+            let mut result = Ok(());
+            for frame in &frames {
+                let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+                sll.sll_family = libc::AF_PACKET as u16;
+                sll.sll_ifindex = index as i32;
+                sll.sll_halen = 6;
+                sll.sll_addr[..6].copy_from_slice(&frame[..6]);
+                let rc = libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                if rc < 0 {
+                    let err = std::io::Error::last_os_error();
+                    if err.raw_os_error() == Some(libc::ENOBUFS) {
+                        // A full device queue: wait for it instead of failing the flood.
+                        std::thread::sleep(Duration::from_millis(1));
+                        continue;
+                    }
+                    result = Err(anyhow::anyhow!("sendto {ifname}: {err}"));
+                    break;
+                }
             }
+            libc::close(fd);
+            result
         }
-        Ok(())
     })
     .join()
     .map_err(|_| anyhow::anyhow!("sender panicked"))?
@@ -355,9 +369,22 @@ pub fn http_get(ns: &Netns, to: SocketAddrV4) -> JoinHandle<Result<(usize, f64)>
 
 /// Send one datagram from `bind` to `to` inside `ns` (no reply expected).
 pub fn udp_send(ns: &Netns, bind: SocketAddrV4, to: SocketAddr, payload: &[u8]) -> Result<()> {
+    udp_send_df(ns, bind, to, payload, Df::Want)
+}
+
+/// [`udp_send`] with the given DF behaviour.
+pub fn udp_send_df(
+    ns: &Netns,
+    bind: SocketAddrV4,
+    to: SocketAddr,
+    payload: &[u8],
+    df: Df,
+) -> Result<()> {
     let payload = payload.to_vec();
     ns.run(move || -> Result<()> {
+        use std::os::fd::AsRawFd as _;
         let sock = UdpSocket::bind(bind).with_context(|| format!("bind {bind}"))?;
+        set_df(sock.as_raw_fd(), df)?;
         sock.send_to(&payload, to)?;
         Ok(())
     })
@@ -459,4 +486,214 @@ pub fn icmp_probe(ns: &Netns, dst: Ipv4Addr, id: u16, ttl: u32) -> Result<(Ipv4A
     })
     .join()
     .map_err(|_| anyhow::anyhow!("probe thread panicked"))?
+}
+
+/// How a UDP sender treats DF (IP_MTU_DISCOVER).
+#[derive(Clone, Copy, Debug)]
+pub enum Df {
+    /// DF=1, never fragment locally (IP_PMTUDISC_DO).
+    Set,
+    /// DF=1 until an ICMP lowers the path MTU, then fragment locally (IP_PMTUDISC_WANT).
+    Want,
+    /// DF=0 (IP_PMTUDISC_DONT).
+    Clear,
+}
+
+fn set_df(fd: i32, df: Df) -> std::io::Result<()> {
+    let v: libc::c_int = match df {
+        Df::Set => libc::IP_PMTUDISC_DO,
+        Df::Want => libc::IP_PMTUDISC_WANT,
+        Df::Clear => libc::IP_PMTUDISC_DONT,
+    };
+    // SAFETY: an int option of the right size on a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// UDP mirror: sends every datagram back unchanged, with DF=1 and never fragmented locally.
+pub fn udp_mirror_server(ns: &Netns, addr: SocketAddrV4) -> Server {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = ns.run(move || {
+        use std::os::fd::AsRawFd as _;
+        let sock = UdpSocket::bind(addr).expect("bind udp mirror");
+        set_df(sock.as_raw_fd(), Df::Set).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = vec![0u8; 65536];
+        while !s.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("udp mirror ready");
+    Server {
+        stop,
+        handle: Some(thread),
+    }
+}
+
+/// Send `payload` from `bind` to `to` with `df` until the same bytes come back (a
+/// [`udp_mirror_server`]), up to `tries` times 700 ms. Returns how many sends it took.
+pub fn udp_mirror_exchange(
+    ns: &Netns,
+    bind: SocketAddrV4,
+    to: SocketAddrV4,
+    payload: Vec<u8>,
+    df: Df,
+    tries: usize,
+) -> Result<usize> {
+    ns.run(move || -> Result<usize> {
+        use std::os::fd::AsRawFd as _;
+        let sock = UdpSocket::bind(bind).with_context(|| format!("bind {bind}"))?;
+        set_df(sock.as_raw_fd(), df)?;
+        sock.set_read_timeout(Some(Duration::from_millis(700)))?;
+        let mut buf = vec![0u8; 65536];
+        for i in 1..=tries {
+            // EMSGSIZE after an ICMP lowered the path MTU under DF=1: try again later.
+            let _ = sock.send_to(&payload, to);
+            match sock.recv_from(&mut buf) {
+                Ok((n, _)) if buf[..n] == payload[..] => return Ok(i),
+                Ok((n, _)) => bail!("mirror returned {n} different bytes"),
+                Err(_) => continue,
+            }
+        }
+        bail!(
+            "no intact mirror of {} bytes from {to} after {tries} sends",
+            payload.len()
+        )
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("udp client panicked"))?
+}
+
+/// Every datagram that reaches `bind` within `wait`.
+pub fn udp_collect(
+    ns: &Netns,
+    bind: SocketAddrV4,
+    wait: Duration,
+) -> JoinHandle<Result<Vec<Vec<u8>>>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = ns.run(move || {
+        let sock = UdpSocket::bind(bind)?;
+        tx.send(()).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if let Ok(n) = sock.recv(&mut buf) {
+                got.push(buf[..n].to_vec());
+            }
+        }
+        Ok(got)
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("collector ready");
+    h
+}
+
+/// The path MTU `ns`'s kernel holds toward `to` after sending it a DF=1 datagram of
+/// `len` bytes and giving an ICMP "fragmentation needed" time to arrive (IP_MTU).
+pub fn path_mtu_after(ns: &Netns, bind: SocketAddrV4, to: SocketAddrV4, len: usize) -> Result<u32> {
+    ns.run(move || -> Result<u32> {
+        use std::os::fd::AsRawFd as _;
+        let sock = UdpSocket::bind(bind)?;
+        sock.connect(to)?;
+        set_df(sock.as_raw_fd(), Df::Set)?;
+        let payload = vec![0x5au8; len];
+        let mut mtu: libc::c_int = 0;
+        for _ in 0..10 {
+            let _ = sock.send(&payload);
+            std::thread::sleep(Duration::from_millis(300));
+            let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: an int option read into a local of the right size.
+            let rc = unsafe {
+                libc::getsockopt(
+                    sock.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_MTU,
+                    (&mut mtu as *mut libc::c_int).cast(),
+                    &mut l,
+                )
+            };
+            if rc != 0 {
+                bail!("IP_MTU: {}", std::io::Error::last_os_error());
+            }
+            if mtu < 1500 {
+                break;
+            }
+        }
+        Ok(mtu as u32)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("path MTU probe panicked"))?
+}
+
+/// The MSS option of the first TCP SYN that reaches port `port` in `ns` within `wait`
+/// (read with a raw socket beside the real listener).
+pub fn syn_mss_seen(ns: &Netns, port: u16, wait: Duration) -> JoinHandle<Result<Option<u16>>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = ns.run(move || -> Result<Option<u16>> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP))?;
+        s.set_read_timeout(Some(Duration::from_millis(100)))?;
+        tx.send(()).unwrap();
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            let Some(b) = recv_raw(&s) else { continue };
+            let ihl = ((b[0] & 0x0f) as usize) * 4;
+            if b.len() < ihl + 20 || u16::from_be_bytes([b[ihl + 2], b[ihl + 3]]) != port {
+                continue;
+            }
+            if b[ihl + 13] & 0x12 == 0x02 {
+                return Ok(crate::packets::tcp_mss(&b));
+            }
+        }
+        Ok(None)
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("SYN watcher ready");
+    h
+}
+
+/// A counter of the IPv4 MIB (/proc/net/snmp "Ip:" line, e.g. ReasmOKs) in `ns`.
+pub fn ip_mib(ns: &Netns, key: &str) -> Result<u64> {
+    let key = key.to_string();
+    ns.run(move || -> Result<u64> {
+        let text = std::fs::read_to_string("/proc/thread-self/net/snmp")?;
+        let mut lines = text.lines().filter(|l| l.starts_with("Ip:"));
+        let (names, values) = (
+            lines.next().context("Ip header")?,
+            lines.next().context("Ip values")?,
+        );
+        let i = names
+            .split_whitespace()
+            .position(|n| n == key)
+            .with_context(|| format!("no Ip counter {key}"))?;
+        Ok(values
+            .split_whitespace()
+            .nth(i)
+            .context("short Ip line")?
+            .parse()?)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("snmp reader panicked"))?
 }
