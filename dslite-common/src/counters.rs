@@ -203,6 +203,8 @@ counters! {
     // ---- slow path: written by the controller ------------------------------------------
     /// Frames the controller read from its TAP device (XDP hand-overs and own traffic).
     SlowFramesRead = "slow_frames_read", Slow;
+    /// Frames XDP handed over that the TAP's queue (txqueuelen) had no room for.
+    SlowQueueDropped = "slow_queue_dropped", Slow;
     /// IPv4 packets sent into a softwire through the kernel, which fragmented the IPv6.
     SlowEncapSent = "slow_encap_sent", Slow;
     /// Sends or writes the kernel refused (the error is logged once per kind).
@@ -217,6 +219,9 @@ counters! {
     SlowV4ReasmDropped = "slow_v4_reasm_dropped", Slow;
     /// ICMPv6 errors about softwire packets relayed to the inner source as ICMPv4 (42).
     SlowIcmp6Relayed = "slow_icmp6_relayed", Slow;
+    /// ICMPv6 errors not relayed: over the relay rate (`RELAY_PER_SEC`), or quoting
+    /// something that is not the start of an IPv4 packet (a later fragment).
+    SlowIcmp6Ignored = "slow_icmp6_ignored", Slow;
     /// B4: the router's own IPv4 packets (from 192.0.0.2) sent into the softwire.
     SlowOwnV4Packets = "slow_own_v4_packets", Slow;
     /// Frames read from the TAP that made no sense (unknown reason, truncated).

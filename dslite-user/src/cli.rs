@@ -132,6 +132,7 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
     let mut s = o.merged().map_err(usage)?.validate().map_err(usage)?;
     let tunnel = netlink::link(&s.tunnel_iface).await.map_err(usage)?;
     s.mss = s.mss_clamp.resolve(tunnel.mtu);
+    warn_tunnel_mtu(&tunnel, s.slow.tunnel_mtu);
     let internet = netlink::link(&s.internet_iface).await.map_err(usage)?;
     s.v4_mtu = internet.mtu.min(u16::MAX as u32) as u16;
     let object = dataplane::object_bytes(s.bpf_object.as_deref()).map_err(usage)?;
@@ -181,6 +182,7 @@ async fn run_b4(o: B4Options) -> Result<()> {
     let s = o.merged().map_err(usage)?.validate().map_err(usage)?;
     let lan = netlink::link(&s.lan_iface).await.map_err(usage)?;
     let wan = netlink::link(&s.wan_iface).await.map_err(usage)?;
+    warn_tunnel_mtu(&wan, s.slow.tunnel_mtu);
     let address = match s.address {
         Some(a) => a,
         None => netlink::addresses(wan.index)
@@ -253,6 +255,25 @@ async fn run_b4(o: B4Options) -> Result<()> {
     r
 }
 
+/// RFC 6908 §2 (checklist 13): the IPv6 path should carry a 1500-byte IPv4 packet plus the
+/// 40-byte softwire header; below that, full-sized packets leave as IPv6 fragments.
+fn warn_tunnel_mtu(link: &netlink::Link, tunnel_mtu: Option<u32>) {
+    let mtu = tunnel_mtu.map_or(link.mtu, |t| t.min(link.mtu));
+    if mtu < 1540 {
+        warn!(
+            "softwire MTU {mtu} (on {}) is below 1540: IPv4 packets over {} bytes will be sent as IPv6 fragments through the slow path",
+            link.name,
+            mtu.saturating_sub(40)
+        );
+    }
+    if let Some(t) = tunnel_mtu.filter(|t| *t > link.mtu) {
+        warn!(
+            "--tunnel-mtu {t} is above {}'s MTU {}: the interface's wins",
+            link.name, link.mtu
+        );
+    }
+}
+
 /// Size of the TAP's MTU: a reassembled datagram plus its softwire header must cross it.
 const TAP_MTU: u32 = 65000;
 
@@ -308,8 +329,11 @@ async fn start_slow_path(
 }
 
 /// Publish the slow path's counters next to the kernel's.
-fn publish(pin: &std::path::Path, slow: &slowpath::SlowPath) {
+async fn publish(pin: &std::path::Path, slow: &slowpath::SlowPath) {
     slow.stats.read_kernel();
+    if let Ok(n) = netlink::tx_dropped(slow.tap_index).await {
+        slow.stats.set(dslite_common::Counter::SlowQueueDropped, n);
+    }
     if let Err(e) = dataplane::publish_counters(pin, &slow.stats.snapshot()) {
         warn!("publishing slow path counters: {e:#}");
     }
@@ -325,7 +349,7 @@ async fn b4_loop(pin: &std::path::Path, slow: &slowpath::SlowPath) -> Result<()>
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(()); }
             _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
-            _ = tick.tick() => publish(pin, slow),
+            _ = tick.tick() => publish(pin, slow).await,
         }
     }
 }
@@ -367,7 +391,7 @@ async fn aftr_loop(
                 g.clear_ready();
             }
             _ = tick.tick() => {
-                publish(pin, slow);
+                publish(pin, slow).await;
                 let now = crate::sweep::monotonic_ns();
                 match sweeper.sweep(now) {
                     Ok(r) => {

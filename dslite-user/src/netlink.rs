@@ -134,3 +134,23 @@ pub async fn own_ipv4_route(index: u32, addr: std::net::Ipv4Addr) -> Result<bool
         .context("adding the IPv4 default route into the softwire")?;
     Ok(true)
 }
+
+/// Frames the kernel dropped transmitting on interface `index` (for the slow path's TAP: its
+/// queue toward the controller was full).
+pub async fn tx_dropped(index: u32) -> Result<u64> {
+    let h = handle().await?;
+    let mut links = h.link().get().match_index(index).execute();
+    let msg = links
+        .try_next()
+        .await
+        .context("reading link statistics")?
+        .context("the slow path's TAP is gone")?;
+    Ok(msg
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Stats64(s) => Some(s.tx_dropped),
+            _ => None,
+        })
+        .unwrap_or(0))
+}

@@ -78,7 +78,7 @@ impl Stats {
             a.fetch_add(n, Ordering::Relaxed);
         }
     }
-    fn set(&self, c: Counter, n: u64) {
+    pub fn set(&self, c: Counter, n: u64) {
         if let Some(a) = (c as usize).checked_sub(FIRST).and_then(|i| self.v.get(i)) {
             a.store(n, Ordering::Relaxed);
         }
@@ -495,14 +495,39 @@ pub fn softwire_frame(tclass: u8, hop: u8, src: &[u8; 16], dst: &[u8; 16], v4: &
     f
 }
 
+/// Relayed ICMP errors per second: spoofed ICMPv6 must not turn into a flood.
+pub const RELAY_PER_SEC: u32 = 100;
+
+/// A token bucket of [`RELAY_PER_SEC`], refilled once a second.
+struct RelayBudget {
+    second: u64,
+    left: u32,
+}
+
+impl RelayBudget {
+    fn take(&mut self) -> bool {
+        let now = crate::sweep::monotonic_ns() / 1_000_000_000;
+        if now != self.second {
+            self.second = now;
+            self.left = RELAY_PER_SEC;
+        }
+        if self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        true
+    }
+}
+
 fn raw_loop(sh: &Shared, stop: &AtomicBool) {
     let mut buf = vec![0u8; 1 << 17];
+    let mut budget = RelayBudget { second: 0, left: 0 };
     let fd = sh.raw.fd.as_raw_fd();
     while !stop.load(Ordering::Relaxed) {
         let ev = wait(fd, libc::POLLIN);
         if ev & libc::POLLERR != 0 {
             while let Some(e) = sh.raw.recv_error(&mut buf) {
-                relay_icmp6(sh, &e, &buf[..e.len]);
+                relay_icmp6(sh, &mut budget, &e, &buf[..e.len]);
             }
         }
         if ev & libc::POLLIN == 0 {
@@ -520,18 +545,22 @@ fn raw_loop(sh: &Shared, stop: &AtomicBool) {
 
 /// An ICMPv6 error about a softwire packet we sent, with the start of that packet's IPv4
 /// payload (`quoted`): tell the inner source (RFC 2473 §8, checklist 42).
-fn relay_icmp6(sh: &Shared, e: &IcmpErr, quoted: &[u8]) {
+fn relay_icmp6(sh: &Shared, budget: &mut RelayBudget, e: &IcmpErr, quoted: &[u8]) {
     let Some((ty, code, mtu)) = icmp4_for_icmp6(e.icmp_type, e.icmp_code, e.info, quoted) else {
         return;
     };
-    if quoted.len() < IPV4_MIN_HLEN || quoted[0] >> 4 != 4 {
+    // An error about a later fragment quotes the middle of the IPv4 packet: only a quote
+    // that starts with a valid IPv4 header (checksum included) is relayed.
+    let hlen = quoted.first().map_or(0, |b| ((b & 0x0f) as usize) * 4);
+    let valid = quoted.len() >= hlen + 8
+        && hlen >= IPV4_MIN_HLEN
+        && quoted[0] >> 4 == 4
+        && csum::checksum(&quoted[..hlen]) == 0;
+    if !valid || !budget.take() {
+        sh.stats.inc(Counter::SlowIcmp6Ignored);
         return;
     }
-    let hlen = ((quoted[0] & 0x0f) as usize) * 4;
-    let quote = &quoted[..(hlen + 8).min(quoted.len())];
-    if quote.len() < hlen + 8 {
-        return;
-    }
+    let quote = &quoted[..hlen + 8];
     let (inner_src, inner_dst): ([u8; 4], [u8; 4]) =
         match (quoted[12..16].try_into(), quoted[16..20].try_into()) {
             (Ok(s), Ok(d)) => (s, d),

@@ -697,3 +697,31 @@ pub fn ip_mib(ns: &Netns, key: &str) -> Result<u64> {
     .join()
     .map_err(|_| anyhow::anyhow!("snmp reader panicked"))?
 }
+
+/// Every ICMP message that reaches `ns` within `wait`: (source, type, code).
+pub fn icmp_listen(ns: &Netns, wait: Duration) -> JoinHandle<Result<Vec<(Ipv4Addr, u8, u8)>>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = ns.run(move || -> Result<Vec<(Ipv4Addr, u8, u8)>> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
+        s.set_read_timeout(Some(Duration::from_millis(100)))?;
+        tx.send(()).unwrap();
+        let deadline = Instant::now() + wait;
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            let Some(b) = recv_raw(&s) else { continue };
+            let ihl = ((b[0] & 0x0f) as usize) * 4;
+            if b.len() >= ihl + 2 {
+                seen.push((
+                    Ipv4Addr::new(b[12], b[13], b[14], b[15]),
+                    b[ihl],
+                    b[ihl + 1],
+                ));
+            }
+        }
+        Ok(seen)
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("ICMP listener ready");
+    h
+}

@@ -379,6 +379,38 @@ fn icmpv6_errors_are_relayed_to_the_host() {
     assert!(t.b4a.counter_at_least("slow_icmp6_relayed", 2) >= 2);
 }
 
+/// The AFTR relays ICMPv6 errors about what it sent down a softwire too (item 42): with no
+/// route to hostA's B4, the server's datagram to hostA's mapping comes back as an ICMPv4
+/// host unreachable from hostA's public address, translated by the same XDP code as any
+/// host's ICMP error.
+#[test]
+fn the_aftr_relays_icmpv6_errors_to_the_internet() {
+    let t = DsLite::start(&[]).unwrap();
+    let _echo = udp_echo_server(&t.server, sa(SERVER1, 7777));
+    let seen = udp_request(&t.a.host, sa(HOST_ADDR, 6500), sa(SERVER1, 7777), "map").unwrap();
+    let SocketAddr::V4(outside) = seen else {
+        panic!("outside endpoint {seen}")
+    };
+    let b4 = format!("{}/128", t.a.wan_addr);
+    t.router
+        .ip(&["-6", "route", "add", "unreachable", &b4])
+        .unwrap();
+    let icmp = icmp_listen(&t.server, Duration::from_secs(3));
+    for _ in 0..3 {
+        udp_send(&t.server, sa(SERVER1, 7778), outside.into(), b"to hostA").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let got = icmp.join().unwrap().unwrap();
+    assert!(
+        got.contains(&(*outside.ip(), 3, 1)),
+        "host unreachable from {}: {got:?}\n{}",
+        outside.ip(),
+        t.diagnostics()
+    );
+    assert!(t.aftr.counter_at_least("slow_icmp6_relayed", 1) >= 1);
+    assert!(t.aftr.counter("icmp_error_translated") >= 1);
+}
+
 /// The B4 router's own IPv4 (RFC 6333 §5.7, item 4) uses the softwire from 192.0.0.2: the
 /// B4's namespace has no IPv4 route of its own, yet it pings the server, and the AFTR maps
 /// 192.0.0.2 like any inside host.
