@@ -97,6 +97,24 @@ impl Controller {
             .unwrap_or_else(|| panic!("no counter {name} in {s}"))
     }
 
+    /// CPU time the controller process has used so far (user + system), in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .unwrap_or_default();
+        // Fields after the command name (which is in parentheses): utime is the 14th
+        // field of the line, stime the 15th.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        f.iter().sum::<u64>() as f64 / hz
+    }
+
     /// Wait up to 5 s for counter `name` to reach `min` (the controller publishes its slow
     /// path counters every half second or so); returns its last value.
     pub fn counter_at_least(&self, name: &str, min: u64) -> u64 {
