@@ -176,11 +176,21 @@ pub fn create_tap(name: &str) -> Result<(File, u32)> {
     if name.is_empty() || name.len() > 15 {
         bail!("slow path interface name '{name}' must be 1-15 bytes");
     }
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")
-        .context("opening /dev/net/tun (the slow path needs TUN/TAP)")?;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+    };
+    let f = match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Minimal containers may lack the device node of a kernel that has TUN/TAP.
+            make_tun_node().context("/dev/net/tun is missing and could not be created")?;
+            open()
+        }
+        r => r,
+    }
+    .context("opening /dev/net/tun (the slow path needs TUN/TAP)")?;
     #[repr(C)]
     struct IfReq {
         name: [u8; 16],
@@ -208,6 +218,19 @@ pub fn create_tap(name: &str) -> Result<(File, u32)> {
         bail!("TAP device {name} vanished after creation");
     }
     Ok((f, index))
+}
+
+/// `mknod /dev/net/tun c 10 200`.
+fn make_tun_node() -> Result<()> {
+    std::fs::create_dir_all("/dev/net")?;
+    let path = std::ffi::CString::new("/dev/net/tun")?;
+    // SAFETY: mknod on a NUL-terminated path; major 10, minor 200 is the TUN/TAP device.
+    let rc = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(10, 200)) };
+    if rc != 0 {
+        bail!("mknod: {}", std::io::Error::last_os_error());
+    }
+    log::info!("created /dev/net/tun (it was missing)");
+    Ok(())
 }
 
 /// Set the namespace's IPv6 reassembly bounds (RFC 6333 §6.3: reassembly is costly, bound it).

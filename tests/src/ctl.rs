@@ -99,8 +99,8 @@ impl Controller {
 
     /// CPU time the controller process has used so far (user + system), in seconds.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .unwrap_or_default();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
         // Fields after the command name (which is in parentheses): utime is the 14th
         // field of the line, stime the 15th.
         let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
