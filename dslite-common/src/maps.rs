@@ -30,7 +30,7 @@ pub const NAT_IN: &str = "NAT_IN";
 pub const BLOCKS: &str = "BLOCKS";
 /// `HashMap<SlotKey, Slot>`: the port blocks each softwire holds, by slot.
 pub const SW_BLOCKS: &str = "SW_BLOCKS";
-/// `RingBuf` of [`NatEvent`]: port-block allocations, for the controller's NAT log.
+/// `RingBuf` of [`NatEvent`]: port-block allocations and mapping creations, for the NAT log.
 pub const EVENTS: &str = "EVENTS";
 /// `Array<SlowConfig>`, one entry: the slow path (both roles).
 pub const SLOW_CONFIG: &str = "SLOW_CONFIG";
@@ -138,6 +138,10 @@ const _: () = assert!(size_of::<IcmpBucket>() == 16);
 
 /// [`AftrConfig::flags`]: inbound packets refresh their mapping too (RFC 4787 REQ-6 MAY).
 pub const AFTR_INBOUND_REFRESH: u16 = 1;
+/// `AftrConfig.flags`: XDP reports every mapping it creates (`--log-sessions`).
+pub const AFTR_LOG_SESSIONS: u16 = 2;
+/// `AftrConfig.flags`: ... with the destination of its first packet (`--log-destinations`).
+pub const AFTR_LOG_DESTINATIONS: u16 = 4;
 
 /// B4 configuration (single entry in [`B4_CONFIG`]).
 #[repr(C)]
@@ -272,30 +276,44 @@ pub struct Slot {
     pub _pad: u16,
 }
 
-/// Kinds of [`NatEvent`] (RFC 8158 natEvent values where one exists).
+/// Kinds of [`NatEvent`]: RFC 8158 natEvent values (IANA "NAT Event Type").
+pub const EVENT_MAPPING_CREATED: u8 = 8;
+pub const EVENT_MAPPING_DELETED: u8 = 9;
+pub const EVENT_PORTS_EXHAUSTED: u8 = 12;
+pub const EVENT_QUOTA_EXCEEDED: u8 = 13;
 pub const EVENT_BLOCK_ALLOCATED: u8 = 16;
 pub const EVENT_BLOCK_RELEASED: u8 = 17;
 
-/// A NAT event from the kernel to the controller.
+/// A NAT event from the kernel to the controller: a port block allocated, or (with
+/// `--log-sessions`) a mapping created.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatEvent {
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
     pub ts_ns: u64,
     pub b4: [u8; 16],
+    /// Outside (public) address.
     pub addr: [u8; 4],
-    /// First and last port of the block, host order.
+    /// The block's first and last port, or the mapping's outside port twice; host order.
     pub port_lo: u16,
     pub port_hi: u16,
+    /// `EVENT_*`.
     pub kind: u8,
-    pub _pad: [u8; 7],
+    /// Mapping events: the protocol, inside endpoint and (with `--log-destinations`) the
+    /// first destination; zero for blocks. Ports in host order.
+    pub proto: u8,
+    pub inside_port: u16,
+    pub inside_addr: [u8; 4],
+    pub dst_addr: [u8; 4],
+    pub dst_port: u16,
+    pub _pad: u16,
 }
 
 const _: () = assert!(size_of::<BlockKey>() == 8);
 const _: () = assert!(size_of::<BlockValue>() == 32);
 const _: () = assert!(size_of::<SlotKey>() == 20);
 const _: () = assert!(size_of::<Slot>() == 12);
-const _: () = assert!(size_of::<NatEvent>() == 40);
+const _: () = assert!(size_of::<NatEvent>() == 48);
 const _: () = assert!(size_of::<AftrConfig>() == 56);
 const _: () = assert!(size_of::<B4Config>() == 44);
 const _: () = assert!(size_of::<NatOutKey>() == 24);

@@ -4,7 +4,10 @@
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use dslite_common::{
     csum,
-    maps::{AftrConfig, NatInKey, NatOutKey, PeerKey, AFTR_INBOUND_REFRESH},
+    maps::{
+        AftrConfig, NatInKey, NatOutKey, PeerKey, AFTR_INBOUND_REFRESH, AFTR_LOG_DESTINATIONS,
+        AFTR_LOG_SESSIONS,
+    },
     nat::{filter_mode, tcp_bits, FILTER_APDF, FILTER_EIF},
     proto::*,
     slow::SLOW_V4_FRAGMENT,
@@ -289,7 +292,9 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
         }
     }
     decrement_ttl(ctx, &p.ip)?;
-    let (out_addr, out_port) = match lookup_or_create(&p.key, cfg, tcp_bits(p.l4.tcp_flags, true)) {
+    let mut created = 0u32;
+    let tcp = tcp_bits(p.l4.tcp_flags, true);
+    let (out_addr, out_port) = match lookup_or_create(&p.key, cfg, tcp, &mut created) {
         Ok(m) => m,
         Err(Exit::Drop(
             c @ (Counter::DropQuotaExceeded
@@ -311,6 +316,9 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
         Err(e) => return Err(e),
     };
     p.out_addr = out_addr;
+    if created != 0 && cfg.flags & AFTR_LOG_SESSIONS != 0 {
+        log_mapping(ctx, cfg, &p, out_port as u32);
+    }
     if p.ip.proto == IPPROTO_TCP && cfg.mss != 0 {
         crate::mss::clamp(ctx, p.l4.off, cfg.mss);
     }
@@ -461,6 +469,24 @@ fn hairpin_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u16) 
     let action = encapsulate_and_send(ctx, &p.ip, cfg.hop_limit, &cfg.aftr_addr, &m.b4)?;
     count(Counter::HairpinPackets);
     Ok(action)
+}
+
+/// NAT log (`--log-sessions`): the mapping this packet created, with its destination under
+/// `--log-destinations` (RFC 6888 REQ-12, checklist 51).
+#[inline(never)]
+fn log_mapping(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u32) {
+    let out = (u32::from_ne_bytes(p.out_addr) as u64) << 32 | u16::from_be(out_port as u16) as u64;
+    let mut dst = 0u64;
+    if cfg.flags & AFTR_LOG_DESTINATIONS != 0 {
+        let mut dport = 0u16;
+        if p.ip.proto != IPPROTO_ICMP {
+            if let Some(d) = crate::packet::ptr_at::<[u8; 4]>(ctx, p.l4.off) {
+                dport = u16::from_be(read16((d as *const u8).wrapping_add(2)));
+            }
+        }
+        dst = (u32::from_ne_bytes(p.ip.dst) as u64) << 32 | dport as u64;
+    }
+    crate::nat::mapping_event(&p.key, out, dst);
 }
 
 /// Remember the remote this mapping sends to, when its protocol's filtering depends on it

@@ -18,7 +18,7 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_ns};
 use dslite_common::{
     maps::{
         AftrConfig, BlockKey, BlockValue, NatEvent, NatInKey, NatInValue, NatOutKey, NatOutValue,
-        Slot, SlotKey, SoftwireState, EVENT_BLOCK_ALLOCATED,
+        Slot, SlotKey, SoftwireState, EVENT_BLOCK_ALLOCATED, EVENT_MAPPING_CREATED,
     },
     nat::{
         block_first_port, candidate_in_block, port_hash, softwire_hash, ADDR_TRIES, BLOCK_TRIES,
@@ -57,9 +57,14 @@ struct Outside {
 }
 
 /// Find this softwire endpoint's mapping (refreshing it: outbound traffic refreshes,
-/// RFC 4787 REQ-6) or create it.
+/// RFC 4787 REQ-6) or create it; `created` is set to 1 when this packet created it.
 #[inline(always)]
-pub fn lookup_or_create(key: &NatOutKey, cfg: &AftrConfig, tcp: u8) -> Res<([u8; 4], u16)> {
+pub fn lookup_or_create(
+    key: &NatOutKey,
+    cfg: &AftrConfig,
+    tcp: u8,
+    created: &mut u32,
+) -> Res<([u8; 4], u16)> {
     if let Some(v) = NAT_OUT.get_ptr_mut(key) {
         // SAFETY: plain helper call; map value pointer from the kernel.
         unsafe {
@@ -111,7 +116,10 @@ pub fn lookup_or_create(key: &NatOutKey, cfg: &AftrConfig, tcp: u8) -> Res<([u8;
         round += 1;
     }
     let c = match r {
-        FOUND => return Ok((out.addr, out.port)),
+        FOUND => {
+            *created = 1;
+            return Ok((out.addr, out.port));
+        }
         QUOTA_EXCEEDED => Counter::DropQuotaExceeded,
         POOL_EXHAUSTED => Counter::DropPoolExhausted,
         NOT_CONFIGURED => Counter::DropNotConfigured,
@@ -327,7 +335,35 @@ fn block_event(sk: &SlotKey, s: &Slot, cfg: &AftrConfig, now: u64) {
         port_lo: first,
         port_hi: first + (cfg.block_size - 1),
         kind: EVENT_BLOCK_ALLOCATED,
-        _pad: [0; 7],
+        ..NatEvent::default()
+    });
+    entry.submit(0);
+}
+
+/// Report a mapping just created (`--log-sessions`, RFC 6888 REQ-12, checklist 50-51):
+/// `out` is the outside address (high 32 bits, raw) and port (low 16, host order); `dst` the
+/// first destination likewise, or 0. A full ring buffer is counted.
+#[inline(never)]
+pub fn mapping_event(key: &NatOutKey, out: u64, dst: u64) {
+    let Some(mut entry) = EVENTS.reserve::<NatEvent>(0) else {
+        count(Counter::EventsLost);
+        return;
+    };
+    let port = out as u16;
+    entry.write(NatEvent {
+        // SAFETY: plain helper call.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        b4: key.b4,
+        addr: ((out >> 32) as u32).to_ne_bytes(),
+        port_lo: port,
+        port_hi: port,
+        kind: EVENT_MAPPING_CREATED,
+        proto: key.proto,
+        inside_port: u16::from_be(key.inside_port),
+        inside_addr: key.inside_addr,
+        dst_addr: ((dst >> 32) as u32).to_ne_bytes(),
+        dst_port: dst as u16,
+        _pad: 0,
     });
     entry.submit(0);
 }

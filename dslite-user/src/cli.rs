@@ -34,13 +34,31 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the AFTR: decapsulate, NAT44 and encapsulate in XDP (foreground until SIGINT/SIGTERM).
-    Aftr(AftrOptions),
+    Aftr(Box<AftrOptions>),
     /// Run a B4: encapsulate LAN IPv4 toward the AFTR and decapsulate what comes back.
     B4(B4Options),
     /// Print every counter (summed over CPUs).
     Stats(ViewArgs),
     /// Print the AFTR's NAT mappings.
     Sessions(ViewArgs),
+    /// Who held a public IPv4 address and port at a time, from NAT log files (RFC 6888 §4).
+    Whois(WhoisArgs),
+}
+
+#[derive(clap::Args)]
+struct WhoisArgs {
+    /// The public endpoint, ADDR:PORT.
+    #[arg(value_name = "IPV4:PORT")]
+    endpoint: std::net::SocketAddrV4,
+    /// The time, RFC 3339 (2026-11-26T07:00:00Z, or with an offset like +09:00).
+    #[arg(long, value_name = "TIME")]
+    at: String,
+    /// JSON-lines NAT log files written by --nat-log; list rotated ones too, in any order.
+    #[arg(long, value_name = "FILE", num_args = 1.., required = true)]
+    nat_log: Vec<PathBuf>,
+    /// One JSON document instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -88,10 +106,11 @@ pub fn main() -> i32 {
     .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Aftr(o) => run_async(run_aftr(o)),
+        Cmd::Aftr(o) => run_async(run_aftr(*o)),
         Cmd::B4(o) => run_async(run_b4(o)),
         Cmd::Stats(v) => views::print_stats(&v.pin_path(), v.json),
         Cmd::Sessions(v) => views::print_sessions(&v.pin_path(), v.json),
+        Cmd::Whois(w) => whois(&w),
     };
     match r {
         Ok(()) => 0,
@@ -104,6 +123,48 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+fn whois(w: &WhoisArgs) -> Result<()> {
+    let at = crate::natlog::parse_rfc3339_ms(&w.at).map_err(usage)?;
+    let (records, skipped) = crate::natlog::read_logs(&w.nat_log).map_err(usage)?;
+    if skipped > 0 {
+        warn!("{skipped} lines in the NAT logs are not NAT records; skipped");
+    }
+    let holders = crate::natlog::whois(&records, *w.endpoint.ip(), w.endpoint.port(), at);
+    if w.json {
+        println!(
+            "{}",
+            serde_json::json!({ "endpoint": w.endpoint.to_string(), "at": crate::natlog::rfc3339_ms(at), "holders": holders })
+        );
+        return Ok(());
+    }
+    if holders.is_empty() {
+        println!(
+            "{} at {}: no softwire held it (in {} records)",
+            w.endpoint,
+            crate::natlog::rfc3339_ms(at),
+            records.len()
+        );
+    }
+    for h in holders {
+        let what = match (&h.inside, &h.ports) {
+            (Some(i), _) => format!("inside {i} ({})", h.proto.as_deref().unwrap_or("?")),
+            (None, Some(p)) => format!("port block {p}"),
+            _ => String::new(),
+        };
+        println!(
+            "{} at {}: softwire {} {what}, from {} until {}",
+            w.endpoint,
+            crate::natlog::rfc3339_ms(at),
+            h.b4,
+            h.from,
+            h.until
+                .as_deref()
+                .unwrap_or("(still held at the end of the log)")
+        );
+    }
+    Ok(())
 }
 
 fn run_async(f: impl std::future::Future<Output = Result<()>>) -> Result<()> {
@@ -142,8 +203,10 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
     let seed = dataplane::random_seed();
     dataplane::configure_aftr(&mut ebpf, &s, seed)?;
     let logger = start_log_forwarding(&mut ebpf);
-    let sweeper =
+    let mut sweeper =
         crate::sweep::Sweeper::open(&s.pin_path, dataplane::aftr_config(&s, seed), s.timeouts)?;
+    sweeper.log_sessions = s.log_sessions;
+    let natlog = crate::natlog::NatLog::open(&s.natlog).map_err(usage)?;
     let r = async {
         dataplane::attach(
             &mut ebpf,
@@ -168,7 +231,7 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
             s.mss,
             s.pin_path.display()
         );
-        aftr_loop(&s.pin_path, sweeper, &slow).await
+        aftr_loop(&s.pin_path, sweeper, natlog, &slow).await
     }
     .await;
     drop(logger);
@@ -358,6 +421,7 @@ async fn b4_loop(pin: &std::path::Path, slow: &slowpath::SlowPath) -> Result<()>
 async fn aftr_loop(
     pin: &std::path::Path,
     mut sweeper: crate::sweep::Sweeper,
+    mut natlog: crate::natlog::NatLog,
     slow: &slowpath::SlowPath,
 ) -> Result<()> {
     use aya::maps::{Map, MapData, RingBuf};
@@ -372,11 +436,18 @@ async fn aftr_loop(
     .map_err(|e| anyhow::anyhow!("watching the event ring buffer: {e}"))?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(()); }
-            _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
+            _ = term.recv() => { info!("SIGTERM: shutting down"); natlog.flush(); return Ok(()); }
+            _ = int.recv() => { info!("SIGINT: shutting down"); natlog.flush(); return Ok(()); }
+            _ = hup.recv() => {
+                match natlog.reopen() {
+                    Ok(()) => info!("SIGHUP: NAT log reopened"),
+                    Err(e) => warn!("SIGHUP: reopening the NAT log failed: {e:#}"),
+                }
+            }
             g = events.readable_mut() => {
                 let mut g = g?;
                 let offset = crate::natlog::realtime_offset_ns();
@@ -385,9 +456,10 @@ async fn aftr_loop(
                         // SAFETY: the kernel wrote a NatEvent (repr(C), any bit pattern valid).
                         let ev: dslite_common::maps::NatEvent =
                             unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                        info!(target: "natlog", "{}", crate::natlog::event_record(&ev, offset));
+                        natlog.emit(&crate::natlog::NatRecord::from_event(&ev, offset));
                     }
                 }
+                natlog.flush();
                 g.clear_ready();
             }
             _ = tick.tick() => {
@@ -395,13 +467,13 @@ async fn aftr_loop(
                 let now = crate::sweep::monotonic_ns();
                 match sweeper.sweep(now) {
                     Ok(r) => {
-                        let offset = crate::natlog::realtime_offset_ns();
-                        for b in &r.blocks_released {
-                            info!(target: "natlog", "{}", crate::natlog::block_record(b.kind, now, b.b4, b.addr, b.port_lo, b.port_hi, offset));
+                        for rec in &r.records {
+                            natlog.emit(rec);
                         }
+                        natlog.flush();
                         if r.expired > 0 || r.blocks_freed > 0 {
                             log::debug!("sweep: {} mappings scanned, {} expired, {} blocks released, {} freed, {} us",
-                                r.scanned, r.expired, r.blocks_released.len(), r.blocks_freed, r.micros);
+                                r.scanned, r.expired, r.blocks_released, r.blocks_freed, r.micros);
                         }
                     }
                     Err(e) => warn!("sweep failed: {e:#}"),

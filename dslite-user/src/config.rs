@@ -256,6 +256,21 @@ pub struct AftrOptions {
     /// MAY, and it lets outsiders keep a mapping alive).
     #[arg(long)]
     pub inbound_refresh: bool,
+    /// NAT log: append JSON lines to FILE (reopened on SIGHUP, for logrotate).
+    #[arg(long, value_name = "FILE")]
+    pub nat_log: Option<PathBuf>,
+    /// NAT log: RFC 5424 syslog to `udp:HOST:PORT` or `unix:PATH` (e.g. unix:/dev/log).
+    #[arg(long, value_name = "udp:HOST:PORT|unix:PATH")]
+    pub syslog: Option<String>,
+    /// NAT log: IPFIX (RFC 7011, RFC 8158 fields) over UDP to a collector.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub ipfix: Option<std::net::SocketAddr>,
+    /// NAT log: every mapping created and deleted, not only port blocks.
+    #[arg(long)]
+    pub log_sessions: bool,
+    /// NAT log: with --log-sessions, the destination of each mapping's first packet.
+    #[arg(long)]
+    pub log_destinations: bool,
     #[command(flatten)]
     #[serde(flatten)]
     pub common: CommonOptions,
@@ -315,6 +330,9 @@ pub struct CommonOptions {
     /// Name of the slow path's TAP device.
     #[arg(long, value_name = "NAME")]
     pub slow_iface: Option<String>,
+    /// Serve Prometheus metrics on ADDR:PORT (`/metrics`).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// TOML file with any of these options; flags override it.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -417,31 +435,22 @@ impl CommonOptions {
             reassembly_timeout: self.reassembly_timeout.or(file.reassembly_timeout),
             reassembly_memory: self.reassembly_memory.or(file.reassembly_memory),
             slow_iface: self.slow_iface.or(file.slow_iface),
+            metrics: self.metrics.or(file.metrics),
             config: self.config,
         }
     }
 }
 
-/// Keys each file may hold (serde cannot deny unknown keys through `flatten`).
-const COMMON_KEYS: &[&str] = &[
-    "pin-path",
-    "xdp-mode",
-    "bpf-object",
-    "mss-clamp",
-    "tunnel-mtu",
-    "reassembly-timeout",
-    "reassembly-memory",
-    "slow-iface",
-];
-const AFTR_KEYS: &[&str] = &[
-    "tunnel-iface",
-    "internet-iface",
-    "address",
-    "pool",
-    "b4-prefix",
-    "port-range",
-];
-const B4_KEYS: &[&str] = &["lan-iface", "wan-iface", "aftr", "address"];
+/// The TOML keys a role's file may hold: exactly its long flags (serde cannot deny unknown
+/// keys through `flatten`, and one list means a new flag is a new key, always).
+fn keys_of<T: clap::Args>() -> Vec<String> {
+    T::augment_args(clap::Command::new("keys"))
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|k| *k != "config")
+        .map(str::to_string)
+        .collect()
+}
 
 fn line_of(text: &str, key: &str) -> usize {
     text.lines()
@@ -453,7 +462,8 @@ fn line_of(text: &str, key: &str) -> usize {
         .map_or(0, |i| i + 1)
 }
 
-fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path, keys: &[&str]) -> Result<T> {
+fn read_toml<T: for<'de> Deserialize<'de> + clap::Args>(path: &Path) -> Result<T> {
+    let keys = keys_of::<T>();
     let text =
         std::fs::read_to_string(path).with_context(|| format!("config '{}'", path.display()))?;
     let err = |line: usize, msg: String| {
@@ -466,7 +476,7 @@ fn read_toml<T: for<'de> Deserialize<'de>>(path: &Path, keys: &[&str]) -> Result
         err(line, e.message().to_string())
     })?;
     for k in table.keys() {
-        if !keys.contains(&k.as_str()) && !COMMON_KEYS.contains(&k.as_str()) {
+        if !keys.iter().any(|x| x == k) {
             return Err(err(line_of(&text, k), format!("unknown key '{k}'")));
         }
     }
@@ -484,7 +494,7 @@ impl AftrOptions {
         let Some(path) = self.common.config.clone() else {
             return Ok(self);
         };
-        let f: AftrOptions = read_toml(&path, AFTR_KEYS)?;
+        let f: AftrOptions = read_toml(&path)?;
         Ok(AftrOptions {
             tunnel_iface: self.tunnel_iface.or(f.tunnel_iface),
             internet_iface: self.internet_iface.or(f.internet_iface),
@@ -510,6 +520,11 @@ impl AftrOptions {
             block_hold_down: self.block_hold_down.or(f.block_hold_down),
             allow_short_timeouts: self.allow_short_timeouts || f.allow_short_timeouts,
             inbound_refresh: self.inbound_refresh || f.inbound_refresh,
+            nat_log: self.nat_log.or(f.nat_log),
+            syslog: self.syslog.or(f.syslog),
+            ipfix: self.ipfix.or(f.ipfix),
+            log_sessions: self.log_sessions || f.log_sessions,
+            log_destinations: self.log_destinations || f.log_destinations,
             max_sessions: self.max_sessions.or(f.max_sessions),
             new_mapping_rate: self.new_mapping_rate.or(f.new_mapping_rate),
             icmp_rate: self.icmp_rate.or(f.icmp_rate),
@@ -527,7 +542,7 @@ impl B4Options {
         let Some(path) = self.common.config.clone() else {
             return Ok(self);
         };
-        let f: B4Options = read_toml(&path, B4_KEYS)?;
+        let f: B4Options = read_toml(&path)?;
         Ok(B4Options {
             lan_iface: self.lan_iface.or(f.lan_iface),
             wan_iface: self.wan_iface.or(f.wan_iface),
@@ -558,6 +573,10 @@ pub struct AftrSettings {
     pub filtering: [Filtering; 3],
     pub mss_clamp: MssClamp,
     pub slow: crate::slowpath::Settings,
+    pub natlog: crate::natlog::Sinks,
+    pub log_sessions: bool,
+    pub log_destinations: bool,
+    pub metrics: Option<std::net::SocketAddr>,
     /// MTU of the internet interface (resolved at start; 0: DF=1 packets too big for it are
     /// dropped without an ICMP 3/4).
     pub v4_mtu: u16,
@@ -762,6 +781,14 @@ impl AftrOptions {
             ],
             mss_clamp: self.common.mss_clamp.unwrap_or_default(),
             slow: self.common.slow()?,
+            natlog: crate::natlog::Sinks {
+                file: self.nat_log,
+                syslog: self.syslog,
+                ipfix: self.ipfix,
+            },
+            log_sessions: self.log_sessions || self.log_destinations,
+            log_destinations: self.log_destinations,
+            metrics: self.common.metrics,
             v4_mtu: 0,
             mss: 0,
             pin_path: self
@@ -783,6 +810,7 @@ pub struct B4Settings {
     pub address: Option<Ipv6Addr>,
     pub mss_clamp: MssClamp,
     pub slow: crate::slowpath::Settings,
+    pub metrics: Option<std::net::SocketAddr>,
     pub pin_path: PathBuf,
     pub xdp_mode: XdpModeOpt,
     pub bpf_object: Option<PathBuf>,
@@ -806,6 +834,7 @@ impl B4Options {
             address: self.address,
             mss_clamp: self.common.mss_clamp.unwrap_or_default(),
             slow: self.common.slow()?,
+            metrics: self.common.metrics,
             pin_path: self
                 .common
                 .pin_path

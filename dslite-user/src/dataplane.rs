@@ -177,11 +177,14 @@ pub fn aftr_config(s: &AftrSettings, hash_seed: u32) -> AftrConfig {
         max_blocks: s.max_blocks,
         block_size: s.block_size,
         blocks_per_addr: (span / s.block_size as u32) as u16,
-        flags: if s.inbound_refresh {
-            m::AFTR_INBOUND_REFRESH
-        } else {
-            0
-        },
+        flags: [
+            (s.inbound_refresh, m::AFTR_INBOUND_REFRESH),
+            (s.log_sessions, m::AFTR_LOG_SESSIONS),
+            (s.log_destinations, m::AFTR_LOG_DESTINATIONS),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |f, (_, bit)| f | bit),
         max_sessions: s.limits.max_sessions,
         new_per_sec: s.limits.new_mapping_rate,
         icmp_per_sec: s.limits.icmp_rate,

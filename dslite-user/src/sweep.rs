@@ -13,13 +13,14 @@ use aya::maps::{HashMap, Map, MapData};
 use dslite_common::{
     maps::{
         self as m, AftrConfig, BlockKey, BlockValue, NatInKey, NatInValue, NatOutKey, NatOutValue,
-        PeerKey, Slot, SlotKey, SoftwireState, EVENT_BLOCK_RELEASED,
+        PeerKey, Slot, SlotKey, SoftwireState, EVENT_BLOCK_RELEASED, EVENT_MAPPING_DELETED,
+        EVENT_QUOTA_EXCEEDED,
     },
     nat::{block_first_port, block_of, tcp_established},
     proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
-use crate::config::Timeouts;
+use crate::{config::Timeouts, natlog::NatRecord};
 
 /// Most mappings deleted per sweep: bounds one sweep's work (the rest go next second).
 pub const MAX_EXPIRE_PER_SWEEP: usize = 1 << 16;
@@ -27,23 +28,22 @@ pub const MAX_EXPIRE_PER_SWEEP: usize = 1 << 16;
 /// into NAT_OUT on another CPU.
 const BLOCK_GRACE_NS: u64 = 2_000_000_000;
 
-/// A block released by a sweep (for the NAT log).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Released {
-    pub b4: [u8; 16],
-    pub addr: [u8; 4],
-    pub port_lo: u16,
-    pub port_hi: u16,
-    pub kind: u8,
-}
-
-/// What one sweep did.
+/// What one sweep did, and what it saw (for the NAT log and the metrics).
 #[derive(Clone, Debug, Default)]
 pub struct SweepReport {
     pub scanned: usize,
     pub expired: usize,
-    pub blocks_released: Vec<Released>,
+    /// NAT log records: blocks released; mappings deleted (with `log_sessions`); softwires
+    /// that had new mappings refused since the last sweep (quota or exhaustion).
+    pub records: Vec<NatRecord>,
+    pub blocks_released: usize,
     pub blocks_freed: usize,
+    /// Live mappings by protocol: UDP, TCP, ICMP, other.
+    pub mappings: [u64; 4],
+    pub softwires: usize,
+    /// Blocks in use and held down, per public address.
+    pub blocks_in_use: std::collections::BTreeMap<[u8; 4], u64>,
+    pub blocks_held: std::collections::BTreeMap<[u8; 4], u64>,
     pub micros: u128,
 }
 
@@ -57,6 +57,10 @@ pub struct Sweeper {
     peers: HashMap<MapData, PeerKey, u64>,
     pub timeouts: Timeouts,
     cfg: AftrConfig,
+    /// Log every mapping deleted (`--log-sessions`).
+    pub log_sessions: bool,
+    /// Each softwire's refusal count at the last sweep.
+    refused: StdMap<[u8; 16], u64>,
 }
 
 fn open_hash<K: aya::Pod, V: aya::Pod>(pin: &Path, name: &str) -> Result<HashMap<MapData, K, V>> {
@@ -75,6 +79,16 @@ pub fn timeout_ns(t: &Timeouts, proto: u8, tcp_state: u8) -> u64 {
         _ => t.udp,
     };
     secs.saturating_mul(1_000_000_000)
+}
+
+/// Index into `SweepReport::mappings`.
+fn proto_slot(proto: u8) -> usize {
+    match proto {
+        IPPROTO_UDP => 0,
+        IPPROTO_TCP => 1,
+        IPPROTO_ICMP => 2,
+        _ => 3,
+    }
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
@@ -99,6 +113,8 @@ impl Sweeper {
             peers: open_hash(pin, m::PEERS)?,
             timeouts,
             cfg,
+            log_sessions: false,
+            refused: StdMap::new(),
         })
     }
 
@@ -120,6 +136,18 @@ impl Sweeper {
     /// One pass at time `now` (monotonic ns).
     pub fn sweep(&mut self, now: u64) -> Result<SweepReport> {
         let start = Instant::now();
+        let offset = crate::natlog::realtime_offset_ns();
+        let record = |kind: u8, b4: [u8; 16], addr: [u8; 4], lo: u16, hi: u16| NatRecord {
+            unix_ms: (now as i128 + offset) / 1_000_000,
+            kind,
+            b4: b4.into(),
+            outside: addr.into(),
+            port_lo: lo,
+            port_hi: hi,
+            proto: 0,
+            inside: None,
+            dst: None,
+        };
         let mut r = SweepReport::default();
         let mut live: std::collections::HashSet<BlockKey> = Default::default();
         let mut expired = Vec::new();
@@ -134,6 +162,7 @@ impl Sweeper {
                 expired.push((k, v));
             } else {
                 *sessions.entry(k.b4).or_default() += 1;
+                r.mappings[proto_slot(k.proto)] += 1;
                 if let Some(b) = self.block_key(v.outside_addr, v.outside_port) {
                     live.insert(b);
                 }
@@ -145,6 +174,7 @@ impl Sweeper {
                 Ok(cur) if cur.last_seen_ns == v.last_seen_ns => {}
                 _ => {
                     *sessions.entry(k.b4).or_default() += 1;
+                    r.mappings[proto_slot(k.proto)] += 1;
                     if let Some(b) = self.block_key(v.outside_addr, v.outside_port) {
                         live.insert(b);
                     }
@@ -159,6 +189,14 @@ impl Sweeper {
                 let _ = self.nat_in.remove(&kin);
             }
             r.expired += 1;
+            if self.log_sessions {
+                let port = u16::from_be(v.outside_port);
+                r.records.push(NatRecord {
+                    proto: k.proto,
+                    inside: Some((k.inside_addr.into(), u16::from_be(k.inside_port))),
+                    ..record(EVENT_MAPPING_DELETED, k.b4, v.outside_addr, port, port)
+                });
+            }
         }
 
         // Slots by block, to find the slot to free when a block is released.
@@ -178,6 +216,11 @@ impl Sweeper {
         let mut changes = Vec::new();
         for e in self.blocks.iter() {
             let (bk, bv) = e?;
+            if bv.released_ns == 0 {
+                *r.blocks_in_use.entry(bk.addr).or_default() += 1;
+            } else {
+                *r.blocks_held.entry(bk.addr).or_default() += 1;
+            }
             if bv.released_ns == 0 {
                 if !live.contains(&bk) && now.saturating_sub(bv.allocated_ns) > BLOCK_GRACE_NS {
                     changes.push((bk, Some(bv)));
@@ -202,25 +245,34 @@ impl Sweeper {
                         0,
                     )?;
                     let first = block_first_port(bk.block, self.cfg.port_lo, self.cfg.block_size);
-                    r.blocks_released.push(Released {
-                        b4: bv.b4,
-                        addr: bk.addr,
-                        port_lo: first,
-                        port_hi: first + (self.cfg.block_size - 1),
-                        kind: EVENT_BLOCK_RELEASED,
-                    });
+                    let last = first + (self.cfg.block_size - 1);
+                    r.records
+                        .push(record(EVENT_BLOCK_RELEASED, bv.b4, bk.addr, first, last));
+                    r.blocks_released += 1;
+                    *r.blocks_in_use.entry(bk.addr).or_default() -= 1;
+                    *r.blocks_held.entry(bk.addr).or_default() += 1;
                 }
                 None => {
                     let _ = self.blocks.remove(&bk);
                     r.blocks_freed += 1;
+                    *r.blocks_held.entry(bk.addr).or_default() -= 1;
                 }
             }
         }
         // Recount each softwire's sessions (XDP's increments are not atomic, and expiry
         // happens here); forget softwires with none (their rate bucket starts full again).
         let mut updates = Vec::new();
+        let mut refused = StdMap::new();
         for e in self.softwires.iter() {
             let (b4, st) = e?;
+            r.softwires += 1;
+            // A softwire refused new mappings since the last sweep: one record per second
+            // at most (natEvent 13, quota exceeded; the counters say which limit).
+            if st.refused > self.refused.get(&b4).copied().unwrap_or(0) {
+                r.records
+                    .push(record(EVENT_QUOTA_EXCEEDED, b4, [0; 4], 0, 0));
+            }
+            refused.insert(b4, st.refused);
             match sessions.get(&b4) {
                 None => updates.push((b4, None)),
                 Some(&n) if n != st.sessions => {
@@ -229,10 +281,12 @@ impl Sweeper {
                 Some(_) => {}
             }
         }
+        self.refused = refused;
         for (b4, st) in updates {
             match st {
                 None => {
                     let _ = self.softwires.remove(&b4);
+                    self.refused.remove(&b4);
                 }
                 Some(st) => self.softwires.insert(b4, st, 0)?,
             }

@@ -97,6 +97,12 @@ impl Controller {
             .unwrap_or_else(|| panic!("no counter {name} in {s}"))
     }
 
+    /// Send signal `sig` (e.g. `libc::SIGHUP`) to the controller.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
     /// CPU time the controller process has used so far (user + system), in seconds.
     pub fn cpu_seconds(&self) -> f64 {
         let stat =

@@ -6,6 +6,7 @@
 
 pub mod ctl;
 pub mod fixture;
+pub mod ipfix;
 pub mod netns;
 pub mod packets;
 pub mod topo;

@@ -80,6 +80,8 @@ pub struct Options<'a> {
     pub aftr_link_mtu: Option<&'a str>,
     /// MTU of the AFTR-server link (the IPv4 egress).
     pub inet_mtu: &'a str,
+    /// The AFTR's pool (a subset of [`POOL`], which the server routes to the AFTR).
+    pub pool: &'a str,
 }
 
 impl Default for Options<'_> {
@@ -90,6 +92,7 @@ impl Default for Options<'_> {
             v6_mtu: V6_MTU,
             aftr_link_mtu: None,
             inet_mtu: "1500",
+            pool: POOL,
         }
     }
 }
@@ -324,7 +327,7 @@ impl DsLite {
             "--address",
             AFTR_ADDR,
             "--pool",
-            POOL,
+            o.pool,
             "--b4-prefix",
             "2001:db8:a::/64",
             "2001:db8:b::/64",

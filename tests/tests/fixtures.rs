@@ -820,6 +820,46 @@ fn aftr_block_allocation_is_an_event() {
     });
 }
 
+/// With --log-sessions and --log-destinations, each mapping XDP creates is an event too, with
+/// its inside endpoint, outside port and first destination (items 50-51); a packet on an
+/// existing mapping is not.
+#[test]
+fn aftr_mapping_creation_is_an_event_with_log_sessions() {
+    with_aftr_cfg(
+        |s| {
+            s.log_sessions = true;
+            s.log_destinations = true;
+        },
+        |rig| {
+            let pkt = from_b4(rig, b4a(), &udp4(HOST, SERVER, 5000, 7777, 64, b"x"), &[]);
+            let (_, out) = rig.run("tun", &pkt);
+            let ip = &out[14..];
+            let port = u16::from_be_bytes([ip[20], ip[21]]);
+            let _ = rig.run("tun", &pkt);
+            let mut ring =
+                aya::maps::RingBuf::try_from(rig.ebpf.map_mut("EVENTS").unwrap()).unwrap();
+            let mut events = Vec::new();
+            while let Some(item) = ring.next() {
+                // SAFETY: the kernel wrote a NatEvent (repr(C), any bit pattern valid).
+                let ev: dslite_common::maps::NatEvent =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                events.push(ev);
+            }
+            let kinds: Vec<u8> = events.iter().map(|e| e.kind).collect();
+            assert_eq!(kinds, vec![16, 8], "block allocated, then mapping created");
+            let ev = events[1];
+            assert_eq!(ev.b4, b4a().octets());
+            assert_eq!(ev.addr, [ip[12], ip[13], ip[14], ip[15]]);
+            assert_eq!((ev.port_lo, ev.port_hi), (port, port));
+            assert_eq!(ev.proto, 17);
+            assert_eq!((ev.inside_addr, ev.inside_port), (HOST.octets(), 5000));
+            assert_eq!((ev.dst_addr, ev.dst_port), (SERVER.octets(), 7777));
+            let rec = dslite_user::natlog::NatRecord::from_event(&ev, 0);
+            assert!(rec.to_json().contains("\"inside\":\"192.168.1.10:5000\""));
+        },
+    );
+}
+
 /// Expiry (items 29, 31-35): the sweep removes idle mappings after their protocol's and TCP
 /// state's timeout, never before; an emptied block is held down, then freed.
 #[test]
@@ -891,19 +931,20 @@ fn sweep_expires_by_protocol_and_state_and_holds_blocks_down() {
         assert_eq!(r.expired, 1, "the opening TCP is transitory (240 s)");
         let r = sw.sweep(t0 + 301 * sec).unwrap();
         assert_eq!(r.expired, 1, "UDP after 300 s");
-        assert!(
-            r.blocks_released.is_empty(),
+        assert_eq!(
+            r.blocks_released, 0,
             "the established TCP still uses the block"
         );
         let r = sw.sweep(t0 + 7439 * sec).unwrap();
         assert_eq!(r.expired, 0, "established TCP lives 7440 s");
         let r = sw.sweep(t0 + 7441 * sec).unwrap();
         assert_eq!(r.expired, 1);
-        assert_eq!(r.blocks_released.len(), 1, "the empty block is released");
-        let rel = &r.blocks_released[0];
-        assert_eq!(rel.b4, b4a().octets());
+        assert_eq!(r.blocks_released, 1, "the empty block is released");
+        let rel = &r.records[0];
+        assert_eq!(rel.kind, dslite_common::maps::EVENT_BLOCK_RELEASED);
+        assert_eq!(rel.b4, b4a());
         assert_eq!(
-            rel.addr,
+            rel.outside.octets(),
             [udp[14 + 12], udp[14 + 13], udp[14 + 14], udp[14 + 15]]
         );
         assert_eq!(rig.counter("nat_mapping_created"), 3);

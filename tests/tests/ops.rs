@@ -1,0 +1,195 @@
+//! End-to-end, issue 4/5: operations. NAT log sinks and whois, on real traffic (rfc-checklist.md
+//! items 50-53).
+
+use std::{
+    net::{SocketAddr, SocketAddrV4, UdpSocket},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use dslite_tests::{netns::Netns, topo::*, traffic::*};
+
+fn sa(ip: std::net::Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+/// A UDP receiver in `ns` keeping every datagram (a syslog receiver or an IPFIX collector).
+fn udp_sink(ns: &Netns, port: u16) -> Arc<Mutex<Vec<Vec<u8>>>> {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    ns.run(move || {
+        let s = UdpSocket::bind(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        tx.send(()).unwrap();
+        let mut buf = vec![0u8; 65536];
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if let Ok(n) = s.recv(&mut buf) {
+                g.lock().unwrap().push(buf[..n].to_vec());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    got
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn lines_with(path: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// `dslite whois ... --json`: the holders' (b4, inside-or-ports) pairs.
+fn whois(endpoint: SocketAddr, at: &str, logs: &[&Path]) -> Vec<(String, Option<String>)> {
+    let out = Command::new(dslite_tests::dslite_bin())
+        .arg("whois")
+        .arg(endpoint.to_string())
+        .args(["--at", at, "--json", "--nat-log"])
+        .args(logs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["b4"].as_str().unwrap().to_string(),
+                h["inside"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
+}
+
+fn now_rfc3339() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i128;
+    dslite_user::natlog::rfc3339_ms(ms)
+}
+
+/// Two subscribers, both 192.168.1.10, share one public address. The NAT log (file, syslog
+/// and IPFIX at once) records their blocks and mappings, and `dslite whois` names the right
+/// softwire and inside endpoint for each public port, now and not before; after a logrotate-
+/// style rename and SIGHUP, new records go to a new file and whois reads both (items 50-53).
+#[test]
+fn whois_names_each_subscriber_on_a_shared_address() {
+    let dir = PathBuf::from(format!("/tmp/dslite-ops-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("nat.log");
+    let log_s = log.to_str().unwrap().to_string();
+    let before = now_rfc3339();
+    std::thread::sleep(Duration::from_millis(20));
+    let t = DsLite::start_with(Options {
+        pool: "198.51.100.1/32",
+        aftr_extra: &[
+            "--nat-log",
+            &log_s,
+            "--log-sessions",
+            "--syslog",
+            "udp:127.0.0.1:5514",
+            "--ipfix",
+            "127.0.0.1:4739",
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    // The receivers run in the AFTR's namespace, on its loopback, before any traffic.
+    let syslog = udp_sink(&t.aftr_ns, 5514);
+    let ipfix = udp_sink(&t.aftr_ns, 4739);
+    let _echo = udp_echo_server(&t.server, sa(SERVER1, 7777));
+    let seen_a = udp_request(&t.a.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "a").unwrap();
+    let seen_b = udp_request(&t.b.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "b").unwrap();
+    assert_eq!(seen_a.ip(), seen_b.ip(), "one shared public address");
+    assert_ne!(seen_a.port(), seen_b.port());
+    wait_for("two mappings in the NAT log", || {
+        lines_with(&log, "mapping-created") >= 2
+    });
+    assert_eq!(lines_with(&log, "block-allocated"), 2);
+
+    let now = now_rfc3339();
+    let a = "2001:db8:a::2".to_string();
+    let b = "2001:db8:b::2".to_string();
+    let inside = Some("192.168.1.10:5000".to_string());
+    let ha = whois(seen_a, &now, &[&log]);
+    assert!(ha.contains(&(a.clone(), inside.clone())), "{ha:?}");
+    assert!(
+        ha.iter().all(|(b4, _)| *b4 == a),
+        "only A held {seen_a}: {ha:?}"
+    );
+    let hb = whois(seen_b, &now, &[&log]);
+    assert!(hb.contains(&(b.clone(), inside.clone())), "{hb:?}");
+    assert!(
+        hb.iter().all(|(b4, _)| *b4 == b),
+        "only B held {seen_b}: {hb:?}"
+    );
+    assert!(
+        whois(seen_a, &before, &[&log]).is_empty(),
+        "nobody before the test"
+    );
+
+    // logrotate: rename, SIGHUP, and the next records land in a new file.
+    let rotated = dir.join("nat.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    t.aftr.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    let seen_a2 = udp_request(&t.a.host, sa(HOST_ADDR, 5001), sa(SERVER1, 7777), "a2").unwrap();
+    wait_for("a record in the reopened file", || {
+        lines_with(&log, "mapping-created") >= 1
+    });
+    let later = now_rfc3339();
+    let h = whois(seen_a2, &later, &[&log, &rotated]);
+    assert!(
+        h.contains(&(a.clone(), Some("192.168.1.10:5001".into()))),
+        "{h:?}"
+    );
+    let h = whois(seen_b, &later, &[&rotated, &log]);
+    assert!(h.contains(&(b.clone(), inside.clone())), "{h:?}");
+
+    // The same records reached syslog (RFC 5424) and the IPFIX collector.
+    wait_for("syslog messages", || syslog.lock().unwrap().len() >= 5);
+    for m in syslog.lock().unwrap().iter() {
+        let m = String::from_utf8_lossy(m);
+        assert!(m.starts_with("<134>1 20"), "{m}");
+        assert!(
+            m.contains(" dslite ") && m.contains("[natlog@32473 event="),
+            "{m}"
+        );
+    }
+    wait_for("IPFIX messages", || ipfix.lock().unwrap().len() >= 5);
+    let msgs = ipfix.lock().unwrap().clone();
+    let events = dslite_tests::ipfix::decode(&msgs);
+    let blocks: Vec<_> = events.iter().filter(|e| e.nat_event == 16).collect();
+    assert_eq!(blocks.len(), 2, "{events:?}");
+    let mappings: Vec<_> = events.iter().filter(|e| e.nat_event == 8).collect();
+    assert_eq!(mappings.len(), 3, "{events:?}");
+    assert!(
+        mappings
+            .iter()
+            .any(|e| e.b4 == a && e.post_nat_port == Some(seen_a.port())),
+        "{mappings:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
