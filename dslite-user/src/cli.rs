@@ -231,7 +231,19 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
             s.mss,
             s.pin_path.display()
         );
-        aftr_loop(&s.pin_path, sweeper, natlog, &slow).await
+        let gauges = crate::metrics::Shared::default();
+        let _metrics = match s.metrics {
+            Some(a) => Some(crate::metrics::serve(a, s.pin_path.clone(), gauges.clone()).await.map_err(usage)?),
+            None => None,
+        };
+        let mut st = AftrState {
+            sweeper,
+            natlog,
+            gauges,
+            pool: s.pool.clone(),
+            blocks_per_addr: dataplane::aftr_config(&s, seed).blocks_per_addr as u64,
+        };
+        aftr_loop(&s.pin_path, &mut st, &slow).await
     }
     .await;
     drop(logger);
@@ -308,6 +320,14 @@ async fn run_b4(o: B4Options) -> Result<()> {
             wan.name,
             s.pin_path.display()
         );
+        let _metrics = match s.metrics {
+            Some(a) => Some(
+                crate::metrics::serve(a, s.pin_path.clone(), Default::default())
+                    .await
+                    .map_err(usage)?,
+            ),
+            None => None,
+        };
         b4_loop(&s.pin_path, &slow).await
     }
     .await;
@@ -418,12 +438,22 @@ async fn b4_loop(pin: &std::path::Path, slow: &slowpath::SlowPath) -> Result<()>
 }
 
 /// The AFTR's controller work until a signal: NAT events from the kernel, and the sweep.
+/// What the AFTR's controller loop works on.
+struct AftrState {
+    sweeper: crate::sweep::Sweeper,
+    natlog: crate::natlog::NatLog,
+    gauges: crate::metrics::Shared,
+    pool: Vec<std::net::Ipv4Addr>,
+    blocks_per_addr: u64,
+}
+
 async fn aftr_loop(
     pin: &std::path::Path,
-    mut sweeper: crate::sweep::Sweeper,
-    mut natlog: crate::natlog::NatLog,
+    st: &mut AftrState,
     slow: &slowpath::SlowPath,
 ) -> Result<()> {
+    let natlog = &mut st.natlog;
+    let sweeper = &mut st.sweeper;
     use aya::maps::{Map, MapData, RingBuf};
     use tokio::signal::unix::{signal, SignalKind};
     let events = RingBuf::try_from(Map::RingBuf(MapData::from_pin(
@@ -471,6 +501,18 @@ async fn aftr_loop(
                             natlog.emit(rec);
                         }
                         natlog.flush();
+                        if let Ok(mut g) = st.gauges.lock() {
+                            *g = Some(crate::metrics::Gauges {
+                                mappings: r.mappings,
+                                softwires: r.softwires as u64,
+                                pool: st.pool.clone(),
+                                blocks_per_addr: st.blocks_per_addr,
+                                blocks_in_use: r.blocks_in_use.clone(),
+                                blocks_held: r.blocks_held.clone(),
+                                sweep_seconds: r.micros as f64 / 1e6,
+                                natlog_failures: natlog.failures,
+                            });
+                        }
                         if r.expired > 0 || r.blocks_freed > 0 {
                             log::debug!("sweep: {} mappings scanned, {} expired, {} blocks released, {} freed, {} us",
                                 r.scanned, r.expired, r.blocks_released, r.blocks_freed, r.micros);

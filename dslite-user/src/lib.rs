@@ -4,7 +4,8 @@
 //! - [`cli`]: command line, exit codes.
 //! - [`config`]: options from flags and TOML, validation.
 //! - [`dataplane`]: loading, pinning, map setup, attach/detach.
-//! - [`natlog`]: NAT log records (port-block events) with millisecond UTC timestamps.
+//! - [`metrics`]: Prometheus text exposition of the counters and the sweep's gauges.
+//! - [`natlog`]: the NAT log (file, syslog, IPFIX) and `whois`.
 //! - [`netlink`]: interface indexes and addresses via rtnetlink.
 //! - [`reasm`]: IPv4 reassembly for the NAT (bounded, keyed by softwire).
 //! - [`slowpath`]: what XDP cannot do: fragmenting, reassembly, ICMPv6 relay, own traffic.
@@ -13,6 +14,7 @@
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod metrics;
 pub mod natlog;
 pub mod netlink;
 pub mod reasm;

@@ -40,6 +40,7 @@ pub struct SweepReport {
     pub blocks_freed: usize,
     /// Live mappings by protocol: UDP, TCP, ICMP, other.
     pub mappings: [u64; 4],
+    /// Softwires holding at least one mapping.
     pub softwires: usize,
     /// Blocks in use and held down, per public address.
     pub blocks_in_use: std::collections::BTreeMap<[u8; 4], u64>,
@@ -265,7 +266,6 @@ impl Sweeper {
         let mut refused = StdMap::new();
         for e in self.softwires.iter() {
             let (b4, st) = e?;
-            r.softwires += 1;
             // A softwire refused new mappings since the last sweep: one record per second
             // at most (natEvent 13, quota exceeded; the counters say which limit).
             if st.refused > self.refused.get(&b4).copied().unwrap_or(0) {
@@ -282,6 +282,7 @@ impl Sweeper {
             }
         }
         self.refused = refused;
+        r.softwires = sessions.len();
         for (b4, st) in updates {
             match st {
                 None => {

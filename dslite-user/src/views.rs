@@ -55,6 +55,7 @@ pub fn print_stats(pin_path: &Path, json: bool) -> Result<()> {
         CounterKind::Event,
         CounterKind::Pass,
         CounterKind::Drop,
+        CounterKind::Slow,
     ] {
         println!("{}:", kind.name());
         for (c, v) in counters.iter().filter(|(c, _)| c.kind() == kind) {

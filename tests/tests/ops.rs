@@ -193,3 +193,71 @@ fn whois_names_each_subscriber_on_a_shared_address() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `GET /metrics` from inside `ns`.
+fn scrape(ns: &Netns, port: u16) -> String {
+    ns.run(move || {
+        use std::io::{Read as _, Write as _};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut s = String::new();
+        c.read_to_string(&mut s).unwrap();
+        s
+    })
+    .join()
+    .unwrap()
+}
+
+/// The value of the sample line starting with `name` (labels included).
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
+
+/// `--metrics` on both elements: Prometheus text with every counter, drops by reason, and on
+/// the AFTR the mappings by protocol, softwires and port blocks per public address; on the
+/// B4, softwire and native IPv6 bytes side by side (item 3 of issue 4/5).
+#[test]
+fn metrics_are_served_for_prometheus() {
+    let t = DsLite::start_with(Options {
+        pool: "198.51.100.1/32",
+        aftr_extra: &["--metrics", "127.0.0.1:9464"],
+        b4_extra: &["--metrics", "127.0.0.1:9465"],
+        ..Default::default()
+    })
+    .unwrap();
+    let _echo = udp_echo_server(&t.server, sa(SERVER1, 7777));
+    udp_request(&t.a.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "a").unwrap();
+    udp_request(&t.b.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "b").unwrap();
+    std::thread::sleep(Duration::from_millis(1500)); // a sweep measures the gauges
+    let m = scrape(&t.aftr_ns, 9464);
+    assert!(m.starts_with("HTTP/1.1 200 OK"), "{m}");
+    assert!(m.contains("Content-Type: text/plain; version=0.0.4"));
+    assert!(
+        sample(&m, "dslite_aftr_out_packets_total").unwrap() >= 2.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "dslite_mappings{proto=\"udp\"}"),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "dslite_softwires"), Some(2.0));
+    let blocks = "dslite_port_blocks{address=\"198.51.100.1\",state=\"in_use\"}";
+    assert_eq!(sample(&m, blocks), Some(2.0), "{m}");
+    assert!(sample(&m, "dslite_drops_total{reason=\"no_mapping\"}").is_some());
+    assert!(sample(&m, "dslite_sweep_duration_seconds").is_some());
+
+    let m = scrape(&t.a.b4, 9465);
+    assert!(
+        sample(&m, "dslite_b4_encap_bytes_total").unwrap() > 0.0,
+        "{m}"
+    );
+    assert!(sample(&m, "dslite_native_v6_out_bytes_total").is_some());
+    assert!(
+        sample(&m, "dslite_mappings{proto=\"udp\"}").is_none(),
+        "no NAT on a B4"
+    );
+}

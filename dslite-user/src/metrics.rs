@@ -1,0 +1,219 @@
+//! Prometheus metrics (`--metrics ADDR:PORT`, text format 0.0.4 at `/metrics`): every counter,
+//! and the gauges the AFTR's sweep measures each second.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context as _, Result};
+use dslite_common::{counters::CounterKind, Counter};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// What the AFTR's controller knows beyond the counters (none on a B4).
+#[derive(Clone, Debug, Default)]
+pub struct Gauges {
+    /// Live mappings: UDP, TCP, ICMP, other.
+    pub mappings: [u64; 4],
+    pub softwires: u64,
+    /// Every pool address, with its blocks in use and held down.
+    pub pool: Vec<Ipv4Addr>,
+    pub blocks_per_addr: u64,
+    pub blocks_in_use: BTreeMap<[u8; 4], u64>,
+    pub blocks_held: BTreeMap<[u8; 4], u64>,
+    pub sweep_seconds: f64,
+    pub natlog_failures: u64,
+}
+
+pub type Shared = Arc<Mutex<Option<Gauges>>>;
+
+fn family(out: &mut String, name: &str, ty: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {ty}");
+}
+
+/// The exposition text for `counters` (summed over CPUs) and `g`.
+pub fn render(counters: &[(Counter, u64)], g: Option<&Gauges>) -> String {
+    let mut out = String::new();
+    for (c, v) in counters {
+        let kind = c.kind();
+        if matches!(kind, CounterKind::Drop | CounterKind::Pass) {
+            continue;
+        }
+        let name = format!("dslite_{}_total", c.name());
+        family(
+            &mut out,
+            &name,
+            "counter",
+            &format!("dslite counter {} ({}).", c.name(), kind.name()),
+        );
+        let _ = writeln!(out, "{name} {v}");
+    }
+    for (kind, name, prefix, help) in [
+        (
+            CounterKind::Drop,
+            "dslite_drops_total",
+            "drop_",
+            "Packets dropped, by reason.",
+        ),
+        (
+            CounterKind::Pass,
+            "dslite_passes_total",
+            "pass_",
+            "Packets handed to the kernel, by reason.",
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        for (c, v) in counters.iter().filter(|(c, _)| c.kind() == kind) {
+            let reason = c.name().strip_prefix(prefix).unwrap_or(c.name());
+            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {v}");
+        }
+    }
+    let Some(g) = g else {
+        return out;
+    };
+    family(
+        &mut out,
+        "dslite_mappings",
+        "gauge",
+        "NAT mappings, by protocol.",
+    );
+    for (i, p) in ["udp", "tcp", "icmp", "other"].iter().enumerate() {
+        let _ = writeln!(out, "dslite_mappings{{proto=\"{p}\"}} {}", g.mappings[i]);
+    }
+    family(
+        &mut out,
+        "dslite_softwires",
+        "gauge",
+        "Softwires (B4s) holding mappings.",
+    );
+    let _ = writeln!(out, "dslite_softwires {}", g.softwires);
+    family(
+        &mut out,
+        "dslite_port_blocks",
+        "gauge",
+        "Port blocks per public address, by state.",
+    );
+    for a in &g.pool {
+        let k = a.octets();
+        let used = g.blocks_in_use.get(&k).copied().unwrap_or(0);
+        let held = g.blocks_held.get(&k).copied().unwrap_or(0);
+        let free = g.blocks_per_addr.saturating_sub(used + held);
+        for (state, n) in [("in_use", used), ("held", held), ("free", free)] {
+            let _ = writeln!(
+                out,
+                "dslite_port_blocks{{address=\"{a}\",state=\"{state}\"}} {n}"
+            );
+        }
+    }
+    family(
+        &mut out,
+        "dslite_sweep_duration_seconds",
+        "gauge",
+        "Duration of the last expiry sweep.",
+    );
+    let _ = writeln!(out, "dslite_sweep_duration_seconds {}", g.sweep_seconds);
+    family(
+        &mut out,
+        "dslite_natlog_failures_total",
+        "counter",
+        "NAT log records a sink refused.",
+    );
+    let _ = writeln!(out, "dslite_natlog_failures_total {}", g.natlog_failures);
+    out
+}
+
+/// Serve `/metrics` on `addr`, reading counters from the pinned maps at `pin` per scrape.
+pub async fn serve(
+    addr: SocketAddr,
+    pin: PathBuf,
+    gauges: Shared,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--metrics {addr}: cannot listen"))?;
+    log::info!("metrics on http://{addr}/metrics");
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let pin = pin.clone();
+            let gauges = gauges.clone();
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let ok = req.starts_with(b"GET /metrics ") || req.starts_with(b"GET / ");
+                let (status, body) = if !ok {
+                    ("404 Not Found", "not found: try /metrics\n".to_string())
+                } else {
+                    match crate::views::read_counters(&pin) {
+                        Ok(c) => {
+                            let g = gauges.lock().ok().and_then(|g| g.clone());
+                            ("200 OK", render(&c, g.as_ref()))
+                        }
+                        Err(e) => ("503 Service Unavailable", format!("{e:#}\n")),
+                    }
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(body.as_bytes()).await;
+            });
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_every_counter_and_the_gauges() {
+        let counters: Vec<(Counter, u64)> = Counter::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (*c, i as u64))
+            .collect();
+        let mut g = Gauges {
+            mappings: [3, 2, 1, 0],
+            softwires: 2,
+            pool: vec![Ipv4Addr::new(198, 51, 100, 1)],
+            blocks_per_addr: 126,
+            ..Default::default()
+        };
+        g.blocks_in_use.insert([198, 51, 100, 1], 4);
+        g.blocks_held.insert([198, 51, 100, 1], 1);
+        let text = render(&counters, Some(&g));
+        let idx = Counter::AftrOutPackets as usize;
+        assert!(text.contains(&format!("dslite_aftr_out_packets_total {idx}\n")));
+        let idx = Counter::DropBadIpv4 as usize;
+        assert!(text.contains(&format!(
+            "dslite_drops_total{{reason=\"bad_ipv4\"}} {idx}\n"
+        )));
+        assert!(text.contains("dslite_mappings{proto=\"udp\"} 3\n"));
+        assert!(text.contains("dslite_port_blocks{address=\"198.51.100.1\",state=\"free\"} 121\n"));
+        // Every sample line is "name{labels} value" with a number.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let v = l.rsplit_once(' ').unwrap().1;
+            assert!(v.parse::<f64>().is_ok(), "{l}");
+        }
+        // Each family is declared once.
+        let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
+        let mut dedup = types.clone();
+        dedup.sort();
+        dedup.dedup();
+        assert_eq!(types.len(), dedup.len());
+    }
+}
