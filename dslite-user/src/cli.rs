@@ -41,8 +41,18 @@ enum Cmd {
     Stats(ViewArgs),
     /// Print the AFTR's NAT mappings.
     Sessions(ViewArgs),
+    /// Print the AFTR's subscribers: port blocks, mappings, refusals.
+    Softwires(ViewArgs),
+    /// Check a TOML configuration file (the role comes from its keys); exit 2 if it is bad.
+    CheckConfig(CheckArgs),
     /// Who held a public IPv4 address and port at a time, from NAT log files (RFC 6888 §4).
     Whois(WhoisArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// The file to check.
+    file: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -111,6 +121,8 @@ pub fn main() -> i32 {
         Cmd::Stats(v) => views::print_stats(&v.pin_path(), v.json),
         Cmd::Sessions(v) => views::print_sessions(&v.pin_path(), v.json),
         Cmd::Whois(w) => whois(&w),
+        Cmd::Softwires(v) => views::print_softwires(&v.pin_path(), v.json),
+        Cmd::CheckConfig(c) => check_config(&c.file),
     };
     match r {
         Ok(()) => 0,
@@ -123,6 +135,79 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+/// `dslite check-config FILE`: parse and validate as the role its keys name, without
+/// touching interfaces or the kernel.
+fn check_config(file: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading {}", file.display()))
+        .map_err(usage)?;
+    let table: toml::Table = match toml::from_str(&text) {
+        Ok(t) => t,
+        // Let the full reader word the syntax error, with its line.
+        Err(_) => toml::Table::new(),
+    };
+    let common = crate::config::CommonOptions {
+        config: Some(file.to_path_buf()),
+        ..Default::default()
+    };
+    // A value error names its flag (`--max-blocks 99 ...`): point at the key's line too.
+    let at_line = |e: anyhow::Error| -> anyhow::Error {
+        let msg = format!("{e:#}");
+        if msg.contains(" line ") {
+            return usage(e);
+        }
+        let key: String = msg
+            .find("--")
+            .map(|i| {
+                msg[i + 2..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+                    .collect()
+            })
+            .unwrap_or_default();
+        match crate::config::line_of(&text, &key) {
+            0 => usage(e),
+            n => Usage(format!("config '{}' line {n}: {msg}", file.display())).into(),
+        }
+    };
+    if table.contains_key("lan-iface")
+        || table.contains_key("wan-iface")
+        || table.contains_key("aftr")
+    {
+        let s = crate::config::B4Options {
+            common,
+            ..Default::default()
+        }
+        .merged()
+        .and_then(|o| o.validate())
+        .map_err(at_line)?;
+        println!(
+            "{}: a valid B4 configuration (LAN {}, WAN {}, AFTR {})",
+            file.display(),
+            s.lan_iface,
+            s.wan_iface,
+            s.aftr
+        );
+    } else {
+        let s = crate::config::AftrOptions {
+            common,
+            ..Default::default()
+        }
+        .merged()
+        .and_then(|o| o.validate())
+        .map_err(at_line)?;
+        println!(
+            "{}: a valid AFTR configuration ({} on {}, {} pool addresses, {} B4 prefixes)",
+            file.display(),
+            s.address,
+            s.tunnel_iface,
+            s.pool.len(),
+            s.b4_prefixes.len()
+        );
+    }
+    Ok(())
 }
 
 fn whois(w: &WhoisArgs) -> Result<()> {
@@ -190,6 +275,7 @@ fn ensure_forwarding() {
 }
 
 async fn run_aftr(o: AftrOptions) -> Result<()> {
+    let flags = o.clone();
     let mut s = o.merged().map_err(usage)?.validate().map_err(usage)?;
     let tunnel = netlink::link(&s.tunnel_iface).await.map_err(usage)?;
     s.mss = s.mss_clamp.resolve(tunnel.mtu);
@@ -242,6 +328,10 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
             gauges,
             pool: s.pool.clone(),
             blocks_per_addr: dataplane::aftr_config(&s, seed).blocks_per_addr as u64,
+            flags,
+            settings: s.clone(),
+            seed,
+            tunnel_mtu: tunnel.mtu,
         };
         aftr_loop(&s.pin_path, &mut st, &slow).await
     }
@@ -445,6 +535,53 @@ struct AftrState {
     gauges: crate::metrics::Shared,
     pool: Vec<std::net::Ipv4Addr>,
     blocks_per_addr: u64,
+    /// The command line, to merge the reloaded file under.
+    flags: AftrOptions,
+    settings: crate::config::AftrSettings,
+    seed: u32,
+    tunnel_mtu: u32,
+}
+
+impl AftrState {
+    /// SIGHUP: read the configuration file again and apply what can change live (limits,
+    /// timeouts, filtering, B4 prefixes, MSS clamping, NAT log settings), without touching a
+    /// mapping; anything else is reported as needing a restart and keeps its running value.
+    fn reload(&mut self, pin: &std::path::Path) -> Result<()> {
+        let mut new = self.flags.clone().merged()?.validate()?;
+        for what in self.settings.restart_needed(&new) {
+            warn!("reload: {what} changed; that needs a restart (keeping the running value)");
+        }
+        let old = &self.settings;
+        // Keep what cannot change live.
+        new.tunnel_iface = old.tunnel_iface.clone();
+        new.internet_iface = old.internet_iface.clone();
+        new.address = old.address;
+        new.pool = old.pool.clone();
+        new.ports = old.ports;
+        new.block_size = old.block_size;
+        new.max_blocks = old.max_blocks;
+        new.max_mappings = old.max_mappings;
+        new.pin_path = old.pin_path.clone();
+        new.xdp_mode = old.xdp_mode;
+        new.bpf_object = old.bpf_object.clone();
+        new.metrics = old.metrics;
+        new.slow = old.slow.clone();
+        new.v4_mtu = old.v4_mtu;
+        new.mss = new.mss_clamp.resolve(self.tunnel_mtu);
+        dataplane::reconfigure_aftr(pin, &new, self.seed, &old.b4_prefixes)?;
+        self.sweeper.timeouts = new.timeouts;
+        self.sweeper.log_sessions = new.log_sessions;
+        self.sweeper
+            .set_config(dataplane::aftr_config(&new, self.seed));
+        if new.natlog != old.natlog {
+            self.natlog.flush();
+            self.natlog = crate::natlog::NatLog::open(&new.natlog)?;
+        } else {
+            self.natlog.reopen()?;
+        }
+        self.settings = new;
+        Ok(())
+    }
 }
 
 async fn aftr_loop(
@@ -452,8 +589,6 @@ async fn aftr_loop(
     st: &mut AftrState,
     slow: &slowpath::SlowPath,
 ) -> Result<()> {
-    let natlog = &mut st.natlog;
-    let sweeper = &mut st.sweeper;
     use aya::maps::{Map, MapData, RingBuf};
     use tokio::signal::unix::{signal, SignalKind};
     let events = RingBuf::try_from(Map::RingBuf(MapData::from_pin(
@@ -470,12 +605,12 @@ async fn aftr_loop(
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = term.recv() => { info!("SIGTERM: shutting down"); natlog.flush(); return Ok(()); }
-            _ = int.recv() => { info!("SIGINT: shutting down"); natlog.flush(); return Ok(()); }
+            _ = term.recv() => { info!("SIGTERM: shutting down"); st.natlog.flush(); return Ok(()); }
+            _ = int.recv() => { info!("SIGINT: shutting down"); st.natlog.flush(); return Ok(()); }
             _ = hup.recv() => {
-                match natlog.reopen() {
-                    Ok(()) => info!("SIGHUP: NAT log reopened"),
-                    Err(e) => warn!("SIGHUP: reopening the NAT log failed: {e:#}"),
+                match st.reload(pin) {
+                    Ok(()) => info!("SIGHUP: configuration reloaded, NAT log reopened"),
+                    Err(e) => warn!("SIGHUP: reload failed, nothing changed: {e:#}"),
                 }
             }
             g = events.readable_mut() => {
@@ -486,21 +621,21 @@ async fn aftr_loop(
                         // SAFETY: the kernel wrote a NatEvent (repr(C), any bit pattern valid).
                         let ev: dslite_common::maps::NatEvent =
                             unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                        natlog.emit(&crate::natlog::NatRecord::from_event(&ev, offset));
+                        st.natlog.emit(&crate::natlog::NatRecord::from_event(&ev, offset));
                     }
                 }
-                natlog.flush();
+                st.natlog.flush();
                 g.clear_ready();
             }
             _ = tick.tick() => {
                 publish(pin, slow).await;
                 let now = crate::sweep::monotonic_ns();
-                match sweeper.sweep(now) {
+                match st.sweeper.sweep(now) {
                     Ok(r) => {
                         for rec in &r.records {
-                            natlog.emit(rec);
+                            st.natlog.emit(rec);
                         }
-                        natlog.flush();
+                        st.natlog.flush();
                         if let Ok(mut g) = st.gauges.lock() {
                             *g = Some(crate::metrics::Gauges {
                                 mappings: r.mappings,
@@ -510,7 +645,7 @@ async fn aftr_loop(
                                 blocks_in_use: r.blocks_in_use.clone(),
                                 blocks_held: r.blocks_held.clone(),
                                 sweep_seconds: r.micros as f64 / 1e6,
-                                natlog_failures: natlog.failures,
+                                natlog_failures: st.natlog.failures,
                             });
                         }
                         if r.expired > 0 || r.blocks_freed > 0 {

@@ -452,7 +452,7 @@ fn keys_of<T: clap::Args>() -> Vec<String> {
         .collect()
 }
 
-fn line_of(text: &str, key: &str) -> usize {
+pub(crate) fn line_of(text: &str, key: &str) -> usize {
     text.lines()
         .position(|l| {
             let l = l.trim_start();
@@ -798,6 +798,41 @@ impl AftrOptions {
             xdp_mode: self.common.xdp_mode.unwrap_or_default(),
             bpf_object: self.common.bpf_object,
         })
+    }
+}
+
+impl AftrSettings {
+    /// What a reload to `new` cannot change while running: those need a restart (the
+    /// interfaces, the address and pool, the port layout and table sizes, the slow path,
+    /// where maps are pinned). Everything else (limits, timeouts, filtering, B4 prefixes,
+    /// MSS clamping, NAT log settings) is applied live.
+    pub fn restart_needed(&self, new: &AftrSettings) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let mut check = |same: bool, what| {
+            if !same {
+                v.push(what)
+            }
+        };
+        check(self.tunnel_iface == new.tunnel_iface, "tunnel-iface");
+        check(self.internet_iface == new.internet_iface, "internet-iface");
+        check(self.address == new.address, "address");
+        check(self.pool == new.pool, "pool");
+        check(self.ports == new.ports, "port-range");
+        check(self.block_size == new.block_size, "block-size");
+        check(self.max_blocks == new.max_blocks, "max-blocks");
+        check(self.max_mappings == new.max_mappings, "max-mappings");
+        check(self.pin_path == new.pin_path, "pin-path");
+        check(self.xdp_mode == new.xdp_mode, "xdp-mode");
+        check(self.bpf_object == new.bpf_object, "bpf-object");
+        check(self.metrics == new.metrics, "metrics");
+        check(self.slow.tap_name == new.slow.tap_name, "slow-iface");
+        check(self.slow.tunnel_mtu == new.slow.tunnel_mtu, "tunnel-mtu");
+        check(
+            self.slow.reassembly_timeout == new.slow.reassembly_timeout
+                && self.slow.reassembly_memory == new.slow.reassembly_memory,
+            "reassembly-*",
+        );
+        v
     }
 }
 

@@ -21,7 +21,7 @@ use dslite_common::{
 };
 use log::{info, warn};
 
-use crate::config::{AftrSettings, Cidr4, XdpModeOpt};
+use crate::config::{AftrSettings, Cidr4, Cidr6, XdpModeOpt};
 
 /// The object built by `cargo xtask build-ebpf`, embedded at build time (may be empty).
 static EMBEDDED: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dslite.bpf.o"));
@@ -161,6 +161,31 @@ pub fn configure_aftr(ebpf: &mut Ebpf, s: &AftrSettings, hash_seed: u32) -> Resu
     let cfg = aftr_config(s, hash_seed);
     let mut c: Array<&mut MapData, AftrConfig> = Array::try_from(map_mut(ebpf, m::AFTR_CONFIG)?)?;
     c.set(0, cfg, 0)?;
+    Ok(())
+}
+
+/// Reload (SIGHUP): write a new AFTR_CONFIG and the B4 prefix list through the pinned
+/// maps of the running dataplane. The caller keeps what cannot change live.
+pub fn reconfigure_aftr(
+    pin: &Path,
+    s: &AftrSettings,
+    hash_seed: u32,
+    old_prefixes: &[Cidr6],
+) -> Result<()> {
+    let open = |name: &str| {
+        MapData::from_pin(pin.join(name)).with_context(|| format!("opening pinned {name}"))
+    };
+    let mut allow: LpmTrie<MapData, [u8; 16], u32> =
+        LpmTrie::try_from(aya::maps::Map::LpmTrie(open(m::B4_ALLOW)?))?;
+    for p in &s.b4_prefixes {
+        allow.insert(&Key::new(p.len as u32, p.network()), 1, 0)?;
+    }
+    for p in old_prefixes.iter().filter(|p| !s.b4_prefixes.contains(p)) {
+        let _ = allow.remove(&Key::new(p.len as u32, p.network()));
+    }
+    let mut c: Array<MapData, AftrConfig> =
+        Array::try_from(aya::maps::Map::Array(open(m::AFTR_CONFIG)?))?;
+    c.set(0, aftr_config(s, hash_seed), 0)?;
     Ok(())
 }
 

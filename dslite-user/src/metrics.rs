@@ -216,4 +216,31 @@ mod tests {
         dedup.dedup();
         assert_eq!(types.len(), dedup.len());
     }
+
+    #[test]
+    fn the_grafana_dashboard_uses_only_metrics_we_serve() {
+        let dash = include_str!("../../contrib/grafana-dashboard.json");
+        let counters: Vec<(Counter, u64)> = Counter::ALL.iter().map(|c| (*c, 0)).collect();
+        let g = Gauges {
+            pool: vec![Ipv4Addr::new(198, 51, 100, 1)],
+            ..Default::default()
+        };
+        let text = render(&counters, Some(&g));
+        let mut names = 0;
+        for (i, _) in dash.match_indices("dslite_") {
+            let name: String = dash[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            if name == "dslite_" {
+                continue;
+            }
+            names += 1;
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} is not served"
+            );
+        }
+        assert!(names > 10);
+    }
 }

@@ -270,7 +270,7 @@ impl NatRecord {
 }
 
 /// Where records go.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Sinks {
     pub file: Option<PathBuf>,
     /// `udp:HOST:PORT` or `unix:PATH`.

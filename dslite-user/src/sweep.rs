@@ -119,6 +119,11 @@ impl Sweeper {
         })
     }
 
+    /// A reloaded configuration (filtering modes; the block layout never changes live).
+    pub fn set_config(&mut self, cfg: AftrConfig) {
+        self.cfg = cfg;
+    }
+
     fn block_key(&self, addr: [u8; 4], port_be: u16) -> Option<BlockKey> {
         let c = &self.cfg;
         block_of(

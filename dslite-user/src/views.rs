@@ -171,6 +171,83 @@ pub fn print_sessions(pin_path: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// One subscriber, as `dslite softwires` shows it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SoftwireView {
+    pub b4: String,
+    /// `address:lo-hi` for each block held.
+    pub blocks: Vec<String>,
+    pub mappings: u64,
+    /// New mappings refused by a limit (quota, sessions, rate) while it has been tracked.
+    pub refused: u64,
+}
+
+/// Every softwire holding a block or a mapping, from the pinned maps.
+pub fn read_softwires(pin_path: &Path) -> Result<Vec<SoftwireView>> {
+    use dslite_common::maps::{Slot, SlotKey, SoftwireState};
+    let cfg: Array<MapData, AftrConfig> =
+        Array::try_from(Map::Array(open(pin_path, m::AFTR_CONFIG)?))?;
+    let cfg = cfg.get(&0, 0)?;
+    let mut by: std::collections::BTreeMap<[u8; 16], SoftwireView> = Default::default();
+    fn entry(
+        by: &mut std::collections::BTreeMap<[u8; 16], SoftwireView>,
+        b4: [u8; 16],
+    ) -> &mut SoftwireView {
+        by.entry(b4).or_insert_with(|| SoftwireView {
+            b4: Ipv6Addr::from(b4).to_string(),
+            blocks: Vec::new(),
+            mappings: 0,
+            refused: 0,
+        })
+    }
+    let slots: HashMap<MapData, SlotKey, Slot> =
+        HashMap::try_from(Map::HashMap(open(pin_path, m::SW_BLOCKS)?))?;
+    for e in slots.iter() {
+        let (k, s) = e?;
+        let lo = dslite_common::nat::block_first_port(s.block, cfg.port_lo, cfg.block_size);
+        let hi = lo + (cfg.block_size - 1);
+        entry(&mut by, k.b4)
+            .blocks
+            .push(format!("{}:{lo}-{hi}", Ipv4Addr::from(s.addr)));
+    }
+    let out: HashMap<MapData, NatOutKey, NatOutValue> =
+        HashMap::try_from(Map::HashMap(open(pin_path, m::NAT_OUT)?))?;
+    for e in out.keys() {
+        entry(&mut by, e?.b4).mappings += 1;
+    }
+    let sw: HashMap<MapData, [u8; 16], SoftwireState> =
+        HashMap::try_from(Map::HashMap(open(pin_path, m::SOFTWIRES)?))?;
+    for e in sw.iter() {
+        let (b4, st) = e?;
+        entry(&mut by, b4).refused = st.refused;
+    }
+    let mut v: Vec<SoftwireView> = by.into_values().collect();
+    for s in &mut v {
+        s.blocks.sort();
+    }
+    Ok(v)
+}
+
+pub fn print_softwires(pin_path: &Path, json: bool) -> Result<()> {
+    let v = read_softwires(pin_path)?;
+    if json {
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(());
+    }
+    println!("{:<40} {:>8} {:>8}  BLOCKS", "B4", "MAPPINGS", "REFUSED");
+    for s in &v {
+        println!(
+            "{:<40} {:>8} {:>8}  {}",
+            s.b4,
+            s.mappings,
+            s.refused,
+            s.blocks.join(" ")
+        );
+    }
+    println!("{} softwires", v.len());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -134,6 +134,13 @@ impl Controller {
         }
     }
 
+    pub fn softwires(&self) -> Result<Vec<serde_json::Value>> {
+        match self.view("softwires")? {
+            serde_json::Value::Array(v) => Ok(v),
+            other => bail!("softwires: not an array: {other}"),
+        }
+    }
+
     fn view(&self, what: &str) -> Result<serde_json::Value> {
         let out = Command::new(dslite_bin())
             .args([what, "--json", "--pin-path"])

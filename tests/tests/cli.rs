@@ -132,3 +132,49 @@ fn config_file_errors_name_key_and_line() {
     assert_usage_error(&["b4", "--config", f.to_str().unwrap()], "'mtu'");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `dslite check-config`: a good file of either role passes (exit 0); a bad key, value or
+/// syntax fails with exit 2, naming the key and its line (issue 4/5 item 5).
+#[test]
+fn check_config_names_key_and_line() {
+    let dir = std::env::temp_dir().join(format!("dslite-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.toml");
+    let check = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        let out = Command::new(dslite_bin())
+            .args(["check-config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let aftr = "tunnel-iface = \"eth0\"\naddress = \"2001:db8::1\"\npool = [\"198.51.100.0/30\"]\n\
+                b4-prefix = [\"2001:db8::/32\"]\nmax-blocks = 4\nudp-timeout = 300\nlog-sessions = true\n\
+                nat-log = \"/var/log/dslite/nat.log\"\nreassembly-timeout = 5\n";
+    let (code, out) = check(aftr);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("a valid AFTR configuration"), "{out}");
+    let (code, out) =
+        check("lan-iface = \"br-lan\"\nwan-iface = \"wan\"\naftr = \"2001:db8::1\"\n");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("a valid B4 configuration"), "{out}");
+
+    let (code, out) = check(&aftr.replace("max-blocks = 4", "max-blocks = 99"));
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("line 5") && out.contains("max-blocks"),
+        "{out}"
+    );
+    let (code, out) = check(&format!("{aftr}colour = \"blue\"\n"));
+    assert_eq!(code, 2);
+    assert!(out.contains("line 10") && out.contains("colour"), "{out}");
+    let (code, out) = check("tunnel-iface = \"eth0\"\naddress = \n");
+    assert_eq!(code, 2);
+    assert!(out.contains("line 2"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -261,3 +261,50 @@ fn metrics_are_served_for_prometheus() {
         "no NAT on a B4"
     );
 }
+
+/// SIGHUP reloads the configuration file: a per-subscriber session limit is raised while
+/// traffic runs, no mapping is lost (the first flow keeps its outside port), and the
+/// softwires view shows the subscriber's block and mappings (issue 4/5 items 4-5).
+#[test]
+fn sighup_reloads_limits_without_dropping_a_mapping() {
+    let dir = PathBuf::from(format!("/tmp/dslite-reload-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("aftr.toml");
+    std::fs::write(&conf, "max-sessions = 1\nudp-timeout = 300\n").unwrap();
+    let conf_s = conf.to_str().unwrap().to_string();
+    let t = DsLite::start(&["--config", &conf_s]).unwrap();
+    let _echo = udp_echo_server(&t.server, sa(SERVER1, 7777));
+    let first = udp_request(&t.a.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "1").unwrap();
+    let refused = udp_request(&t.a.host, sa(HOST_ADDR, 5001), sa(SERVER1, 7777), "2");
+    assert!(refused.is_err(), "a second session is over the limit");
+
+    std::fs::write(&conf, "max-sessions = 5\nudp-timeout = 300\n").unwrap();
+    t.aftr.signal(libc::SIGHUP);
+    wait_for("the reload", || {
+        t.aftr.log().contains("configuration reloaded")
+    });
+    let second = udp_request(&t.a.host, sa(HOST_ADDR, 5001), sa(SERVER1, 7777), "2").unwrap();
+    let again = udp_request(&t.a.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "1").unwrap();
+    assert_eq!(again, first, "the first mapping survived the reload");
+    assert_ne!(second, first);
+
+    let sw = t.aftr.softwires().unwrap();
+    let a = sw
+        .iter()
+        .find(|s| s["b4"] == "2001:db8:a::2")
+        .expect("softwire a");
+    assert_eq!(a["mappings"], 2, "{sw:?}");
+    assert_eq!(a["blocks"].as_array().unwrap().len(), 1, "{sw:?}");
+    assert!(a["refused"].as_u64().unwrap() >= 1, "{sw:?}");
+
+    // A broken file changes nothing.
+    std::fs::write(&conf, "max-sessions = \"many\"\n").unwrap();
+    t.aftr.signal(libc::SIGHUP);
+    wait_for("the failed reload", || {
+        t.aftr.log().contains("reload failed")
+    });
+    let third = udp_request(&t.a.host, sa(HOST_ADDR, 5002), sa(SERVER1, 7777), "3");
+    assert!(third.is_ok(), "the running limit (5) still applies");
+    let _ = std::fs::remove_dir_all(&dir);
+}
