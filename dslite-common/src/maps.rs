@@ -34,6 +34,8 @@ pub const SW_BLOCKS: &str = "SW_BLOCKS";
 pub const EVENTS: &str = "EVENTS";
 /// `Array<SlowConfig>`, one entry: the slow path (both roles).
 pub const SLOW_CONFIG: &str = "SLOW_CONFIG";
+/// `DevMap`, one entry: the slow path's TAP, the redirect target for hand-overs.
+pub const SLOW_DEV: &str = "SLOW_DEV";
 
 /// Default size of the NAT tables (mappings). Tunable at load time.
 pub const DEFAULT_MAX_MAPPINGS: u32 = 1 << 20;

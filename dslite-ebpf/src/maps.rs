@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, DevMap, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use dslite_common::{
     maps::{
@@ -82,6 +82,11 @@ pub static ICMP_BUCKET: PerCpuArray<IcmpBucket> = PerCpuArray::pinned(1, 0);
 /// The slow path (TAP ifindex, tunnel MTU), one entry. Written by the controller.
 #[map(name = "SLOW_CONFIG")]
 pub static SLOW_CONFIG: Array<SlowConfig> = Array::pinned(1, 0);
+
+/// The slow path's TAP as a devmap: when the TAP is gone the kernel removes the entry, and
+/// a redirect through it fails visibly (counted) instead of after the program returned.
+#[map(name = "SLOW_DEV")]
+pub static SLOW_DEV: DevMap = DevMap::pinned(1, 0);
 
 /// Add `n` to counter `c` on this CPU (per-CPU slot: no atomics needed).
 #[inline(always)]

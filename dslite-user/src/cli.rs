@@ -285,8 +285,14 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
     let object = dataplane::object_bytes(s.bpf_object.as_deref()).map_err(usage)?;
     dataplane::ensure_bpffs(&s.pin_path).map_err(usage)?;
     ensure_forwarding();
-    let mut ebpf = dataplane::load(&object, &s.pin_path, &dataplane::map_sizes(Some(&s)))?;
-    let seed = dataplane::random_seed();
+    let mut ebpf = dataplane::load(
+        &object,
+        &s.pin_path,
+        &dataplane::map_sizes(Some(&s)),
+        s.persist,
+    )?;
+    // An adopted dataplane keeps its port-search secret.
+    let seed = dataplane::running_seed(&mut ebpf).unwrap_or_else(dataplane::random_seed);
     dataplane::configure_aftr(&mut ebpf, &s, seed)?;
     let logger = start_log_forwarding(&mut ebpf);
     let mut sweeper =
@@ -302,6 +308,7 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
                 (internet.name.clone(), internet.index),
             ],
             s.xdp_mode,
+            s.persist.then_some(s.pin_path.as_path()),
         )?;
         let role = slowpath::Role::Aftr { aftr: s.address };
         let slow = start_slow_path(&mut ebpf, dataplane::PROG_AFTR, role, &s.slow).await?;
@@ -337,9 +344,13 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
     }
     .await;
     drop(logger);
-    drop(ebpf); // detaches the XDP links
-    dataplane::unpin(&s.pin_path);
-    info!("AFTR stopped and detached");
+    drop(ebpf); // detaches the XDP links that are not pinned
+    if s.persist {
+        info!("AFTR controller stopped; XDP stays attached and the maps pinned (--persist)");
+    } else {
+        dataplane::unpin(&s.pin_path);
+        info!("AFTR stopped and detached");
+    }
     r
 }
 
@@ -378,7 +389,7 @@ async fn run_b4(o: B4Options) -> Result<()> {
     let object = dataplane::object_bytes(s.bpf_object.as_deref()).map_err(usage)?;
     dataplane::ensure_bpffs(&s.pin_path).map_err(usage)?;
     ensure_forwarding();
-    let mut ebpf = dataplane::load(&object, &s.pin_path, &dataplane::map_sizes(None))?;
+    let mut ebpf = dataplane::load(&object, &s.pin_path, &dataplane::map_sizes(None), s.persist)?;
     let cfg = B4Config {
         b4_addr: address.octets(),
         aftr_addr: s.aftr.octets(),
@@ -396,6 +407,7 @@ async fn run_b4(o: B4Options) -> Result<()> {
             dataplane::PROG_B4,
             &[(lan.name.clone(), lan.index), (wan.name.clone(), wan.index)],
             s.xdp_mode,
+            s.persist.then_some(s.pin_path.as_path()),
         )?;
         let role = slowpath::Role::B4 {
             b4: address,
@@ -423,8 +435,12 @@ async fn run_b4(o: B4Options) -> Result<()> {
     .await;
     drop(logger);
     drop(ebpf);
-    dataplane::unpin(&s.pin_path);
-    info!("B4 stopped and detached");
+    if s.persist {
+        info!("B4 controller stopped; XDP stays attached and the maps pinned (--persist)");
+    } else {
+        dataplane::unpin(&s.pin_path);
+        info!("B4 stopped and detached");
+    }
     r
 }
 

@@ -333,6 +333,11 @@ pub struct CommonOptions {
     /// Serve Prometheus metrics on ADDR:PORT (`/metrics`).
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Keep XDP attached and the maps pinned when the controller stops or dies; a controller
+    /// started with --persist on the same pin path adopts them (mappings, blocks, NAT events).
+    #[arg(long)]
+    #[serde(default)]
+    pub persist: bool,
     /// TOML file with any of these options; flags override it.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -436,6 +441,7 @@ impl CommonOptions {
             reassembly_memory: self.reassembly_memory.or(file.reassembly_memory),
             slow_iface: self.slow_iface.or(file.slow_iface),
             metrics: self.metrics.or(file.metrics),
+            persist: self.persist || file.persist,
             config: self.config,
         }
     }
@@ -577,6 +583,7 @@ pub struct AftrSettings {
     pub log_sessions: bool,
     pub log_destinations: bool,
     pub metrics: Option<std::net::SocketAddr>,
+    pub persist: bool,
     /// MTU of the internet interface (resolved at start; 0: DF=1 packets too big for it are
     /// dropped without an ICMP 3/4).
     pub v4_mtu: u16,
@@ -789,6 +796,7 @@ impl AftrOptions {
             log_sessions: self.log_sessions || self.log_destinations,
             log_destinations: self.log_destinations,
             metrics: self.common.metrics,
+            persist: self.common.persist,
             v4_mtu: 0,
             mss: 0,
             pin_path: self
@@ -825,6 +833,7 @@ impl AftrSettings {
         check(self.xdp_mode == new.xdp_mode, "xdp-mode");
         check(self.bpf_object == new.bpf_object, "bpf-object");
         check(self.metrics == new.metrics, "metrics");
+        check(self.persist == new.persist, "persist");
         check(self.slow.tap_name == new.slow.tap_name, "slow-iface");
         check(self.slow.tunnel_mtu == new.slow.tunnel_mtu, "tunnel-mtu");
         check(
@@ -846,6 +855,7 @@ pub struct B4Settings {
     pub mss_clamp: MssClamp,
     pub slow: crate::slowpath::Settings,
     pub metrics: Option<std::net::SocketAddr>,
+    pub persist: bool,
     pub pin_path: PathBuf,
     pub xdp_mode: XdpModeOpt,
     pub bpf_object: Option<PathBuf>,
@@ -870,6 +880,7 @@ impl B4Options {
             mss_clamp: self.common.mss_clamp.unwrap_or_default(),
             slow: self.common.slow()?,
             metrics: self.common.metrics,
+            persist: self.common.persist,
             pin_path: self
                 .common
                 .pin_path

@@ -92,11 +92,25 @@ pub fn ensure_bpffs(pin_path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Load the object with every map pinned under `pin_path`. Pins left by an earlier run that
-/// did not exit cleanly are removed first, so a start always begins from a known state.
-pub fn load(object: &[u8], pin_path: &Path, sizes: &[(&'static str, u32)]) -> Result<Ebpf> {
+/// Load the object with every map pinned under `pin_path`.
+///
+/// Without `persist`, pins left by an earlier run are removed first (detaching any XDP link
+/// pinned there), so a start begins from a known state. With `persist`, they are adopted:
+/// aya reuses a pinned map of the same name, so the mappings, blocks and the NAT event ring
+/// of the previous controller carry on (checklist: restart without loss).
+pub fn load(
+    object: &[u8],
+    pin_path: &Path,
+    sizes: &[(&'static str, u32)],
+    persist: bool,
+) -> Result<Ebpf> {
     ensure_bpffs(pin_path)?;
-    if pin_path.exists() {
+    if persist && pin_path.join(m::STATS).exists() {
+        info!(
+            "adopting the pinned maps under {} (--persist)",
+            pin_path.display()
+        );
+    } else if pin_path.exists() {
         let stale: Vec<PathBuf> = std::fs::read_dir(pin_path)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .collect();
@@ -309,18 +323,33 @@ pub fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     Ok(prog)
 }
 
-/// Attach program `name` to every interface index (each once).
+/// Where the XDP link of `ifname` is pinned with `--persist`.
+pub fn link_pin(pin_path: &Path, ifname: &str) -> PathBuf {
+    pin_path.join(format!("link-{ifname}"))
+}
+
+/// Attach program `name` to every interface index (each once). With `persist`, each link is
+/// pinned under the pin path, so XDP stays attached when the controller exits or is killed;
+/// an interface whose link is already pinned there keeps its running program (adopted).
 pub fn attach(
     ebpf: &mut Ebpf,
     name: &str,
     ifaces: &[(String, u32)],
     mode: XdpModeOpt,
+    persist: Option<&Path>,
 ) -> Result<()> {
     let prog = load_program(ebpf, name)?;
     let mut done = Vec::new();
     for (ifname, index) in ifaces {
         if done.contains(index) {
             continue;
+        }
+        if let Some(pin) = persist {
+            if link_pin(pin, ifname).exists() {
+                info!("{name} on {ifname}: adopted the running XDP link (--persist)");
+                done.push(*index);
+                continue;
+            }
         }
         let r = match mode {
             XdpModeOpt::Native => prog.attach_to_if_index(*index, XdpMode::Driver),
@@ -334,7 +363,15 @@ pub fn attach(
                     prog.attach_to_if_index(*index, XdpMode::Skb)
                 }),
         };
-        r.with_context(|| format!("attaching {name} to {ifname}"))?;
+        let id = r.with_context(|| format!("attaching {name} to {ifname}"))?;
+        if let Some(pin) = persist {
+            let link = prog.take_link(id)?;
+            let fd: aya::programs::links::FdLink = link
+                .try_into()
+                .with_context(|| format!("{ifname}: --persist needs bpf_link XDP (Linux 5.9+)"))?;
+            fd.pin(link_pin(pin, ifname))
+                .with_context(|| format!("pinning the XDP link of {ifname}"))?;
+        }
         info!("{name} attached to {ifname} (ifindex {index})");
         done.push(*index);
     }
@@ -354,10 +391,15 @@ pub fn attach_tap(ebpf: &mut Ebpf, name: &str, ifname: &str, index: u32) -> Resu
     Ok(())
 }
 
-/// Tell both programs where the slow path is.
+/// Tell both programs where the slow path is: SLOW_CONFIG, and the one-entry devmap XDP
+/// redirects through (the kernel empties it when the TAP goes away, so a dead slow path is
+/// a counted drop, not a silent one).
 pub fn set_slow_config(ebpf: &mut Ebpf, cfg: SlowConfig) -> Result<()> {
     let mut c: Array<&mut MapData, SlowConfig> = Array::try_from(map_mut(ebpf, m::SLOW_CONFIG)?)?;
     c.set(0, cfg, 0)?;
+    let mut dev: aya::maps::DevMap<&mut MapData> =
+        aya::maps::DevMap::try_from(map_mut(ebpf, m::SLOW_DEV)?)?;
+    dev.set(0, cfg.ifindex, None, 0)?;
     Ok(())
 }
 
@@ -374,6 +416,14 @@ pub fn publish_counters(pin_path: &Path, values: &[(Counter, u64)]) -> Result<()
         stats.set(*c as u32, PerCpuValues::try_from(per_cpu)?, 0)?;
     }
     Ok(())
+}
+
+/// The hash seed of a configured (adopted) AFTR dataplane, if there is one.
+pub fn running_seed(ebpf: &mut Ebpf) -> Option<u32> {
+    let c: Array<&mut MapData, AftrConfig> =
+        Array::try_from(map_mut(ebpf, m::AFTR_CONFIG).ok()?).ok()?;
+    let cfg = c.get(&0, 0).ok()?;
+    (cfg.pool_len != 0).then_some(cfg.hash_seed)
 }
 
 /// A random seed for the port search (RFC 6056: outside ports hard to guess).

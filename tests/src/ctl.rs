@@ -17,6 +17,8 @@ pub struct Controller {
     child: Child,
     pub pin_path: PathBuf,
     log: Arc<Mutex<String>>,
+    /// Leave the pin path in place on drop (after [`Controller::kill`]).
+    keep_pins: bool,
 }
 
 impl Controller {
@@ -49,6 +51,7 @@ impl Controller {
             child,
             pin_path,
             log,
+            keep_pins: false,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -95,6 +98,14 @@ impl Controller {
         s.get(name)
             .and_then(|v| v.as_u64())
             .unwrap_or_else(|| panic!("no counter {name} in {s}"))
+    }
+
+    /// SIGKILL, as a crash would: the pins stay for a successor (`--persist`).
+    pub fn kill(&mut self) {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+        self.keep_pins = true;
     }
 
     /// Send signal `sig` (e.g. `libc::SIGHUP`) to the controller.
@@ -180,6 +191,8 @@ impl Drop for Controller {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.terminate();
         }
-        let _ = std::fs::remove_dir_all(&self.pin_path);
+        if !self.keep_pins {
+            let _ = std::fs::remove_dir_all(&self.pin_path);
+        }
     }
 }

@@ -154,7 +154,7 @@ fn with_rig(
                 .collect();
             let object =
                 std::fs::read(crate::bpf_object()).expect("kernel object (cargo xtask build-ebpf)");
-            let mut ebpf = dataplane::load(&object, &pin2, &sizes).unwrap();
+            let mut ebpf = dataplane::load(&object, &pin2, &sizes, false).unwrap();
             configure(&mut ebpf, &ifindex);
             dataplane::load_program(&mut ebpf, prog).unwrap();
             let mut rig = Rig {
@@ -202,6 +202,7 @@ pub fn aftr_settings() -> config::AftrSettings {
         log_sessions: false,
         log_destinations: false,
         metrics: None,
+        persist: false,
         v4_mtu: 1500,
         mss: 0,
         pin_path: PathBuf::new(),

@@ -55,6 +55,8 @@ pub struct DsLite {
     pub router: Netns,
     pub aftr_ns: Netns,
     pub server: Netns,
+    /// The AFTR's command line, for [`DsLite::restart_aftr`].
+    pub aftr_args: Vec<String>,
     /// Last field, so dropped last: removes every pin once all programs are gone.
     pub pins: PinDir,
 }
@@ -193,8 +195,12 @@ pub fn attach_pass(ns: &Netns, ifaces: &[&str], pin: PathBuf) -> Result<aya::Ebp
     let ifaces: Vec<String> = ifaces.iter().map(|s| s.to_string()).collect();
     ns.run(move || -> Result<aya::Ebpf> {
         let object = std::fs::read(crate::bpf_object())?;
-        let mut ebpf =
-            dslite_user::dataplane::load(&object, &pin, &dslite_user::dataplane::map_sizes(None))?;
+        let mut ebpf = dslite_user::dataplane::load(
+            &object,
+            &pin,
+            &dslite_user::dataplane::map_sizes(None),
+            false,
+        )?;
         let targets: Vec<(String, u32)> = ifaces
             .iter()
             .map(|i| {
@@ -208,6 +214,7 @@ pub fn attach_pass(ns: &Netns, ifaces: &[&str], pin: PathBuf) -> Result<aya::Ebp
             dslite_user::dataplane::PROG_PASS,
             &targets,
             dslite_user::config::XdpModeOpt::Native,
+            None,
         )?;
         Ok(ebpf)
     })
@@ -334,6 +341,7 @@ impl DsLite {
         ];
         aftr_args.extend_from_slice(o.aftr_extra);
         let aftr = Controller::start(&aftr_ns, &aftr_args, pin_root.join("aftr"))?;
+        let aftr_args: Vec<String> = aftr_args.iter().map(|a| a.to_string()).collect();
         let b4 = |c: &Customer, name: &str| {
             let mut args = vec![
                 "b4",
@@ -362,12 +370,24 @@ impl DsLite {
             router,
             aftr_ns,
             server,
+            aftr_args,
             pins,
         })
     }
 }
 
 impl DsLite {
+    /// Kill the AFTR's controller with SIGKILL and start it again with the same command line
+    /// (which should hold `--persist`).
+    pub fn restart_aftr(&mut self) -> Result<()> {
+        self.aftr.kill();
+        let args: Vec<&str> = self.aftr_args.iter().map(String::as_str).collect();
+        let new = Controller::start(&self.aftr_ns, &args, self.aftr.pin_path.clone())?;
+        let old = std::mem::replace(&mut self.aftr, new);
+        drop(old); // already dead; keeps the pins
+        Ok(())
+    }
+
     /// Non-zero counters of every controller, for assertion messages.
     pub fn diagnostics(&self) -> String {
         let mut out = String::new();
