@@ -286,10 +286,19 @@ pub struct B4Options {
     /// Interface facing the IPv6 access network.
     #[arg(long, value_name = "IF")]
     pub wan_iface: Option<String>,
-    /// The AFTR's IPv6 address.
-    #[arg(long, value_name = "IPV6", value_parser = parse_ipv6)]
-    #[serde(deserialize_with = "de_opt_ipv6")]
-    pub aftr: Option<Ipv6Addr>,
+    /// The AFTR: an IPv6 address, or a name resolved over DNS (AAAA; every record tried,
+    /// resolved again when its TTL runs out), e.g. gw.transix.jp.
+    #[arg(long, value_name = "IPV6|NAME")]
+    #[serde(default, deserialize_with = "de_opt_aftr")]
+    pub aftr: Option<crate::provision::AftrSource>,
+    /// A file holding the AFTR's address or name, read again when it changes: what a DHCPv6
+    /// client hook writes from the AFTR-Name option (RFC 6334). Instead of --aftr.
+    #[arg(long, value_name = "FILE")]
+    pub aftr_file: Option<PathBuf>,
+    /// DNS servers for an AFTR name (default: /etc/resolv.conf), IP or [IP]:PORT.
+    #[arg(long, value_name = "ADDR", value_parser = parse_dns_server, num_args = 1..)]
+    #[serde(default, deserialize_with = "de_dns_servers")]
+    pub dns_server: Vec<std::net::SocketAddr>,
     /// The B4's softwire address (default: the WAN interface's global IPv6 address).
     #[arg(long, value_name = "IPV6", value_parser = parse_ipv6)]
     #[serde(deserialize_with = "de_opt_ipv6")]
@@ -388,6 +397,31 @@ fn de_opt_mss<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<MssClamp>
         }
     };
     parse_mss(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
+fn de_opt_aftr<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<crate::provision::AftrSource>, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+fn parse_dns_server(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+        return Ok(a);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(|ip| std::net::SocketAddr::new(ip, 53))
+        .map_err(|_| format!("'{s}' is not an IP address or [IP]:PORT"))
+}
+
+fn de_dns_servers<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<std::net::SocketAddr>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    v.iter()
+        .map(|s| parse_dns_server(s).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 fn de_opt_ipv6<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Ipv6Addr>, D::Error> {
@@ -553,6 +587,12 @@ impl B4Options {
             lan_iface: self.lan_iface.or(f.lan_iface),
             wan_iface: self.wan_iface.or(f.wan_iface),
             aftr: self.aftr.or(f.aftr),
+            aftr_file: self.aftr_file.or(f.aftr_file),
+            dns_server: if self.dns_server.is_empty() {
+                f.dns_server
+            } else {
+                self.dns_server
+            },
             address: self.address.or(f.address),
             common: self.common.merge(f.common),
         })
@@ -850,7 +890,8 @@ impl AftrSettings {
 pub struct B4Settings {
     pub lan_iface: String,
     pub wan_iface: String,
-    pub aftr: Ipv6Addr,
+    pub aftr: crate::provision::AftrSource,
+    pub dns_servers: Vec<std::net::SocketAddr>,
     pub address: Option<Ipv6Addr>,
     pub mss_clamp: MssClamp,
     pub slow: crate::slowpath::Settings,
@@ -868,14 +909,22 @@ impl B4Options {
         if lan_iface == wan_iface {
             bail!("--lan-iface and --wan-iface must differ (both are '{lan_iface}')");
         }
-        let aftr = self.aftr.context("--aftr is required")?;
-        if aftr.is_unspecified() || aftr.is_multicast() || aftr.is_loopback() {
-            bail!("--aftr {aftr} is not a unicast address");
-        }
+        let aftr = match (self.aftr, self.aftr_file) {
+            (Some(a), None) => a,
+            (None, Some(f)) => crate::provision::AftrSource::File(f),
+            (Some(_), Some(_)) => bail!("--aftr and --aftr-file exclude each other"),
+            (None, None) => bail!("--aftr (or --aftr-file) is required"),
+        };
+        let dns_servers = if self.dns_server.is_empty() {
+            crate::provision::system_nameservers()
+        } else {
+            self.dns_server
+        };
         Ok(B4Settings {
             lan_iface,
             wan_iface,
             aftr,
+            dns_servers,
             address: self.address,
             mss_clamp: self.common.mss_clamp.unwrap_or_default(),
             slow: self.common.slow()?,

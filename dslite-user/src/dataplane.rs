@@ -203,6 +203,16 @@ pub fn reconfigure_aftr(
     Ok(())
 }
 
+/// Change the running B4's configuration in place (a new WAN address or AFTR).
+pub fn update_b4_config(pin: &Path, f: impl FnOnce(&mut B4Config)) -> Result<()> {
+    let data = MapData::from_pin(pin.join(m::B4_CONFIG)).context("opening pinned B4_CONFIG")?;
+    let mut c: Array<MapData, B4Config> = Array::try_from(aya::maps::Map::Array(data))?;
+    let mut cfg = c.get(&0, 0)?;
+    f(&mut cfg);
+    c.set(0, cfg, 0)?;
+    Ok(())
+}
+
 /// The kernel's view of an AFTR configuration.
 pub fn aftr_config(s: &AftrSettings, hash_seed: u32) -> AftrConfig {
     let span = s.ports.hi as u32 - s.ports.lo as u32 + 1;

@@ -7,6 +7,7 @@
 //! - [`metrics`]: Prometheus text exposition of the counters and the sweep's gauges.
 //! - [`natlog`]: the NAT log (file, syslog, IPFIX) and `whois`.
 //! - [`netlink`]: interface indexes and addresses via rtnetlink.
+//! - [`provision`]: the B4 finding its AFTR (DNS names, DHCPv6 AFTR-Name hand-over).
 //! - [`reasm`]: IPv4 reassembly for the NAT (bounded, keyed by softwire).
 //! - [`slowpath`]: what XDP cannot do: fragmenting, reassembly, ICMPv6 relay, own traffic.
 //! - [`sweep`]: expiry of idle mappings and the port-block hold-down.
@@ -17,6 +18,7 @@ pub mod dataplane;
 pub mod metrics;
 pub mod natlog;
 pub mod netlink;
+pub mod provision;
 pub mod reasm;
 pub mod slowpath;
 pub mod sweep;

@@ -158,6 +158,7 @@ impl Default for Settings {
 pub struct SlowPath {
     pub tap_index: u32,
     pub stats: Arc<Stats>,
+    shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -260,7 +261,7 @@ pub fn start(tap: File, tap_index: u32, role: Role, s: &Settings) -> Result<Slow
         tap,
         raw,
         stats: stats.clone(),
-        role,
+        role: std::sync::Mutex::new(role),
     });
     let limits = Limits {
         max_chains: s.reassembly_chains as usize,
@@ -287,6 +288,7 @@ pub fn start(tap: File, tap_index: u32, role: Role, s: &Settings) -> Result<Slow
     Ok(SlowPath {
         tap_index,
         stats,
+        shared,
         stop,
         threads,
     })
@@ -296,7 +298,23 @@ struct Shared {
     tap: File,
     raw: RawSock,
     stats: Arc<Stats>,
-    role: Role,
+    /// Changes when a B4 follows a new WAN address or AFTR.
+    role: std::sync::Mutex<Role>,
+}
+
+impl SlowPath {
+    /// The element's addresses changed (B4: new WAN address or AFTR).
+    pub fn set_role(&self, role: Role) {
+        if let Ok(mut r) = self.shared.role.lock() {
+            *r = role;
+        }
+    }
+}
+
+impl Shared {
+    fn role(&self) -> Role {
+        *self.role.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Shared {
@@ -363,7 +381,7 @@ fn handle_tap_frame(sh: &Shared, reasm: &mut Reassembler, frame: &[u8], now: u64
     let Some(meta) = SlowMeta::parse(frame) else {
         // Sent by the kernel itself: on a B4, the router's own IPv4 (192.0.0.2) routed into
         // the softwire. Anything else (IPv6 neighbour discovery on the TAP) is not ours.
-        if matches!(sh.role, Role::B4 { .. })
+        if matches!(sh.role(), Role::B4 { .. })
             && ethertype(frame) == Some(ETH_P_IP)
             && sh.write_back(frame)
         {
@@ -589,7 +607,7 @@ fn relay_icmp6(sh: &Shared, budget: &mut RelayBudget, e: &IcmpErr, quoted: &[u8]
             (Ok(s), Ok(d)) => (s, d),
             _ => return,
         };
-    let frame = match sh.role {
+    let frame = match sh.role() {
         // The B4 sent host -> server; the host hears it from the B4's 192.0.0.2, delivered by
         // XDP like any packet from the AFTR.
         Role::B4 { b4, aftr } => {

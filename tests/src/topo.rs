@@ -76,6 +76,8 @@ pub struct Options<'a> {
     pub aftr_extra: &'a [&'a str],
     /// Flags added to every B4.
     pub b4_extra: &'a [&'a str],
+    /// How every B4 finds its AFTR (default `--aftr 2001:db8:f::2`).
+    pub b4_aftr: &'a [&'a str],
     /// MTU of every IPv6 link.
     pub v6_mtu: &'a str,
     /// MTU of the router-AFTR link alone, when it differs (a narrower core link).
@@ -91,6 +93,7 @@ impl Default for Options<'_> {
         Options {
             aftr_extra: &[],
             b4_extra: &[],
+            b4_aftr: &["--aftr", AFTR_ADDR],
             v6_mtu: V6_MTU,
             aftr_link_mtu: None,
             inet_mtu: "1500",
@@ -343,15 +346,8 @@ impl DsLite {
         let aftr = Controller::start(&aftr_ns, &aftr_args, pin_root.join("aftr"))?;
         let aftr_args: Vec<String> = aftr_args.iter().map(|a| a.to_string()).collect();
         let b4 = |c: &Customer, name: &str| {
-            let mut args = vec![
-                "b4",
-                "--lan-iface",
-                "lan",
-                "--wan-iface",
-                "wan",
-                "--aftr",
-                AFTR_ADDR,
-            ];
+            let mut args = vec!["b4", "--lan-iface", "lan", "--wan-iface", "wan"];
+            args.extend_from_slice(o.b4_aftr);
             args.extend_from_slice(o.b4_extra);
             Controller::start(&c.b4, &args, pin_root.join(name))
         };

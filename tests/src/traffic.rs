@@ -725,3 +725,73 @@ pub fn icmp_listen(ns: &Netns, wait: Duration) -> JoinHandle<Result<Vec<(Ipv4Add
         .expect("ICMP listener ready");
     h
 }
+
+/// A DNS server in `ns` answering AAAA queries for `name` with `addrs` (TTL `ttl`), and
+/// NXDOMAIN for anything else.
+pub fn dns_server(
+    ns: &Netns,
+    bind: SocketAddr,
+    name: &str,
+    addrs: Vec<std::net::Ipv6Addr>,
+    ttl: u32,
+) -> Server {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let name = name.to_ascii_lowercase();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = ns.run(move || {
+        let sock = UdpSocket::bind(bind).expect("bind dns server");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [0u8; 1500];
+        while !s.load(Ordering::Relaxed) {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let q = &buf[..n];
+            if n < 17 {
+                continue;
+            }
+            // The question: labels from offset 12 to the root, then type and class.
+            let mut off = 12;
+            let mut labels = Vec::new();
+            while off < n && q[off] != 0 {
+                let l = q[off] as usize;
+                labels.push(
+                    String::from_utf8_lossy(&q[off + 1..(off + 1 + l).min(n)]).to_ascii_lowercase(),
+                );
+                off += 1 + l;
+            }
+            let qend = off + 5;
+            if qend > n {
+                continue;
+            }
+            let qtype = u16::from_be_bytes([q[off + 1], q[off + 2]]);
+            let found = labels.join(".") == name;
+            let mut r = q[..qend].to_vec();
+            r[2] = 0x81; // QR, RD
+            r[3] = if found { 0x80 } else { 0x83 }; // RA; NXDOMAIN when not ours
+            let answers: Vec<_> = if found && qtype == 28 {
+                addrs.clone()
+            } else {
+                vec![]
+            };
+            r[6..8].copy_from_slice(&(answers.len() as u16).to_be_bytes());
+            for a in answers {
+                r.extend_from_slice(&[0xc0, 12, 0, 28, 0, 1]);
+                r.extend_from_slice(&ttl.to_be_bytes());
+                r.extend_from_slice(&16u16.to_be_bytes());
+                r.extend_from_slice(&a.octets());
+            }
+            let _ = sock.send_to(&r, from);
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("dns server ready");
+    Server {
+        stop,
+        handle: Some(thread),
+    }
+}

@@ -388,3 +388,63 @@ fn restart_under_traffic_loses_no_mapping_and_no_log_event() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// B4 provisioning (issue 4/5 item 7, checklist 54): the B4 reads its AFTR from a file that a
+/// DHCPv6 hook writes from the AFTR-Name option. It starts with a wrong AFTR; when the file
+/// names `aftr.test`, the B4 resolves it over DNS, tries every AAAA record (the first does not
+/// answer) and uses the one that does. Then its WAN address changes, and the softwire
+/// follows without a restart.
+#[test]
+fn the_b4_finds_its_aftr_and_follows_its_wan_address() {
+    let dir = PathBuf::from(format!("/tmp/dslite-prov-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("aftr");
+    std::fs::write(&file, "2001:db8:f::99\n").unwrap();
+    let file_s = file.to_str().unwrap().to_string();
+    let t = DsLite::start_with(Options {
+        b4_aftr: &[
+            "--aftr-file",
+            &file_s,
+            "--dns-server",
+            "[2001:db8:f::1]:5353",
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    let dns = "[2001:db8:f::1]:5353".parse().unwrap();
+    let wrong: std::net::Ipv6Addr = "2001:db8:f::99".parse().unwrap();
+    let _dns = dns_server(&t.router, dns, "aftr.test", vec![wrong, aftr_addr()], 60);
+    let _echo = udp_echo_server(&t.server, sa(SERVER1, 7777));
+    assert!(
+        udp_request(&t.a.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "x").is_err(),
+        "no AFTR at 2001:db8:f::99"
+    );
+
+    std::fs::write(&file, "aftr.test\n").unwrap();
+    wait_for("the B4 to switch AFTR", || {
+        t.b4a.log().contains("AFTR changed")
+    });
+    assert!(t.b4a.log().contains("-> 2001:db8:f::2"), "{}", t.b4a.log());
+    udp_request(&t.a.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "x").unwrap();
+
+    // The WAN address changes; the AFTR then sees the softwire from the new address.
+    t.a.b4
+        .ip(&["addr", "add", "2001:db8:a::3/64", "dev", "wan", "nodad"])
+        .unwrap();
+    t.a.b4
+        .ip(&["addr", "del", "2001:db8:a::2/64", "dev", "wan"])
+        .unwrap();
+    wait_for("the B4 to follow", || {
+        t.b4a.log().contains("-> 2001:db8:a::3")
+    });
+    udp_request(&t.a.host, sa(HOST_ADDR, 5001), sa(SERVER1, 7777), "y").unwrap();
+    let sessions = t.aftr.sessions().unwrap();
+    assert!(
+        sessions
+            .iter()
+            .any(|s| s["b4"] == "2001:db8:a::3" && s["inside"] == "192.168.1.10:5001"),
+        "{sessions:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
