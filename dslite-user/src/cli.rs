@@ -36,7 +36,7 @@ enum Cmd {
     /// Run the AFTR: decapsulate, NAT44 and encapsulate in XDP (foreground until SIGINT/SIGTERM).
     Aftr(Box<AftrOptions>),
     /// Run a B4: encapsulate LAN IPv4 toward the AFTR and decapsulate what comes back.
-    B4(B4Options),
+    B4(Box<B4Options>),
     /// Print every counter (summed over CPUs).
     Stats(ViewArgs),
     /// Print the AFTR's NAT mappings.
@@ -117,7 +117,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Aftr(o) => run_async(run_aftr(*o)),
-        Cmd::B4(o) => run_async(run_b4(o)),
+        Cmd::B4(o) => run_async(run_b4(*o)),
         Cmd::Stats(v) => views::print_stats(&v.pin_path(), v.json),
         Cmd::Sessions(v) => views::print_sessions(&v.pin_path(), v.json),
         Cmd::Whois(w) => whois(&w),
