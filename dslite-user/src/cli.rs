@@ -339,6 +339,7 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
             settings: s.clone(),
             seed,
             tunnel_mtu: tunnel.mtu,
+            events_lost: 0,
         };
         aftr_loop(&s.pin_path, &mut st, &slow).await
     }
@@ -627,11 +628,16 @@ async fn b4_loop(pin: &std::path::Path, slow: &slowpath::SlowPath, st: &mut B4St
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(()); }
             _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
+            _ = hup.recv() => {
+                info!("SIGHUP: looking for the AFTR again now");
+                st.next_lookup = std::time::Instant::now();
+            }
             _ = tick.tick() => {
                 publish(pin, slow).await;
                 st.refresh(pin, slow).await;
@@ -651,6 +657,8 @@ struct AftrState {
     /// The command line, to merge the reloaded file under.
     flags: AftrOptions,
     settings: crate::config::AftrSettings,
+    /// `events_lost` at the last check, to log each overflow.
+    events_lost: u64,
     seed: u32,
     tunnel_mtu: u32,
 }
@@ -742,6 +750,13 @@ async fn aftr_loop(
             }
             _ = tick.tick() => {
                 publish(pin, slow).await;
+                // Nothing is lost silently: a full event ring is counted by XDP and said here.
+                if let Ok(n) = views::read_counter(pin, dslite_common::Counter::EventsLost) {
+                    if n > st.events_lost {
+                        warn!("NAT log: {} events lost to a full ring buffer (events_lost = {n})", n - st.events_lost);
+                    }
+                    st.events_lost = n;
+                }
                 let now = crate::sweep::monotonic_ns();
                 match st.sweeper.sweep(now) {
                     Ok(r) => {

@@ -40,6 +40,13 @@ pub fn read_counters(pin_path: &Path) -> Result<Vec<(Counter, u64)>> {
         .collect()
 }
 
+/// One counter summed over CPUs.
+pub fn read_counter(pin_path: &Path, c: Counter) -> Result<u64> {
+    let stats: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(pin_path, m::STATS)?))?;
+    Ok(stats.get(&(c as u32), 0)?.iter().sum())
+}
+
 pub fn print_stats(pin_path: &Path, json: bool) -> Result<()> {
     let counters = read_counters(pin_path)?;
     if json {

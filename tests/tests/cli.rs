@@ -124,7 +124,7 @@ fn config_file_errors_name_key_and_line() {
     let f = dir.join("b4.toml");
     std::fs::write(
         &f,
-        "lan-iface = \"lo\"\nwan-iface = \"eth9\"\naftr = \"not-an-address\"\n",
+        "lan-iface = \"lo\"\nwan-iface = \"eth9\"\naftr = \"not an address!\"\n",
     )
     .unwrap();
     assert_usage_error(&["b4", "--config", f.to_str().unwrap()], "line 3");
@@ -176,5 +176,49 @@ fn check_config_names_key_and_line() {
     let (code, out) = check("tunnel-iface = \"eth0\"\naddress = \n");
     assert_eq!(code, 2);
     assert!(out.contains("line 2"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The shipped example configurations are valid, and the odhcp6c hook writes the AFTR name
+/// where `dslite b4 --aftr-file` reads it (issue 4/5 items 7-8).
+#[test]
+fn contrib_configs_and_dhcpv6_hook_work() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for f in ["contrib/aftr.toml", "contrib/b4.toml"] {
+        let out = Command::new(dslite_bin())
+            .arg("check-config")
+            .arg(root.join(f))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{f}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("dslite-hook-{}", std::process::id()));
+    let file = dir.join("aftr");
+    let hook = root.join("contrib/odhcp6c/dslite-aftr-name.sh");
+    let run = |state: &str, aftr: &str| {
+        let st = Command::new("sh")
+            .arg(&hook)
+            .args(["wan", state])
+            .env("AFTR", aftr)
+            .env("DSLITE_AFTR_FILE", &file)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    run("bound", "gw.transix.jp");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "gw.transix.jp\n");
+    run("stopped", "other.example");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "gw.transix.jp\n",
+        "only on bound/updated"
+    );
+    run("updated", "aftr2.example");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "aftr2.example\n");
     let _ = std::fs::remove_dir_all(&dir);
 }
