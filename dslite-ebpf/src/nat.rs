@@ -115,6 +115,9 @@ pub fn lookup_or_create(
         r = QUOTA_EXCEEDED;
         round += 1;
     }
+    if r == QUOTA_EXCEEDED || r == POOL_EXHAUSTED {
+        note_refusal(&key.b4, cfg);
+    }
     let c = match r {
         FOUND => {
             *created = 1;
@@ -126,6 +129,28 @@ pub fn lookup_or_create(
         _ => Counter::DropMappingTableFull,
     };
     Err(Exit::Drop(c))
+}
+
+/// Count a refusal on the softwire (the sweep turns new refusals into one NAT log record per
+/// softwire per second, natEvent 13). Refusals are the exception: the insert is off the
+/// normal path.
+#[inline(never)]
+fn note_refusal(b4: &[u8; 16], cfg: &AftrConfig) {
+    if SOFTWIRES.get_ptr(b4).is_none() {
+        let fresh = SoftwireState {
+            sessions: 0,
+            tokens: cfg.new_per_sec,
+            _pad: 0,
+            // SAFETY: plain helper call.
+            refill_ns: unsafe { bpf_ktime_get_ns() },
+            refused: 0,
+        };
+        let _ = SOFTWIRES.insert(b4, &fresh, BPF_NOEXIST as u64);
+    }
+    if let Some(st) = SOFTWIRES.get_ptr_mut(b4) {
+        // SAFETY: map value pointer from the kernel.
+        unsafe { (*st).refused += 1 };
+    }
 }
 
 /// Per-softwire limits before a new mapping (RFC 6888 REQ-4/5): at most `max_sessions`

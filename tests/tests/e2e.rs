@@ -361,6 +361,21 @@ fn quota_exhaustion_is_per_subscriber() {
     assert!(seen.to_string().starts_with("198.51.100."));
     // And the first two still reach the server on the mappings they have.
     udp_request(&t.a.host, sa(HOST_ADDR, 20000), sa(SERVER1, 7777), "still").unwrap();
+    // The NAT log says so too, once a second at most per subscriber (natEvent 13).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let quota_record = |log: String| {
+        log.lines().any(|l| {
+            l.contains(r#""event":"quota-exceeded""#) && l.contains(r#""b4":"2001:db8:a::2""#)
+        })
+    };
+    while !quota_record(t.aftr.log()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no quota record:\n{}",
+            t.aftr.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Traceroute through the softwire: hop 1 is the B4 (dropped there today, so skipped),

@@ -341,6 +341,9 @@ fn restart_under_traffic_loses_no_mapping_and_no_log_event() {
         let hb = sc.spawn(|| flows(b_host, 6010..6020));
         aftr.kill();
         std::thread::sleep(Duration::from_millis(500));
+        // The views read the pinned maps: they work with no controller running.
+        let while_dead = aftr.sessions().unwrap();
+        assert!(while_dead.len() >= 20, "{while_dead:?}");
         let new =
             dslite_tests::ctl::Controller::start(aftr_ns, &args, aftr.pin_path.clone()).unwrap();
         drop(std::mem::replace(aftr, new));
