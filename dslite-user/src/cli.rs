@@ -34,8 +34,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the AFTR: decapsulate, NAT44 and encapsulate in XDP (foreground until SIGINT/SIGTERM).
+    #[command(after_help = "Examples:\n  \
+        dslite aftr --tunnel-iface eth0 --internet-iface eth1 --address 2001:db8:f::2 \\\n    \
+        --pool 198.51.100.0/28 --b4-prefix 2001:db8::/32\n  \
+        dslite aftr --config /etc/dslite/aftr.toml --persist --nat-log /var/log/dslite/nat.log \\\n    \
+        --log-sessions --metrics 127.0.0.1:9464\n\n\
+        SIGHUP reloads the config file (limits, timeouts, filtering, B4 prefixes, NAT log).")]
     Aftr(Box<AftrOptions>),
     /// Run a B4: encapsulate LAN IPv4 toward the AFTR and decapsulate what comes back.
+    #[command(after_help = "Examples:\n  \
+        dslite b4 --lan-iface br-lan --wan-iface wan --aftr 2001:db8:f::2\n  \
+        dslite b4 --lan-iface br-lan --wan-iface wan --aftr gw.transix.jp\n  \
+        dslite b4 --lan-iface br-lan --wan-iface wan --aftr-file /run/dslite/aftr   # from DHCPv6")]
     B4(Box<B4Options>),
     /// Print every counter (summed over CPUs).
     Stats(ViewArgs),
@@ -46,6 +56,9 @@ enum Cmd {
     /// Check a TOML configuration file (the role comes from its keys); exit 2 if it is bad.
     CheckConfig(CheckArgs),
     /// Who held a public IPv4 address and port at a time, from NAT log files (RFC 6888 §4).
+    #[command(after_help = "Example:\n  \
+        dslite whois 198.51.100.7:40123 --at 2026-11-26T16:04:05+09:00 \\\n    \
+        --nat-log /var/log/dslite/nat.log /var/log/dslite/nat.log-2026*")]
     Whois(WhoisArgs),
 }
 
