@@ -69,6 +69,31 @@ pub fn dslite_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Benchmark baseline (`cargo xtask bench`): parse Ethernet and the IP header, swap the MAC
+/// addresses and send the frame back (XDP_TX). The least a forwarding program does: the
+/// per-path costs are reported against it.
+#[xdp]
+pub fn dslite_bench_baseline(ctx: XdpContext) -> u32 {
+    let Some(eth) = packet::ptr_at::<[u8; 14]>(&ctx, 0) else {
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let eth = unsafe { &mut *eth };
+    let ok = match u16::from_be_bytes([eth[12], eth[13]]) {
+        0x0800 => packet::ptr_at::<[u8; 20]>(&ctx, 14).is_some(),
+        0x86dd => packet::ptr_at::<[u8; 40]>(&ctx, 14).is_some(),
+        _ => false,
+    };
+    if !ok {
+        return xdp_action::XDP_PASS;
+    }
+    let mut dst = [0u8; 6];
+    dst.copy_from_slice(&eth[0..6]);
+    eth.copy_within(6..12, 0);
+    eth[6..12].copy_from_slice(&dst);
+    xdp_action::XDP_TX
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -13,6 +13,7 @@ use crate::{netns::Netns, unique};
 pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
 /// MAC of the next hop toward the internet (static neighbour for 203.0.113.2).
@@ -33,6 +34,38 @@ impl Rig {
     /// Run the program on `frame` as if it arrived on `iface`. Returns verdict and output.
     pub fn run(&self, iface: &str, frame: &[u8]) -> (u32, Vec<u8>) {
         self.try_run(iface, frame).expect("BPF_PROG_TEST_RUN")
+    }
+
+    /// Load another program of the object (for benchmarks: the baseline, the no-op).
+    pub fn load(&mut self, prog: &str) {
+        let p: &mut Xdp = self.ebpf.program_mut(prog).unwrap().try_into().unwrap();
+        if p.fd().is_err() {
+            p.load().unwrap();
+        }
+    }
+
+    /// Run program `prog` once on `frame` arriving on `iface`: its verdict, and the run time
+    /// the kernel measured around it, in ns (BPF_PROG_TEST_RUN `duration`).
+    pub fn time_once(&self, prog: &str, iface: &str, frame: &[u8]) -> (u32, u64) {
+        let p: &Xdp = self.ebpf.program(prog).unwrap().try_into().unwrap();
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&self.ifindex[iface].to_ne_bytes());
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&ctx),
+                repeat: 1,
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        assert_ne!(r.return_value, XDP_ABORTED);
+        (r.return_value, r.duration.as_nanos() as u64)
+    }
+
+    /// The name of the program this rig was built for.
+    pub fn prog(&self) -> &'static str {
+        self.prog
     }
 
     /// As [`Rig::run`], returning the syscall error (the kernel refuses frames shorter

@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask build-ebpf | test | demo`.
+//! Developer tasks: `cargo xtask build-ebpf | test | demo | bench`.
 //!
 //! Every task first checks the toolchain the kernel side needs (nightly with rust-src, and
 //! bpf-linker built against the nightly's own LLVM) and installs what is missing, saying so.
@@ -37,6 +37,9 @@ enum Cmd {
     },
     /// Build everything, create the veth topology, run two B4s and the AFTR, show traffic.
     Demo,
+    /// Measure per-path cost, end-to-end forwarding against the kernel, and state scale;
+    /// print a table and write target/bench.json (docs/benchmarks.md).
+    Bench,
 }
 
 fn main() {
@@ -54,6 +57,7 @@ fn run() -> Result<()> {
         }
         Cmd::Test { filter } => test(filter)?,
         Cmd::Demo => demo()?,
+        Cmd::Bench => bench()?,
     }
     Ok(())
 }
@@ -189,5 +193,21 @@ fn demo() -> Result<()> {
     run_cmd(
         Command::new(root().join("target/release/dslite-demo"))
             .env("DSLITE_BIN", root().join("target/release/dslite")),
+    )
+}
+
+fn bench() -> Result<()> {
+    toolchain::ensure()?;
+    require_privileges()?;
+    toolchain::ensure_bench_tools()?;
+    build_ebpf()?;
+    build_host()?;
+    println!("xtask: benchmarks (a few minutes; keep the machine otherwise idle)");
+    run_cmd(
+        Command::new(root().join("target/release/dslite-bench"))
+            .current_dir(root())
+            .env("DSLITE_BPF_OBJECT", object_path())
+            .env("DSLITE_BIN", root().join("target/release/dslite"))
+            .env("DSLITE_BENCH_JSON", root().join("target/bench.json")),
     )
 }

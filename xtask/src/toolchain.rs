@@ -140,3 +140,17 @@ pub fn ensure_system_tools() -> Result<()> {
     run_cmd(Command::new("apt-get").arg("update"))?;
     run_cmd(Command::new("apt-get").args(["install", "-y", "iproute2"]))
 }
+
+/// The benchmarks compare against the kernel's NAT: `nft` must exist.
+pub fn ensure_bench_tools() -> Result<()> {
+    if Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    println!("xtask: installing nftables (the benchmark compares against kernel masquerade)");
+    run_cmd(Command::new("apt-get").arg("update"))?;
+    run_cmd(Command::new("apt-get").args(["install", "-y", "nftables"]))
+}
