@@ -193,6 +193,24 @@ fn restore_ttl(ctx: &XdpContext) -> Res<()> {
     Ok(())
 }
 
+/// Benchmarks only: one FIB lookup for this frame's addresses (IPv4 if `v6` is false), as
+/// the forwarding paths do it; returns the helper's result code.
+#[inline(always)]
+pub fn fib_probe(ctx: &XdpContext, v6: bool, src: &[u8; 16], dst: &[u8; 16]) -> i64 {
+    let mut p = fib_params(ctx, if v6 { AF_INET6 } else { AF_INET });
+    p.src = *src;
+    p.dst = *dst;
+    // SAFETY: `p` is a correctly sized `struct bpf_fib_lookup`.
+    unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            &mut p as *mut FibParams as *mut _,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    }
+}
+
 /// The MTU of the IPv4 route to `dst` if a packet of `tot_len` bytes exceeds it, else 0.
 #[inline(never)]
 pub fn v4_route_mtu(ctx: &XdpContext, dst: &[u8; 4], tot_len: u32) -> u32 {

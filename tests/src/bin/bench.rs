@@ -123,7 +123,7 @@ fn main() {
             rig,
             dslite_user::dataplane::PROG_PASS,
             "lan",
-            &[lan.clone()],
+            std::slice::from_ref(&lan),
             XDP_PASS,
         );
         let mut r = r.lock().unwrap();
@@ -137,7 +137,13 @@ fn main() {
         push("harness (no-op program)", noop);
         push(
             "baseline: parse, swap MACs, XDP_TX",
-            time(rig, "dslite_bench_baseline", "lan", &[lan.clone()], XDP_TX),
+            time(
+                rig,
+                "dslite_bench_baseline",
+                "lan",
+                std::slice::from_ref(&lan),
+                XDP_TX,
+            ),
         );
         push(
             "B4 encap (LAN -> softwire)",
@@ -171,7 +177,7 @@ fn main() {
                 rig,
                 dslite_user::dataplane::PROG_PASS,
                 "tun",
-                &[out_frame.clone()],
+                std::slice::from_ref(&out_frame),
                 XDP_PASS,
             );
             // New flows: 100 softwires x 200 ports, each frame run once (a new mapping each).
@@ -204,14 +210,70 @@ fn main() {
                     net_ns: (ns - noop).max(0.0),
                 })
             };
+            // The building blocks alone (probe programs), to take the paths apart.
+            for probe in [
+                "dslite_probe_fib6",
+                "dslite_probe_fib4",
+                "dslite_probe_lookups",
+            ] {
+                rig.load(probe);
+            }
+            let v4_to_server = eth(
+                rig.mac("tun"),
+                ROUTER_MAC,
+                packets::ETH_P_IP,
+                &udp4(HOST, SERVER, 5000, 7777, 64, &[0; PAYLOAD]),
+            );
+            push(
+                "probe: IPv6 FIB lookup",
+                time(
+                    rig,
+                    "dslite_probe_fib6",
+                    "tun",
+                    std::slice::from_ref(&out_frame),
+                    XDP_DROP,
+                ),
+            );
+            push(
+                "probe: IPv4 FIB lookup",
+                time(
+                    rig,
+                    "dslite_probe_fib4",
+                    "tun",
+                    std::slice::from_ref(&v4_to_server),
+                    XDP_DROP,
+                ),
+            );
+            push(
+                "probe: config + LPM + counter",
+                time(
+                    rig,
+                    "dslite_probe_lookups",
+                    "tun",
+                    std::slice::from_ref(&out_frame),
+                    XDP_DROP,
+                ),
+            );
             push(
                 "AFTR outbound, existing mapping",
-                time(rig, prog, "tun", &[out_frame.clone()], XDP_REDIRECT),
+                time(
+                    rig,
+                    prog,
+                    "tun",
+                    std::slice::from_ref(&out_frame),
+                    XDP_REDIRECT,
+                ),
             );
             push("AFTR outbound, creating the mapping", create_ns);
             push(
                 "AFTR inbound",
-                time(rig, prog, "inet", &[reply.clone()], XDP_REDIRECT),
+                time(
+                    rig,
+                    prog,
+                    "inet",
+                    std::slice::from_ref(&reply),
+                    XDP_REDIRECT,
+                ),
             );
             push("AFTR hairpin", time(rig, prog, "tun", &[hp], XDP_REDIRECT));
             drop(r);
@@ -264,8 +326,20 @@ fn main() {
                 }
                 let fill_s = t0.elapsed().as_secs_f64();
                 filled = target;
-                let out_ns = time(rig, prog, "tun", &[out_frame.clone()], XDP_REDIRECT);
-                let in_ns = time(rig, prog, "inet", &[reply.clone()], XDP_REDIRECT);
+                let out_ns = time(
+                    rig,
+                    prog,
+                    "tun",
+                    std::slice::from_ref(&out_frame),
+                    XDP_REDIRECT,
+                );
+                let in_ns = time(
+                    rig,
+                    prog,
+                    "inet",
+                    std::slice::from_ref(&reply),
+                    XDP_REDIRECT,
+                );
                 let cfg = dslite_user::dataplane::aftr_config(&aftr_settings(), 0);
                 let mut sw =
                     dslite_user::sweep::Sweeper::open(&rig.pin, cfg, Default::default()).unwrap();
