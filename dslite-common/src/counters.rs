@@ -93,6 +93,8 @@ counters! {
     HairpinPackets = "hairpin_packets", Traffic;
 
     // ---- events -----------------------------------------------------------------------
+    /// Forwarded with a cached FIB answer (no `bpf_fib_lookup`).
+    NextHopCached = "next_hop_cached", Event;
     /// AFTR: a NAT mapping was created in XDP.
     NatMappingCreated = "nat_mapping_created", Event;
     /// AFTR: a new flow raced another CPU and adopted the mapping that CPU created.

@@ -34,6 +34,11 @@ pub const SW_BLOCKS: &str = "SW_BLOCKS";
 pub const EVENTS: &str = "EVENTS";
 /// `Array<SlowConfig>`, one entry: the slow path (both roles).
 pub const SLOW_CONFIG: &str = "SLOW_CONFIG";
+/// `LruPerCpuHashMap<NextHopKey, NextHop>`: the FIB's answers, cached per CPU.
+pub const NEXT_HOPS: &str = "NEXT_HOPS";
+/// `Array<u32>`, one entry: the next-hop cache's generation. 0 disables the cache; the
+/// controller starts it at 1 and bumps it on every route, neighbour, address or link change.
+pub const NH_GEN: &str = "NH_GEN";
 /// `DevMap`, one entry: the slow path's TAP, the redirect target for hand-overs.
 pub const SLOW_DEV: &str = "SLOW_DEV";
 
@@ -278,6 +283,35 @@ pub struct Slot {
     pub _pad: u16,
 }
 
+/// Key of [`NEXT_HOPS`]: where a packet goes, and where it came in (the FIB lookup's inputs,
+/// but the source address: the cache assumes routes do not depend on it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHopKey {
+    pub dst: [u8; 16],
+    pub ifindex: u32,
+    /// AF_INET or AF_INET6.
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of [`NEXT_HOPS`]: what `bpf_fib_lookup` answered.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    pub ifindex: u32,
+    /// [`NH_GEN`] when cached: an older entry is ignored.
+    pub gen: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// The longest packet the FIB let through (its MTU check); longer ones ask it again.
+    pub max_len: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(size_of::<NextHopKey>() == 24);
+const _: () = assert!(size_of::<NextHop>() == 24);
+
 /// Kinds of [`NatEvent`]: RFC 8158 natEvent values (IANA "NAT Event Type").
 pub const EVENT_MAPPING_CREATED: u8 = 8;
 pub const EVENT_MAPPING_DELETED: u8 = 9;
@@ -342,4 +376,6 @@ mod pod {
     unsafe impl aya::Pod for PeerKey {}
     unsafe impl aya::Pod for IcmpBucket {}
     unsafe impl aya::Pod for crate::slow::SlowConfig {}
+    unsafe impl aya::Pod for NextHopKey {}
+    unsafe impl aya::Pod for NextHop {}
 }

@@ -6,10 +6,15 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
-use dslite_common::{proto::*, slow::SLOW_ENCAP_FRAGMENT, Counter};
+use dslite_common::{
+    maps::{NextHop, NextHopKey},
+    proto::*,
+    slow::SLOW_ENCAP_FRAGMENT,
+    Counter,
+};
 
 use crate::{
-    maps::count,
+    maps::{count, NEXT_HOPS, NH_GEN},
     packet::{at, len, Exit, Res},
 };
 
@@ -247,8 +252,38 @@ pub fn redirect_v6(ctx: &XdpContext, src: &[u8; 16], dst: &[u8; 16]) -> Res<u32>
 /// missing neighbour entry hands the packet to the kernel, which resolves the neighbour and
 /// forwards it: later packets take the fast path. A packet larger than the egress MTU gives
 /// [`TOO_BIG`] | MTU for the caller to decide.
+///
+/// The FIB's answers are cached per CPU (`NEXT_HOPS`): a lookup costs ~230 ns, most of a
+/// path (docs/benchmarks.md). An entry is used while `NH_GEN` (bumped by the controller on
+/// every route, neighbour, address or link change) is unchanged and the packet is no longer
+/// than one the FIB let through.
 #[inline(always)]
 fn fib_redirect(ctx: &XdpContext, p: &mut FibParams) -> Res<u32> {
+    let gen = NH_GEN.get(0).copied().unwrap_or(0);
+    let key = NextHopKey {
+        dst: p.dst,
+        ifindex: p.ifindex,
+        family: p.family,
+        _pad: [0; 3],
+    };
+    let len = p.tot_len;
+    if gen != 0 {
+        if let Some(nh) = NEXT_HOPS.get_ptr(&key) {
+            // SAFETY: map value pointer from the kernel, copied at once (per-CPU: no writer
+            // but this CPU).
+            let nh = unsafe { *nh };
+            if nh.gen == gen && len <= nh.max_len {
+                let eth: *mut [u8; ETH_HLEN] = at(ctx, 0, Counter::DropTruncatedEth)?;
+                // SAFETY: bounds-checked by `at`.
+                let eth = unsafe { &mut *eth };
+                eth[0..6].copy_from_slice(&nh.dmac);
+                eth[6..12].copy_from_slice(&nh.smac);
+                count(Counter::NextHopCached);
+                // SAFETY: plain helper call.
+                return Ok(unsafe { bpf_redirect(nh.ifindex, 0) } as u32);
+            }
+        }
+    }
     // SAFETY: `p` is a correctly sized `struct bpf_fib_lookup`.
     let rc = unsafe {
         bpf_fib_lookup(
@@ -265,6 +300,17 @@ fn fib_redirect(ctx: &XdpContext, p: &mut FibParams) -> Res<u32> {
             let eth = unsafe { &mut *eth };
             eth[0..6].copy_from_slice(&p.dmac);
             eth[6..12].copy_from_slice(&p.smac);
+            if gen != 0 {
+                let nh = NextHop {
+                    ifindex: p.ifindex,
+                    gen,
+                    dmac: p.dmac,
+                    smac: p.smac,
+                    max_len: len,
+                    _pad: 0,
+                };
+                let _ = NEXT_HOPS.insert(&key, &nh, 0);
+            }
             // SAFETY: plain helper call.
             Ok(unsafe { bpf_redirect(p.ifindex, 0) } as u32)
         }

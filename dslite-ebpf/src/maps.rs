@@ -5,13 +5,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMap, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, DevMap, HashMap, LpmTrie, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use dslite_common::{
     maps::{
         AftrConfig, B4Config, BlockKey, BlockValue, IcmpBucket, NatInKey, NatInValue, NatOutKey,
-        NatOutValue, PeerKey, Slot, SlotKey, SoftwireState, DEFAULT_MAX_MAPPINGS, MAX_POOL,
-        MAX_PREFIXES,
+        NatOutValue, NextHop, NextHopKey, PeerKey, Slot, SlotKey, SoftwireState,
+        DEFAULT_MAX_MAPPINGS, MAX_POOL, MAX_PREFIXES,
     },
     slow::SlowConfig,
     Counter,
@@ -87,6 +87,14 @@ pub static SLOW_CONFIG: Array<SlowConfig> = Array::pinned(1, 0);
 /// a redirect through it fails visibly (counted) instead of after the program returned.
 #[map(name = "SLOW_DEV")]
 pub static SLOW_DEV: DevMap = DevMap::pinned(1, 0);
+
+/// The FIB's answers, per CPU (see `forward::fib_redirect`).
+#[map(name = "NEXT_HOPS")]
+pub static NEXT_HOPS: LruPerCpuHashMap<NextHopKey, NextHop> = LruPerCpuHashMap::pinned(4096, 0);
+
+/// The next-hop cache's generation (0: cache off).
+#[map(name = "NH_GEN")]
+pub static NH_GEN: Array<u32> = Array::pinned(1, 0);
 
 /// Add `n` to counter `c` on this CPU (per-CPU slot: no atomics needed).
 #[inline(always)]

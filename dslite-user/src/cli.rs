@@ -323,6 +323,7 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
             s.xdp_mode,
             s.persist.then_some(s.pin_path.as_path()),
         )?;
+        let _nh = start_next_hop_cache(&s.pin_path, s.nexthop_cache)?;
         let role = slowpath::Role::Aftr { aftr: s.address };
         let slow = start_slow_path(&mut ebpf, dataplane::PROG_AFTR, role, &s.slow).await?;
         info!(
@@ -423,6 +424,7 @@ async fn run_b4(o: B4Options) -> Result<()> {
             s.xdp_mode,
             s.persist.then_some(s.pin_path.as_path()),
         )?;
+        let _nh = start_next_hop_cache(&s.pin_path, s.nexthop_cache)?;
         let role = slowpath::Role::B4 {
             b4: address,
             aftr: found.aftr,
@@ -484,6 +486,26 @@ fn warn_tunnel_mtu(link: &netlink::Link, tunnel_mtu: Option<u32>) {
             link.name, link.mtu
         );
     }
+}
+
+/// Turn on XDP's next-hop cache and keep it true: every route, neighbour, address or link
+/// change the kernel announces invalidates it (docs/design.md, Forwarding).
+fn start_next_hop_cache(
+    pin: &std::path::Path,
+    enable: bool,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    dataplane::bump_next_hops(pin, enable)?;
+    if !enable {
+        info!("next-hop cache off: every packet asks the kernel FIB");
+        return Ok(None);
+    }
+    let pin = pin.to_path_buf();
+    let watcher = netlink::watch_changes(move || {
+        if let Err(e) = dataplane::bump_next_hops(&pin, true) {
+            warn!("invalidating the next-hop cache: {e:#}");
+        }
+    })?;
+    Ok(Some(watcher))
 }
 
 /// Size of the TAP's MTU: a reassembled datagram plus its softwire header must cross it.

@@ -347,6 +347,11 @@ pub struct CommonOptions {
     #[arg(long)]
     #[serde(default)]
     pub persist: bool,
+    /// Ask the kernel FIB for every packet instead of caching its answers in XDP (for routing
+    /// that depends on the source address, which the cache ignores).
+    #[arg(long)]
+    #[serde(default)]
+    pub no_nexthop_cache: bool,
     /// TOML file with any of these options; flags override it.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -476,6 +481,7 @@ impl CommonOptions {
             slow_iface: self.slow_iface.or(file.slow_iface),
             metrics: self.metrics.or(file.metrics),
             persist: self.persist || file.persist,
+            no_nexthop_cache: self.no_nexthop_cache || file.no_nexthop_cache,
             config: self.config,
         }
     }
@@ -624,6 +630,7 @@ pub struct AftrSettings {
     pub log_destinations: bool,
     pub metrics: Option<std::net::SocketAddr>,
     pub persist: bool,
+    pub nexthop_cache: bool,
     /// MTU of the internet interface (resolved at start; 0: DF=1 packets too big for it are
     /// dropped without an ICMP 3/4).
     pub v4_mtu: u16,
@@ -837,6 +844,7 @@ impl AftrOptions {
             log_destinations: self.log_destinations,
             metrics: self.common.metrics,
             persist: self.common.persist,
+            nexthop_cache: !self.common.no_nexthop_cache,
             v4_mtu: 0,
             mss: 0,
             pin_path: self
@@ -874,6 +882,7 @@ impl AftrSettings {
         check(self.bpf_object == new.bpf_object, "bpf-object");
         check(self.metrics == new.metrics, "metrics");
         check(self.persist == new.persist, "persist");
+        check(self.nexthop_cache == new.nexthop_cache, "no-nexthop-cache");
         check(self.slow.tap_name == new.slow.tap_name, "slow-iface");
         check(self.slow.tunnel_mtu == new.slow.tunnel_mtu, "tunnel-mtu");
         check(
@@ -897,6 +906,7 @@ pub struct B4Settings {
     pub slow: crate::slowpath::Settings,
     pub metrics: Option<std::net::SocketAddr>,
     pub persist: bool,
+    pub nexthop_cache: bool,
     pub pin_path: PathBuf,
     pub xdp_mode: XdpModeOpt,
     pub bpf_object: Option<PathBuf>,
@@ -930,6 +940,7 @@ impl B4Options {
             slow: self.common.slow()?,
             metrics: self.common.metrics,
             persist: self.common.persist,
+            nexthop_cache: !self.common.no_nexthop_cache,
             pin_path: self
                 .common
                 .pin_path

@@ -428,6 +428,19 @@ pub fn publish_counters(pin_path: &Path, values: &[(Counter, u64)]) -> Result<()
     Ok(())
 }
 
+/// Invalidate the XDP next-hop cache (`NH_GEN` + 1), or switch it off (`enable` false).
+pub fn bump_next_hops(pin: &Path, enable: bool) -> Result<()> {
+    let data = MapData::from_pin(pin.join(m::NH_GEN)).context("opening pinned NH_GEN")?;
+    let mut gen: Array<MapData, u32> = Array::try_from(aya::maps::Map::Array(data))?;
+    let next = if enable {
+        gen.get(&0, 0)?.wrapping_add(1).max(1)
+    } else {
+        0
+    };
+    gen.set(0, next, 0)?;
+    Ok(())
+}
+
 /// The hash seed of a configured (adopted) AFTR dataplane, if there is one.
 pub fn running_seed(ebpf: &mut Ebpf) -> Option<u32> {
     let c: Array<&mut MapData, AftrConfig> =

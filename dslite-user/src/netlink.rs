@@ -154,3 +154,30 @@ pub async fn tx_dropped(index: u32) -> Result<u64> {
         })
         .unwrap_or(0))
 }
+
+/// Call `on_change` for every route, neighbour, address or link change the kernel announces
+/// (the XDP next-hop cache is invalidated on each).
+pub fn watch_changes(
+    mut on_change: impl FnMut() + Send + 'static,
+) -> Result<tokio::task::JoinHandle<()>> {
+    use netlink_sys::{AsyncSocket as _, SocketAddr};
+    let (mut conn, _handle, mut messages) =
+        rtnetlink::new_connection().context("opening rtnetlink for change events")?;
+    let groups = (libc::RTMGRP_LINK
+        | libc::RTMGRP_NEIGH
+        | libc::RTMGRP_IPV4_IFADDR
+        | libc::RTMGRP_IPV4_ROUTE
+        | libc::RTMGRP_IPV6_IFADDR
+        | libc::RTMGRP_IPV6_ROUTE) as u32;
+    conn.socket_mut()
+        .socket_mut()
+        .bind(&SocketAddr::new(0, groups))
+        .context("subscribing to route, neighbour and link events")?;
+    tokio::spawn(conn);
+    Ok(tokio::spawn(async move {
+        use futures::StreamExt as _;
+        while messages.next().await.is_some() {
+            on_change();
+        }
+    }))
+}

@@ -236,6 +236,7 @@ pub fn aftr_settings() -> config::AftrSettings {
         log_destinations: false,
         metrics: None,
         persist: false,
+        nexthop_cache: true,
         v4_mtu: 1500,
         mss: 0,
         pin_path: PathBuf::new(),

@@ -1745,3 +1745,50 @@ fn b4_slow_path_hand_over_and_write_back() {
         assert_eq!(rig.counter("pass_ipv6_fragment"), 1);
     });
 }
+
+/// The next-hop cache: with NH_GEN set, a second packet to the same destination is forwarded
+/// with the FIB's cached answer; a longer packet asks the FIB again; a neighbour change is
+/// seen once the generation moves (the controller bumps it on every netlink change).
+#[test]
+fn next_hop_cache_is_used_and_invalidated() {
+    with_aftr(|rig| {
+        dslite_user::dataplane::bump_next_hops(&rig.pin, true).unwrap();
+        let inner = udp4(HOST, SERVER, 5000, 7777, 64, b"hello");
+        let (_, out) = rig.run("tun", &from_b4(rig, b4a(), &inner, &[]));
+        let ip = &out[14..];
+        let outside = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let port = u16::from_be_bytes([ip[20], ip[21]]);
+        let reply =
+            |n: usize| from_internet(rig, &udp4(SERVER, outside, 7777, port, 64, &vec![7u8; n]));
+        let (v, first) = rig.run("inet", &reply(10));
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(rig.counter("next_hop_cached"), 0, "the first asks the FIB");
+        let (v, second) = rig.run("inet", &reply(10));
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(rig.counter("next_hop_cached"), 1);
+        assert_eq!(first[..12], second[..12], "same MACs from the cache");
+        let (v, _) = rig.run("inet", &reply(500));
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(
+            rig.counter("next_hop_cached"),
+            1,
+            "longer than any seen: the FIB again"
+        );
+
+        rig.ip("neigh replace 2001:db8:f::1 lladdr 02:00:00:00:00:f9 dev tun nud permanent");
+        dslite_user::dataplane::bump_next_hops(&rig.pin, true).unwrap();
+        let (_, out) = rig.run("inet", &reply(10));
+        assert_eq!(
+            &out[0..6],
+            &[2, 0, 0, 0, 0, 0xf9],
+            "the new neighbour after the bump"
+        );
+        let (_, out) = rig.run("inet", &reply(10));
+        assert_eq!(&out[0..6], &[2, 0, 0, 0, 0, 0xf9]);
+        assert_eq!(rig.counter("next_hop_cached"), 2);
+
+        dslite_user::dataplane::bump_next_hops(&rig.pin, false).unwrap();
+        let _ = rig.run("inet", &reply(10));
+        assert_eq!(rig.counter("next_hop_cached"), 2, "switched off");
+    });
+}

@@ -104,6 +104,8 @@ fn main() {
     // ---- per path, B4 -------------------------------------------------------------------
     let r = rows.clone();
     with_b4(move |rig| {
+        // As the controller runs it: the next-hop cache on.
+        dslite_user::dataplane::bump_next_hops(&rig.pin, true).unwrap();
         rig.load(dslite_user::dataplane::PROG_PASS);
         rig.load("dslite_bench_baseline");
         let lan = eth(
@@ -163,6 +165,7 @@ fn main() {
             s.max_blocks = 8;
         },
         move |rig| {
+            dslite_user::dataplane::bump_next_hops(&rig.pin, true).unwrap();
             rig.load(dslite_user::dataplane::PROG_PASS);
             let prog = rig.prog();
             let inner = udp4(HOST, SERVER, 5000, 7777, 64, &[0; PAYLOAD]);
