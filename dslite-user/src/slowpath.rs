@@ -831,112 +831,95 @@ impl RawSock {
         Ok(())
     }
 
-    /// One packet the kernel delivered (already reassembled), without blocking.
-    fn recv(&self, buf: &mut [u8]) -> Option<Received> {
+    /// One `recvmsg(flags)` without blocking: the byte count and the address in `msg_name`,
+    /// calling `on_cmsg(type, data)` for each IPv6 control message.
+    fn recv_with(
+        &self,
+        buf: &mut [u8],
+        flags: i32,
+        mut on_cmsg: impl FnMut(i32, *const u8),
+    ) -> Option<(usize, [u8; 16])> {
         // SAFETY: zeroed sockaddr_in6 / msghdr are valid.
-        let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        let mut name: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
         let mut cbuf = [0u64; 32];
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
         };
+        // SAFETY: as above.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_name = (&mut from as *mut libc::sockaddr_in6).cast();
+        msg.msg_name = (&mut name as *mut libc::sockaddr_in6).cast();
         msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = cbuf.as_mut_ptr().cast();
         msg.msg_controllen = std::mem::size_of_val(&cbuf);
         // SAFETY: `msg` points at buffers we own.
-        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
-        if n <= 0 || msg.msg_flags & libc::MSG_TRUNC != 0 {
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, flags | libc::MSG_DONTWAIT) };
+        if n < 0 || msg.msg_flags & libc::MSG_TRUNC != 0 {
             return None;
         }
-        let mut r = Received {
-            len: n as usize,
-            src: from.sin6_addr.s6_addr,
-            dst: [0; 16],
-            tclass: 0,
-            hop_limit: DEFAULT_HOP_LIMIT,
-        };
         // SAFETY: walking the control messages the kernel wrote into `cbuf`.
         unsafe {
             let mut c = libc::CMSG_FIRSTHDR(&msg);
             while !c.is_null() {
-                let d = libc::CMSG_DATA(c);
                 if (*c).cmsg_level == libc::IPPROTO_IPV6 {
-                    match (*c).cmsg_type {
-                        libc::IPV6_PKTINFO => {
-                            let info: libc::in6_pktinfo = std::ptr::read_unaligned(d.cast());
-                            r.dst = info.ipi6_addr.s6_addr;
-                        }
-                        libc::IPV6_TCLASS => {
-                            r.tclass = std::ptr::read_unaligned(d.cast::<i32>()) as u8
-                        }
-                        libc::IPV6_HOPLIMIT => {
-                            r.hop_limit = std::ptr::read_unaligned(d.cast::<i32>()) as u8
-                        }
-                        _ => {}
-                    }
+                    on_cmsg((*c).cmsg_type, libc::CMSG_DATA(c));
                 }
                 c = libc::CMSG_NXTHDR(&msg, c);
             }
         }
-        Some(r)
+        Some((n as usize, name.sin6_addr.s6_addr))
+    }
+
+    /// One packet the kernel delivered (already reassembled), without blocking.
+    fn recv(&self, buf: &mut [u8]) -> Option<Received> {
+        let (mut dst, mut tclass, mut hop_limit) = ([0u8; 16], 0u8, DEFAULT_HOP_LIMIT);
+        let (n, src) = self.recv_with(buf, 0, |ty, d| {
+            // SAFETY: the kernel wrote this control message's data at `d`.
+            unsafe {
+                match ty {
+                    libc::IPV6_PKTINFO => {
+                        let info: libc::in6_pktinfo = std::ptr::read_unaligned(d.cast());
+                        dst = info.ipi6_addr.s6_addr;
+                    }
+                    libc::IPV6_TCLASS => tclass = std::ptr::read_unaligned(d.cast::<i32>()) as u8,
+                    libc::IPV6_HOPLIMIT => {
+                        hop_limit = std::ptr::read_unaligned(d.cast::<i32>()) as u8
+                    }
+                    _ => {}
+                }
+            }
+        })?;
+        (n > 0).then_some(Received {
+            len: n,
+            src,
+            dst,
+            tclass,
+            hop_limit,
+        })
     }
 
     /// One ICMPv6 error from the socket's error queue, without blocking.
     fn recv_error(&self, buf: &mut [u8]) -> Option<IcmpErr> {
-        // SAFETY: as in `recv`.
-        let mut to: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-        let mut cbuf = [0u64; 32];
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_name = (&mut to as *mut libc::sockaddr_in6).cast();
-        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&cbuf);
         loop {
-            // SAFETY: `msg` points at buffers we own.
-            let n = unsafe {
-                libc::recvmsg(
-                    self.fd.as_raw_fd(),
-                    &mut msg,
-                    libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                return None;
-            }
-            // SAFETY: walking the control messages the kernel wrote into `cbuf`.
-            unsafe {
-                let mut c = libc::CMSG_FIRSTHDR(&msg);
-                while !c.is_null() {
-                    if (*c).cmsg_level == libc::IPPROTO_IPV6 && (*c).cmsg_type == libc::IPV6_RECVERR
-                    {
-                        let ee: libc::sock_extended_err =
-                            std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                        if ee.ee_origin == SO_EE_ORIGIN_ICMP6 {
-                            return Some(IcmpErr {
-                                len: n as usize,
-                                peer: to.sin6_addr.s6_addr,
-                                icmp_type: ee.ee_type,
-                                icmp_code: ee.ee_code,
-                                info: ee.ee_info,
-                            });
-                        }
-                    }
-                    c = libc::CMSG_NXTHDR(&msg, c);
+            let mut ee: Option<libc::sock_extended_err> = None;
+            let (n, peer) = self.recv_with(buf, libc::MSG_ERRQUEUE, |ty, d| {
+                if ty == libc::IPV6_RECVERR {
+                    // SAFETY: the kernel wrote a sock_extended_err at `d`.
+                    ee = Some(unsafe { std::ptr::read_unaligned(d.cast()) });
                 }
-            }
+            })?;
             // Not an ICMPv6 error (a local one): next.
-            msg.msg_controllen = std::mem::size_of_val(&cbuf);
-            msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+            if let Some(e) = ee.filter(|e| e.ee_origin == SO_EE_ORIGIN_ICMP6) {
+                return Some(IcmpErr {
+                    len: n,
+                    peer,
+                    icmp_type: e.ee_type,
+                    icmp_code: e.ee_code,
+                    info: e.ee_info,
+                });
+            }
         }
     }
 }
