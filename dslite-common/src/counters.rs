@@ -119,6 +119,8 @@ counters! {
     SlowEncapFragment = "slow_encap_fragment", Event;
     /// AFTR: an IPv4 fragment for the NAT, handed to the slow path for reassembly (15).
     SlowV4Fragment = "slow_v4_fragment", Event;
+    /// B4: a LAN packet whose TTL ran out, handed to the slow path to be answered.
+    SlowTtlExpired = "slow_ttl_expired", Event;
 
     // ---- passes to the kernel stack -------------------------------------------------------
     /// Not IPv4 or IPv6 (ARP, LLDP, ...).
@@ -224,6 +226,8 @@ counters! {
     /// ICMPv6 errors not relayed: over the relay rate (`RELAY_PER_SEC`), or quoting
     /// something that is not the start of an IPv4 packet (a later fragment).
     SlowIcmp6Ignored = "slow_icmp6_ignored", Slow;
+    /// B4: Time Exceeded messages sent to LAN hosts from 192.0.0.2 (rate limited).
+    SlowTimeExceededSent = "slow_time_exceeded_sent", Slow;
     /// B4: the router's own IPv4 packets (from 192.0.0.2) sent into the softwire.
     SlowOwnV4Packets = "slow_own_v4_packets", Slow;
     /// Frames read from the TAP that made no sense (unknown reason, truncated).

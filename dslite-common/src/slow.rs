@@ -21,6 +21,11 @@ pub const SLOW_ENCAP_FRAGMENT: u8 = 1;
 /// subscribers' fragments never mix, checklist 15-16) and writes it back whole.
 pub const SLOW_V4_FRAGMENT: u8 = 2;
 
+/// B4: the frame after the meta is Ethernet + an IPv4 packet from the LAN whose TTL ran out
+/// here: the controller answers the host with a Time Exceeded from 192.0.0.2, so traceroute
+/// shows the B4 at hop 1 (checklist 4, 9).
+pub const SLOW_TTL_EXPIRED: u8 = 3;
+
 /// Prepended by XDP to every frame it hands to the controller.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -2,14 +2,14 @@
 //! packets from the AFTR come out toward the LAN. No NAT here (RFC 6333 §4, checklist 3).
 
 use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key, programs::XdpContext};
-use dslite_common::{maps::B4Config, proto::*, Counter};
+use dslite_common::{maps::B4Config, proto::*, slow::SLOW_TTL_EXPIRED, Counter};
 
 use crate::{
     forward::{decapsulate, encapsulate_and_send, redirect_v4},
     headers::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, Softwire, L3},
     maps::{count, count_n, B4_CONFIG, LOCAL_V4},
     packet::{len, Exit, Res},
-    slow::from_slow_path,
+    slow::{from_slow_path, to_controller},
 };
 
 #[inline(always)]
@@ -46,6 +46,10 @@ fn from_lan(ctx: &XdpContext, cfg: &B4Config) -> Res<u32> {
     ipv4(ctx, ETH_HLEN, len(ctx) - ETH_HLEN, &mut ip)?;
     if LOCAL_V4.get(Key::new(32, ip.dst)).is_some() {
         return Err(Exit::Pass(Counter::PassLocalV4));
+    }
+    if ip.ttl <= 1 && !from_slow_path(ctx) {
+        // The B4 is a router hop: the slow path answers with a Time Exceeded from 192.0.0.2.
+        return to_controller(ctx, SLOW_TTL_EXPIRED, 0);
     }
     decrement_ttl(ctx, &ip)?;
     if ip.proto == IPPROTO_TCP && cfg.mss != 0 {

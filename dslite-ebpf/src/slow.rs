@@ -6,7 +6,7 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_xdp_adjust_head, programs::XdpContext,
 };
 use dslite_common::{
-    slow::{SlowMeta, SLOW_ENCAP_FRAGMENT, SLOW_MAGIC, SLOW_META_LEN},
+    slow::{SlowMeta, SLOW_ENCAP_FRAGMENT, SLOW_MAGIC, SLOW_META_LEN, SLOW_TTL_EXPIRED},
     Counter,
 };
 
@@ -65,10 +65,10 @@ pub fn to_controller(ctx: &XdpContext, reason: u8, mtu: u32) -> Res<u32> {
         return Err(Exit::Drop(Counter::DropSlowPathUnavailable));
     }
     let action = xdp_action::XDP_REDIRECT;
-    count(if reason == SLOW_ENCAP_FRAGMENT {
-        Counter::SlowEncapFragment
-    } else {
-        Counter::SlowV4Fragment
+    count(match reason {
+        SLOW_ENCAP_FRAGMENT => Counter::SlowEncapFragment,
+        SLOW_TTL_EXPIRED => Counter::SlowTtlExpired,
+        _ => Counter::SlowV4Fragment,
     });
     Ok(action)
 }

@@ -35,7 +35,7 @@ use anyhow::{bail, Context as _, Result};
 use dslite_common::{
     csum,
     proto::*,
-    slow::{SlowMeta, SLOW_ENCAP_FRAGMENT, SLOW_META_LEN, SLOW_V4_FRAGMENT},
+    slow::{SlowMeta, SLOW_ENCAP_FRAGMENT, SLOW_META_LEN, SLOW_TTL_EXPIRED, SLOW_V4_FRAGMENT},
     Counter,
 };
 use log::{debug, warn};
@@ -355,6 +355,7 @@ fn wait(fd: i32, events: i16) -> i16 {
 
 fn tap_loop(sh: &Shared, stop: &AtomicBool, limits: Limits) {
     let mut reasm = Reassembler::new(limits);
+    let mut budget = RelayBudget { second: 0, left: 0 };
     let mut buf = vec![0u8; 1 << 17];
     let fd = sh.tap.as_raw_fd();
     while !stop.load(Ordering::Relaxed) {
@@ -373,11 +374,17 @@ fn tap_loop(sh: &Shared, stop: &AtomicBool, limits: Limits) {
             }
         };
         sh.stats.inc(Counter::SlowFramesRead);
-        handle_tap_frame(sh, &mut reasm, &buf[..n], now);
+        handle_tap_frame(sh, &mut reasm, &mut budget, &buf[..n], now);
     }
 }
 
-fn handle_tap_frame(sh: &Shared, reasm: &mut Reassembler, frame: &[u8], now: u64) {
+fn handle_tap_frame(
+    sh: &Shared,
+    reasm: &mut Reassembler,
+    budget: &mut RelayBudget,
+    frame: &[u8],
+    now: u64,
+) {
     let Some(meta) = SlowMeta::parse(frame) else {
         // Sent by the kernel itself: on a B4, the router's own IPv4 (192.0.0.2) routed into
         // the softwire. Anything else (IPv6 neighbour discovery on the TAP) is not ours.
@@ -393,6 +400,7 @@ fn handle_tap_frame(sh: &Shared, reasm: &mut Reassembler, frame: &[u8], now: u64
     let ok = match meta.reason {
         SLOW_ENCAP_FRAGMENT => send_fragmented(sh, inner, meta.mtu),
         SLOW_V4_FRAGMENT => reassemble(sh, reasm, inner, now),
+        SLOW_TTL_EXPIRED => time_exceeded(sh, budget, inner),
         _ => false,
     };
     if !ok {
@@ -494,6 +502,39 @@ fn reassemble(sh: &Shared, reasm: &mut Reassembler, frame: &[u8], now: u64) -> b
                 sh.stats.inc(Counter::SlowV4Reassembled);
             }
         }
+    }
+    true
+}
+
+/// B4: a LAN packet whose TTL ran out here gets a Time Exceeded from 192.0.0.2 (RFC 792;
+/// the B4 is a router hop, checklist 9), sent as if it came down the softwire so XDP
+/// delivers it to the LAN like any packet from the AFTR. Rate limited with the relays.
+fn time_exceeded(sh: &Shared, budget: &mut RelayBudget, frame: &[u8]) -> bool {
+    let Role::B4 { b4, aftr } = sh.role() else {
+        return false;
+    };
+    let Some(ip) = frame.get(ETH_HLEN..) else {
+        return false;
+    };
+    let hlen = ip.first().map_or(0, |b| ((b & 0x0f) as usize) * 4);
+    if hlen < IPV4_MIN_HLEN || ip.len() < hlen + 8 {
+        return false;
+    }
+    if !budget.take() {
+        return true;
+    }
+    let src: [u8; 4] = ip[12..16].try_into().unwrap_or([0; 4]);
+    let icmp = icmp4_error(
+        B4_V4.octets(),
+        src,
+        ICMP_TIME_EXCEEDED,
+        0,
+        0,
+        &ip[..hlen + 8],
+    );
+    let out = softwire_frame(0, DEFAULT_HOP_LIMIT, &aftr.octets(), &b4.octets(), &icmp);
+    if sh.write_back(&out) {
+        sh.stats.inc(Counter::SlowTimeExceededSent);
     }
     true
 }

@@ -378,9 +378,8 @@ fn quota_exhaustion_is_per_subscriber() {
     }
 }
 
-/// Traceroute through the softwire: hop 1 is the B4 (dropped there today, so skipped),
-/// hop 2 is the AFTR answering from 192.0.0.1, and the AFTR answers ping itself
-/// (items 4, 9, 43).
+/// Traceroute through the softwire: hop 1 is the B4 answering from 192.0.0.2, hop 2 is the
+/// AFTR answering from 192.0.0.1, and the AFTR answers ping itself (items 4, 9, 43).
 #[test]
 fn aftr_shows_as_192_0_0_1() {
     let t = DsLite::start(&[]).unwrap();
@@ -389,6 +388,12 @@ fn aftr_shows_as_192_0_0_1() {
         ping(&t.a.host, aftr4, 0x0192, 2).unwrap(),
         2,
         "ping 192.0.0.1"
+    );
+    let (from, ty) = icmp_probe(&t.a.host, SERVER1, 0x01ff, 1).unwrap();
+    assert_eq!(
+        (from, ty),
+        (std::net::Ipv4Addr::new(192, 0, 0, 2), 11),
+        "TTL 1: Time Exceeded from the B4"
     );
     let (from, ty) = icmp_probe(&t.a.host, SERVER1, 0x0200, 2).unwrap();
     assert_eq!(

@@ -593,7 +593,7 @@ fn b4_passes_and_drops_are_counted() {
                 "pass_local_v4",
             ),
             (
-                "TTL 1 to the internet",
+                "TTL 1 to the internet, no slow path to answer it",
                 "lan",
                 eth(
                     rig.mac("lan"),
@@ -602,7 +602,7 @@ fn b4_passes_and_drops_are_counted() {
                     &udp4(HOST, SERVER, 5000, 7777, 1, b"x"),
                 ),
                 XDP_DROP,
-                "drop_ttl_exceeded",
+                "drop_slow_path_unavailable",
             ),
             (
                 "softwire not from the AFTR",
@@ -1743,6 +1743,13 @@ fn b4_slow_path_hand_over_and_write_back() {
         let (v, _) = rig.run("wan", &wan);
         assert_eq!(v, XDP_PASS);
         assert_eq!(rig.counter("pass_ipv6_fragment"), 1);
+
+        // TTL 1 from the LAN: handed over, to be answered from 192.0.0.2 (items 4, 9).
+        let expiring = lan(&udp4(HOST, SERVER, 5000, 7777, 1, b"x"));
+        let (v, out) = rig.run("lan", &expiring);
+        assert_eq!(v, XDP_REDIRECT);
+        assert_eq!(handed_over(&out), (3, 0, &expiring[..]));
+        assert_eq!(rig.counter("slow_ttl_expired"), 1);
     });
 }
 
