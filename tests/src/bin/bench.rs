@@ -660,7 +660,13 @@ fn prog_stats(name: &str) -> (u64, u64) {
 
 fn end_to_end() -> serde_json::Value {
     println!("end to end: dslite topology");
-    let t = topo::DsLite::start(&[]).unwrap();
+    let mode = std::env::var("DSLITE_BENCH_XDP_MODE").unwrap_or_else(|_| "native".into());
+    let t = topo::DsLite::start_with(topo::Options {
+        aftr_extra: &["--xdp-mode", &mode],
+        b4_extra: &["--xdp-mode", &mode],
+        ..Default::default()
+    })
+    .unwrap();
     // Real traffic first, so every element has resolved its next hop (XDP hands packets
     // without a neighbour entry to the kernel, which resolves it for later ones).
     let _echo = dslite_tests::traffic::udp_echo_server(
