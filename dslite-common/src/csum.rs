@@ -82,6 +82,15 @@ pub fn checksum(data: &[u8]) -> u16 {
     !fold(sum_bytes(data, 0))
 }
 
+/// Write the header checksum of the IPv4 packet at the start of `ip` (its IHL says how long
+/// the header is). Off the fast path: for packets the controller and the tests build.
+pub fn set_ipv4_header_checksum(ip: &mut [u8]) {
+    let hlen = ((ip[0] & 0x0f) as usize) * 4;
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let sum = checksum(&ip[..hlen]);
+    ip[10..12].copy_from_slice(&sum.to_ne_bytes());
+}
+
 /// One's complement accumulation of `data` onto `acc` (without the final inversion).
 pub fn sum_bytes(data: &[u8], mut acc: u32) -> u32 {
     let mut chunks = data.chunks_exact(2);

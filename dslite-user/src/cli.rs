@@ -704,25 +704,10 @@ impl AftrState {
     /// mapping; anything else is reported as needing a restart and keeps its running value.
     fn reload(&mut self, pin: &std::path::Path) -> Result<()> {
         let mut new = self.flags.clone().merged()?.validate()?;
-        for what in self.settings.restart_needed(&new) {
+        for what in self.settings.keep_restart_only(&mut new) {
             warn!("reload: {what} changed; that needs a restart (keeping the running value)");
         }
         let old = &self.settings;
-        // Keep what cannot change live.
-        new.tunnel_iface = old.tunnel_iface.clone();
-        new.internet_iface = old.internet_iface.clone();
-        new.address = old.address;
-        new.pool = old.pool.clone();
-        new.ports = old.ports;
-        new.block_size = old.block_size;
-        new.max_blocks = old.max_blocks;
-        new.max_mappings = old.max_mappings;
-        new.pin_path = old.pin_path.clone();
-        new.xdp_mode = old.xdp_mode;
-        new.bpf_object = old.bpf_object.clone();
-        new.metrics = old.metrics;
-        new.slow = old.slow.clone();
-        new.v4_mtu = old.v4_mtu;
         new.mss = new.mss_clamp.resolve(self.tunnel_mtu);
         dataplane::reconfigure_aftr(pin, &new, self.seed, &old.b4_prefixes)?;
         self.sweeper.timeouts = new.timeouts;
@@ -730,7 +715,6 @@ impl AftrState {
         self.sweeper
             .set_config(dataplane::aftr_config(&new, self.seed));
         if new.natlog != old.natlog {
-            self.natlog.flush();
             self.natlog = crate::natlog::NatLog::open(&new.natlog)?;
         } else {
             self.natlog.reopen()?;
@@ -761,8 +745,8 @@ async fn aftr_loop(
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = term.recv() => { info!("SIGTERM: shutting down"); st.natlog.flush(); return Ok(()); }
-            _ = int.recv() => { info!("SIGINT: shutting down"); st.natlog.flush(); return Ok(()); }
+            _ = term.recv() => { info!("SIGTERM: shutting down"); return Ok(()); }
+            _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
             _ = hup.recv() => {
                 match st.reload(pin) {
                     Ok(()) => info!("SIGHUP: configuration reloaded, NAT log reopened"),
@@ -780,7 +764,6 @@ async fn aftr_loop(
                         st.natlog.emit(&crate::natlog::NatRecord::from_event(&ev, offset));
                     }
                 }
-                st.natlog.flush();
                 g.clear_ready();
             }
             _ = tick.tick() => {
@@ -798,7 +781,6 @@ async fn aftr_loop(
                         for rec in &r.records {
                             st.natlog.emit(rec);
                         }
-                        st.natlog.flush();
                         if let Ok(mut g) = st.gauges.lock() {
                             *g = Some(crate::metrics::Gauges {
                                 mappings: r.mappings,

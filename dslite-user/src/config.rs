@@ -465,7 +465,6 @@ impl CommonOptions {
             tunnel_mtu: self.tunnel_mtu,
             reassembly_timeout: std::time::Duration::from_secs(timeout),
             reassembly_memory: memory,
-            reassembly_chains: Settings::chains_for(memory),
         })
     }
 
@@ -858,39 +857,44 @@ impl AftrOptions {
 }
 
 impl AftrSettings {
-    /// What a reload to `new` cannot change while running: those need a restart (the
-    /// interfaces, the address and pool, the port layout and table sizes, the slow path,
-    /// where maps are pinned). Everything else (limits, timeouts, filtering, B4 prefixes,
-    /// MSS clamping, NAT log settings) is applied live.
-    pub fn restart_needed(&self, new: &AftrSettings) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        let mut check = |same: bool, what| {
-            if !same {
-                v.push(what)
-            }
-        };
-        check(self.tunnel_iface == new.tunnel_iface, "tunnel-iface");
-        check(self.internet_iface == new.internet_iface, "internet-iface");
-        check(self.address == new.address, "address");
-        check(self.pool == new.pool, "pool");
-        check(self.ports == new.ports, "port-range");
-        check(self.block_size == new.block_size, "block-size");
-        check(self.max_blocks == new.max_blocks, "max-blocks");
-        check(self.max_mappings == new.max_mappings, "max-mappings");
-        check(self.pin_path == new.pin_path, "pin-path");
-        check(self.xdp_mode == new.xdp_mode, "xdp-mode");
-        check(self.bpf_object == new.bpf_object, "bpf-object");
-        check(self.metrics == new.metrics, "metrics");
-        check(self.persist == new.persist, "persist");
-        check(self.nexthop_cache == new.nexthop_cache, "no-nexthop-cache");
-        check(self.slow.tap_name == new.slow.tap_name, "slow-iface");
-        check(self.slow.tunnel_mtu == new.slow.tunnel_mtu, "tunnel-mtu");
-        check(
-            self.slow.reassembly_timeout == new.slow.reassembly_timeout
-                && self.slow.reassembly_memory == new.slow.reassembly_memory,
-            "reassembly-*",
+    /// A reload to `new` keeps what cannot change while running (the interfaces, the address
+    /// and pool, the port layout and table sizes, the slow path, where maps are pinned, the
+    /// attach mode): those are put back into `new` from `self`, and the flags that differed
+    /// are returned, for a "needs a restart" warning. Everything else (limits, timeouts,
+    /// filtering, B4 prefixes, MSS clamping, NAT log settings) is applied live.
+    pub fn keep_restart_only(&self, new: &mut AftrSettings) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        macro_rules! keep {
+            ($($field:ident $(.$sub:ident)? => $flag:literal),* $(,)?) => {$(
+                if new.$field$(.$sub)? != self.$field$(.$sub)? {
+                    changed.push($flag);
+                    new.$field$(.$sub)? = self.$field$(.$sub)?.clone();
+                }
+            )*};
+        }
+        keep!(
+            tunnel_iface => "tunnel-iface",
+            internet_iface => "internet-iface",
+            address => "address",
+            pool => "pool",
+            ports => "port-range",
+            block_size => "block-size",
+            max_blocks => "max-blocks",
+            max_mappings => "max-mappings",
+            pin_path => "pin-path",
+            xdp_mode => "xdp-mode",
+            bpf_object => "bpf-object",
+            metrics => "metrics",
+            persist => "persist",
+            nexthop_cache => "no-nexthop-cache",
+            slow.tap_name => "slow-iface",
+            slow.tunnel_mtu => "tunnel-mtu",
+            slow.reassembly_timeout => "reassembly-timeout",
+            slow.reassembly_memory => "reassembly-memory",
         );
-        v
+        // Resolved at start from the interfaces, not from the file.
+        new.v4_mtu = self.v4_mtu;
+        changed
     }
 }
 

@@ -379,13 +379,8 @@ impl NatLog {
         self.failing = !ok;
     }
 
-    /// End of a batch. Records are written one `write` each, so there is nothing to push;
-    /// kept as the one place to add an fsync policy.
-    pub fn flush(&mut self) {}
-
     /// SIGHUP: reopen the file (logrotate moved it away) and resend IPFIX templates.
     pub fn reopen(&mut self) -> Result<()> {
-        self.flush();
         if let Some(p) = &self.cfg.file {
             self.file = Some(open_append(p)?);
         }

@@ -216,9 +216,7 @@ fn complete(c: &mut Chain) -> Option<Vec<u8>> {
     // Keep DF (a fragmented datagram has DF=0 anyway), clear MF and the offset.
     d[6] &= 0x40;
     d[7] = 0;
-    d[10..12].copy_from_slice(&[0, 0]);
-    let sum = dslite_common::csum::checksum(&d[..header.len()]);
-    d[10..12].copy_from_slice(&sum.to_ne_bytes());
+    dslite_common::csum::set_ipv4_header_checksum(&mut d);
     Some(d)
 }
 
@@ -240,8 +238,7 @@ mod tests {
         d[2..4].copy_from_slice(&((20 + n) as u16).to_be_bytes());
         d[4..6].copy_from_slice(&id.to_be_bytes());
         d.extend((0..n).map(|i| (i * 7 + src as usize) as u8));
-        let s = dslite_common::csum::checksum(&d[..20]);
-        d[10..12].copy_from_slice(&s.to_ne_bytes());
+        dslite_common::csum::set_ipv4_header_checksum(&mut d);
         d
     }
 

@@ -123,10 +123,9 @@ pub struct Settings {
     /// Largest outer IPv6 packet on a softwire (None: the route MTU decides).
     pub tunnel_mtu: Option<u32>,
     pub reassembly_timeout: Duration,
-    /// Bytes the kernel's IPv6 reassembly, and our IPv4 reassembly, may each hold.
+    /// Bytes the kernel's IPv6 reassembly, and our IPv4 reassembly, may each hold (and one
+    /// IPv4 chain per KiB of it, [`Settings::chains_for`]).
     pub reassembly_memory: u32,
-    /// IPv4 chains held at once.
-    pub reassembly_chains: u32,
 }
 
 pub const DEFAULT_TAP: &str = "dslite0";
@@ -148,7 +147,6 @@ impl Default for Settings {
             tunnel_mtu: None,
             reassembly_timeout: Duration::from_secs(DEFAULT_REASSEMBLY_SECS),
             reassembly_memory: DEFAULT_REASSEMBLY_MEMORY,
-            reassembly_chains: Settings::chains_for(DEFAULT_REASSEMBLY_MEMORY),
         }
     }
 }
@@ -264,7 +262,7 @@ pub fn start(tap: File, tap_index: u32, role: Role, s: &Settings) -> Result<Slow
         role: std::sync::Mutex::new(role),
     });
     let limits = Limits {
-        max_chains: s.reassembly_chains as usize,
+        max_chains: Settings::chains_for(s.reassembly_memory) as usize,
         max_bytes: s.reassembly_memory as usize,
         timeout_ns: s.reassembly_timeout.as_nanos() as u64,
     };
@@ -709,8 +707,7 @@ pub fn icmp4_error(
     p[9] = IPPROTO_ICMP;
     p[12..16].copy_from_slice(&src);
     p[16..20].copy_from_slice(&dst);
-    let s = csum::checksum(&p[..IPV4_MIN_HLEN]);
-    p[10..12].copy_from_slice(&s.to_ne_bytes());
+    csum::set_ipv4_header_checksum(&mut p);
     let t = IPV4_MIN_HLEN;
     p[t] = ty;
     p[t + 1] = code;

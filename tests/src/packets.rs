@@ -172,14 +172,7 @@ pub fn set_df(ip: &mut [u8], df: bool) {
     } else {
         ip[6] &= !0x40;
     }
-    fix_ipv4_checksum(ip);
-}
-
-pub fn fix_ipv4_checksum(ip: &mut [u8]) {
-    let hlen = ((ip[0] & 0x0f) as usize) * 4;
-    ip[10..12].copy_from_slice(&[0, 0]);
-    let s = dslite_common::csum::checksum(&ip[..hlen]);
-    ip[10..12].copy_from_slice(&s.to_ne_bytes());
+    dslite_common::csum::set_ipv4_header_checksum(ip);
 }
 
 /// Split an IPv4 packet into fragments carrying at most `size` payload bytes each (rounded
@@ -200,7 +193,7 @@ pub fn fragment_v4(ip: &[u8], size: usize) -> Vec<Vec<u8>> {
             flags |= 0x2000;
         }
         f[6..8].copy_from_slice(&flags.to_be_bytes());
-        fix_ipv4_checksum(&mut f);
+        dslite_common::csum::set_ipv4_header_checksum(&mut f);
         out.push(f);
         off += n;
     }
