@@ -154,7 +154,7 @@ fn whois_names_each_subscriber_on_a_shared_address() {
     let rotated = dir.join("nat.log.1");
     std::fs::rename(&log, &rotated).unwrap();
     t.aftr.signal(libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for("the reopen", || t.aftr.log().contains("NAT log reopened"));
     let seen_a2 = udp_request(&t.a.host, sa(HOST_ADDR, 5001), sa(SERVER1, 7777), "a2").unwrap();
     wait_for("a record in the reopened file", || {
         lines_with(&log, "mapping-created") >= 1
@@ -231,7 +231,10 @@ fn metrics_are_served_for_prometheus() {
     let _echo = udp_echo_server(&t.server, sa(SERVER1, 7777));
     udp_request(&t.a.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "a").unwrap();
     udp_request(&t.b.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "b").unwrap();
-    std::thread::sleep(Duration::from_millis(1500)); // a sweep measures the gauges
+    // The gauges come from the next sweep (once a second).
+    wait_for("the sweep's gauges", || {
+        sample(&scrape(&t.aftr_ns, 9464), "dslite_softwires") == Some(2.0)
+    });
     let m = scrape(&t.aftr_ns, 9464);
     assert!(m.starts_with("HTTP/1.1 200 OK"), "{m}");
     assert!(m.contains("Content-Type: text/plain; version=0.0.4"));

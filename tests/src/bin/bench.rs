@@ -30,6 +30,17 @@ struct Row {
     net_ns: f64,
 }
 
+impl Row {
+    /// A path measured at `raw_ns`, with the no-op program at `noop_ns` in the same rig.
+    fn new(name: &str, raw_ns: f64, noop_ns: f64) -> Row {
+        Row {
+            name: name.into(),
+            raw_ns,
+            net_ns: (raw_ns - noop_ns).max(0.0),
+        }
+    }
+}
+
 fn median(mut v: Vec<u64>) -> f64 {
     v.sort_unstable();
     v[v.len() / 2] as f64
@@ -129,13 +140,7 @@ fn main() {
             XDP_PASS,
         );
         let mut r = r.lock().unwrap();
-        let mut push = |name: &str, ns: f64| {
-            r.push(Row {
-                name: name.into(),
-                raw_ns: ns,
-                net_ns: (ns - noop).max(0.0),
-            })
-        };
+        let mut push = |name: &str, ns: f64| r.push(Row::new(name, ns, noop));
         push("harness (no-op program)", noop);
         push(
             "baseline: parse, swap MACs, XDP_TX",
@@ -206,13 +211,7 @@ fn main() {
             let create_ns = median(created);
             assert!(rig.counter("nat_mapping_created") >= RUNS as u64);
             let mut r = r.lock().unwrap();
-            let mut push = |name: &str, ns: f64| {
-                r.push(Row {
-                    name: name.into(),
-                    raw_ns: ns,
-                    net_ns: (ns - noop).max(0.0),
-                })
-            };
+            let mut push = |name: &str, ns: f64| r.push(Row::new(name, ns, noop));
             // The building blocks alone (probe programs), to take the paths apart.
             for probe in [
                 "dslite_probe_fib6",
