@@ -87,12 +87,78 @@ pub struct AftrConfig {
     /// MTU of the internet-side interface: a DF=1 packet larger than this gets its route's
     /// MTU checked before translation (0: never checked, such packets are dropped, counted).
     pub v4_mtu: u16,
-    pub _pad: u16,
+    /// Remote endpoints one mapping may have in [`PEERS`] (non-EIF filtering); more are
+    /// refused, counted (`peer_limit_refused`).
+    pub max_peers: u16,
+    /// The subscriber of a B4 address is the address ANDed with this mask
+    /// (`--subscriber-prefix-len`, RFC 7785 §3): quota, blocks, session and rate limits
+    /// belong to the subscriber; mappings belong to the /128 that made them.
+    pub subscriber_mask: [u8; 16],
+    /// Softwire packets are accepted only on this interface, and IPv4 to the pool only on
+    /// `internet_ifindex` (both may be the same interface); 0 accepts any.
+    pub tunnel_ifindex: u32,
+    pub internet_ifindex: u32,
+    /// Fragments per second per subscriber handed to reassembly (IPv6 to the kernel, IPv4 to
+    /// the slow path), and first fragments opening a chain from the internet; 0: unlimited.
+    pub frag_per_sec: u32,
+    /// Strides coprime to `blocks_per_addr` (computed by the controller): a block search
+    /// that steps by one of them visits every block of an address once.
+    pub block_strides: [u16; 4],
 }
 
 /// `HashMap<PeerKey, u64>`: remote endpoints each mapping has sent to, for address- and
-/// address-and-port-dependent filtering (RFC 4787 REQ-8, checklist 21); value: last use.
+/// address-and-port-dependent filtering (RFC 4787 REQ-8); value: last use. Not
+/// preallocated, sized for any filtering mode, so a reload may switch modes.
 pub const PEERS: &str = "PEERS";
+
+/// `LpmTrie<[u8; 4], u32>`: IPv4 destinations a subscriber may not reach through the AFTR
+/// (the AFTR's own addresses, special-purpose ranges, `--deny-destination`).
+pub const DENY_V4: &str = "DENY_V4";
+/// `LruHashMap<FragKey, u64>`: IPv4 fragment chains from the internet whose first fragment
+/// matched a mapping (value: when); later fragments without a chain are dropped in XDP.
+pub const FRAG_CHAINS: &str = "FRAG_CHAINS";
+/// `LruHashMap<[u8; 16], FragBudget>`: per-subscriber budget for fragments handed to
+/// reassembly (IPv6 to the kernel, IPv4 to the slow path).
+pub const FRAG_BUDGET: &str = "FRAG_BUDGET";
+/// `Array<u32>` indexed like [`POOL`]: free blocks on each address at the last sweep
+/// (lowered by XDP as it claims them; a hint, never a promise).
+pub const ADDR_FREE: &str = "ADDR_FREE";
+/// `Array<u32>`: entry 0 holds a count n, entries 1..=n pool indexes with free blocks at the
+/// last sweep, most free first (where a subscriber's first block goes when its hashed
+/// address is full).
+pub const FREE_ADDRS: &str = "FREE_ADDRS";
+/// Entries of [`FREE_ADDRS`] after the count.
+pub const FREE_ADDRS_LEN: u32 = 64;
+
+/// [`B4_ALLOW`] value of a /128 entry that denies one of the AFTR host's own addresses as a
+/// B4 source (longest match wins over the allowing prefix).
+pub const B4_DENY: u32 = 0;
+/// [`B4_ALLOW`] value of an allowed prefix.
+pub const B4_PERMIT: u32 = 1;
+
+/// Key of [`FRAG_CHAINS`]: what RFC 791 names a datagram by.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// Raw network-order identification.
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of [`FRAG_BUDGET`]: a token bucket of fragments per second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragBudget {
+    pub tokens: u32,
+    pub _pad: u32,
+    pub refill_ns: u64,
+}
+
+const _: () = assert!(size_of::<FragKey>() == 12);
+const _: () = assert!(size_of::<FragBudget>() == 16);
 
 /// Key of [`PEERS`].
 #[repr(C)]
@@ -189,7 +255,9 @@ pub struct NatOutValue {
     pub outside_port: u16,
     /// TCP flags seen (`crate::nat::TCP_*` bits); 0 for UDP and ICMP.
     pub tcp_state: u8,
-    pub _pad: u8,
+    /// Remote endpoints in [`PEERS`] for this mapping (approximate: XDP adds without
+    /// atomics, the sweep recounts).
+    pub peers: u8,
     /// `bpf_ktime_get_ns` at creation.
     pub created_ns: u64,
     /// `bpf_ktime_get_ns` of the last outbound packet (RFC 4787 REQ-6: outbound refreshes).
@@ -280,7 +348,10 @@ pub struct Slot {
     /// Index of `addr` in [`POOL`] (so later blocks stay on the same address: paired pooling).
     pub addr_index: u32,
     pub block: u16,
-    pub _pad: u16,
+    /// Non-zero while the block is held down (released by the sweep, RFC 6888 REQ-8): the
+    /// subscriber gets it back first, with the same address and range and no new log record;
+    /// nobody else can have it until the hold-down has passed.
+    pub held: u16,
 }
 
 /// Key of [`NEXT_HOPS`]: where a packet goes, and where it came in (the FIB lookup's inputs,
@@ -350,7 +421,7 @@ const _: () = assert!(size_of::<BlockValue>() == 32);
 const _: () = assert!(size_of::<SlotKey>() == 20);
 const _: () = assert!(size_of::<Slot>() == 12);
 const _: () = assert!(size_of::<NatEvent>() == 48);
-const _: () = assert!(size_of::<AftrConfig>() == 56);
+const _: () = assert!(size_of::<AftrConfig>() == 92);
 const _: () = assert!(size_of::<B4Config>() == 44);
 const _: () = assert!(size_of::<NatOutKey>() == 24);
 const _: () = assert!(size_of::<NatOutValue>() == 24);
@@ -378,4 +449,6 @@ mod pod {
     unsafe impl aya::Pod for crate::slow::SlowConfig {}
     unsafe impl aya::Pod for NextHopKey {}
     unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragBudget {}
 }

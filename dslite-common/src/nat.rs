@@ -46,13 +46,101 @@ pub const TCP_SYN_IN: u8 = 2;
 pub const TCP_FIN_OUT: u8 = 4;
 pub const TCP_FIN_IN: u8 = 8;
 pub const TCP_RST: u8 = 16;
+/// The inside host sent a segment after a SYN came in: the handshake is its own doing, not
+/// an outsider's (RFC 7857 §2.1: a half-open mapping is not established by inbound
+/// packets alone).
+pub const TCP_CONFIRMED: u8 = 32;
 
-/// A TCP mapping is established once SYNs went both ways and neither a RST nor FINs in
-/// both directions have been seen since; otherwise it is transitory (RFC 5382 REQ-5).
+/// A TCP mapping is established once SYNs went both ways and the inside host answered the
+/// inbound one, and neither a RST (since the last packet) nor FINs in both directions have
+/// been seen; otherwise it is transitory (RFC 5382 REQ-5, RFC 7857 §2.1).
 pub const fn tcp_established(state: u8) -> bool {
-    state & (TCP_SYN_OUT | TCP_SYN_IN) == (TCP_SYN_OUT | TCP_SYN_IN)
+    let want = TCP_SYN_OUT | TCP_SYN_IN | TCP_CONFIRMED;
+    state & want == want
         && state & TCP_RST == 0
         && state & (TCP_FIN_OUT | TCP_FIN_IN) != (TCP_FIN_OUT | TCP_FIN_IN)
+}
+
+/// A mapping's TCP state after a segment that adds `bits` ([`tcp_bits`]) in direction
+/// `outbound`. A RST makes the mapping transitory only until the next segment without one
+/// (RFC 7857 §2.2: four minutes after a RST, unless traffic shows the connection lives):
+/// so an outsider's RST cannot shorten a live connection's timeout for good. An outbound
+/// segment after an inbound SYN confirms the handshake.
+pub const fn tcp_next_state(state: u8, bits: u8, outbound: bool) -> u8 {
+    let mut s = state | bits;
+    if bits & TCP_RST == 0 {
+        s &= !TCP_RST;
+    }
+    if outbound && state & TCP_SYN_IN != 0 {
+        s |= TCP_CONFIRMED;
+    }
+    s
+}
+
+/// The subscriber mask for `--subscriber-prefix-len` (RFC 7785 §3).
+pub const fn subscriber_mask(len: u8) -> [u8; 16] {
+    let mut m = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        let bits = len as i32 - (i as i32) * 8;
+        m[i] = if bits >= 8 {
+            0xff
+        } else if bits <= 0 {
+            0
+        } else {
+            0xffu8 << (8 - bits)
+        };
+        i += 1;
+    }
+    m
+}
+
+/// The subscriber a B4 address belongs to: the address under the mask.
+#[inline(always)]
+pub const fn subscriber_of(b4: &[u8; 16], mask: &[u8; 16]) -> [u8; 16] {
+    // Four word ANDs, no loop: the BPF verifier walks every iteration of a loop.
+    let a = u128::from_ne_bytes(*b4) & u128::from_ne_bytes(*mask);
+    a.to_ne_bytes()
+}
+
+/// Default `--subscriber-prefix-len` (RFC 7785 §3 suggests the delegated prefix, commonly
+/// a /56).
+pub const DEFAULT_SUBSCRIBER_PREFIX_LEN: u8 = 56;
+
+const fn gcd(mut a: u32, mut b: u32) -> u32 {
+    while b != 0 {
+        let t = a % b;
+        a = b;
+        b = t;
+    }
+    a
+}
+
+/// Four strides coprime to `n` blocks (spread over the range): a search stepping by one
+/// visits every block once in `n` steps, wherever it starts.
+pub const fn coprime_strides(n: u16) -> [u16; 4] {
+    let n = n as u32;
+    let mut out = [1u16; 4];
+    if n <= 2 {
+        return out;
+    }
+    let mut k = 0;
+    while k < 4 {
+        // Start near n * (2k+1) / 8 and walk up to the first coprime value.
+        let mut s = n * (2 * k as u32 + 1) / 8;
+        if s == 0 {
+            s = 1;
+        }
+        while gcd(s, n) != 1 {
+            s += 1;
+        }
+        out[k] = (s % n) as u16;
+        if out[k] == 0 {
+            out[k] = 1;
+        }
+        k += 1;
+    }
+    out
 }
 
 /// The state bits a TCP segment adds, from its flags byte (offset 13 of the header).
@@ -101,8 +189,8 @@ pub const fn softwire_hash(b4: &[u8; 16], seed: u32) -> u32 {
 }
 
 /// The `attempt`-th candidate port inside a block, keeping the parity of the inside port
-/// (RFC 4787 REQ-4, checklist 20; the block itself keeps the 0-1023 / 1024+ class when the
-/// range does) and starting at a keyed-hash offset (RFC 6056, checklist 47).
+/// whatever the block's first port (RFC 4787 REQ-4; the block itself keeps the 0-1023 /
+/// 1024+ class when the range does) and starting at a keyed-hash offset (RFC 6056 §3.3.3).
 #[inline(always)]
 pub const fn candidate_in_block(
     hash: u32,
@@ -117,7 +205,8 @@ pub const fn candidate_in_block(
     // a power of two.
     let stride = (hash >> 16) | 1;
     let slot = (hash.wrapping_add(attempt.wrapping_mul(stride))) % half;
-    first.wrapping_add((slot * 2) as u16 + (parity & 1))
+    // An odd first port shifts the pairs by one: the candidate's own parity is what counts.
+    first.wrapping_add((slot * 2) as u16 + ((parity ^ first) & 1))
 }
 
 /// Default outside port range (RFC 6056 suggests 1024-65535 for ephemeral ports).
@@ -181,13 +270,19 @@ mod tests {
     #[test]
     fn block_candidates_stay_in_block_and_keep_parity() {
         for h in [0u32, 1, 0xffff_ffff, 0x1234_5678, 0x8000_0000] {
-            for bs in [16u16, 64, 512, 4096] {
-                let first = block_first_port(3, 1024, bs);
+            for (bs, lo) in [
+                (16u16, 1024u16),
+                (64, 1025),
+                (512, 1024),
+                (512, 1),
+                (4096, 1027),
+            ] {
+                let first = block_first_port(3, lo, bs);
                 for parity in [0u16, 1] {
                     for a in 0..PORT_SEARCH_TRIES {
                         let p = candidate_in_block(h, a, first, bs, parity);
                         assert!(p >= first && p < first + bs, "h={h:#x} bs={bs} -> {p}");
-                        assert_eq!(p & 1, (first + parity) & 1, "parity kept");
+                        assert_eq!(p & 1, parity, "parity kept");
                     }
                 }
             }
@@ -242,19 +337,65 @@ mod tests {
         let syn_out = tcp_bits(0x02, true);
         let synack_in = tcp_bits(0x12, false);
         assert!(!tcp_established(syn_out), "a lone SYN is transitory");
-        assert!(tcp_established(syn_out | synack_in));
-        assert!(
-            !tcp_established(syn_out | synack_in | tcp_bits(0x04, false)),
-            "RST"
-        );
+        let open = syn_out | synack_in | TCP_CONFIRMED;
+        assert!(tcp_established(open));
+        assert!(!tcp_established(open | tcp_bits(0x04, false)), "RST");
         let fin_out = tcp_bits(0x11, true);
-        assert!(
-            tcp_established(syn_out | synack_in | fin_out),
-            "half-closed stays open"
+        assert!(tcp_established(open | fin_out), "half-closed stays open");
+        assert!(!tcp_established(open | fin_out | tcp_bits(0x11, false)));
+    }
+
+    #[test]
+    fn tcp_rst_from_outside_does_not_stick() {
+        let est = tcp_next_state(
+            tcp_next_state(tcp_bits(0x02, true), tcp_bits(0x12, false), false),
+            0,
+            true,
         );
-        assert!(!tcp_established(
-            syn_out | synack_in | fin_out | tcp_bits(0x11, false)
-        ));
+        assert!(tcp_established(est), "SYN, SYN-ACK, ACK");
+        let rst = tcp_next_state(est, tcp_bits(0x04, false), false);
+        assert!(!tcp_established(rst), "after a RST: transitory");
+        let again = tcp_next_state(rst, tcp_bits(0x10, true), true);
+        assert!(tcp_established(again), "later traffic restores it");
+        let syn_in = tcp_next_state(est, tcp_bits(0x02, false), false);
+        assert!(tcp_established(syn_in), "an inbound SYN changes nothing");
+    }
+
+    #[test]
+    fn inbound_packets_alone_do_not_establish() {
+        let half_open = tcp_bits(0x02, true);
+        let s = tcp_next_state(half_open, tcp_bits(0x12, false), false);
+        assert!(!tcp_established(s), "SYN out, SYN-ACK in: not yet");
+        let s = tcp_next_state(s, tcp_bits(0x10, false), false);
+        assert!(!tcp_established(s), "more inbound: still not");
+        assert!(tcp_established(tcp_next_state(s, 0, true)));
+    }
+
+    #[test]
+    fn subscriber_masks() {
+        let a = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0xa, 0x12, 0x34, 9, 9, 9, 9, 9, 9, 9, 9,
+        ];
+        let s56 = subscriber_of(&a, &subscriber_mask(56));
+        assert_eq!(&s56[..7], &a[..7]);
+        assert_eq!(&s56[7..], &[0; 9]);
+        let s60 = subscriber_of(&a, &subscriber_mask(60));
+        assert_eq!(s60[7], 0x30);
+        assert_eq!(subscriber_of(&a, &subscriber_mask(128)), a);
+        assert_eq!(subscriber_mask(32)[4], 0);
+    }
+
+    #[test]
+    fn coprime_strides_visit_every_block() {
+        for n in [1u16, 2, 3, 7, 126, 128, 4032, 4096, 63] {
+            for s in coprime_strides(n) {
+                let mut seen = std::collections::HashSet::new();
+                for t in 0..n as u32 {
+                    seen.insert((17 + t * s as u32) % n as u32);
+                }
+                assert_eq!(seen.len(), n as usize, "n={n} stride={s}");
+            }
+        }
     }
 
     #[test]

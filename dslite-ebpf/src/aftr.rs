@@ -1,14 +1,14 @@
 //! AFTR (RFC 6333 §6): softwire packets from B4s are decapsulated and source-NATed toward
 //! the internet; replies to pool addresses are translated back and encapsulated to the B4.
 
-use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key, programs::XdpContext};
 use dslite_common::{
     csum,
     maps::{
-        AftrConfig, NatInKey, NatOutKey, PeerKey, AFTR_INBOUND_REFRESH, AFTR_LOG_DESTINATIONS,
-        AFTR_LOG_SESSIONS,
+        AftrConfig, FragBudget, FragKey, NatInKey, NatOutKey, PeerKey, AFTR_INBOUND_REFRESH,
+        AFTR_LOG_DESTINATIONS, AFTR_LOG_SESSIONS, B4_DENY,
     },
-    nat::{filter_mode, tcp_bits, FILTER_APDF, FILTER_EIF},
+    nat::{filter_mode, subscriber_of, tcp_bits, FILTER_APDF, FILTER_EIF},
     proto::*,
     slow::SLOW_V4_FRAGMENT,
     Counter,
@@ -18,11 +18,76 @@ use crate::{
     forward::{decapsulate, encapsulate_and_send, redirect_v4, redirect_v6, v4_route_mtu, TOO_BIG},
     headers::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, Softwire, L3},
     icmp::{send_unreachable, Refusal, AFTR_V4},
-    maps::{count, count_n, AFTR_CONFIG, B4_ALLOW, NAT_IN, PEERS, POOL_INDEX},
+    maps::{
+        count, count_n, AFTR_CONFIG, B4_ALLOW, DENY_V4, FRAG_BUDGET, FRAG_CHAINS, NAT_IN, NAT_OUT,
+        PEERS, POOL_INDEX,
+    },
     nat::lookup_or_create,
     packet::{at, len, read16, write16, Exit, Res},
-    slow::to_controller,
+    slow::{from_slow_path, to_controller},
 };
+
+/// Most fragments one chain from the internet may pass: a 64 KiB datagram in 1280-byte
+/// fragments needs 52.
+const MAX_FRAGMENTS_PER_CHAIN: u64 = 64;
+
+/// True when the packet came in on `want` (0: any), or from the slow path's TAP.
+#[inline(always)]
+fn on_interface(ctx: &XdpContext, want: u32) -> bool {
+    // SAFETY: reading the ingress ifindex from the context.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    want == 0 || ingress == want || from_slow_path(ctx)
+}
+
+/// Take one token from `key`'s fragment bucket (`frag_per_sec` per second, that burst);
+/// 1 if the fragment may go on. A BPF call: the bucket's temporaries stay off the callers'
+/// frames.
+#[inline(never)]
+fn fragment_budget(key: &[u8; 16], cfg: &AftrConfig) -> u32 {
+    let rate = cfg.frag_per_sec as u64;
+    if rate == 0 {
+        return 1;
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() };
+    let Some(b) = FRAG_BUDGET.get_ptr_mut(key) else {
+        let fresh = FragBudget {
+            tokens: cfg.frag_per_sec - 1,
+            _pad: 0,
+            refill_ns: now,
+        };
+        // A full LRU evicts its oldest bucket: a flood of sources cannot refuse new ones.
+        let _ = FRAG_BUDGET.insert(key, &fresh, 0);
+        return 1;
+    };
+    // SAFETY: map value pointer from the kernel. Not atomic: two CPUs may share a token.
+    let b = unsafe { &mut *b };
+    let add = now.saturating_sub(b.refill_ns) * rate / 1_000_000_000;
+    if add > 0 {
+        b.tokens = (b.tokens as u64 + add).min(rate) as u32;
+        b.refill_ns = now;
+    }
+    if b.tokens == 0 {
+        return 0;
+    }
+    b.tokens -= 1;
+    1
+}
+
+/// The subscriber's fragment budget, by its B4 address.
+#[inline(never)]
+fn subscriber_fragment_budget(b4: &[u8; 16], cfg: &AftrConfig) -> u32 {
+    let sub = subscriber_of(b4, &cfg.subscriber_mask);
+    fragment_budget(&sub, cfg)
+}
+
+/// 1 if a subscriber may send to `dst` (RFC 6333 §6.1 gives the AFTR a host's duties too:
+/// nothing a subscriber sends reaches the AFTR's own stack, special-purpose ranges
+/// (RFC 6890) or the operator's `--deny-destination` ranges).
+#[inline(never)]
+fn destination_allowed(dst: &[u8; 4]) -> u32 {
+    DENY_V4.get(Key::new(32, *dst)).is_none() as u32
+}
 
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> Res<u32> {
@@ -183,16 +248,30 @@ fn parse_from_b4(ctx: &XdpContext, cfg: &AftrConfig, p: &mut FromB4) -> u32 {
 #[inline(always)]
 fn parse_from_b4_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &mut FromB4) -> Res<()> {
     let mut sw = Softwire::default();
-    ipv6(ctx, &mut sw)?;
+    let parsed = ipv6(ctx, &mut sw);
+    if let Err(Exit::Pass(Counter::PassIpv6Fragment)) = parsed {
+        // The addresses are in the fixed header: a fragment for the softwire endpoint is
+        // checked like a whole packet before it reaches the kernel's reassembly, and each
+        // subscriber's fragments are budgeted (RFC 6333 §6.3, RFC 8900 §4.5).
+        if sw.dst == cfg.aftr_addr {
+            source_allowed(ctx, cfg, &sw.src)?;
+            if subscriber_fragment_budget(&sw.src, cfg) == 0 {
+                return Err(Exit::Drop(Counter::DropFragmentBudget));
+            }
+        }
+    }
+    parsed?;
     if !sw.is_softwire || sw.dst != cfg.aftr_addr {
         return Err(Exit::Pass(Counter::PassNotSoftwire));
     }
-    if B4_ALLOW.get(Key::new(128, sw.src)).is_none() {
-        return Err(Exit::Drop(Counter::DropB4NotAllowed));
-    }
+    source_allowed(ctx, cfg, &sw.src)?;
     ipv4(ctx, sw.inner_off, sw.inner_avail, &mut p.ip)?;
     if p.ip.fragment {
-        // Ports are in the first fragment only: the slow path reassembles (checklist 15).
+        // Ports are in the first fragment only: the slow path reassembles (RFC 4787
+        // REQ-14), within the subscriber's budget.
+        if subscriber_fragment_budget(&sw.src, cfg) == 0 {
+            return Err(Exit::Drop(Counter::DropFragmentBudget));
+        }
         return Err(Exit::Pass(Counter::SlowV4Fragment));
     }
     p.key.b4 = sw.src;
@@ -213,6 +292,21 @@ fn parse_from_b4_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &mut FromB4) -> Re
     p.inner_off = sw.inner_off;
     p.outer_len = sw.outer_len;
     Ok(())
+}
+
+/// A softwire's source must be in `B4_ALLOW` (RFC 6333 §11), not one of the AFTR host's own
+/// addresses (the controller adds those as denying /128 entries), and the packet must have
+/// come in on the tunnel interface.
+#[inline(always)]
+fn source_allowed(ctx: &XdpContext, cfg: &AftrConfig, src: &[u8; 16]) -> Res<()> {
+    if !on_interface(ctx, cfg.tunnel_ifindex) {
+        return Err(Exit::Drop(Counter::DropWrongInterface));
+    }
+    match B4_ALLOW.get(Key::new(128, *src)) {
+        None => Err(Exit::Drop(Counter::DropB4NotAllowed)),
+        Some(v) if *v == B4_DENY => Err(Exit::Drop(Counter::DropB4SourceLocal)),
+        Some(_) => Ok(()),
+    }
 }
 
 /// B4 -> internet: decapsulate, map, source-translate, route. A BPF call of its own, so
@@ -238,6 +332,9 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
     let icmp_error = Exit::Pass(Counter::IcmpErrorTranslated).code();
     if code != 0 && code != icmp_error {
         return Err(Exit::from_code(code));
+    }
+    if p.ip.dst != AFTR_V4 && destination_allowed(&p.ip.dst) == 0 {
+        return Err(Exit::Drop(Counter::DropDeniedDestination));
     }
     if code == icmp_error {
         // A host's ICMP error about an inbound packet (RFC 5508 REQ-5, checklist 39).
@@ -458,6 +555,22 @@ fn hairpin_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u16) 
         Some(v) => unsafe { *v },
         None => return Err(Exit::Drop(Counter::DropNoMapping)),
     };
+    if cfg.filter_modes != 0 {
+        // The receiving mapping filters a hairpinned packet as one from the internet, by
+        // the sender's outside endpoint (RFC 4787 REQ-9).
+        let mut key = PeerKey {
+            outside_addr: p.ip.dst,
+            outside_port: dport,
+            proto: p.ip.proto,
+            _pad: 0,
+            remote_addr: p.out_addr,
+            remote_port: out_port,
+            _pad2: 0,
+        };
+        if peer_known(cfg, &mut key) == 0 {
+            return Err(Exit::Drop(Counter::DropFiltered));
+        }
+    }
     rewrite(ctx, &p.ip, &p.l4, 12, p.ip.src, p.out_addr, out_port)?;
     let to = L4 {
         port_off: 2,
@@ -490,8 +603,10 @@ fn log_mapping(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u32) {
 }
 
 /// Remember the remote this mapping sends to, when its protocol's filtering depends on it
-/// (RFC 4787 REQ-8, checklist 21): the address, and the port too for
-/// address-and-port-dependent filtering.
+/// (RFC 4787 REQ-8): the address, and the port too for address-and-port-dependent
+/// filtering. A known remote's timestamp is refreshed (the sweep expires remotes by it); a
+/// new one is recorded only while the mapping has fewer than `max_peers`, so one mapping
+/// cannot fill the table.
 #[inline(never)]
 fn note_peer(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u32) {
     let mode = filter_mode(cfg.filter_modes, p.ip.proto);
@@ -515,25 +630,62 @@ fn note_peer(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u32) {
     };
     // SAFETY: plain helper call.
     let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() };
-    let _ = PEERS.insert(&key, &now, 0);
+    if let Some(ts) = PEERS.get_ptr_mut(&key) {
+        // SAFETY: map value pointer from the kernel. Written at most once a second: the
+        // sweep's resolution, and no cache-line bouncing between CPUs on every packet.
+        unsafe {
+            if now.saturating_sub(*ts) > 1_000_000_000 {
+                *ts = now;
+            }
+        }
+        return;
+    }
+    let Some(v) = NAT_OUT.get_ptr_mut(&p.key) else {
+        return;
+    };
+    // SAFETY: map value pointer from the kernel. The count is approximate under races (no
+    // atomics); the sweep recounts it.
+    unsafe {
+        if cfg.max_peers != 0 && (*v).peers as u16 >= cfg.max_peers {
+            count(Counter::PeerLimitRefused);
+            return;
+        }
+        match PEERS.insert(&key, &now, BPF_NOEXIST as u64) {
+            Ok(()) => (*v).peers = (*v).peers.saturating_add(1),
+            Err(EEXIST) => {}
+            Err(_) => count(Counter::PeerLimitRefused),
+        }
+    }
 }
 
-/// 1 if an inbound packet passes its protocol's filtering: always under
-/// endpoint-independent filtering, else only from a remote the mapping has sent to.
+const EEXIST: i32 = -17;
+
+/// 1 if a packet from `key.remote_*` to the mapping at `key.outside_*` passes its
+/// protocol's filtering: always under endpoint-independent filtering, else only from a
+/// remote the mapping has sent to (the port is ignored under address-dependent filtering).
 #[inline(never)]
-fn peer_allowed(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4, l4: &L4) -> u32 {
-    let mode = filter_mode(cfg.filter_modes, ip.proto);
+pub fn peer_known(cfg: &AftrConfig, key: &mut PeerKey) -> u32 {
+    let mode = filter_mode(cfg.filter_modes, key.proto);
     if mode == FILTER_EIF {
         return 1;
     }
+    if mode != FILTER_APDF || key.proto == IPPROTO_ICMP {
+        key.remote_port = 0;
+    }
+    PEERS.get_ptr(key).is_some() as u32
+}
+
+/// 1 if an inbound packet passes its protocol's filtering (see [`peer_known`]).
+#[inline(never)]
+fn peer_allowed(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4, l4: &L4) -> u32 {
     let mut remote_port = 0;
-    if mode == FILTER_APDF && ip.proto != IPPROTO_ICMP {
+    if ip.proto != IPPROTO_ICMP {
         let Some(s) = crate::packet::ptr_at::<[u8; 2]>(ctx, l4.off) else {
             return 0;
         };
         remote_port = read16(s as *const u8);
     }
-    let key = PeerKey {
+    let mut key = PeerKey {
         outside_addr: ip.dst,
         outside_port: l4.port,
         proto: ip.proto,
@@ -542,7 +694,65 @@ fn peer_allowed(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4, l4: &L4) -> u32 {
         remote_port,
         _pad2: 0,
     };
-    PEERS.get_ptr(&key).is_some() as u32
+    peer_known(cfg, &mut key)
+}
+
+/// A fragment from the internet to a pool address (RFC 4787 REQ-14): the first one goes to
+/// reassembly only if its ports match a mapping (and its filter), and opens a chain; a later
+/// one only if a first one opened its chain. Everything else is dropped here, before it
+/// costs the slow path anything.
+#[inline(never)]
+fn inbound_fragment(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> u32 {
+    let Some(h) = crate::packet::ptr_at::<[u8; IPV4_MIN_HLEN]>(ctx, ip.off) else {
+        return Exit::Drop(Counter::DropBadIpv4).code();
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let h = unsafe { &*h };
+    let (id, frag) = (read16(h[4..].as_ptr()), u16::from_be_bytes([h[6], h[7]]));
+    let key = FragKey {
+        src: ip.src,
+        dst: ip.dst,
+        id,
+        proto: ip.proto,
+        _pad: 0,
+    };
+    if frag & IPV4_OFFSET_MASK != 0 {
+        let Some(n) = FRAG_CHAINS.get_ptr_mut(&key) else {
+            return Exit::Drop(Counter::DropOrphanFragment).code();
+        };
+        // SAFETY: map value pointer from the kernel.
+        unsafe {
+            if *n >= MAX_FRAGMENTS_PER_CHAIN {
+                return Exit::Drop(Counter::DropFragmentBudget).code();
+            }
+            *n += 1;
+        }
+        return 0;
+    }
+    // The first fragment carries the ports: find the mapping as for a whole packet.
+    let mut l4v = L4::default();
+    if let Err(e) = l4(ctx, ip, false, &mut l4v) {
+        return e.code();
+    }
+    let kin = NatInKey {
+        outside_addr: ip.dst,
+        outside_port: l4v.port,
+        proto: ip.proto,
+        _pad: 0,
+    };
+    let Some(m) = NAT_IN.get_ptr(&kin) else {
+        return Exit::Drop(Counter::DropOrphanFragment).code();
+    };
+    if cfg.filter_modes != 0 && peer_allowed(ctx, cfg, ip, &l4v) == 0 {
+        return Exit::Drop(Counter::DropFiltered).code();
+    }
+    // SAFETY: map value pointer from the kernel.
+    let b4 = unsafe { (*m).b4 };
+    if subscriber_fragment_budget(&b4, cfg) == 0 {
+        return Exit::Drop(Counter::DropFragmentBudget).code();
+    }
+    let _ = FRAG_CHAINS.insert(&key, &1, 0);
+    0
 }
 
 /// Internet -> B4: reverse-translate a packet to a pool address and encapsulate it to the
@@ -554,8 +764,16 @@ fn from_internet(ctx: &XdpContext, cfg: &AftrConfig, ip: &mut Ipv4) -> Res<u32> 
     if POOL_INDEX.get_ptr(ip.dst).is_none() {
         return Err(Exit::Pass(Counter::PassNotPool));
     }
+    if !on_interface(ctx, cfg.internet_ifindex) {
+        return Err(Exit::Drop(Counter::DropWrongInterface));
+    }
     if ip.fragment {
-        // Ports are in the first fragment only: the slow path reassembles (checklist 15).
+        // Ports are in the first fragment only: the slow path reassembles what belongs to
+        // a mapping (a written-back datagram is whole, so it never comes here again).
+        let code = inbound_fragment(ctx, cfg, ip);
+        if code != 0 {
+            return Err(Exit::from_code(code));
+        }
         return to_controller(ctx, SLOW_V4_FRAGMENT, 0);
     }
     if ip.proto == IPPROTO_ICMP {

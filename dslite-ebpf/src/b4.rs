@@ -1,5 +1,5 @@
 //! B4 (RFC 6333 §5): IPv4 from the LAN goes into the softwire toward the AFTR; softwire
-//! packets from the AFTR come out toward the LAN. No NAT here (RFC 6333 §4, checklist 3).
+//! packets from the AFTR come out toward the LAN. No NAT here (RFC 6333 §4).
 
 use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key, programs::XdpContext};
 use dslite_common::{maps::B4Config, proto::*, slow::SLOW_TTL_EXPIRED, Counter};
@@ -66,8 +66,21 @@ fn from_lan(ctx: &XdpContext, cfg: &B4Config) -> Res<u32> {
 #[inline(always)]
 fn from_wan(ctx: &XdpContext, cfg: &B4Config) -> Res<u32> {
     let mut sw = Softwire::default();
-    ipv6(ctx, &mut sw)?;
+    let parsed = ipv6(ctx, &mut sw);
+    if let Err(Exit::Pass(Counter::PassIpv6Fragment)) = parsed {
+        // Only the AFTR's fragments to the softwire address may fill the kernel's
+        // reassembly memory (the addresses are in the fixed header).
+        if sw.dst == cfg.b4_addr && sw.src != cfg.aftr_addr {
+            return Err(Exit::Drop(Counter::DropNotFromAftr));
+        }
+    }
+    parsed?;
     if !sw.is_softwire || sw.dst != cfg.b4_addr {
+        if from_slow_path(ctx) {
+            // Written back by the slow path, yet not for the softwire: passing it up would
+            // hand it to the raw socket again.
+            return Err(Exit::Drop(Counter::DropSlowLoop));
+        }
         return native_in(sw.outer_len);
     }
     // Only the configured AFTR may inject IPv4 into this LAN.

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use dslite_common::{
     csum,
-    maps::{AftrConfig, NatInKey, NatOutKey},
+    maps::{AftrConfig, NatInKey, NatOutKey, PeerKey},
     proto::*,
     Counter,
 };
@@ -216,12 +216,23 @@ fn quoted(ctx: &XdpContext, ip: &Ipv4) -> Res<Quote> {
     if eh[0] >> 4 != 4 || ehlen < IPV4_MIN_HLEN || ICMP_MIN_LEN + ehlen + 8 > icmp_len {
         return Err(Exit::Drop(Counter::DropBadIcmpError));
     }
+    // Only what the NAT translates can be quoted: TCP, UDP, or an echo (RFC 5508 §3.1). An
+    // ICMP error quoting an ICMP error is never answered nor translated (RFC 1122 §3.2.2),
+    // and tunnels or other protocols (4, 41, 47, 50, 132, ...) have no mapping.
     let (sport_off, dport_off, l4sum_off) = match eh[9] {
         IPPROTO_UDP => (0, 2, UDP_CSUM_OFF),
         IPPROTO_TCP => (0, 2, TCP_CSUM_OFF),
         IPPROTO_ICMP => (4, 4, ICMP_CSUM_OFF),
         _ => return Err(Exit::Drop(Counter::DropBadIcmpError)),
     };
+    if eh[9] == IPPROTO_ICMP {
+        let t: *mut [u8; 2] = at(ctx, emb + ehlen, Counter::DropBadIcmpError)?;
+        // SAFETY: bounds-checked by `at`.
+        let ty = unsafe { (*t)[0] };
+        if ty != ICMP_ECHO_REQUEST && ty != ICMP_ECHO_REPLY {
+            return Err(Exit::Drop(Counter::DropBadIcmpError));
+        }
+    }
     let q = Quote {
         icmp,
         icmp_len,
@@ -238,6 +249,19 @@ fn quoted(ctx: &XdpContext, ip: &Ipv4) -> Res<Quote> {
         return Err(Exit::Drop(Counter::DropBadIcmpError));
     }
     Ok(q)
+}
+
+/// The quoted ICMP message's type (an echo request or reply, [`quoted`] checked), or None
+/// when the quote is not ICMP. An error about our echo request quotes a request; a host's
+/// error about an inbound echo quotes a reply.
+#[inline(always)]
+fn quoted_icmp_type(ctx: &XdpContext, q: &Quote) -> Option<u8> {
+    if q.proto != IPPROTO_ICMP {
+        return None;
+    }
+    let t = ptr_at::<[u8; 2]>(ctx, q.emb + q.ehlen)?;
+    // SAFETY: bounds-checked by `ptr_at`.
+    Some(unsafe { (*t)[0] })
 }
 
 /// State of a checksum run over packet bytes, shared with [`sum_chunk`].
@@ -425,8 +449,12 @@ pub fn error_inbound(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4, action: &mut
 fn error_inbound_inner(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> Res<u32> {
     let q = quoted(ctx, ip)?;
     let (emb, ehlen, eproto) = (q.emb, q.ehlen, q.proto);
-    // Ours, so the quoted source is the outside endpoint.
+    // Ours, so the quoted source is the outside endpoint, and the error is addressed to it:
+    // anything else concerns nobody here.
     let esrc = q.src;
+    if esrc != ip.dst || quoted_icmp_type(ctx, &q) == Some(ICMP_ECHO_REPLY) {
+        return Err(Exit::Drop(Counter::DropIcmpErrorMismatch));
+    }
     let el4 = emb + ehlen;
     // Port (TCP/UDP source) or echo identifier of the embedded packet.
     let (port_off, l4sum_off) = (q.sport_off, q.l4sum_off);
@@ -442,6 +470,23 @@ fn error_inbound_inner(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> Res<u32
         Some(v) => unsafe { *v },
         None => return Err(Exit::Drop(Counter::DropNoMapping)),
     };
+    if cfg.filter_modes != 0 {
+        // The error is about a packet sent to the quoted destination: it passes the mapping's
+        // filter only if that remote is one the mapping talks to (RFC 5508 REQ-4 with
+        // RFC 4787 REQ-8), so no outsider learns of, or disturbs, other flows.
+        let mut key = PeerKey {
+            outside_addr: esrc,
+            outside_port: eport,
+            proto: eproto,
+            _pad: 0,
+            remote_addr: q.dst,
+            remote_port: word(ctx, el4 + q.dport_off)?,
+            _pad2: 0,
+        };
+        if crate::aftr::peer_known(cfg, &mut key) == 0 {
+            return Err(Exit::Drop(Counter::DropIcmpErrorMismatch));
+        }
+    }
     decrement_ttl(ctx, ip)?;
     // Outer destination and quoted source -> the inside endpoint.
     let x = Xlate {
@@ -482,8 +527,12 @@ fn error_outbound_inner(ctx: &XdpContext, p: &FromB4) -> Res<[u8; 4]> {
     let ip = &p.ip;
     let q = quoted(ctx, ip)?;
     let (emb, ehlen, eproto) = (q.emb, q.ehlen, q.proto);
-    // A packet the host received, so the quoted destination is the inside endpoint.
+    // A packet the host received, so the quoted destination is the inside endpoint, and the
+    // error goes back to the quoted source.
     let edst = q.dst;
+    if q.src != ip.dst || quoted_icmp_type(ctx, &q) == Some(ICMP_ECHO_REQUEST) {
+        return Err(Exit::Drop(Counter::DropIcmpErrorMismatch));
+    }
     let el4 = emb + ehlen;
     // The inside endpoint in the quote: TCP/UDP destination port, or echo identifier.
     let (port_off, l4sum_off) = (q.dport_off, q.l4sum_off);

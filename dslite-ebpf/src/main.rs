@@ -36,11 +36,11 @@ fn finish(ctx: &XdpContext, r: Res<u32>) -> u32 {
             maps::count(c);
             xdp_action::XDP_DROP
         }
-        Err(Exit::Pass(
-            Counter::PassIpv6Fragment | Counter::PassIpv6ExtHeader | Counter::PassNotSoftwire,
-        )) if slow::from_slow_path(ctx) => {
-            // IPv6 for the kernel's local delivery would reach the slow path's raw socket
-            // and come back here: never let a written-back packet circle.
+        Err(Exit::Pass(_)) if slow::from_slow_path(ctx) => {
+            // Whatever the kernel would deliver locally from the TAP could reach the slow
+            // path's raw socket (or the TAP) and come back here: a written-back packet is
+            // forwarded or dropped, never passed up (only translated packets that the
+            // kernel must route, counted where they are decided, go up from the TAP).
             maps::count(Counter::DropSlowLoop);
             xdp_action::XDP_DROP
         }

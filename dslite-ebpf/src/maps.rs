@@ -5,13 +5,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMap, HashMap, LpmTrie, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use dslite_common::{
     maps::{
-        AftrConfig, B4Config, BlockKey, BlockValue, IcmpBucket, NatInKey, NatInValue, NatOutKey,
-        NatOutValue, NextHop, NextHopKey, PeerKey, Slot, SlotKey, SoftwireState,
-        DEFAULT_MAX_MAPPINGS, MAX_POOL, MAX_PREFIXES,
+        AftrConfig, B4Config, BlockKey, BlockValue, FragBudget, FragKey, IcmpBucket, NatInKey,
+        NatInValue, NatOutKey, NatOutValue, NextHop, NextHopKey, PeerKey, Slot, SlotKey,
+        SoftwireState, DEFAULT_MAX_MAPPINGS, FREE_ADDRS_LEN, MAX_POOL, MAX_PREFIXES,
     },
     slow::SlowConfig,
     Counter,
@@ -71,9 +71,13 @@ pub static EVENTS: RingBuf = RingBuf::pinned(1 << 20, 0);
 #[map(name = "SOFTWIRES")]
 pub static SOFTWIRES: HashMap<[u8; 16], SoftwireState> = HashMap::pinned(1 << 16, 0);
 
-/// AFTR: remotes each mapping has sent to, for non-endpoint-independent filtering.
+/// AFTR: remotes each mapping has sent to, for non-endpoint-independent filtering. Not
+/// preallocated (BPF_F_NO_PREALLOC): sized for every mode, it costs memory only when used,
+/// so a reload may switch from EIF to ADF/APDF.
 #[map(name = "PEERS")]
-pub static PEERS: HashMap<PeerKey, u64> = HashMap::pinned(1 << 16, 0);
+pub static PEERS: HashMap<PeerKey, u64> = HashMap::pinned(1 << 16, BPF_F_NO_PREALLOC);
+
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// AFTR: per-CPU token bucket for generated ICMP errors.
 #[map(name = "ICMP_BUCKET")]
@@ -95,6 +99,30 @@ pub static NEXT_HOPS: LruPerCpuHashMap<NextHopKey, NextHop> = LruPerCpuHashMap::
 /// The next-hop cache's generation (0: cache off).
 #[map(name = "NH_GEN")]
 pub static NH_GEN: Array<u32> = Array::pinned(1, 0);
+
+/// AFTR: IPv4 destinations subscribers may not reach (longest match; any entry denies).
+#[map(name = "DENY_V4")]
+pub static DENY_V4: LpmTrie<[u8; 4], u32> = LpmTrie::pinned(MAX_PREFIXES, 0);
+
+/// AFTR: IPv4 fragment chains from the internet that a first fragment opened (value: the
+/// fragments passed so far). LRU: a flood of chains evicts the oldest, never refuses new.
+#[map(name = "FRAG_CHAINS")]
+pub static FRAG_CHAINS: LruHashMap<FragKey, u64> = LruHashMap::pinned(FRAG_CHAIN_SLOTS, 0);
+
+/// AFTR: per-subscriber fragment budget (token buckets).
+#[map(name = "FRAG_BUDGET")]
+pub static FRAG_BUDGET: LruHashMap<[u8; 16], FragBudget> = LruHashMap::pinned(1 << 14, 0);
+
+/// AFTR: free blocks per pool address at the last sweep (a hint for the block search).
+#[map(name = "ADDR_FREE")]
+pub static ADDR_FREE: Array<u32> = Array::pinned(MAX_POOL, 0);
+
+/// AFTR: pool indexes with free blocks at the last sweep (entry 0: how many).
+#[map(name = "FREE_ADDRS")]
+pub static FREE_ADDRS: Array<u32> = Array::pinned(FREE_ADDRS_LEN + 1, 0);
+
+/// Chains of IPv4 fragments from the internet tracked at once.
+pub const FRAG_CHAIN_SLOTS: u32 = 4096;
 
 /// Add `n` to counter `c` on this CPU (per-CPU slot: no atomics needed).
 #[inline(always)]

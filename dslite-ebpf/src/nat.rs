@@ -14,21 +14,28 @@
 //!
 //! A CPU that loses a race releases what it claimed and adopts the winner's result.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_ns};
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::generated::{bpf_ktime_get_ns, bpf_loop},
+};
 use dslite_common::{
     maps::{
         AftrConfig, BlockKey, BlockValue, NatEvent, NatInKey, NatInValue, NatOutKey, NatOutValue,
-        Slot, SlotKey, SoftwireState, EVENT_BLOCK_ALLOCATED, EVENT_MAPPING_CREATED,
+        Slot, SlotKey, SoftwireState, EVENT_BLOCK_ALLOCATED, EVENT_MAPPING_CREATED, FREE_ADDRS_LEN,
     },
     nat::{
-        block_first_port, candidate_in_block, port_hash, softwire_hash, ADDR_TRIES, BLOCK_TRIES,
-        MAX_BLOCKS, PORT_SEARCH_TRIES,
+        block_first_port, candidate_in_block, port_hash, softwire_hash, subscriber_of,
+        tcp_next_state, ADDR_TRIES, MAX_BLOCKS, PORT_SEARCH_TRIES,
     },
     Counter,
 };
 
 use crate::{
-    maps::{count, BLOCKS, EVENTS, NAT_IN, NAT_OUT, POOL, SOFTWIRES, SW_BLOCKS},
+    maps::{
+        count, ADDR_FREE, BLOCKS, EVENTS, FREE_ADDRS, NAT_IN, NAT_OUT, POOL, SOFTWIRES, SW_BLOCKS,
+    },
     packet::{Exit, Res},
 };
 
@@ -69,8 +76,11 @@ pub fn lookup_or_create(
         // SAFETY: plain helper call; map value pointer from the kernel.
         unsafe {
             (*v).last_seen_ns = bpf_ktime_get_ns();
-            if tcp & !(*v).tcp_state != 0 {
-                (*v).tcp_state |= tcp;
+            if key.proto == dslite_common::proto::IPPROTO_TCP {
+                let next = tcp_next_state((*v).tcp_state, tcp, true);
+                if next != (*v).tcp_state {
+                    (*v).tcp_state = next;
+                }
             }
             return Ok(((*v).outside_addr, (*v).outside_port));
         }
@@ -93,27 +103,35 @@ pub fn lookup_or_create(
             }));
         }
     }
-    // Each round either ends the search or claims one more block for an empty slot; the
-    // two are separate BPF calls so their stack frames are never stacked.
-    let mut round = 0;
+    // The subscriber's slots in order: each one is searched, given a block first when it
+    // is empty (or held down), or passed when full. One BPF call per slot returning one
+    // scalar, so the verifier walks each slot once.
+    let mut slot = 0u32;
     let mut r = QUOTA_EXCEEDED;
-    while round <= MAX_BLOCKS {
-        r = create(key, cfg, tcp as u32, &mut out);
-        if r & 0xff != NEED_BLOCK {
+    while slot < MAX_BLOCKS {
+        if slot >= cfg.max_blocks as u32 {
             break;
         }
-        let sk = SlotKey {
-            b4: key.b4,
-            slot: (r >> 8) as u8,
-            _pad: [0; 3],
-        };
-        // SAFETY: plain helper call.
-        r = claim_block(&sk, cfg, unsafe { bpf_ktime_get_ns() });
-        if r != FOUND {
+        let how = tcp as u32 | slot << 8;
+        r = try_slot(key, cfg, how, &mut out);
+        if r & 0xff == NEED_BLOCK {
+            // Give the slot a block (or its own held one back), then search it: two BPF
+            // calls side by side, so their frames never stack.
+            r = give_block(key, cfg, slot);
+            if r != FOUND {
+                break;
+            }
+            r = try_slot(key, cfg, how, &mut out);
+            if r & 0xff == NEED_BLOCK {
+                // Freed under us at once: a full table, for this packet.
+                r = TABLE_FULL;
+            }
+        }
+        if r != NOT_FOUND {
             break;
         }
         r = QUOTA_EXCEEDED;
-        round += 1;
+        slot += 1;
     }
     if r == QUOTA_EXCEEDED || r == POOL_EXHAUSTED {
         note_refusal(&key.b4, cfg);
@@ -131,11 +149,13 @@ pub fn lookup_or_create(
     Err(Exit::Drop(c))
 }
 
-/// Count a refusal on the softwire (the sweep turns new refusals into one NAT log record per
-/// softwire per second, natEvent 13). Refusals are the exception: the insert is off the
-/// normal path.
+/// Count a refusal on the subscriber (the sweep turns new refusals into one NAT log record
+/// per subscriber per second, natEvent 13). Refusals are the exception: the insert is off
+/// the normal path.
 #[inline(never)]
 fn note_refusal(b4: &[u8; 16], cfg: &AftrConfig) {
+    let sub = subscriber_of(b4, &cfg.subscriber_mask);
+    let b4 = &sub;
     if SOFTWIRES.get_ptr(b4).is_none() {
         let fresh = SoftwireState {
             sessions: 0,
@@ -153,12 +173,15 @@ fn note_refusal(b4: &[u8; 16], cfg: &AftrConfig) {
     }
 }
 
-/// Per-softwire limits before a new mapping (RFC 6888 REQ-4/5): at most `max_sessions`
-/// mappings, and new ones at `new_per_sec` with that burst (token bucket). The state is
-/// updated without locks: two CPUs may both take the last token, an error of one mapping
-/// that the next refill absorbs.
+/// Per-subscriber limits before a new mapping (RFC 6888 REQ-4/5, RFC 7785 §3): at most
+/// `max_sessions` mappings, and new ones at `new_per_sec` with that burst (token bucket).
+/// The state is updated without locks: two CPUs may both take the last token, an error of
+/// one mapping that the next refill absorbs. The admitted mapping is counted here (a
+/// creation that then fails is repaired by the sweep's recount within a second).
 #[inline(never)]
 fn admit(b4: &[u8; 16], cfg: &AftrConfig, now: u64) -> u32 {
+    let sub = subscriber_of(b4, &cfg.subscriber_mask);
+    let b4 = &sub;
     if SOFTWIRES.get_ptr(b4).is_none() {
         let fresh = SoftwireState {
             sessions: 0,
@@ -191,6 +214,7 @@ fn admit(b4: &[u8; 16], cfg: &AftrConfig, now: u64) -> u32 {
         }
         st.tokens -= 1;
     }
+    st.sessions += 1;
     FOUND
 }
 
@@ -202,40 +226,54 @@ struct Search {
     tcp: u8,
 }
 
-/// Create a mapping: a free port in the softwire's blocks, in slot order. Returns
-/// `NEED_BLOCK | slot << 8` at the first empty slot, `QUOTA_EXCEEDED` when all
-/// `max_blocks` blocks are full.
+/// One slot of the subscriber (`how`: the TCP bits, and the slot number << 8): a port in
+/// its block. `FOUND`, `NOT_FOUND` (the block is full: try the next slot),
+/// `NEED_BLOCK | slot << 8` (empty or held down: [`give_block`] first), or a refusal.
 #[inline(never)]
-fn create(key: &NatOutKey, cfg: &AftrConfig, tcp: u32, out: &mut Outside) -> u32 {
+fn try_slot(key: &NatOutKey, cfg: &AftrConfig, how: u32, out: &mut Outside) -> u32 {
     let q = Search {
         // SAFETY: plain helper call.
         now: unsafe { bpf_ktime_get_ns() },
         hash: port_hash(key, cfg.hash_seed),
         parity: u16::from_be(key.inside_port) & 1,
-        tcp: tcp as u8,
+        tcp: how as u8,
     };
-    let mut slot = 0u32;
-    while slot < MAX_BLOCKS {
-        if slot >= cfg.max_blocks as u32 {
-            break;
-        }
-        let sk = SlotKey {
-            b4: key.b4,
-            slot: slot as u8,
-            _pad: [0; 3],
-        };
-        let s = match SW_BLOCKS.get_ptr(&sk) {
-            // SAFETY: map value pointer from the kernel; copied out.
-            Some(p) => unsafe { *p },
-            None => return NEED_BLOCK | (slot << 8),
-        };
-        let r = claim_port(key, &s, cfg, &q, out);
-        if r != NOT_FOUND {
-            return r;
-        }
-        slot += 1;
+    let sk = SlotKey {
+        b4: subscriber_of(&key.b4, &cfg.subscriber_mask),
+        slot: (how >> 8) as u8,
+        _pad: [0; 3],
+    };
+    use_slot(key, &sk, cfg, &q, out)
+}
+
+/// Give the subscriber's slot `slot` a block (see [`claim_block`]).
+#[inline(never)]
+fn give_block(key: &NatOutKey, cfg: &AftrConfig, slot: u32) -> u32 {
+    let sk = SlotKey {
+        b4: subscriber_of(&key.b4, &cfg.subscriber_mask),
+        slot: slot as u8,
+        _pad: [0; 3],
+    };
+    // SAFETY: plain helper call.
+    claim_block(&sk, cfg, unsafe { bpf_ktime_get_ns() })
+}
+
+/// Try the block in slot `sk`: `NEED_BLOCK | slot << 8` when the slot is empty (or its
+/// held block is gone), else what the port search in it found.
+#[inline(always)]
+fn use_slot(key: &NatOutKey, sk: &SlotKey, cfg: &AftrConfig, q: &Search, out: &mut Outside) -> u32 {
+    let need = NEED_BLOCK | ((sk.slot as u32) << 8);
+    let s = match SW_BLOCKS.get_ptr(sk) {
+        // SAFETY: map value pointer from the kernel; copied out.
+        Some(p) => unsafe { *p },
+        None => return need,
+    };
+    // A held block is taken back by `claim_block`, like an empty slot is filled: one path
+    // into the port search, not two.
+    if s.held != 0 {
+        return need;
     }
-    QUOTA_EXCEEDED
+    claim_port(key, &s, cfg, q, out)
 }
 
 /// The pool index of any block this softwire already holds (blocks are released
@@ -259,53 +297,218 @@ fn held_address(sk: &SlotKey) -> u32 {
     u32::MAX
 }
 
-/// Take a free block for slot `sk.slot`: on the address of the blocks the softwire already
-/// holds (paired pooling), or, for its first block, on its hashed address or the next ones.
+/// The subscriber's own block in hold-down (slot `sk`, holding `s`), taken back (RFC 6888
+/// REQ-8 protects attribution between subscribers, not from the same one): same address and
+/// range, no new log record. `FOUND`, or `NOT_FOUND` after removing a slot whose block is no
+/// longer the subscriber's.
+#[inline(never)]
+fn reclaim(sk: &SlotKey, s: &Slot) -> u32 {
+    let bk = BlockKey {
+        addr: s.addr,
+        block: s.block,
+        _pad: 0,
+    };
+    if let Some(b) = BLOCKS.get_ptr_mut(&bk) {
+        // SAFETY: map value pointers from the kernel.
+        unsafe {
+            if (*b).b4 == sk.b4 {
+                (*b).released_ns = 0;
+                if let Some(slot) = SW_BLOCKS.get_ptr_mut(sk) {
+                    (*slot).held = 0;
+                }
+                count(Counter::BlockReclaimed);
+                return FOUND;
+            }
+        }
+    }
+    // Freed by the sweep meanwhile: the slot is stale.
+    let _ = SW_BLOCKS.remove(sk);
+    NOT_FOUND
+}
+
+/// One address's block search under `bpf_loop`: from `start`, stepping by `stride` (coprime
+/// to `n`, so `n` steps visit every block once), stop at the first block with no `BLOCKS`
+/// entry.
+#[repr(C)]
+struct Scan {
+    addr: [u8; 4],
+    start: u32,
+    stride: u32,
+    n: u32,
+    found: u32,
+}
+
+unsafe extern "C" fn scan_block(i: u32, c: *mut c_void) -> i64 {
+    // SAFETY: `c` is the `Scan` on the caller's stack (bpf_loop passes it through).
+    let c = unsafe { &mut *(c as *mut Scan) };
+    if c.n == 0 {
+        return 1;
+    }
+    let b = (c.start as u64 + i as u64 * c.stride as u64) % c.n as u64;
+    let bk = BlockKey {
+        addr: c.addr,
+        block: b as u16,
+        _pad: 0,
+    };
+    if BLOCKS.get_ptr(&bk).is_none() {
+        c.found = b as u32;
+        return 1;
+    }
+    0
+}
+
+/// Largest block count per address the search covers (65536 ports / the smallest block).
+const MAX_BLOCKS_PER_ADDR: u32 = 65536 / dslite_common::nat::MIN_BLOCK_SIZE as u32;
+
+/// The `a`-th address to try for a subscriber's first block: its hashed address while the
+/// last sweep saw free blocks there, then addresses from the sweep's list of addresses with
+/// free blocks. `u32::MAX` when there is none (the pool is full: a cheap refusal).
+#[inline(always)]
+fn first_block_address(h: u32, a: u32, cfg: &AftrConfig) -> u32 {
+    let hashed = h % cfg.pool_len;
+    if a == 0 && ADDR_FREE.get(hashed).is_some_and(|f| *f != 0) {
+        return hashed;
+    }
+    let n = FREE_ADDRS.get(0).copied().unwrap_or(0).min(FREE_ADDRS_LEN);
+    if n == 0 {
+        return u32::MAX;
+    }
+    let i = 1 + (h >> 8).wrapping_add(a) % n;
+    match FREE_ADDRS.get(i) {
+        Some(idx) if *idx < cfg.pool_len => *idx,
+        _ => u32::MAX,
+    }
+}
+
+/// Take a free block for slot `sk.slot`: on the address of the blocks the subscriber already
+/// holds (paired pooling, RFC 4787 REQ-2), or, for its first block, on its hashed address or
+/// one the sweep saw free blocks on. On an address the search visits every block (a stride
+/// coprime to the block count), so it finds a free block whenever the address has one.
 #[inline(never)]
 fn claim_block(sk: &SlotKey, cfg: &AftrConfig, now: u64) -> u32 {
     let per_addr = cfg.blocks_per_addr as u32;
-    if per_addr == 0 || cfg.pool_len == 0 {
+    if per_addr == 0 || cfg.pool_len == 0 || per_addr > MAX_BLOCKS_PER_ADDR {
         return NOT_CONFIGURED;
+    }
+    if let Some(p) = SW_BLOCKS.get_ptr(sk) {
+        // SAFETY: map value pointer from the kernel; copied out.
+        let s = unsafe { *p };
+        if reclaim(sk, &s) == FOUND {
+            return FOUND;
+        }
     }
     let h = softwire_hash(&sk.b4, cfg.hash_seed);
     let held = held_address(sk);
-    let (first_index, addr_tries) = if held != u32::MAX {
-        (held, 1)
-    } else {
-        (h % cfg.pool_len, ADDR_TRIES)
-    };
-    let stride = (h >> 8) | 1;
     let owner = BlockValue {
         b4: sk.b4,
         allocated_ns: now,
         released_ns: 0,
     };
+    let hh = ((h as u64) << 32) | held as u64;
+    // Each try ends the search or moves on: one outcome to carry round the loop.
+    let mut r = BLOCK_TAKEN;
     let mut a = 0u32;
     while a < ADDR_TRIES {
-        if a >= addr_tries {
+        r = claim_on_address(sk, &owner, cfg, hh, a);
+        if r != BLOCK_TAKEN {
             break;
-        }
-        let addr_index = (first_index + a) % cfg.pool_len;
-        let mut t = 0u32;
-        while t < BLOCK_TRIES {
-            let block = h.wrapping_add(t.wrapping_mul(stride)) % per_addr;
-            match try_block(sk, &owner, cfg, (addr_index << 16) | block) {
-                BLOCK_TAKEN => {}
-                BLOCK_OURS => return FOUND,
-                BLOCK_NO_ADDR => return NOT_CONFIGURED,
-                _ => return TABLE_FULL,
-            }
-            t += 1;
         }
         a += 1;
     }
-    POOL_EXHAUSTED
+    match r {
+        BLOCK_OURS => FOUND,
+        BLOCK_NO_ADDR => NOT_CONFIGURED,
+        BLOCK_TABLE_FULL => TABLE_FULL,
+        _ => POOL_EXHAUSTED,
+    }
+}
+
+/// The `a`-th try of [`claim_block`] (`hh`: the subscriber's hash in the top 32 bits, the
+/// pool index of a block it holds, or `u32::MAX`, below): choose the address, then search it
+/// for a free block. `BLOCK_OURS`, `BLOCK_TAKEN` when the address has no free block left
+/// (its hint is then cleared until the next sweep), `BLOCK_NONE` when there is no address
+/// left to try.
+#[inline(never)]
+fn claim_on_address(sk: &SlotKey, owner: &BlockValue, cfg: &AftrConfig, hh: u64, a: u32) -> u32 {
+    let (hash, held) = ((hh >> 32) as u32, hh as u32);
+    let addr_index = if held != u32::MAX {
+        if a > 0 {
+            return BLOCK_NONE;
+        }
+        held
+    } else {
+        first_block_address(hash, a, cfg)
+    };
+    if addr_index == u32::MAX {
+        return BLOCK_NONE;
+    }
+    let h = hash & 0xffff;
+    let addr = match POOL.get(addr_index) {
+        Some(a) => *a,
+        None => return BLOCK_NO_ADDR,
+    };
+    let per_addr = cfg.blocks_per_addr as u32;
+    if per_addr == 0 {
+        return BLOCK_NO_ADDR;
+    }
+    let stride = cfg.block_strides[(h & 3) as usize] as u32;
+    let mut scan = Scan {
+        addr,
+        start: h % per_addr,
+        stride: if stride == 0 { 1 } else { stride },
+        n: per_addr,
+        found: u32::MAX,
+    };
+    // A block taken by another CPU between the scan and the claim: scan on from there.
+    let mut r = BLOCK_TAKEN;
+    let mut round = 0;
+    while round < 4 {
+        scan.found = u32::MAX;
+        // SAFETY: bpf_loop calls `scan_block` with a pointer to `scan`, which outlives it.
+        unsafe {
+            bpf_loop(
+                MAX_BLOCKS_PER_ADDR,
+                scan_block as *mut c_void,
+                &mut scan as *mut Scan as *mut c_void,
+                0,
+            )
+        };
+        if scan.found == u32::MAX {
+            break;
+        }
+        r = try_block(sk, owner, cfg, (addr_index << 16) | (scan.found & 0xffff));
+        if r != BLOCK_TAKEN {
+            break;
+        }
+        scan.start = (scan.found + scan.stride) % per_addr;
+        round += 1;
+    }
+    note_free(addr_index, r, scan.found);
+    r
+}
+
+/// Keep the free-block hint of an address honest after a search: one fewer after a claim,
+/// none left when the search found nothing.
+#[inline(never)]
+fn note_free(addr_index: u32, r: u32, found: u32) {
+    if let Some(f) = ADDR_FREE.get_ptr_mut(addr_index) {
+        // SAFETY: map value pointer; a hint, so a lost update is harmless.
+        unsafe {
+            if r == BLOCK_OURS {
+                *f = (*f).saturating_sub(1);
+            } else if found == u32::MAX {
+                *f = 0;
+            }
+        }
+    }
 }
 
 const BLOCK_TAKEN: u32 = 0;
 const BLOCK_OURS: u32 = 1;
 const BLOCK_TABLE_FULL: u32 = 2;
 const BLOCK_NO_ADDR: u32 = 3;
+/// No address left to try.
+const BLOCK_NONE: u32 = 4;
 
 /// Claim one block (`where_` = pool index << 16 | block) for slot `sk`. `BLOCK_OURS` also
 /// when another CPU filled the slot first: the caller reads the slot back either way.
@@ -320,7 +523,7 @@ fn try_block(sk: &SlotKey, owner: &BlockValue, cfg: &AftrConfig, where_: u32) ->
         addr,
         addr_index,
         block: where_ as u16,
-        _pad: 0,
+        held: 0,
     };
     let bk = BlockKey {
         addr,
@@ -421,19 +624,13 @@ fn publish(key: &NatOutKey, kin: &NatInKey, q: &Search, out: &mut Outside) -> u3
         outside_addr: kin.outside_addr,
         outside_port: kin.outside_port,
         tcp_state: q.tcp,
-        _pad: 0,
+        peers: 0,
         created_ns: q.now,
         last_seen_ns: q.now,
     };
     match NAT_OUT.insert(key, &v, BPF_NOEXIST as u64) {
         Ok(()) => {
             count(Counter::NatMappingCreated);
-            if let Some(st) = SOFTWIRES.get_ptr_mut(&key.b4) {
-                // SAFETY: map value pointer. Not atomic (the BPF target has no fetch-add in
-                // `core`): concurrent creations may lose an increment, which the sweep's
-                // recount every second repairs.
-                unsafe { (*st).sessions += 1 };
-            }
             out.addr = kin.outside_addr;
             out.port = kin.outside_port;
             FOUND
@@ -473,8 +670,11 @@ pub fn note_inbound(m: &NatInValue, proto: u8, bits: u8, refresh: bool) {
     if let Some(v) = NAT_OUT.get_ptr_mut(&key) {
         // SAFETY: map value pointer from the kernel; plain helper call.
         unsafe {
-            if bits & !(*v).tcp_state != 0 {
-                (*v).tcp_state |= bits;
+            if proto == dslite_common::proto::IPPROTO_TCP {
+                let next = tcp_next_state((*v).tcp_state, bits, false);
+                if next != (*v).tcp_state {
+                    (*v).tcp_state = next;
+                }
             }
             if refresh {
                 (*v).last_seen_ns = bpf_ktime_get_ns();

@@ -211,6 +211,9 @@ fn check_config(file: &std::path::Path) -> Result<()> {
         .merged()
         .and_then(|o| o.validate())
         .map_err(at_line)?;
+        for w in aftr_warnings(&s) {
+            println!("{}: warning: {w}", file.display());
+        }
         println!(
             "{}: a valid AFTR configuration ({} on {}, {} pool addresses, {} B4 prefixes)",
             file.display(),
@@ -295,6 +298,11 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
     warn_tunnel_mtu(&tunnel, s.slow.tunnel_mtu);
     let internet = netlink::link(&s.internet_iface).await.map_err(usage)?;
     s.v4_mtu = internet.mtu.min(u16::MAX as u32) as u16;
+    s.tunnel_ifindex = tunnel.index;
+    s.internet_ifindex = internet.index;
+    for w in aftr_warnings(&s) {
+        warn!("{w}");
+    }
     let object = dataplane::object_bytes(s.bpf_object.as_deref()).map_err(usage)?;
     dataplane::ensure_bpffs(&s.pin_path).map_err(usage)?;
     ensure_forwarding();
@@ -307,6 +315,7 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
     // An adopted dataplane keeps its port-search secret.
     let seed = dataplane::running_seed(&mut ebpf).unwrap_or_else(dataplane::random_seed);
     dataplane::configure_aftr(&mut ebpf, &s, seed)?;
+    sync_host_addresses(&s).await?;
     let logger = start_log_forwarding(&mut ebpf);
     let mut sweeper =
         crate::sweep::Sweeper::open(&s.pin_path, dataplane::aftr_config(&s, seed), s.timeouts)?;
@@ -325,7 +334,9 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
         )?;
         let _nh = start_next_hop_cache(&s.pin_path, s.nexthop_cache)?;
         let role = slowpath::Role::Aftr { aftr: s.address };
-        let slow = start_slow_path(&mut ebpf, dataplane::PROG_AFTR, role, &s.slow).await?;
+        let slow =
+            start_slow_path(&mut ebpf, dataplane::PROG_AFTR, role, &s.slow, &s.pin_path).await?;
+        slow.set_b4_prefixes(prefix_list(&s.b4_prefixes));
         info!(
             "AFTR {} up: pool {}, ports {}-{} in blocks of {} (at most {} per softwire), {} B4 prefixes, MSS clamp {}, maps at {}",
             s.address,
@@ -354,6 +365,7 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
             seed,
             tunnel_mtu: tunnel.mtu,
             events_lost: 0,
+            host_sync_due: std::time::Instant::now() + HOST_SYNC_EVERY,
         };
         aftr_loop(&s.pin_path, &mut st, &slow).await
     }
@@ -429,7 +441,8 @@ async fn run_b4(o: B4Options) -> Result<()> {
             b4: address,
             aftr: found.aftr,
         };
-        let slow = start_slow_path(&mut ebpf, dataplane::PROG_B4, role, &s.slow).await?;
+        let slow =
+            start_slow_path(&mut ebpf, dataplane::PROG_B4, role, &s.slow, &s.pin_path).await?;
         info!(
             "B4 {address} up: AFTR {}, LAN {} ({} local prefixes), WAN {}, maps at {}",
             found.aftr,
@@ -508,6 +521,30 @@ fn start_next_hop_cache(
     Ok(Some(watcher))
 }
 
+/// What a valid AFTR configuration still gets wrong, for `check-config` and the start log.
+pub fn aftr_warnings(s: &crate::config::AftrSettings) -> Vec<String> {
+    let mut w = Vec::new();
+    for p in &s.b4_prefixes {
+        if p.contains(&s.address.octets()) {
+            w.push(format!(
+                "b4-prefix {p} covers the AFTR's own address {}: narrow it to the access \
+                 network's prefixes (packets from the AFTR host's own addresses are dropped \
+                 anyway, drop_b4_source_local)",
+                s.address
+            ));
+        }
+    }
+    w
+}
+
+/// The allowed B4 prefixes as the slow path takes them.
+fn prefix_list(p: &[crate::config::Cidr6]) -> Vec<([u8; 16], u8)> {
+    p.iter().map(|c| (c.network(), c.len)).collect()
+}
+
+/// How often the AFTR reads the host's own addresses again.
+const HOST_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Size of the TAP's MTU: a reassembled datagram plus its softwire header must cross it.
 const TAP_MTU: u32 = 65000;
 
@@ -518,6 +555,7 @@ async fn start_slow_path(
     prog: &str,
     role: slowpath::Role,
     s: &slowpath::Settings,
+    pin: &std::path::Path,
 ) -> Result<slowpath::SlowPath> {
     let (tap, index) = slowpath::create_tap(&s.tap_name)?;
     netlink::configure_tap(index, slowpath::TAP_MAC, TAP_MTU).await?;
@@ -551,7 +589,7 @@ async fn start_slow_path(
         },
     )?;
     dataplane::attach_tap(ebpf, prog, name, index)?;
-    let slow = slowpath::start(tap, index, role, s)?;
+    let slow = slowpath::start(tap, index, role, s, pin)?;
     info!(
         "slow path on {name}: tunnel MTU {}, reassembly {} s / {} bytes",
         s.tunnel_mtu
@@ -560,6 +598,29 @@ async fn start_slow_path(
         s.reassembly_memory
     );
     Ok(slow)
+}
+
+/// Keep the dataplane's view of the AFTR host's own addresses current: they are never a B4
+/// source (B4_ALLOW denies them) and never a subscriber's destination (DENY_V4).
+async fn sync_host_addresses(s: &crate::config::AftrSettings) -> Result<()> {
+    let all = netlink::all_addresses().await?;
+    let v4: Vec<std::net::Ipv4Addr> = all
+        .iter()
+        .filter_map(|a| match a.addr {
+            std::net::IpAddr::V4(v4) => Some(v4),
+            _ => None,
+        })
+        .collect();
+    let v6: Vec<std::net::Ipv6Addr> = all
+        .iter()
+        .filter_map(|a| match a.addr {
+            std::net::IpAddr::V6(v6) => Some(v6),
+            _ => None,
+        })
+        .collect();
+    dataplane::sync_local_b4_denies(&s.pin_path, &v6, &s.b4_prefixes)?;
+    dataplane::sync_denied(&s.pin_path, &dataplane::denied_destinations(s, &v4))?;
+    Ok(())
 }
 
 /// Publish the slow path's counters next to the kernel's.
@@ -696,6 +757,8 @@ struct AftrState {
     events_lost: u64,
     seed: u32,
     tunnel_mtu: u32,
+    /// When the host's own addresses are read again (and after a reload).
+    host_sync_due: std::time::Instant,
 }
 
 impl AftrState {
@@ -710,6 +773,7 @@ impl AftrState {
         let old = &self.settings;
         new.mss = new.mss_clamp.resolve(self.tunnel_mtu);
         dataplane::reconfigure_aftr(pin, &new, self.seed, &old.b4_prefixes)?;
+        self.host_sync_due = std::time::Instant::now();
         self.sweeper.timeouts = new.timeouts;
         self.sweeper.log_sessions = new.log_sessions;
         self.sweeper
@@ -749,7 +813,10 @@ async fn aftr_loop(
             _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
             _ = hup.recv() => {
                 match st.reload(pin) {
-                    Ok(()) => info!("SIGHUP: configuration reloaded, NAT log reopened"),
+                    Ok(()) => {
+                        slow.set_b4_prefixes(prefix_list(&st.settings.b4_prefixes));
+                        info!("SIGHUP: configuration reloaded, NAT log reopened")
+                    }
                     Err(e) => warn!("SIGHUP: reload failed, nothing changed: {e:#}"),
                 }
             }
@@ -768,6 +835,12 @@ async fn aftr_loop(
             }
             _ = tick.tick() => {
                 publish(pin, slow).await;
+                if std::time::Instant::now() >= st.host_sync_due {
+                    st.host_sync_due = std::time::Instant::now() + HOST_SYNC_EVERY;
+                    if let Err(e) = sync_host_addresses(&st.settings).await {
+                        warn!("reading the host's addresses: {e:#}");
+                    }
+                }
                 // Nothing is lost silently: a full event ring is counted by XDP and said here.
                 if let Ok(n) = views::read_counter(pin, dslite_common::Counter::EventsLost) {
                     if n > st.events_lost {

@@ -256,6 +256,23 @@ pub struct AftrOptions {
     /// MAY, and it lets outsiders keep a mapping alive).
     #[arg(long)]
     pub inbound_refresh: bool,
+    /// A subscriber is the B4 address masked to this length (32-128, default 56: RFC 7785
+    /// §3). Port quota, blocks, session limit and new-mapping rate are per subscriber, so
+    /// rotating source addresses inside a delegated prefix gains nothing.
+    #[arg(long, value_name = "LEN")]
+    pub subscriber_prefix_len: Option<u8>,
+    /// IPv4 destinations subscribers may not reach through the AFTR (ISP-internal networks),
+    /// besides the AFTR's own addresses and special-purpose ranges, which are always denied.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr4, num_args = 1..)]
+    pub deny_destination: Vec<Cidr4>,
+    /// Most remote endpoints one mapping keeps under address(-and-port)-dependent filtering
+    /// (default 64; 0: no limit but the table's).
+    #[arg(long, value_name = "N")]
+    pub max_peers: Option<u16>,
+    /// Fragments per second one subscriber may hand to reassembly, each direction's first
+    /// fragments included (default 1000; 0: unlimited).
+    #[arg(long, value_name = "PER_SEC")]
+    pub fragment_rate: Option<u32>,
     /// NAT log: append JSON lines to FILE (reopened on SIGHUP, for logrotate).
     #[arg(long, value_name = "FILE")]
     pub nat_log: Option<PathBuf>,
@@ -565,6 +582,14 @@ impl AftrOptions {
             block_hold_down: self.block_hold_down.or(f.block_hold_down),
             allow_short_timeouts: self.allow_short_timeouts || f.allow_short_timeouts,
             inbound_refresh: self.inbound_refresh || f.inbound_refresh,
+            subscriber_prefix_len: self.subscriber_prefix_len.or(f.subscriber_prefix_len),
+            deny_destination: if self.deny_destination.is_empty() {
+                f.deny_destination
+            } else {
+                self.deny_destination
+            },
+            max_peers: self.max_peers.or(f.max_peers),
+            fragment_rate: self.fragment_rate.or(f.fragment_rate),
             nat_log: self.nat_log.or(f.nat_log),
             syslog: self.syslog.or(f.syslog),
             ipfix: self.ipfix.or(f.ipfix),
@@ -619,6 +644,16 @@ pub struct AftrSettings {
     pub max_mappings: u32,
     pub timeouts: Timeouts,
     pub inbound_refresh: bool,
+    /// RFC 7785 §3: the subscriber is the B4 address masked to this length.
+    pub subscriber_prefix_len: u8,
+    /// `--deny-destination`, besides [`crate::dataplane::ALWAYS_DENIED`].
+    pub deny_destinations: Vec<Cidr4>,
+    pub max_peers: u16,
+    pub fragment_rate: u32,
+    /// The interfaces' indexes (resolved at start): softwire packets and IPv4 to the pool
+    /// are accepted only where they belong.
+    pub tunnel_ifindex: u32,
+    pub internet_ifindex: u32,
     pub limits: Limits,
     /// Filtering per protocol: UDP, TCP, ICMP.
     pub filtering: [Filtering; 3],
@@ -639,6 +674,11 @@ pub struct AftrSettings {
     pub xdp_mode: XdpModeOpt,
     pub bpf_object: Option<PathBuf>,
 }
+
+/// Default `--max-peers`: remotes one mapping keeps under ADF/APDF.
+pub const DEFAULT_MAX_PEERS: u16 = 64;
+/// Default `--fragment-rate` per subscriber.
+pub const DEFAULT_FRAGMENT_RATE: u32 = 1000;
 
 /// Per-softwire limits and the ICMP feedback for refused mappings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -808,6 +848,12 @@ impl AftrOptions {
             icmp_rate: self.icmp_rate.unwrap_or(dl.icmp_rate),
             icmp_code: self.icmp_unreachable_code.unwrap_or(dl.icmp_code),
         };
+        let subscriber_prefix_len = self
+            .subscriber_prefix_len
+            .unwrap_or(dslite_common::nat::DEFAULT_SUBSCRIBER_PREFIX_LEN);
+        if !(32..=128).contains(&subscriber_prefix_len) {
+            bail!("--subscriber-prefix-len {subscriber_prefix_len} must be 32-128");
+        }
         if limits.icmp_code > 15 {
             bail!(
                 "--icmp-unreachable-code {} is not a destination-unreachable code (0-15)",
@@ -826,6 +872,12 @@ impl AftrOptions {
             max_mappings,
             timeouts,
             inbound_refresh: self.inbound_refresh,
+            subscriber_prefix_len,
+            deny_destinations: self.deny_destination,
+            max_peers: self.max_peers.unwrap_or(DEFAULT_MAX_PEERS),
+            fragment_rate: self.fragment_rate.unwrap_or(DEFAULT_FRAGMENT_RATE),
+            tunnel_ifindex: 0,
+            internet_ifindex: 0,
             limits,
             filtering: [
                 self.udp_filtering.unwrap_or_default(),
@@ -891,9 +943,12 @@ impl AftrSettings {
             slow.tunnel_mtu => "tunnel-mtu",
             slow.reassembly_timeout => "reassembly-timeout",
             slow.reassembly_memory => "reassembly-memory",
+            subscriber_prefix_len => "subscriber-prefix-len",
         );
         // Resolved at start from the interfaces, not from the file.
         new.v4_mtu = self.v4_mtu;
+        new.tunnel_ifindex = self.tunnel_ifindex;
+        new.internet_ifindex = self.internet_ifindex;
         changed
     }
 }

@@ -169,12 +169,119 @@ pub fn configure_aftr(ebpf: &mut Ebpf, s: &AftrSettings, hash_seed: u32) -> Resu
         let mut allow: LpmTrie<&mut MapData, [u8; 16], u32> =
             LpmTrie::try_from(map_mut(ebpf, m::B4_ALLOW)?)?;
         for p in &s.b4_prefixes {
-            allow.insert(&Key::new(p.len as u32, p.network()), 1, 0)?;
+            allow.insert(&Key::new(p.len as u32, p.network()), m::B4_PERMIT, 0)?;
         }
+    }
+    {
+        let mut deny: LpmTrie<&mut MapData, [u8; 4], u32> =
+            LpmTrie::try_from(map_mut(ebpf, m::DENY_V4)?)?;
+        for p in denied_destinations(s, &[]) {
+            deny.insert(&Key::new(p.len as u32, p.network()), 1, 0)?;
+        }
+    }
+    {
+        let cfg = aftr_config(s, hash_seed);
+        let mut free: Array<&mut MapData, u32> = Array::try_from(map_mut(ebpf, m::ADDR_FREE)?)?;
+        for i in 0..s.pool.len() as u32 {
+            free.set(i, cfg.blocks_per_addr as u32, 0)?;
+        }
+        let mut list: Array<&mut MapData, u32> = Array::try_from(map_mut(ebpf, m::FREE_ADDRS)?)?;
+        let n = (s.pool.len() as u32).min(m::FREE_ADDRS_LEN);
+        for i in 0..n {
+            list.set(1 + i, i, 0)?;
+        }
+        list.set(0, n, 0)?;
     }
     let cfg = aftr_config(s, hash_seed);
     let mut c: Array<&mut MapData, AftrConfig> = Array::try_from(map_mut(ebpf, m::AFTR_CONFIG)?)?;
     c.set(0, cfg, 0)?;
+    Ok(())
+}
+
+/// Destinations a subscriber never reaches through the AFTR, whatever the configuration:
+/// "this network", loopback, the IETF protocol assignments block (192.0.0.1, the AFTR's
+/// echo, is answered before this list is consulted), multicast, reserved and limited
+/// broadcast (RFC 6890; RFC 6333 §5.7).
+pub const ALWAYS_DENIED: &[&str] = &[
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "192.0.0.0/24",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "255.255.255.255/32",
+];
+
+/// Everything that goes into DENY_V4: [`ALWAYS_DENIED`], `--deny-destination`, and the AFTR
+/// host's own IPv4 addresses (`own`), except pool addresses (hairpinning reaches those).
+pub fn denied_destinations(s: &AftrSettings, own: &[Ipv4Addr]) -> Vec<Cidr4> {
+    let mut v: Vec<Cidr4> = ALWAYS_DENIED
+        .iter()
+        .map(|p| p.parse::<Cidr4>().expect("constant prefixes parse"))
+        .chain(s.deny_destinations.iter().copied())
+        .collect();
+    for a in own.iter().filter(|a| !s.pool.contains(a)) {
+        v.push(Cidr4 {
+            addr: a.octets(),
+            len: 32,
+        });
+    }
+    v.sort_by_key(|p| (p.network(), p.len));
+    v.dedup();
+    v
+}
+
+/// Make DENY_V4 hold exactly `want` (a reload, or the host's addresses changed).
+pub fn sync_denied(pin: &Path, want: &[Cidr4]) -> Result<()> {
+    let data = MapData::from_pin(pin.join(m::DENY_V4)).context("opening pinned DENY_V4")?;
+    let mut deny: LpmTrie<MapData, [u8; 4], u32> =
+        LpmTrie::try_from(aya::maps::Map::LpmTrie(data))?;
+    let have: Vec<Key<[u8; 4]>> = deny.keys().filter_map(|k| k.ok()).collect();
+    for k in have {
+        let c = Cidr4 {
+            addr: k.data(),
+            len: k.prefix_len() as u8,
+        };
+        if !want.contains(&c) {
+            let _ = deny.remove(&k);
+        }
+    }
+    for p in want {
+        deny.insert(&Key::new(p.len as u32, p.network()), 1, 0)?;
+    }
+    Ok(())
+}
+
+/// Deny the AFTR host's own IPv6 addresses as B4 sources: /128 entries in B4_ALLOW with
+/// [`m::B4_DENY`], which the longest match prefers over any allowing prefix. Entries for
+/// addresses the host no longer has are removed. `prefixes` are the allowed prefixes (never
+/// removed here).
+pub fn sync_local_b4_denies(
+    pin: &Path,
+    own: &[std::net::Ipv6Addr],
+    prefixes: &[Cidr6],
+) -> Result<()> {
+    let data = MapData::from_pin(pin.join(m::B4_ALLOW)).context("opening pinned B4_ALLOW")?;
+    let mut allow: LpmTrie<MapData, [u8; 16], u32> =
+        LpmTrie::try_from(aya::maps::Map::LpmTrie(data))?;
+    let stale: Vec<Key<[u8; 16]>> = allow
+        .iter()
+        .filter_map(|e| e.ok())
+        .filter(|(k, v)| {
+            *v == m::B4_DENY
+                && k.prefix_len() == 128
+                && !own.iter().any(|a| a.octets() == k.data())
+                && !prefixes
+                    .iter()
+                    .any(|p| p.len == 128 && p.network() == k.data())
+        })
+        .map(|(k, _)| k)
+        .collect();
+    for k in stale {
+        let _ = allow.remove(&k);
+    }
+    for a in own {
+        allow.insert(&Key::new(128, a.octets()), m::B4_DENY, 0)?;
+    }
     Ok(())
 }
 
@@ -192,7 +299,7 @@ pub fn reconfigure_aftr(
     let mut allow: LpmTrie<MapData, [u8; 16], u32> =
         LpmTrie::try_from(aya::maps::Map::LpmTrie(open(m::B4_ALLOW)?))?;
     for p in &s.b4_prefixes {
-        allow.insert(&Key::new(p.len as u32, p.network()), 1, 0)?;
+        allow.insert(&Key::new(p.len as u32, p.network()), m::B4_PERMIT, 0)?;
     }
     for p in old_prefixes.iter().filter(|p| !s.b4_prefixes.contains(p)) {
         let _ = allow.remove(&Key::new(p.len as u32, p.network()));
@@ -245,7 +352,12 @@ pub fn aftr_config(s: &AftrSettings, hash_seed: u32) -> AftrConfig {
         ),
         mss: s.mss,
         v4_mtu: s.v4_mtu,
-        _pad: 0,
+        max_peers: s.max_peers,
+        subscriber_mask: dslite_common::nat::subscriber_mask(s.subscriber_prefix_len),
+        tunnel_ifindex: s.tunnel_ifindex,
+        internet_ifindex: s.internet_ifindex,
+        frag_per_sec: s.fragment_rate,
+        block_strides: dslite_common::nat::coprime_strides((span / s.block_size as u32) as u16),
     }
 }
 
@@ -264,17 +376,12 @@ pub fn map_sizes(aftr: Option<&AftrSettings>) -> Vec<(&'static str, u32)> {
                 (m::SW_BLOCKS, blocks),
                 // One entry per softwire holding a block (or at its limits).
                 (m::SOFTWIRES, blocks.max(1024)),
-                // Remote endpoints per mapping, only kept for non-EIF filtering.
-                (
-                    m::PEERS,
-                    if cfg.filter_modes == 0 {
-                        1
-                    } else {
-                        s.max_mappings
-                    },
-                ),
+                // Remote endpoints of mappings under ADF/APDF: not preallocated, so sized for
+                // any mode (a reload may switch to one) at no cost until used.
+                (m::PEERS, s.max_mappings.saturating_mul(2)),
                 (m::POOL, s.pool.len() as u32),
                 (m::POOL_INDEX, s.pool.len() as u32),
+                (m::ADDR_FREE, s.pool.len() as u32),
                 (m::LOCAL_V4, 1),
             ]
         }
@@ -288,6 +395,11 @@ pub fn map_sizes(aftr: Option<&AftrSettings>) -> Vec<(&'static str, u32)> {
             m::POOL,
             m::POOL_INDEX,
             m::B4_ALLOW,
+            m::DENY_V4,
+            m::FRAG_CHAINS,
+            m::FRAG_BUDGET,
+            m::ADDR_FREE,
+            m::FREE_ADDRS,
         ]
         .iter()
         .map(|n| (*n, 1))

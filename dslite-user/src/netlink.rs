@@ -62,9 +62,22 @@ pub async fn link(name: &str) -> Result<Link> {
 
 /// Every address on interface `index`.
 pub async fn addresses(index: u32) -> Result<Vec<Addr>> {
+    addresses_of(Some(index)).await
+}
+
+/// Every address on every interface of this namespace.
+pub async fn all_addresses() -> Result<Vec<Addr>> {
+    addresses_of(None).await
+}
+
+async fn addresses_of(index: Option<u32>) -> Result<Vec<Addr>> {
     let h = handle().await?;
     let mut out = Vec::new();
-    let mut stream = h.address().get().set_link_index_filter(index).execute();
+    let mut req = h.address().get();
+    if let Some(i) = index {
+        req = req.set_link_index_filter(i);
+    }
+    let mut stream = req.execute();
     while let Some(msg) = stream.try_next().await.context("listing addresses")? {
         let global = msg.header.scope == AddressScope::Universe;
         for a in &msg.attributes {

@@ -68,6 +68,8 @@ pub struct Reassembler {
     chains: HashMap<ChainKey, Chain>,
     limits: Limits,
     bytes: usize,
+    /// Chains evicted to make room since the last [`Reassembler::take_evicted`].
+    evicted: usize,
 }
 
 /// The key of an IPv4 fragment, or `None` if `pkt` is not one.
@@ -90,7 +92,39 @@ impl Reassembler {
             chains: HashMap::new(),
             limits,
             bytes: 0,
+            evicted: 0,
         }
+    }
+
+    /// Chains and bytes one peer may hold: a quarter of the whole, but always room for one
+    /// largest datagram (the internet, whose chains come in with peer zero, is one peer too).
+    fn share(&self) -> (usize, usize) {
+        let max = self.limits.max_bytes;
+        (
+            (self.limits.max_chains / 4).max(1),
+            (max / 4).max(max.min(u16::MAX as usize)),
+        )
+    }
+
+    fn peer_held(&self, peer: &[u8; 16]) -> (usize, usize) {
+        self.chains
+            .iter()
+            .filter(|(k, _)| k.peer == *peer)
+            .fold((0, 0), |(n, b), (_, c)| (n + 1, b + c.bytes))
+    }
+
+    /// The oldest chain (of `peer`, when given), other than `keep`.
+    fn oldest(&self, peer: Option<&[u8; 16]>, keep: &ChainKey) -> Option<ChainKey> {
+        self.chains
+            .iter()
+            .filter(|(k, _)| *k != keep && peer.is_none_or(|p| k.peer == *p))
+            .min_by_key(|(_, c)| c.started_ns)
+            .map(|(k, _)| *k)
+    }
+
+    /// Chains evicted to make room since the last call.
+    pub fn take_evicted(&mut self) -> usize {
+        std::mem::take(&mut self.evicted)
     }
 
     /// Chains held, and payload bytes held.
@@ -120,11 +154,30 @@ impl Reassembler {
             self.discard(&key);
             return Outcome::Refused(Refused::TooLong);
         }
-        if !self.chains.contains_key(&key) && self.chains.len() >= self.limits.max_chains {
+        if payload.len() > self.share().1 {
             return Outcome::Refused(Refused::Full);
         }
-        if self.bytes + payload.len() > self.limits.max_bytes {
-            return Outcome::Refused(Refused::Full);
+        // Room is made by evicting the oldest chains, of this peer first: a flood (one
+        // subscriber's, or the internet's) ages out its own chains, never refuses another
+        // subscriber's new datagram (RFC 4787 REQ-14 with the bounds RFC 6333 §6.3 asks for).
+        let new_chain = !self.chains.contains_key(&key);
+        let (share_chains, share_bytes) = self.share();
+        loop {
+            let (n, b) = self.peer_held(&peer);
+            let over_peer = (new_chain && n >= share_chains) || b + payload.len() > share_bytes;
+            let over_all = (new_chain && self.chains.len() >= self.limits.max_chains)
+                || self.bytes + payload.len() > self.limits.max_bytes;
+            if !over_peer && !over_all {
+                break;
+            }
+            let victim = self.oldest(if over_peer { Some(&peer) } else { None }, &key);
+            match victim {
+                Some(v) => {
+                    self.discard(&v);
+                    self.evicted += 1;
+                }
+                None => return Outcome::Refused(Refused::Full),
+            }
         }
         let chain = self.chains.entry(key).or_insert_with(|| Chain {
             started_ns: now_ns,
@@ -320,21 +373,55 @@ mod tests {
 
     #[test]
     fn limits_and_timeout_bound_what_is_held() {
-        let mut r = Reassembler::new(LIMITS);
-        for id in 0..4 {
-            let f = fragments(&datagram(1, id, 2000), 1480);
-            assert_eq!(r.add([1; 16], &f[1], 10), Outcome::Pending);
+        let mut r = Reassembler::new(Limits {
+            max_chains: 16,
+            ..LIMITS
+        });
+        for (i, peer) in [[1u8; 16], [2; 16], [3; 16], [4; 16]].iter().enumerate() {
+            for id in 0..4 {
+                let f = fragments(&datagram(1, id, 1200), 1000);
+                assert_eq!(r.add(*peer, &f[1], 10 + i as u64), Outcome::Pending);
+            }
         }
-        let f = fragments(&datagram(1, 9, 2000), 1480);
-        assert_eq!(r.add([1; 16], &f[1], 10), Outcome::Refused(Refused::Full));
+        assert_eq!(r.held().0, 16);
+        let f = fragments(&datagram(1, 9, 1200), 1000);
+        assert_eq!(
+            r.add([5; 16], &f[1], 20),
+            Outcome::Pending,
+            "the oldest makes room"
+        );
+        assert_eq!(r.take_evicted(), 1);
+        assert_eq!(r.held().0, 16);
         assert_eq!(r.expire(500), 0);
-        assert_eq!(r.expire(1010), 4);
+        assert_eq!(r.expire(1030), 16);
         assert_eq!(r.held(), (0, 0));
         let mut r = Reassembler::new(Limits {
             max_bytes: 1000,
             ..LIMITS
         });
-        assert_eq!(r.add([1; 16], &f[0], 0), Outcome::Refused(Refused::Full));
+        let big = fragments(&datagram(1, 9, 2000), 1480);
+        assert_eq!(r.add([1; 16], &big[0], 0), Outcome::Refused(Refused::Full));
+    }
+
+    #[test]
+    fn a_flood_from_one_peer_evicts_only_its_own_chains() {
+        let mut r = Reassembler::new(Limits {
+            max_chains: 16,
+            max_bytes: 1 << 20,
+            timeout_ns: 1 << 40,
+        });
+        // Another subscriber's datagram is under way...
+        let good = datagram(7, 1, 3000);
+        let gf = fragments(&good, 1480);
+        assert_eq!(r.add([9; 16], &gf[0], 0), Outcome::Pending);
+        // ...while one peer floods incomplete chains far beyond its share.
+        for id in 0..1000u16 {
+            let f = fragments(&datagram(1, id, 1200), 1000);
+            assert_eq!(r.add([1; 16], &f[1], 1 + id as u64), Outcome::Pending);
+        }
+        assert!(r.peer_held(&[1; 16]).0 <= 4, "the flood keeps to its share");
+        assert_eq!(r.add([9; 16], &gf[1], 2000), Outcome::Pending);
+        assert_eq!(r.add([9; 16], &gf[2], 2001), Outcome::Complete(good));
     }
 
     #[test]

@@ -34,6 +34,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use dslite_common::{
     csum,
+    maps::{NatOutKey, NatOutValue},
     proto::*,
     slow::{SlowMeta, SLOW_ENCAP_FRAGMENT, SLOW_META_LEN, SLOW_TTL_EXPIRED, SLOW_V4_FRAGMENT},
     Counter,
@@ -250,16 +251,35 @@ pub fn set_kernel_reassembly(s: &Settings) {
     }
 }
 
-/// Start the slow path's threads on a configured TAP.
-pub fn start(tap: File, tap_index: u32, role: Role, s: &Settings) -> Result<SlowPath> {
+/// Start the slow path's threads on a configured TAP. An AFTR's relays read its NAT table
+/// from the maps pinned under `pin`.
+pub fn start(
+    tap: File,
+    tap_index: u32,
+    role: Role,
+    s: &Settings,
+    pin: &std::path::Path,
+) -> Result<SlowPath> {
     let raw = RawSock::open()?;
     let stats = Arc::new(Stats::new());
     let stop = Arc::new(AtomicBool::new(false));
+    let nat_out = match role {
+        Role::Aftr { .. } => {
+            let data = aya::maps::MapData::from_pin(pin.join(dslite_common::maps::NAT_OUT))
+                .context("opening pinned NAT_OUT for the slow path")?;
+            Some(std::sync::Mutex::new(aya::maps::HashMap::try_from(
+                aya::maps::Map::HashMap(data),
+            )?))
+        }
+        Role::B4 { .. } => None,
+    };
     let shared = Arc::new(Shared {
         tap,
         raw,
         stats: stats.clone(),
         role: std::sync::Mutex::new(role),
+        b4_prefixes: std::sync::Mutex::new(Vec::new()),
+        nat_out,
     });
     let limits = Limits {
         max_chains: Settings::chains_for(s.reassembly_memory) as usize,
@@ -298,6 +318,11 @@ struct Shared {
     stats: Arc<Stats>,
     /// Changes when a B4 follows a new WAN address or AFTR.
     role: std::sync::Mutex<Role>,
+    /// AFTR: the B4 prefixes allowed to open softwires (network, length); changes on reload.
+    b4_prefixes: std::sync::Mutex<Vec<([u8; 16], u8)>>,
+    /// AFTR: the NAT table, to check that a relayed error quotes a live mapping.
+    nat_out:
+        Option<std::sync::Mutex<aya::maps::HashMap<aya::maps::MapData, NatOutKey, NatOutValue>>>,
 }
 
 impl SlowPath {
@@ -307,11 +332,60 @@ impl SlowPath {
             *r = role;
         }
     }
+
+    /// AFTR: the allowed B4 prefixes (network, length), at start and after a reload.
+    pub fn set_b4_prefixes(&self, prefixes: Vec<([u8; 16], u8)>) {
+        if let Ok(mut p) = self.shared.b4_prefixes.lock() {
+            *p = prefixes;
+        }
+    }
+}
+
+/// True when `addr` is in one of `prefixes` (network, length).
+fn in_prefixes(addr: &[u8; 16], prefixes: &[([u8; 16], u8)]) -> bool {
+    let a = u128::from_be_bytes(*addr);
+    prefixes.iter().any(|(net, len)| {
+        let mask = if *len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - (*len).min(128) as u32)
+        };
+        a & mask == u128::from_be_bytes(*net) & mask
+    })
 }
 
 impl Shared {
     fn role(&self) -> Role {
         *self.role.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A softwire packet the kernel delivered to the raw socket (reassembled) goes back into
+    /// the TAP only when it is one the dataplane serves: to the B4's softwire address from
+    /// its AFTR, or to the AFTR's address from an allowed B4. Anything else (another local
+    /// address, another source) would only come round again: it is dropped, counted.
+    fn may_write_back(&self, src: &[u8; 16], dst: &[u8; 16]) -> bool {
+        match self.role() {
+            Role::B4 { b4, aftr } => *dst == b4.octets() && *src == aftr.octets(),
+            Role::Aftr { aftr } => {
+                *dst == aftr.octets()
+                    && in_prefixes(
+                        src,
+                        &self.b4_prefixes.lock().unwrap_or_else(|e| e.into_inner()),
+                    )
+            }
+        }
+    }
+
+    /// AFTR: a mapping for `key` exists (a relayed error must quote live state).
+    fn has_mapping(&self, key: &NatOutKey) -> bool {
+        match &self.nat_out {
+            Some(m) => m
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(key, 0)
+                .is_ok(),
+            None => false,
+        }
     }
 }
 
@@ -353,13 +427,15 @@ fn wait(fd: i32, events: i16) -> i16 {
 
 fn tap_loop(sh: &Shared, stop: &AtomicBool, limits: Limits) {
     let mut reasm = Reassembler::new(limits);
-    let mut budget = RelayBudget { second: 0, left: 0 };
+    let mut budget = RelayBudget::default();
     let mut buf = vec![0u8; 1 << 17];
     let fd = sh.tap.as_raw_fd();
     while !stop.load(Ordering::Relaxed) {
         let now = crate::sweep::monotonic_ns();
         let expired = reasm.expire(now);
         sh.stats.add(Counter::SlowV4ReasmTimeout, expired as u64);
+        sh.stats
+            .add(Counter::SlowV4ReasmDropped, reasm.take_evicted() as u64);
         if wait(fd, libc::POLLIN) & libc::POLLIN == 0 {
             continue;
         }
@@ -386,10 +462,12 @@ fn handle_tap_frame(
     let Some(meta) = SlowMeta::parse(frame) else {
         // Sent by the kernel itself: on a B4, the router's own IPv4 (192.0.0.2) routed into
         // the softwire. Anything else (IPv6 neighbour discovery on the TAP) is not ours.
-        if matches!(sh.role(), Role::B4 { .. })
+        let own_v4 = matches!(sh.role(), Role::B4 { .. })
             && ethertype(frame) == Some(ETH_P_IP)
-            && sh.write_back(frame)
-        {
+            && frame.get(ETH_HLEN + 12..ETH_HLEN + 16) == Some(&B4_V4.octets()[..]);
+        if !own_v4 {
+            sh.stats.inc(Counter::SlowForeignDropped);
+        } else if sh.write_back(frame) {
             sh.stats.inc(Counter::SlowOwnV4Packets);
         }
         return;
@@ -518,7 +596,7 @@ fn time_exceeded(sh: &Shared, budget: &mut RelayBudget, frame: &[u8]) -> bool {
     if hlen < IPV4_MIN_HLEN || ip.len() < hlen + 8 {
         return false;
     }
-    if !budget.take() {
+    if !budget.take(RELAY_PER_SEC) {
         return true;
     }
     let src: [u8; 4] = ip[12..16].try_into().unwrap_or([0; 4]);
@@ -578,18 +656,19 @@ pub fn softwire_frame(tclass: u8, hop: u8, src: &[u8; 16], dst: &[u8; 16], v4: &
 /// Relayed ICMP errors per second: spoofed ICMPv6 must not turn into a flood.
 pub const RELAY_PER_SEC: u32 = 100;
 
-/// A token bucket of [`RELAY_PER_SEC`], refilled once a second.
+/// A token bucket refilled once a second.
+#[derive(Default)]
 struct RelayBudget {
     second: u64,
     left: u32,
 }
 
 impl RelayBudget {
-    fn take(&mut self) -> bool {
+    fn take(&mut self, per_sec: u32) -> bool {
         let now = crate::sweep::monotonic_ns() / 1_000_000_000;
         if now != self.second {
             self.second = now;
-            self.left = RELAY_PER_SEC;
+            self.left = per_sec;
         }
         if self.left == 0 {
             return false;
@@ -601,7 +680,7 @@ impl RelayBudget {
 
 fn raw_loop(sh: &Shared, stop: &AtomicBool) {
     let mut buf = vec![0u8; 1 << 17];
-    let mut budget = RelayBudget { second: 0, left: 0 };
+    let mut budget = RelayBudgets::default();
     let fd = sh.raw.fd.as_raw_fd();
     while !stop.load(Ordering::Relaxed) {
         let ev = wait(fd, libc::POLLIN);
@@ -615,6 +694,10 @@ fn raw_loop(sh: &Shared, stop: &AtomicBool) {
         }
         while let Some(r) = sh.raw.recv(&mut buf) {
             // A softwire packet the kernel reassembled (XDP passed its fragments up).
+            if !sh.may_write_back(&r.src, &r.dst) {
+                sh.stats.inc(Counter::SlowForeignDropped);
+                continue;
+            }
             let out = softwire_frame(r.tclass, r.hop_limit, &r.src, &r.dst, &buf[..r.len]);
             if sh.write_back(&out) {
                 sh.stats.inc(Counter::SlowV6Reassembled);
@@ -625,7 +708,7 @@ fn raw_loop(sh: &Shared, stop: &AtomicBool) {
 
 /// An ICMPv6 error about a softwire packet we sent, with the start of that packet's IPv4
 /// payload (`quoted`): tell the inner source (RFC 2473 §8, checklist 42).
-fn relay_icmp6(sh: &Shared, budget: &mut RelayBudget, e: &IcmpErr, quoted: &[u8]) {
+fn relay_icmp6(sh: &Shared, budget: &mut RelayBudgets, e: &IcmpErr, quoted: &[u8]) {
     let Some((ty, code, mtu)) = icmp4_for_icmp6(e.icmp_type, e.icmp_code, e.info, quoted) else {
         return;
     };
@@ -636,7 +719,7 @@ fn relay_icmp6(sh: &Shared, budget: &mut RelayBudget, e: &IcmpErr, quoted: &[u8]
         && hlen >= IPV4_MIN_HLEN
         && quoted[0] >> 4 == 4
         && csum::checksum(&quoted[..hlen]) == 0;
-    if !valid || !budget.take() {
+    if !valid || !quotes_live_state(sh, e, quoted, hlen) || !budget.take(&e.offender) {
         sh.stats.inc(Counter::SlowIcmp6Ignored);
         return;
     }
@@ -666,6 +749,69 @@ fn relay_icmp6(sh: &Shared, budget: &mut RelayBudget, e: &IcmpErr, quoted: &[u8]
     };
     if sh.write_back(&frame) {
         sh.stats.inc(Counter::SlowIcmp6Relayed);
+    }
+}
+
+/// Relayed errors need a quote that matches live state, so an outsider cannot make the
+/// element speak to hosts about flows that do not exist (RFC 2473 §8 relays what concerns a
+/// tunnelled packet). B4: the error is about a packet to its AFTR, quoting a LAN host's packet
+/// (not the B4's own 192.0.0.2 nor a special address). AFTR: the quoted packet (server to
+/// host, already translated back) belongs to a mapping of that B4.
+fn quotes_live_state(sh: &Shared, e: &IcmpErr, quoted: &[u8], hlen: usize) -> bool {
+    let (Some(src), Some(dst)) = (quoted.get(12..16), quoted.get(16..20)) else {
+        return false;
+    };
+    match sh.role() {
+        Role::B4 { aftr, .. } => {
+            let src = Ipv4Addr::new(src[0], src[1], src[2], src[3]);
+            e.peer == aftr.octets()
+                && src != B4_V4
+                && !src.is_unspecified()
+                && !src.is_loopback()
+                && !src.is_multicast()
+                && !src.is_broadcast()
+        }
+        Role::Aftr { .. } => {
+            let proto = quoted[9];
+            let l4 = &quoted[hlen..];
+            let port = match proto {
+                IPPROTO_TCP | IPPROTO_UDP => [l4[2], l4[3]],
+                // A translated echo reply carries the inside identifier.
+                IPPROTO_ICMP if l4[0] == ICMP_ECHO_REPLY => [l4[4], l4[5]],
+                _ => return false,
+            };
+            let key = NatOutKey {
+                b4: e.peer,
+                inside_addr: [dst[0], dst[1], dst[2], dst[3]],
+                inside_port: u16::from_ne_bytes(port),
+                proto,
+                _pad: 0,
+            };
+            sh.has_mapping(&key)
+        }
+    }
+}
+
+/// Relay budgets: [`RELAY_PER_SEC`] in all, and [`RELAY_PER_SOURCE_PER_SEC`] per sender of
+/// the ICMPv6 error, so one spoofing source cannot use up the relay for everyone.
+#[derive(Default)]
+struct RelayBudgets {
+    all: RelayBudget,
+    per_source: std::collections::HashMap<[u8; 16], RelayBudget>,
+}
+
+/// Relayed errors per second from one ICMPv6 source.
+pub const RELAY_PER_SOURCE_PER_SEC: u32 = 10;
+/// Sources tracked at once (a flood of sources resets the table rather than growing it).
+const RELAY_SOURCES: usize = 4096;
+
+impl RelayBudgets {
+    fn take(&mut self, source: &[u8; 16]) -> bool {
+        if self.per_source.len() >= RELAY_SOURCES && !self.per_source.contains_key(source) {
+            self.per_source.clear();
+        }
+        let one = self.per_source.entry(*source).or_default();
+        one.take(RELAY_PER_SOURCE_PER_SEC) && self.all.take(RELAY_PER_SEC)
     }
 }
 
@@ -737,6 +883,8 @@ struct IcmpErr {
     len: usize,
     /// Destination of the packet the error is about.
     peer: [u8; 16],
+    /// Who sent the error (SO_EE_OFFENDER), for the per-source relay budget.
+    offender: [u8; 16],
     icmp_type: u8,
     icmp_code: u8,
     info: u32,
@@ -942,10 +1090,17 @@ impl RawSock {
     fn recv_error(&self, buf: &mut [u8]) -> Option<IcmpErr> {
         loop {
             let mut ee: Option<libc::sock_extended_err> = None;
+            let mut offender = [0u8; 16];
             let (n, peer) = self.recv_with(buf, libc::MSG_ERRQUEUE, |ty, d| {
                 if ty == libc::IPV6_RECVERR {
-                    // SAFETY: the kernel wrote a sock_extended_err at `d`.
-                    ee = Some(unsafe { std::ptr::read_unaligned(d.cast()) });
+                    // SAFETY: the kernel wrote a sock_extended_err at `d`, followed by the
+                    // offender's sockaddr_in6 (SO_EE_OFFENDER) for ICMPv6 errors.
+                    unsafe {
+                        ee = Some(std::ptr::read_unaligned(d.cast()));
+                        let off = d.add(std::mem::size_of::<libc::sock_extended_err>());
+                        let sa: libc::sockaddr_in6 = std::ptr::read_unaligned(off.cast());
+                        offender = sa.sin6_addr.s6_addr;
+                    }
                 }
             })?;
             // Not an ICMPv6 error (a local one): next.
@@ -953,6 +1108,7 @@ impl RawSock {
                 return Some(IcmpErr {
                     len: n,
                     peer,
+                    offender,
                     icmp_type: e.ee_type,
                     icmp_code: e.ee_code,
                     info: e.ee_info,

@@ -9,14 +9,14 @@
 use std::{collections::HashMap as StdMap, path::Path, time::Instant};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, Map, MapData};
 use dslite_common::{
     maps::{
         self as m, AftrConfig, BlockKey, BlockValue, NatInKey, NatInValue, NatOutKey, NatOutValue,
-        PeerKey, Slot, SlotKey, SoftwireState, EVENT_BLOCK_RELEASED, EVENT_MAPPING_DELETED,
-        EVENT_QUOTA_EXCEEDED,
+        PeerKey, Slot, SlotKey, SoftwireState, EVENT_BLOCK_ALLOCATED, EVENT_BLOCK_RELEASED,
+        EVENT_MAPPING_DELETED, EVENT_QUOTA_EXCEEDED,
     },
-    nat::{block_first_port, block_of, tcp_established},
+    nat::{block_first_port, block_of, subscriber_of, tcp_established},
     proto::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
 };
 
@@ -27,6 +27,8 @@ pub const MAX_EXPIRE_PER_SWEEP: usize = 1 << 16;
 /// A block younger than this is never released: its first mapping may still be on its way
 /// into NAT_OUT on another CPU.
 const BLOCK_GRACE_NS: u64 = 2_000_000_000;
+/// `BPF_NOEXIST`: insert only if absent.
+const BPF_NOEXIST: u64 = 1;
 
 /// What one sweep did, and what it saw (for the NAT log and the metrics).
 #[derive(Clone, Debug, Default)]
@@ -58,6 +60,13 @@ pub struct Sweeper {
     slots: HashMap<MapData, SlotKey, Slot>,
     softwires: HashMap<MapData, [u8; 16], SoftwireState>,
     peers: HashMap<MapData, PeerKey, u64>,
+    addr_free: Array<MapData, u32>,
+    free_addrs: Array<MapData, u32>,
+    /// The pool, in POOL order (to publish free blocks per address).
+    pool: Vec<[u8; 4]>,
+    /// ADDR_FREE as last written, so only changes are written.
+    free_written: Vec<u32>,
+    free_list_written: Vec<u32>,
     pub timeouts: Timeouts,
     cfg: AftrConfig,
     /// Log every mapping deleted (`--log-sessions`).
@@ -144,6 +153,12 @@ fn open_hash<K: aya::Pod, V: aya::Pod>(pin: &Path, name: &str) -> Result<HashMap
     Ok(HashMap::try_from(Map::HashMap(data))?)
 }
 
+fn open_array<V: aya::Pod>(pin: &Path, name: &str) -> Result<Array<MapData, V>> {
+    let data =
+        MapData::from_pin(pin.join(name)).with_context(|| format!("opening pinned {name}"))?;
+    Ok(Array::try_from(Map::Array(data))?)
+}
+
 /// Idle timeout (ns) of a mapping, by protocol and TCP state.
 pub fn timeout_ns(t: &Timeouts, proto: u8, tcp_state: u8) -> u64 {
     let secs = match proto {
@@ -188,6 +203,16 @@ impl Sweeper {
             slots: open_hash(pin, m::SW_BLOCKS)?,
             softwires: open_hash(pin, m::SOFTWIRES)?,
             peers: open_hash(pin, m::PEERS)?,
+            addr_free: open_array(pin, m::ADDR_FREE)?,
+            free_addrs: open_array(pin, m::FREE_ADDRS)?,
+            pool: {
+                let a: Array<MapData, [u8; 4]> = open_array(pin, m::POOL)?;
+                (0..cfg.pool_len)
+                    .map(|i| a.get(&i, 0))
+                    .collect::<Result<_, _>>()?
+            },
+            free_written: Vec::new(),
+            free_list_written: Vec::new(),
             timeouts,
             cfg,
             log_sessions: false,
@@ -199,22 +224,24 @@ impl Sweeper {
     pub fn set_config(&mut self, cfg: AftrConfig) {
         self.cfg = cfg;
     }
+}
 
-    fn block_key(&self, addr: [u8; 4], port_be: u16) -> Option<BlockKey> {
-        let c = &self.cfg;
-        block_of(
-            u16::from_be(port_be),
-            c.port_lo,
-            c.block_size,
-            c.blocks_per_addr,
-        )
-        .map(|block| BlockKey {
-            addr,
-            block,
-            _pad: 0,
-        })
-    }
+/// The block an outside endpoint lies in.
+fn block_key(c: &AftrConfig, addr: [u8; 4], port_be: u16) -> Option<BlockKey> {
+    block_of(
+        u16::from_be(port_be),
+        c.port_lo,
+        c.block_size,
+        c.blocks_per_addr,
+    )
+    .map(|block| BlockKey {
+        addr,
+        block,
+        _pad: 0,
+    })
+}
 
+impl Sweeper {
     /// One pass at time `now` (monotonic ns).
     pub fn sweep(&mut self, now: u64) -> Result<SweepReport> {
         let start = Instant::now();
@@ -231,15 +258,34 @@ impl Sweeper {
             dst: None,
         };
         let mut r = SweepReport::default();
-        let mut live: std::collections::HashSet<BlockKey> = Default::default();
+        let mask = self.cfg.subscriber_mask;
+        // Blocks with a live mapping, and the subscriber the mapping belongs to.
+        let mut live: StdMap<BlockKey, [u8; 16]> = StdMap::new();
         let mut expired = Vec::new();
+        // Mappings per subscriber (RFC 7785 §3: limits are the subscriber's).
         let mut sessions: StdMap<[u8; 16], u64> = StdMap::new();
+        // Live mappings by outside endpoint: (timeout, peers recorded on the mapping, key).
+        let mut by_outside: StdMap<NatInKey, (u64, u8, NatOutKey)> = StdMap::new();
         let mut all = Vec::new();
         {
             use std::os::fd::{AsFd as _, AsRawFd as _};
             let fd = self.nat_out_scan.fd().as_fd().as_raw_fd();
             scan_hash::<NatOutKey, NatOutValue>(fd, |k, v| all.push((k, v)))?;
         }
+        let (cfg, timeouts) = (self.cfg, self.timeouts);
+        let mut keep = |k: &NatOutKey, v: &NatOutValue, r: &mut SweepReport| {
+            *sessions.entry(subscriber_of(&k.b4, &mask)).or_default() += 1;
+            r.mappings[proto_slot(k.proto)] += 1;
+            if let Some(b) = block_key(&cfg, v.outside_addr, v.outside_port) {
+                live.insert(b, subscriber_of(&k.b4, &mask));
+            }
+            if cfg.filter_modes != 0 {
+                by_outside.insert(
+                    k.inbound_key(v.outside_addr, v.outside_port),
+                    (timeout_ns(&timeouts, k.proto, v.tcp_state), v.peers, *k),
+                );
+            }
+        };
         for (k, v) in all {
             r.scanned += 1;
             let idle = now.saturating_sub(v.last_seen_ns);
@@ -248,11 +294,7 @@ impl Sweeper {
             {
                 expired.push((k, v));
             } else {
-                *sessions.entry(k.b4).or_default() += 1;
-                r.mappings[proto_slot(k.proto)] += 1;
-                if let Some(b) = self.block_key(v.outside_addr, v.outside_port) {
-                    live.insert(b);
-                }
+                keep(&k, &v, &mut r);
             }
         }
         for (k, v) in expired {
@@ -260,11 +302,7 @@ impl Sweeper {
             match self.nat_out.get(&k, 0) {
                 Ok(cur) if cur.last_seen_ns == v.last_seen_ns => {}
                 _ => {
-                    *sessions.entry(k.b4).or_default() += 1;
-                    r.mappings[proto_slot(k.proto)] += 1;
-                    if let Some(b) = self.block_key(v.outside_addr, v.outside_port) {
-                        live.insert(b);
-                    }
+                    keep(&k, &v, &mut r);
                     continue;
                 }
             }
@@ -285,67 +323,9 @@ impl Sweeper {
                 });
             }
         }
+        self.sweep_blocks(now, &live, &mut r)?;
+        self.sweep_peers(now, &by_outside)?;
 
-        // Slots by block, to find the slot to free when a block is released.
-        let mut slot_of: StdMap<BlockKey, SlotKey> = StdMap::new();
-        for e in self.slots.iter() {
-            let (k, s) = e?;
-            slot_of.insert(
-                BlockKey {
-                    addr: s.addr,
-                    block: s.block,
-                    _pad: 0,
-                },
-                k,
-            );
-        }
-        let hold = self.timeouts.block_hold_down.saturating_mul(1_000_000_000);
-        let mut changes = Vec::new();
-        for e in self.blocks.iter() {
-            let (bk, bv) = e?;
-            if bv.released_ns == 0 {
-                *r.blocks_in_use.entry(bk.addr).or_default() += 1;
-            } else {
-                *r.blocks_held.entry(bk.addr).or_default() += 1;
-            }
-            if bv.released_ns == 0 {
-                if !live.contains(&bk) && now.saturating_sub(bv.allocated_ns) > BLOCK_GRACE_NS {
-                    changes.push((bk, Some(bv)));
-                }
-            } else if now.saturating_sub(bv.released_ns) >= hold {
-                changes.push((bk, None));
-            }
-        }
-        for (bk, release) in changes {
-            match release {
-                Some(bv) => {
-                    // Stop new mappings going into it, then hold it down (RFC 6888 REQ-8).
-                    if let Some(sk) = slot_of.get(&bk) {
-                        let _ = self.slots.remove(sk);
-                    }
-                    self.blocks.insert(
-                        bk,
-                        BlockValue {
-                            released_ns: now,
-                            ..bv
-                        },
-                        0,
-                    )?;
-                    let first = block_first_port(bk.block, self.cfg.port_lo, self.cfg.block_size);
-                    let last = first + (self.cfg.block_size - 1);
-                    r.records
-                        .push(record(EVENT_BLOCK_RELEASED, bv.b4, bk.addr, first, last));
-                    r.blocks_released += 1;
-                    *r.blocks_in_use.entry(bk.addr).or_default() -= 1;
-                    *r.blocks_held.entry(bk.addr).or_default() += 1;
-                }
-                None => {
-                    let _ = self.blocks.remove(&bk);
-                    r.blocks_freed += 1;
-                    *r.blocks_held.entry(bk.addr).or_default() -= 1;
-                }
-            }
-        }
         // Recount each softwire's sessions (XDP's increments are not atomic, and expiry
         // happens here); forget softwires with none (their rate bucket starts full again).
         let mut updates = Vec::new();
@@ -378,34 +358,232 @@ impl Sweeper {
                 Some(st) => self.softwires.insert(b4, st, 0)?,
             }
         }
-        // Filtering entries go with their mapping.
-        if self.cfg.filter_modes != 0 {
-            let mut gone = Vec::new();
-            for e in self.peers.iter() {
-                let (pk, _) = e?;
-                let kin = NatInKey {
-                    outside_addr: pk.outside_addr,
-                    outside_port: pk.outside_port,
-                    proto: pk.proto,
-                    _pad: 0,
-                };
-                if self.nat_in.get(&kin, 0).is_err() {
-                    gone.push(pk);
-                }
-            }
-            for pk in gone {
-                let _ = self.peers.remove(&pk);
-            }
-        }
         r.micros = start.elapsed().as_micros();
         Ok(r)
     }
 }
 
+impl Sweeper {
+    /// Port blocks (RFC 6888 REQ-8): release blocks with no live mapping into hold-down
+    /// (their slot stays, marked held, so the subscriber gets them back first), take back
+    /// into use a held block that has a live mapping again (a mapping made while the release
+    /// was under way: its allocation is logged again, so `whois` stays right), free held
+    /// blocks after the hold-down only when no mapping uses them, and repair a live
+    /// mapping's block that lost its entry (freed in the same instant as it was reclaimed).
+    fn sweep_blocks(
+        &mut self,
+        now: u64,
+        live: &StdMap<BlockKey, [u8; 16]>,
+        r: &mut SweepReport,
+    ) -> Result<()> {
+        let offset = crate::natlog::realtime_offset_ns();
+        let (lo, size) = (self.cfg.port_lo, self.cfg.block_size);
+        let record = |kind: u8, b4: [u8; 16], bk: &BlockKey| {
+            let first = block_first_port(bk.block, lo, size);
+            NatRecord {
+                unix_ms: (now as i128 + offset) / 1_000_000,
+                kind,
+                b4: b4.into(),
+                outside: bk.addr.into(),
+                port_lo: first,
+                port_hi: first + (size - 1),
+                proto: 0,
+                inside: None,
+                dst: None,
+            }
+        };
+        // Slots by block, to mark or free the slot with its block.
+        let mut slot_of: StdMap<BlockKey, (SlotKey, Slot)> = StdMap::new();
+        for e in self.slots.iter() {
+            let (k, s) = e?;
+            let bk = BlockKey {
+                addr: s.addr,
+                block: s.block,
+                _pad: 0,
+            };
+            slot_of.insert(bk, (k, s));
+        }
+        let hold = self.timeouts.block_hold_down.saturating_mul(1_000_000_000);
+        let mut present = std::collections::HashSet::new();
+        let mut changes = Vec::new();
+        for e in self.blocks.iter() {
+            let (bk, bv) = e?;
+            present.insert(bk);
+            let in_use = live.contains_key(&bk);
+            if bv.released_ns == 0 {
+                if !in_use && now.saturating_sub(bv.allocated_ns) > BLOCK_GRACE_NS {
+                    changes.push((bk, bv, BlockChange::Release));
+                }
+            } else if in_use {
+                changes.push((bk, bv, BlockChange::Unrelease));
+            } else if now.saturating_sub(bv.released_ns) >= hold {
+                changes.push((bk, bv, BlockChange::Free));
+            }
+        }
+        for (bk, bv, change) in changes {
+            let slot = slot_of.get(&bk).copied();
+            match change {
+                BlockChange::Release => {
+                    // Hold it down (RFC 6888 REQ-8); the slot stays, for its owner only.
+                    if let Some((sk, s)) = slot {
+                        self.slots.insert(sk, Slot { held: 1, ..s }, 0)?;
+                    }
+                    self.blocks.insert(
+                        bk,
+                        BlockValue {
+                            released_ns: now,
+                            ..bv
+                        },
+                        0,
+                    )?;
+                    r.records.push(record(EVENT_BLOCK_RELEASED, bv.b4, &bk));
+                    r.blocks_released += 1;
+                }
+                BlockChange::Unrelease => {
+                    self.blocks.insert(
+                        bk,
+                        BlockValue {
+                            released_ns: 0,
+                            allocated_ns: now,
+                            ..bv
+                        },
+                        0,
+                    )?;
+                    if let Some((sk, s)) = slot {
+                        self.slots.insert(sk, Slot { held: 0, ..s }, 0)?;
+                    }
+                    r.records.push(record(EVENT_BLOCK_ALLOCATED, bv.b4, &bk));
+                }
+                BlockChange::Free => {
+                    // Re-read: its owner may have taken it back since the scan.
+                    match self.blocks.get(&bk, 0) {
+                        Ok(cur) if cur.released_ns == bv.released_ns => {}
+                        _ => continue,
+                    }
+                    if let Some((sk, s)) = slot {
+                        if self.slots.get(&sk, 0).ok() == Some(s) {
+                            let _ = self.slots.remove(&sk);
+                        }
+                    }
+                    let _ = self.blocks.remove(&bk);
+                    present.remove(&bk);
+                    r.blocks_freed += 1;
+                }
+            }
+        }
+        // A live mapping whose block has no entry: claim it back for the mapping's owner.
+        for (bk, sub) in live {
+            if present.contains(bk) {
+                continue;
+            }
+            let owner = BlockValue {
+                b4: *sub,
+                allocated_ns: now,
+                released_ns: 0,
+            };
+            if self.blocks.insert(*bk, owner, BPF_NOEXIST).is_ok() {
+                r.records.push(record(EVENT_BLOCK_ALLOCATED, *sub, bk));
+                present.insert(*bk);
+            }
+        }
+        // Counts per address, and the free-block hints the XDP block search starts from.
+        let mut used: StdMap<[u8; 4], u32> = StdMap::new();
+        for e in self.blocks.iter() {
+            let (bk, bv) = e?;
+            *used.entry(bk.addr).or_default() += 1;
+            if bv.released_ns == 0 {
+                *r.blocks_in_use.entry(bk.addr).or_default() += 1;
+            } else {
+                *r.blocks_held.entry(bk.addr).or_default() += 1;
+            }
+        }
+        self.publish_free(&used)
+    }
+
+    /// Write ADDR_FREE (changed entries only) and FREE_ADDRS (addresses with the most free
+    /// blocks first).
+    fn publish_free(&mut self, used: &StdMap<[u8; 4], u32>) -> Result<()> {
+        let per = self.cfg.blocks_per_addr as u32;
+        let free: Vec<u32> = self
+            .pool
+            .iter()
+            .map(|a| per.saturating_sub(used.get(a).copied().unwrap_or(0)))
+            .collect();
+        // XDP lowers the hints as it claims; write every entry whose truth differs from
+        // what we last wrote, and on the first sweep all of them.
+        for (i, f) in free.iter().enumerate() {
+            if self.free_written.get(i) != Some(f) {
+                self.addr_free.set(i as u32, *f, 0)?;
+            }
+        }
+        self.free_written = free.clone();
+        let mut order: Vec<u32> = (0..free.len() as u32)
+            .filter(|i| free[*i as usize] > 0)
+            .collect();
+        order.sort_by_key(|i| std::cmp::Reverse(free[*i as usize]));
+        order.truncate(m::FREE_ADDRS_LEN as usize);
+        if order != self.free_list_written {
+            for (j, i) in order.iter().enumerate() {
+                self.free_addrs.set(1 + j as u32, *i, 0)?;
+            }
+            self.free_addrs.set(0, order.len() as u32, 0)?;
+            self.free_list_written = order;
+        }
+        Ok(())
+    }
+
+    /// Filtering state (RFC 4787 REQ-8): a remote expires by its own timestamp, after the
+    /// idle timeout of its mapping, and with its mapping; each mapping's peer count (which
+    /// bounds it in XDP) is recounted. The count is written back into the mapping only when
+    /// it changed: that write can race an XDP refresh, whose lost timestamp costs at most
+    /// that packet's refresh.
+    fn sweep_peers(
+        &mut self,
+        now: u64,
+        by_outside: &StdMap<NatInKey, (u64, u8, NatOutKey)>,
+    ) -> Result<()> {
+        let mut gone = Vec::new();
+        let mut counts: StdMap<NatInKey, u32> = StdMap::new();
+        for e in self.peers.iter() {
+            let (pk, ts) = e?;
+            let kin = NatInKey {
+                outside_addr: pk.outside_addr,
+                outside_port: pk.outside_port,
+                proto: pk.proto,
+                _pad: 0,
+            };
+            match by_outside.get(&kin) {
+                Some((timeout, _, _)) if now.saturating_sub(ts) < *timeout => {
+                    *counts.entry(kin).or_default() += 1;
+                }
+                _ => gone.push(pk),
+            }
+        }
+        for pk in gone {
+            let _ = self.peers.remove(&pk);
+        }
+        for (kin, (_, recorded, key)) in by_outside {
+            let n = counts.get(kin).copied().unwrap_or(0).min(u8::MAX as u32) as u8;
+            if n != *recorded {
+                if let Ok(cur) = self.nat_out.get(key, 0) {
+                    let _ = self.nat_out.insert(key, NatOutValue { peers: n, ..cur }, 0);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+enum BlockChange {
+    Release,
+    Unrelease,
+    Free,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dslite_common::nat::{TCP_FIN_IN, TCP_FIN_OUT, TCP_SYN_IN, TCP_SYN_OUT};
+    use dslite_common::nat::{TCP_CONFIRMED, TCP_FIN_IN, TCP_FIN_OUT, TCP_SYN_IN, TCP_SYN_OUT};
 
     #[test]
     fn timeouts_follow_protocol_and_tcp_state() {
@@ -419,8 +597,13 @@ mod tests {
             "opening is transitory"
         );
         assert_eq!(
-            timeout_ns(&t, IPPROTO_TCP, TCP_SYN_OUT | TCP_SYN_IN),
+            timeout_ns(&t, IPPROTO_TCP, TCP_SYN_OUT | TCP_SYN_IN | TCP_CONFIRMED),
             7440 * s
+        );
+        assert_eq!(
+            timeout_ns(&t, IPPROTO_TCP, TCP_SYN_OUT | TCP_SYN_IN),
+            240 * s,
+            "an inbound SYN alone does not establish"
         );
         assert_eq!(
             timeout_ns(

@@ -178,11 +178,16 @@ pub fn print_sessions(pin_path: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// One subscriber, as `dslite softwires` shows it.
+/// One subscriber (RFC 7785 §3: the B4 addresses under one `--subscriber-prefix-len`
+/// prefix), as `dslite softwires` shows it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct SoftwireView {
-    pub b4: String,
-    /// `address:lo-hi` for each block held.
+    /// The subscriber prefix, e.g. `2001:db8:a::/56`.
+    pub subscriber: String,
+    /// The B4 addresses (softwires) with mappings in it.
+    pub b4s: Vec<String>,
+    /// `address:lo-hi` for each block held; `(held)` after one in hold-down, which the
+    /// subscriber gets back first.
     pub blocks: Vec<String>,
     pub mappings: u64,
     /// New mappings refused by a limit (quota, sessions, rate) while it has been tracked.
@@ -195,13 +200,17 @@ pub fn read_softwires(pin_path: &Path) -> Result<Vec<SoftwireView>> {
     let cfg: Array<MapData, AftrConfig> =
         Array::try_from(Map::Array(open(pin_path, m::AFTR_CONFIG)?))?;
     let cfg = cfg.get(&0, 0)?;
+    let mask = cfg.subscriber_mask;
+    let len: u32 = mask.iter().map(|b| b.count_ones()).sum();
     let mut by: std::collections::BTreeMap<[u8; 16], SoftwireView> = Default::default();
     fn entry(
         by: &mut std::collections::BTreeMap<[u8; 16], SoftwireView>,
-        b4: [u8; 16],
+        sub: [u8; 16],
+        len: u32,
     ) -> &mut SoftwireView {
-        by.entry(b4).or_insert_with(|| SoftwireView {
-            b4: Ipv6Addr::from(b4).to_string(),
+        by.entry(sub).or_insert_with(|| SoftwireView {
+            subscriber: format!("{}/{len}", Ipv6Addr::from(sub)),
+            b4s: Vec::new(),
             blocks: Vec::new(),
             mappings: 0,
             refused: 0,
@@ -213,24 +222,32 @@ pub fn read_softwires(pin_path: &Path) -> Result<Vec<SoftwireView>> {
         let (k, s) = e?;
         let lo = dslite_common::nat::block_first_port(s.block, cfg.port_lo, cfg.block_size);
         let hi = lo + (cfg.block_size - 1);
-        entry(&mut by, k.b4)
+        let held = if s.held != 0 { " (held)" } else { "" };
+        entry(&mut by, k.b4, len)
             .blocks
-            .push(format!("{}:{lo}-{hi}", Ipv4Addr::from(s.addr)));
+            .push(format!("{}:{lo}-{hi}{held}", Ipv4Addr::from(s.addr)));
     }
     let out: HashMap<MapData, NatOutKey, NatOutValue> =
         HashMap::try_from(Map::HashMap(open(pin_path, m::NAT_OUT)?))?;
     for e in out.keys() {
-        entry(&mut by, e?.b4).mappings += 1;
+        let b4 = e?.b4;
+        let v = entry(&mut by, dslite_common::nat::subscriber_of(&b4, &mask), len);
+        v.mappings += 1;
+        let a = Ipv6Addr::from(b4).to_string();
+        if !v.b4s.contains(&a) {
+            v.b4s.push(a);
+        }
     }
     let sw: HashMap<MapData, [u8; 16], SoftwireState> =
         HashMap::try_from(Map::HashMap(open(pin_path, m::SOFTWIRES)?))?;
     for e in sw.iter() {
-        let (b4, st) = e?;
-        entry(&mut by, b4).refused = st.refused;
+        let (sub, st) = e?;
+        entry(&mut by, sub, len).refused = st.refused;
     }
     let mut v: Vec<SoftwireView> = by.into_values().collect();
     for s in &mut v {
         s.blocks.sort();
+        s.b4s.sort();
     }
     Ok(v)
 }
@@ -241,17 +258,21 @@ pub fn print_softwires(pin_path: &Path, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string(&v)?);
         return Ok(());
     }
-    println!("{:<40} {:>8} {:>8}  BLOCKS", "B4", "MAPPINGS", "REFUSED");
+    println!(
+        "{:<44} {:>4} {:>8} {:>8}  BLOCKS",
+        "SUBSCRIBER", "B4S", "MAPPINGS", "REFUSED"
+    );
     for s in &v {
         println!(
-            "{:<40} {:>8} {:>8}  {}",
-            s.b4,
+            "{:<44} {:>4} {:>8} {:>8}  {}",
+            s.subscriber,
+            s.b4s.len(),
             s.mappings,
             s.refused,
             s.blocks.join(" ")
         );
     }
-    println!("{} softwires", v.len());
+    println!("{} subscribers", v.len());
     Ok(())
 }
 
@@ -272,7 +293,7 @@ mod tests {
             outside_addr: [198, 51, 100, 1],
             outside_port: 40000u16.to_be(),
             tcp_state: 0,
-            _pad: 0,
+            peers: 0,
             created_ns: 1_000_000_000,
             last_seen_ns: 3_000_000_000,
         };

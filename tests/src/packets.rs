@@ -32,6 +32,33 @@ pub fn tcp4_syn(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, ttl: u8) -
     v
 }
 
+/// A TCP segment with the given flags byte (0x10 ACK, 0x04 RST, ...) and no payload.
+pub fn tcp4_flags(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    ttl: u8,
+    flags: u8,
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ipv4(src.octets(), dst.octets(), ttl).tcp(sport, dport, 1000, 64240);
+    if flags & 0x10 != 0 {
+        b = b.ack(1);
+    }
+    if flags & 0x04 != 0 {
+        b = b.rst();
+    }
+    if flags & 0x02 != 0 {
+        b = b.syn();
+    }
+    if flags & 0x01 != 0 {
+        b = b.fin();
+    }
+    let mut v = Vec::with_capacity(b.size(0));
+    b.write(&mut v, &[]).unwrap();
+    v
+}
+
 pub fn icmp4_echo(
     src: Ipv4Addr,
     dst: Ipv4Addr,

@@ -72,7 +72,7 @@ pub fn udp_request(
     ns.run(move || -> Result<SocketAddr> {
         let sock = UdpSocket::bind(bind).with_context(|| format!("bind {bind}"))?;
         sock.set_read_timeout(Some(Duration::from_millis(500)))?;
-        let mut buf = [0u8; 2048];
+        let mut buf = vec![0u8; 65536];
         for _ in 0..6 {
             sock.send_to(payload.as_bytes(), to)?;
             if let Ok((n, from)) = sock.recv_from(&mut buf) {
@@ -274,6 +274,17 @@ pub fn send_frame(ns: &Netns, ifname: &str, frame: Vec<u8>) -> Result<()> {
 
 /// Send raw Ethernet frames, in order, out of `ifname` (AF_PACKET) from inside `ns`.
 pub fn send_frames(ns: &Netns, ifname: &str, frames: Vec<Vec<u8>>) -> Result<()> {
+    send_frames_in_background(ns, ifname, frames)
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender thread panicked"))?
+}
+
+/// [`send_frames`] on a thread of its own, to run beside other traffic.
+pub fn send_frames_in_background(
+    ns: &Netns,
+    ifname: &str,
+    frames: Vec<Vec<u8>>,
+) -> JoinHandle<Result<()>> {
     let ifname = ifname.to_string();
     ns.run(move || -> Result<()> {
         // SAFETY: plain socket/bind/send calls on a local fd, closed at the end.
@@ -314,8 +325,6 @@ pub fn send_frames(ns: &Netns, ifname: &str, frames: Vec<Vec<u8>>) -> Result<()>
             result
         }
     })
-    .join()
-    .map_err(|_| anyhow::anyhow!("sender panicked"))?
 }
 
 /// Length of the body [`http_server`] serves.

@@ -684,89 +684,93 @@ fn pin_to_cpu(cpu: usize) {
 /// block, and both translate every packet identically (the loser adopts the winner's).
 #[test]
 fn aftr_concurrent_first_packets_make_one_mapping() {
-    with_aftr(|rig| {
-        const FLOWS: u16 = 2000;
-        let frames: Vec<Vec<u8>> = (0..FLOWS)
-            .map(|i| {
-                let b4: Ipv6Addr = format!("2001:db8:a::{:x}", 0x100 + i / 100)
-                    .parse()
-                    .unwrap();
-                from_b4(
-                    rig,
-                    b4,
-                    &udp4(HOST, SERVER, 10000 + i, 7777, 64, b"race"),
-                    &[],
-                )
-            })
-            .collect();
-        let cpus = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(4);
-        let rig: &Rig = rig;
-        let outputs: Vec<Vec<Vec<u8>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..cpus.max(2))
-                .map(|t| {
-                    let frames = &frames;
-                    s.spawn(move || {
-                        pin_to_cpu(t % cpus);
-                        frames
-                            .iter()
-                            .map(|f| {
-                                let (v, out) = rig.run("tun", f);
-                                assert_eq!(v, XDP_REDIRECT);
-                                out
-                            })
-                            .collect()
-                    })
+    // Each B4 address its own subscriber (/128), so each takes a block of its own.
+    with_aftr_cfg(
+        |s| s.subscriber_prefix_len = 128,
+        |rig| {
+            const FLOWS: u16 = 2000;
+            let frames: Vec<Vec<u8>> = (0..FLOWS)
+                .map(|i| {
+                    let b4: Ipv6Addr = format!("2001:db8:a::{:x}", 0x100 + i / 100)
+                        .parse()
+                        .unwrap();
+                    from_b4(
+                        rig,
+                        b4,
+                        &udp4(HOST, SERVER, 10000 + i, 7777, 64, b"race"),
+                        &[],
+                    )
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        for o in &outputs[1..] {
-            assert!(
-                o == &outputs[0],
-                "every thread saw the same translation of every flow"
+            let cpus = std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(4);
+            let rig: &Rig = rig;
+            let outputs: Vec<Vec<Vec<u8>>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..cpus.max(2))
+                    .map(|t| {
+                        let frames = &frames;
+                        s.spawn(move || {
+                            pin_to_cpu(t % cpus);
+                            frames
+                                .iter()
+                                .map(|f| {
+                                    let (v, out) = rig.run("tun", f);
+                                    assert_eq!(v, XDP_REDIRECT);
+                                    out
+                                })
+                                .collect()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for o in &outputs[1..] {
+                assert!(
+                    o == &outputs[0],
+                    "every thread saw the same translation of every flow"
+                );
+            }
+            use dslite_common::maps::{NatInKey, NatInValue, NatOutKey, NatOutValue};
+            let nat_out: aya::maps::HashMap<_, NatOutKey, NatOutValue> =
+                aya::maps::HashMap::try_from(rig.ebpf.map("NAT_OUT").unwrap()).unwrap();
+            let nat_in: aya::maps::HashMap<_, NatInKey, NatInValue> =
+                aya::maps::HashMap::try_from(rig.ebpf.map("NAT_IN").unwrap()).unwrap();
+            assert_eq!(
+                nat_out.keys().count(),
+                FLOWS as usize,
+                "one NAT_OUT entry per flow"
             );
-        }
-        use dslite_common::maps::{NatInKey, NatInValue, NatOutKey, NatOutValue};
-        let nat_out: aya::maps::HashMap<_, NatOutKey, NatOutValue> =
-            aya::maps::HashMap::try_from(rig.ebpf.map("NAT_OUT").unwrap()).unwrap();
-        let nat_in: aya::maps::HashMap<_, NatInKey, NatInValue> =
-            aya::maps::HashMap::try_from(rig.ebpf.map("NAT_IN").unwrap()).unwrap();
-        assert_eq!(
-            nat_out.keys().count(),
-            FLOWS as usize,
-            "one NAT_OUT entry per flow"
-        );
-        assert_eq!(
-            nat_in.keys().count(),
-            FLOWS as usize,
-            "no orphaned NAT_IN entry"
-        );
-        for e in nat_out.iter() {
-            let (k, v) = e.unwrap();
-            let back = nat_in
-                .get(&k.inbound_key(v.outside_addr, v.outside_port), 0)
-                .unwrap();
-            assert_eq!(back, k.inbound_value());
-        }
-        let c = rig.counters();
-        assert_eq!(c["nat_mapping_created"], FLOWS as u64);
-        // Every softwire got exactly the blocks it needed: 100 flows fit one 512-port block.
-        use dslite_common::maps::{BlockKey, BlockValue, Slot, SlotKey};
-        let blocks: aya::maps::HashMap<_, BlockKey, BlockValue> =
-            aya::maps::HashMap::try_from(rig.ebpf.map("BLOCKS").unwrap()).unwrap();
-        let slots: aya::maps::HashMap<_, SlotKey, Slot> =
-            aya::maps::HashMap::try_from(rig.ebpf.map("SW_BLOCKS").unwrap()).unwrap();
-        assert_eq!(
-            blocks.keys().count(),
-            20,
-            "no block claimed and leaked by a lost race"
-        );
-        assert_eq!(slots.keys().count(), 20);
-        assert_eq!(c["block_allocated"], 20);
-        println!("races lost (and resolved): {}", c["nat_mapping_race_lost"]);
-    });
+            assert_eq!(
+                nat_in.keys().count(),
+                FLOWS as usize,
+                "no orphaned NAT_IN entry"
+            );
+            for e in nat_out.iter() {
+                let (k, v) = e.unwrap();
+                let back = nat_in
+                    .get(&k.inbound_key(v.outside_addr, v.outside_port), 0)
+                    .unwrap();
+                assert_eq!(back, k.inbound_value());
+            }
+            let c = rig.counters();
+            assert_eq!(c["nat_mapping_created"], FLOWS as u64);
+            // Every softwire got exactly the blocks it needed: 100 flows fit one 512-port block.
+            use dslite_common::maps::{BlockKey, BlockValue, Slot, SlotKey};
+            let blocks: aya::maps::HashMap<_, BlockKey, BlockValue> =
+                aya::maps::HashMap::try_from(rig.ebpf.map("BLOCKS").unwrap()).unwrap();
+            let slots: aya::maps::HashMap<_, SlotKey, Slot> =
+                aya::maps::HashMap::try_from(rig.ebpf.map("SW_BLOCKS").unwrap()).unwrap();
+            assert_eq!(
+                blocks.keys().count(),
+                20,
+                "no block claimed and leaked by a lost race"
+            );
+            assert_eq!(slots.keys().count(), 20);
+            assert_eq!(c["block_allocated"], 20);
+            println!("races lost (and resolved): {}", c["nat_mapping_race_lost"]);
+        },
+    );
 }
 
 /// Before the controller writes the configuration, packets are dropped and counted.
@@ -812,7 +816,10 @@ fn aftr_block_allocation_is_an_event() {
         assert_eq!(events.len(), 1, "one block, one event: {events:?}");
         let ev = events[0];
         assert_eq!(ev.kind, dslite_common::maps::EVENT_BLOCK_ALLOCATED);
-        assert_eq!(ev.b4, b4a().octets());
+        // Blocks belong to the subscriber: the B4 address masked to its /56 (RFC 7785).
+        let mut sub = b4a().octets();
+        sub[7..].fill(0);
+        assert_eq!(ev.b4, sub);
         assert_eq!(ev.addr, [ip[12], ip[13], ip[14], ip[15]]);
         assert!(ev.port_lo <= port && port <= ev.port_hi);
         assert_eq!(ev.port_hi - ev.port_lo + 1, 512);
@@ -905,6 +912,16 @@ fn sweep_expires_by_protocol_and_state_and_holds_blocks_down() {
             rig.run("inet", &from_internet(rig, &synack)).0,
             XDP_REDIRECT
         );
+        // The host's ACK completes the handshake: inbound packets alone never establish.
+        assert_eq!(
+            views_of(rig)
+                .iter()
+                .filter(|s| s.state == "established")
+                .count(),
+            0
+        );
+        let ack = packets::tcp4_flags(HOST, s, 40002, 80, 64, 0x10);
+        let _ = rig.run("tun", &from_b4(rig, b4a(), &ack, &[]));
         let sessions = views_of(rig);
         assert_eq!(
             sessions.iter().filter(|s| s.state == "established").count(),
@@ -942,7 +959,9 @@ fn sweep_expires_by_protocol_and_state_and_holds_blocks_down() {
         assert_eq!(r.blocks_released, 1, "the empty block is released");
         let rel = &r.records[0];
         assert_eq!(rel.kind, dslite_common::maps::EVENT_BLOCK_RELEASED);
-        assert_eq!(rel.b4, b4a());
+        let mut sub = b4a().octets();
+        sub[7..].fill(0);
+        assert_eq!(rel.b4, Ipv6Addr::from(sub), "the subscriber's block");
         assert_eq!(
             rel.outside.octets(),
             [udp[14 + 12], udp[14 + 13], udp[14 + 14], udp[14 + 15]]
@@ -958,21 +977,26 @@ fn sweep_expires_by_protocol_and_state_and_holds_blocks_down() {
         );
         let slots: aya::maps::HashMap<_, SlotKey, Slot> =
             aya::maps::HashMap::try_from(rig.ebpf.map("SW_BLOCKS").unwrap()).unwrap();
-        assert_eq!(
-            slots.keys().count(),
-            0,
-            "the softwire no longer holds the block"
+        let slot: Vec<_> = slots.iter().map(|e| e.unwrap()).collect();
+        assert_eq!(slot.len(), 1);
+        assert_ne!(
+            slot[0].1.held, 0,
+            "the subscriber's slot keeps the block, held down"
         );
         let blocks: aya::maps::HashMap<_, BlockKey, BlockValue> =
             aya::maps::HashMap::try_from(rig.ebpf.map("BLOCKS").unwrap()).unwrap();
         let held: Vec<_> = blocks.iter().map(|e| e.unwrap()).collect();
         assert_eq!(held.len(), 1);
-        assert_ne!(held[0].1.released_ns, 0, "held down, not free (item 35)");
+        assert_ne!(
+            held[0].1.released_ns, 0,
+            "held down, not free (RFC 6888 REQ-8)"
+        );
         let r = sw.sweep(t0 + 7441 * sec + 119 * sec).unwrap();
         assert_eq!(r.blocks_freed, 0, "hold-down is 120 s");
         let r = sw.sweep(t0 + 7441 * sec + 121 * sec).unwrap();
         assert_eq!(r.blocks_freed, 1);
         assert_eq!(blocks.keys().count(), 0);
+        assert_eq!(slots.keys().count(), 0, "the slot goes with it");
     });
 }
 
@@ -1104,7 +1128,10 @@ fn assert_icmp_error(out: &[u8], refused: &[u8], ty: u8, code: u8, spent: u8) {
 #[test]
 fn aftr_session_limit_refuses_with_icmp() {
     with_aftr_cfg(
-        |s| s.limits.max_sessions = 2,
+        |s| {
+            s.limits.max_sessions = 2;
+            s.subscriber_prefix_len = 128;
+        },
         |rig| {
             for p in [5000u16, 5001] {
                 let (v, _) = rig.run(
@@ -1614,13 +1641,34 @@ fn aftr_hands_ipv4_fragments_to_the_slow_path() {
             assert_eq!(reason, SLOW_V4_FRAGMENT);
             assert_eq!(rest, &frame[..]);
         }
-        let inbound = udp4(SERVER, pool()[0], 7777, 1024, 64, &[1u8; 2000]);
-        let frame = from_internet(rig, &packets::fragment_v4(&inbound, 1400)[1]);
-        let (v, out) = rig.run("inet", &frame);
-        assert_eq!(v, XDP_REDIRECT);
-        assert_eq!(handed_over(&out), (SLOW_V4_FRAGMENT, 0, &frame[..]));
-        assert_eq!(rig.counter("slow_v4_fragment"), 3);
         assert_eq!(rig.counter("nat_mapping_created"), 0);
+        // From the internet, fragments reach reassembly only for a mapping: a later
+        // fragment whose chain no first fragment opened, and a first fragment whose ports
+        // match no mapping, are dropped here.
+        let inbound = udp4(SERVER, pool()[0], 7777, 1024, 64, &[1u8; 2000]);
+        let orphans = packets::fragment_v4(&inbound, 1400);
+        for f in orphans.iter().rev() {
+            assert_eq!(rig.run("inet", &from_internet(rig, f)).0, XDP_DROP);
+        }
+        assert_eq!(rig.counter("drop_orphan_fragment"), 2);
+        let (_, out) = rig.run(
+            "tun",
+            &from_b4(rig, b4a(), &udp4(HOST, SERVER, 5001, 7777, 64, b"x"), &[]),
+        );
+        let ip = &out[14..];
+        let (outside, port) = (
+            Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+            u16::from_be_bytes([ip[20], ip[21]]),
+        );
+        let reply = udp4(SERVER, outside, 7777, port, 64, &[1u8; 2000]);
+        let frags = packets::fragment_v4(&reply, 1400);
+        for f in &frags {
+            let frame = from_internet(rig, f);
+            let (v, out) = rig.run("inet", &frame);
+            assert_eq!(v, XDP_REDIRECT, "first, then the chain it opened");
+            assert_eq!(handed_over(&out), (SLOW_V4_FRAGMENT, 0, &frame[..]));
+        }
+        assert_eq!(rig.counter("slow_v4_fragment"), 4);
     });
 }
 

@@ -295,8 +295,9 @@ fn sighup_reloads_limits_without_dropping_a_mapping() {
     let sw = t.aftr.softwires().unwrap();
     let a = sw
         .iter()
-        .find(|s| s["b4"] == "2001:db8:a::2")
-        .expect("softwire a");
+        .find(|s| s["subscriber"] == "2001:db8:a::/56")
+        .expect("subscriber a");
+    assert_eq!(a["b4s"], serde_json::json!(["2001:db8:a::2"]), "{sw:?}");
     assert_eq!(a["mappings"], 2, "{sw:?}");
     assert_eq!(a["blocks"].as_array().unwrap().len(), 1, "{sw:?}");
     assert!(a["refused"].as_u64().unwrap() >= 1, "{sw:?}");
