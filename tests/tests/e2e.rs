@@ -290,7 +290,8 @@ fn idle_mappings_expire_and_blocks_are_logged() {
         .find(|r| r["event"] == "block-released")
         .expect("release record");
     for r in [alloc, rel] {
-        assert_eq!(r["b4"], "2001:db8:a::2");
+        // Blocks belong to the subscriber: its /56 (RFC 7785 §3).
+        assert_eq!(r["b4"], "2001:db8:a::");
         assert_eq!(r["outside"], seen.ip().to_string());
         assert_eq!(r["ports"], block.as_str());
         assert!(r["ts"].as_str().unwrap().ends_with('Z'));
@@ -365,7 +366,7 @@ fn quota_exhaustion_is_per_subscriber() {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let quota_record = |log: String| {
         log.lines().any(|l| {
-            l.contains(r#""event":"quota-exceeded""#) && l.contains(r#""b4":"2001:db8:a::2""#)
+            l.contains(r#""event":"quota-exceeded""#) && l.contains(r#""b4":"2001:db8:a::""#)
         })
     };
     while !quota_record(t.aftr.log()) {

@@ -50,7 +50,7 @@ fn large_df_datagrams_cross_a_1500_byte_ipv6_link_both_ways() {
         ..Default::default()
     })
     .unwrap();
-    let _echo_udp = udp_echo_server(&t.server, sa(SERVER1, 7777));
+    let _mirror = udp_mirror_server(&t.server, sa(SERVER1, 7777));
     let data = payload(1472, 1);
     let r = udp_mirror_exchange(
         &t.a.host,
@@ -97,7 +97,7 @@ fn a_1280_byte_core_link_is_learned_from_packet_too_big() {
         ..Default::default()
     })
     .unwrap();
-    let _echo_udp = udp_echo_server(&t.server, sa(SERVER1, 7777));
+    let _mirror = udp_mirror_server(&t.server, sa(SERVER1, 7777));
     let r = udp_mirror_exchange(
         &t.a.host,
         sa(HOST_ADDR, 5000),

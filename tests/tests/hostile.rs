@@ -1,0 +1,495 @@
+//! Hostile input through the AFTR program (BPF_PROG_TEST_RUN): what a subscriber or an
+//! internet host gains by abusing each feature, and that it is nothing. Each test names the
+//! defense it checks (docs/design.md, "Hostile input").
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use dslite_common::maps::{AftrConfig, Slot, SlotKey};
+use dslite_tests::{
+    fixture::*,
+    packets::{self, eth, softwire, udp4},
+};
+
+const HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
+const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+
+fn b4(last: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, last)
+}
+fn aftr() -> Ipv6Addr {
+    AFTR_ADDR.parse().unwrap()
+}
+
+fn from_b4_on(rig: &Rig, iface: &str, b4: Ipv6Addr, inner: &[u8]) -> Vec<u8> {
+    eth(
+        rig.mac(iface),
+        ROUTER_MAC,
+        packets::ETH_P_IPV6,
+        &softwire(b4, aftr(), inner, &[]),
+    )
+}
+fn from_b4(rig: &Rig, b4: Ipv6Addr, inner: &[u8]) -> Vec<u8> {
+    from_b4_on(rig, "tun", b4, inner)
+}
+fn from_internet(rig: &Rig, ip: &[u8]) -> Vec<u8> {
+    eth(rig.mac("inet"), SERVER_MAC, packets::ETH_P_IP, ip)
+}
+
+/// The outside (address, port) of a translated IPv4 frame.
+fn outside_of(out: &[u8]) -> (Ipv4Addr, u16) {
+    let ip = &out[14..];
+    (
+        Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        u16::from_be_bytes([ip[20], ip[21]]),
+    )
+}
+
+/// True when the frame went on to the internet (IPv4 out), not back down a softwire (an
+/// ICMP refusal is IPv6 out).
+fn forwarded(v: u32, out: &[u8]) -> bool {
+    v == XDP_REDIRECT && out[12..14] == [0x08, 0x00]
+}
+
+fn mappings(rig: &Rig) -> usize {
+    dslite_user::views::read_sessions(&rig.pin).unwrap().len()
+}
+
+fn slots(rig: &Rig) -> Vec<(SlotKey, Slot)> {
+    let m: aya::maps::HashMap<_, SlotKey, Slot> =
+        aya::maps::HashMap::try_from(rig.ebpf.map("SW_BLOCKS").unwrap()).unwrap();
+    m.iter().map(|e| e.unwrap()).collect()
+}
+
+fn edit_config(rig: &mut Rig, f: impl FnOnce(&mut AftrConfig)) {
+    let mut a: aya::maps::Array<_, AftrConfig> =
+        aya::maps::Array::try_from(rig.ebpf.map_mut("AFTR_CONFIG").unwrap()).unwrap();
+    let mut c = a.get(&0, 0).unwrap();
+    f(&mut c);
+    a.set(0, c, 0).unwrap();
+}
+
+/// RFC 7785: one subscriber rotating its source address inside its /56 shares one port
+/// quota and one session limit; it cannot take more blocks or mappings than one address.
+#[test]
+fn a_subscriber_rotating_addresses_gains_nothing() {
+    with_aftr_cfg(
+        |s| s.limits.max_sessions = 3,
+        |rig| {
+            for i in 0..3u16 {
+                let (v, out) = rig.run(
+                    "tun",
+                    &from_b4(
+                        rig,
+                        b4(0x100 + i),
+                        &udp4(HOST, SERVER, 5000, 7777, 64, b"x"),
+                    ),
+                );
+                assert!(forwarded(v, &out));
+            }
+            for i in 3..50u16 {
+                let (v, out) = rig.run(
+                    "tun",
+                    &from_b4(
+                        rig,
+                        b4(0x100 + i),
+                        &udp4(HOST, SERVER, 5000, 7777, 64, b"x"),
+                    ),
+                );
+                assert!(!forwarded(v, &out), "address {i} of the same /56");
+            }
+            assert_eq!(mappings(rig), 3, "one session limit for the subscriber");
+            assert!(rig.counter("drop_session_limit") >= 47);
+            assert_eq!(slots(rig).len(), 1, "one block: the subscriber's");
+            // Replies still go to the /128 that made each mapping.
+            let sessions = dslite_user::views::read_sessions(&rig.pin).unwrap();
+            let mut b4s: Vec<_> = sessions.iter().map(|s| s.b4.clone()).collect();
+            b4s.sort();
+            assert_eq!(
+                b4s,
+                ["2001:db8:a::100", "2001:db8:a::101", "2001:db8:a::102"]
+            );
+        },
+    );
+}
+
+/// The block quota is the subscriber's: addresses of one /56 share its blocks.
+#[test]
+fn the_port_quota_belongs_to_the_prefix() {
+    with_aftr_cfg(
+        |s| {
+            s.max_blocks = 1;
+            s.block_size = 16;
+        },
+        |rig| {
+            let mut ok = 0;
+            for i in 0..40u16 {
+                let (v, out) = rig.run(
+                    "tun",
+                    &from_b4(
+                        rig,
+                        b4(i + 1),
+                        &udp4(HOST, SERVER, 6000 + 2 * i, 7777, 64, b"x"),
+                    ),
+                );
+                ok += forwarded(v, &out) as usize;
+            }
+            assert!(
+                ok <= 8,
+                "16 ports, 8 of each parity, whatever the address: {ok} {:?} {:?}",
+                slots(rig)
+                    .iter()
+                    .map(|(k, s)| (Ipv6Addr::from(k.b4), k.slot, s.block))
+                    .collect::<Vec<_>>(),
+                rig.counters()
+                    .into_iter()
+                    .filter(|(_, v)| *v != 0)
+                    .collect::<Vec<_>>()
+            );
+            assert!(rig.counter("drop_quota_exceeded") >= 32);
+            assert_eq!(slots(rig).len(), 1);
+        },
+    );
+}
+
+/// Softwire packets only on the tunnel interface, IPv4 to the pool only on the internet one.
+#[test]
+fn packets_on_the_wrong_interface_are_dropped() {
+    with_aftr(|rig| {
+        let (tun, inet) = (rig.ifindex["tun"], rig.ifindex["inet"]);
+        edit_config(rig, |c| {
+            c.tunnel_ifindex = tun;
+            c.internet_ifindex = inet;
+        });
+        let inner = udp4(HOST, SERVER, 5000, 7777, 64, b"x");
+        let (v, _) = rig.run("inet", &from_b4_on(rig, "inet", b4(2), &inner));
+        assert_eq!(v, XDP_DROP);
+        assert_eq!(rig.counter("drop_wrong_interface"), 1);
+        let (v, out) = rig.run("tun", &from_b4(rig, b4(2), &inner));
+        assert_eq!(v, XDP_REDIRECT);
+        let (addr, port) = outside_of(&out);
+        let reply = udp4(SERVER, addr, 7777, port, 64, b"y");
+        let on_tun = eth(rig.mac("tun"), ROUTER_MAC, packets::ETH_P_IP, &reply);
+        assert_eq!(rig.run("tun", &on_tun).0, XDP_DROP);
+        assert_eq!(rig.counter("drop_wrong_interface"), 2);
+        assert_eq!(rig.run("inet", &from_internet(rig, &reply)).0, XDP_REDIRECT);
+    });
+}
+
+/// A B4 source that is one of the AFTR host's own addresses is dropped, even inside an
+/// allowed prefix (a denying /128 in B4_ALLOW).
+#[test]
+fn the_aftr_hosts_own_addresses_are_no_b4() {
+    with_aftr(|rig| {
+        let own = b4(0x99);
+        dslite_user::dataplane::sync_local_b4_denies(
+            &rig.pin,
+            &[own],
+            &aftr_settings().b4_prefixes,
+        )
+        .unwrap();
+        let inner = udp4(HOST, SERVER, 5000, 7777, 64, b"x");
+        assert_eq!(rig.run("tun", &from_b4(rig, own, &inner)).0, XDP_DROP);
+        assert_eq!(rig.counter("drop_b4_source_local"), 1);
+        assert_eq!(mappings(rig), 0);
+        assert_eq!(rig.run("tun", &from_b4(rig, b4(2), &inner)).0, XDP_REDIRECT);
+        // The host lost the address: the deny goes, the prefix still allows it.
+        dslite_user::dataplane::sync_local_b4_denies(&rig.pin, &[], &aftr_settings().b4_prefixes)
+            .unwrap();
+        assert_eq!(rig.run("tun", &from_b4(rig, own, &inner)).0, XDP_REDIRECT);
+    });
+}
+
+/// A subscriber never reaches special-purpose ranges, the AFTR's own addresses or the
+/// operator's denied ranges, and such a packet makes no mapping; 192.0.0.1 still answers.
+#[test]
+fn denied_destinations_are_dropped_before_any_mapping() {
+    with_aftr_cfg(
+        |s| s.deny_destinations = vec!["10.0.0.0/8".parse().unwrap()],
+        |rig| {
+            let s = aftr_settings();
+            let want = dslite_user::dataplane::denied_destinations(
+                &dslite_user::config::AftrSettings {
+                    deny_destinations: vec!["10.0.0.0/8".parse().unwrap()],
+                    ..s
+                },
+                &[Ipv4Addr::new(203, 0, 113, 1)],
+            );
+            dslite_user::dataplane::sync_denied(&rig.pin, &want).unwrap();
+            let denied = [
+                Ipv4Addr::new(127, 0, 0, 1),
+                Ipv4Addr::new(0, 1, 2, 3),
+                Ipv4Addr::new(224, 0, 0, 251),
+                Ipv4Addr::new(240, 0, 0, 1),
+                Ipv4Addr::new(255, 255, 255, 255),
+                Ipv4Addr::new(192, 0, 0, 2),
+                Ipv4Addr::new(10, 20, 30, 40),
+                Ipv4Addr::new(203, 0, 113, 1),
+            ];
+            for (i, d) in denied.iter().enumerate() {
+                let inner = udp4(HOST, *d, 5000 + i as u16, 53, 64, b"x");
+                assert_eq!(
+                    rig.run("tun", &from_b4(rig, b4(2), &inner)).0,
+                    XDP_DROP,
+                    "{d}"
+                );
+            }
+            assert_eq!(rig.counter("drop_denied_destination"), denied.len() as u64);
+            assert_eq!(mappings(rig), 0);
+            let echo = packets::icmp4_echo(HOST, Ipv4Addr::new(192, 0, 0, 1), 7, 1, 64, false);
+            assert_eq!(rig.run("tun", &from_b4(rig, b4(2), &echo)).0, XDP_REDIRECT);
+            let ok = udp4(HOST, SERVER, 5100, 53, 64, b"x");
+            assert_eq!(rig.run("tun", &from_b4(rig, b4(2), &ok)).0, XDP_REDIRECT);
+        },
+    );
+}
+
+fn tcp_state(rig: &Rig, inside_port: u16) -> String {
+    dslite_user::views::read_sessions(&rig.pin)
+        .unwrap()
+        .into_iter()
+        .find(|s| s.inside.ends_with(&format!(":{inside_port}")))
+        .map(|s| s.state.to_string())
+        .unwrap_or_default()
+}
+
+fn with_csum(mut seg: Vec<u8>) -> Vec<u8> {
+    seg[36..38].copy_from_slice(&[0, 0]);
+    let h = etherparse::Ipv4HeaderSlice::from_slice(&seg)
+        .unwrap()
+        .to_header();
+    let t = etherparse::TcpHeaderSlice::from_slice(&seg[20..])
+        .unwrap()
+        .to_header();
+    let c = t.calc_checksum_ipv4(&h, &[]).unwrap();
+    seg[36..38].copy_from_slice(&c.to_be_bytes());
+    seg
+}
+
+/// RFC 7857 §2: an outsider's RST makes an established mapping transitory only until the
+/// next packet; an inbound SYN changes nothing; inbound packets alone never establish.
+#[test]
+fn outsiders_cannot_flip_tcp_state() {
+    with_aftr(|rig| {
+        let (v, out) = rig.run(
+            "tun",
+            &from_b4(rig, b4(2), &packets::tcp4_syn(HOST, SERVER, 40000, 80, 64)),
+        );
+        assert_eq!(v, XDP_REDIRECT);
+        let (addr, port) = outside_of(&out);
+        let inbound = |flags: u8| {
+            let mut seg = packets::tcp4_flags(SERVER, addr, 80, port, 64, flags);
+            seg[33] = flags;
+            with_csum(seg)
+        };
+        assert_eq!(
+            rig.run("inet", &from_internet(rig, &inbound(0x12))).0,
+            XDP_REDIRECT
+        );
+        assert_eq!(
+            rig.run("inet", &from_internet(rig, &inbound(0x10))).0,
+            XDP_REDIRECT
+        );
+        assert_eq!(
+            tcp_state(rig, 40000),
+            "opening",
+            "inbound alone does not establish"
+        );
+        let ack = packets::tcp4_flags(HOST, SERVER, 40000, 80, 64, 0x10);
+        let _ = rig.run("tun", &from_b4(rig, b4(2), &ack));
+        assert_eq!(tcp_state(rig, 40000), "established");
+        let _ = rig.run("inet", &from_internet(rig, &inbound(0x04)));
+        assert_eq!(tcp_state(rig, 40000), "reset", "a RST: transitory for now");
+        let _ = rig.run("tun", &from_b4(rig, b4(2), &ack));
+        assert_eq!(
+            tcp_state(rig, 40000),
+            "established",
+            "later traffic restores it"
+        );
+        let _ = rig.run("inet", &from_internet(rig, &inbound(0x02)));
+        assert_eq!(
+            tcp_state(rig, 40000),
+            "established",
+            "an inbound SYN changes nothing"
+        );
+    });
+}
+
+/// Hairpinned packets pass the receiving mapping's filter like packets from the internet
+/// (RFC 4787 REQ-9): under APDF, subscriber B cannot reach A's mapping until A sent to B.
+#[test]
+fn hairpinning_is_filtered_like_the_internet() {
+    with_aftr_cfg(
+        |s| {
+            s.filtering = [dslite_user::config::Filtering::Apdf; 3];
+            s.subscriber_prefix_len = 128;
+        },
+        |rig| {
+            let a = b4(2);
+            let b = b4(3);
+            let (_, out) = rig.run(
+                "tun",
+                &from_b4(rig, a, &udp4(HOST, SERVER, 5000, 7777, 64, b"a")),
+            );
+            let (a_addr, a_port) = outside_of(&out);
+            let (_, out) = rig.run(
+                "tun",
+                &from_b4(rig, b, &udp4(HOST, SERVER, 5001, 7777, 64, b"b")),
+            );
+            let (b_addr, b_port) = outside_of(&out);
+            let to_a = udp4(HOST, a_addr, 5001, a_port, 64, b"hi");
+            assert_eq!(rig.run("tun", &from_b4(rig, b, &to_a)).0, XDP_DROP);
+            assert_eq!(rig.counter("drop_filtered"), 1);
+            // A sends to B's outside endpoint first (which B's filter refuses, as A is new to
+            // B); then B's packets reach A.
+            let to_b = udp4(HOST, b_addr, 5000, b_port, 64, b"hello");
+            let _ = rig.run("tun", &from_b4(rig, a, &to_b));
+            assert_eq!(rig.run("tun", &from_b4(rig, b, &to_a)).0, XDP_REDIRECT);
+            assert!(rig.counter("hairpin_packets") >= 1);
+        },
+    );
+}
+
+/// One mapping keeps at most `max_peers` remotes; more are counted, not stored.
+#[test]
+fn one_mapping_cannot_fill_the_peer_table() {
+    with_aftr_cfg(
+        |s| {
+            s.filtering = [dslite_user::config::Filtering::Apdf; 3];
+            s.max_peers = 2;
+        },
+        |rig| {
+            for i in 0..5u16 {
+                let inner = udp4(HOST, SERVER, 5000, 7770 + i, 64, b"x");
+                assert_eq!(rig.run("tun", &from_b4(rig, b4(2), &inner)).0, XDP_REDIRECT);
+            }
+            let peers: aya::maps::HashMap<_, dslite_common::maps::PeerKey, u64> =
+                aya::maps::HashMap::try_from(rig.ebpf.map("PEERS").unwrap()).unwrap();
+            assert_eq!(peers.keys().count(), 2);
+            assert_eq!(rig.counter("peer_limit_refused"), 3);
+        },
+    );
+}
+
+/// ICMP errors that concern nobody here are dropped: one quoting an ICMP error, and one
+/// whose quoted source is not the address it was sent to.
+#[test]
+fn icmp_errors_about_nothing_of_ours_are_dropped() {
+    with_aftr(|rig| {
+        let (_, out) = rig.run(
+            "tun",
+            &from_b4(rig, b4(2), &udp4(HOST, SERVER, 5000, 7777, 64, b"x")),
+        );
+        let (addr, port) = outside_of(&out);
+        let quoted = udp4(addr, SERVER, port, 7777, 63, b"x");
+        let error = |to: Ipv4Addr, quote: &[u8]| {
+            let mut icmp = vec![3u8, 1, 0, 0, 0, 0, 0, 0];
+            icmp.extend_from_slice(&quote[..28.min(quote.len())]);
+            let c = dslite_common::csum::checksum(&icmp);
+            icmp[2..4].copy_from_slice(&c.to_ne_bytes());
+            let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0];
+            ip.extend_from_slice(&Ipv4Addr::new(203, 0, 113, 9).octets());
+            ip.extend_from_slice(&to.octets());
+            ip.extend_from_slice(&icmp);
+            let n = ip.len() as u16;
+            ip[2..4].copy_from_slice(&n.to_be_bytes());
+            dslite_common::csum::set_ipv4_header_checksum(&mut ip);
+            ip
+        };
+        // To another pool address than the quoted source: concerns nobody.
+        let other = if addr.octets()[3] == 0 {
+            Ipv4Addr::new(198, 51, 100, 1)
+        } else {
+            Ipv4Addr::new(198, 51, 100, 0)
+        };
+        assert_eq!(
+            rig.run("inet", &from_internet(rig, &error(other, &quoted)))
+                .0,
+            XDP_DROP
+        );
+        assert_eq!(rig.counter("drop_icmp_error_mismatch"), 1);
+        // An error quoting an error about our packet.
+        let inner_err = error(addr, &quoted);
+        let mut q = inner_err.clone();
+        q[12..16].copy_from_slice(&addr.octets());
+        q[16..20].copy_from_slice(&SERVER.octets());
+        dslite_common::csum::set_ipv4_header_checksum(&mut q);
+        assert_eq!(
+            rig.run("inet", &from_internet(rig, &error(addr, &q))).0,
+            XDP_DROP
+        );
+        assert!(rig.counter("drop_bad_icmp_error") >= 1);
+        // The genuine one is translated.
+        assert_eq!(
+            rig.run("inet", &from_internet(rig, &error(addr, &quoted)))
+                .0,
+            XDP_REDIRECT
+        );
+    });
+}
+
+/// The block search visits every block: with every block of the pool taken but one, a new
+/// subscriber gets that one; with none left, the refusal is a counted drop.
+#[test]
+fn the_last_free_block_is_found() {
+    with_aftr_cfg(
+        |s| {
+            s.subscriber_prefix_len = 128;
+            s.max_blocks = 1;
+            s.block_size = 4096;
+            s.ports = dslite_user::config::PortRange {
+                lo: 4096,
+                hi: 65535,
+            };
+        },
+        |rig| {
+            // 4 addresses x 15 blocks = 60 blocks.
+            let mut ok = 0;
+            for i in 0..60u16 {
+                let inner = udp4(HOST, SERVER, 5000, 7777, 64, b"x");
+                let (v, out) = rig.run("tun", &from_b4(rig, b4(0x1000 + i), &inner));
+                ok += forwarded(v, &out) as usize;
+            }
+            assert_eq!(ok, 60, "every block found: {:?}", rig.counters());
+            assert_eq!(rig.counter("drop_pool_exhausted"), 0);
+            let inner = udp4(HOST, SERVER, 5000, 7777, 64, b"x");
+            let (v, out) = rig.run("tun", &from_b4(rig, b4(0x2000), &inner));
+            assert!(!forwarded(v, &out), "no block left");
+            assert_eq!(rig.counter("drop_pool_exhausted"), 1);
+        },
+    );
+}
+
+/// A subscriber gets its own block back from hold-down: same range, no new allocation.
+#[test]
+fn a_subscriber_takes_its_held_block_back() {
+    with_aftr(|rig| {
+        use dslite_user::{
+            config::Timeouts,
+            sweep::{monotonic_ns, Sweeper},
+        };
+        let inner = udp4(HOST, SERVER, 5000, 7777, 64, b"x");
+        let (_, out) = rig.run("tun", &from_b4(rig, b4(2), &inner));
+        let (addr, port) = outside_of(&out);
+        let cfg = dslite_user::dataplane::aftr_config(&aftr_settings(), 0);
+        let mut sw = Sweeper::open(&rig.pin, cfg, Timeouts::default()).unwrap();
+        let r = sw.sweep(monotonic_ns() + 301_000_000_000).unwrap();
+        assert_eq!((r.expired, r.blocks_released), (1, 1));
+        assert_eq!(rig.counter("block_allocated"), 1);
+        // Another address of the same /56 comes back within the hold-down.
+        let (v, out) = rig.run(
+            "tun",
+            &from_b4(rig, b4(3), &udp4(HOST, SERVER, 5002, 7777, 64, b"x")),
+        );
+        assert_eq!(v, XDP_REDIRECT);
+        let (addr2, port2) = outside_of(&out);
+        assert_eq!(addr2, addr);
+        assert_eq!(port2 / 512, port / 512, "the same block");
+        assert_eq!(rig.counter("block_reclaimed"), 1);
+        assert_eq!(
+            rig.counter("block_allocated"),
+            1,
+            "no new block, no new record"
+        );
+        assert!(slots(rig).iter().all(|(_, s)| s.held == 0));
+    });
+}
