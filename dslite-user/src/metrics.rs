@@ -121,7 +121,7 @@ pub fn render(counters: &[(Counter, u64)], g: Option<&Gauges>) -> String {
         &mut out,
         "dslite_natlog_records_total",
         "counter",
-        "NAT log records a sink delivered.",
+        "NAT log records a sink sent (a datagram: the receiver may still refuse it) or wrote (the file).",
     );
     for s in &g.natlog {
         let _ = writeln!(

@@ -9,14 +9,17 @@
 //!
 //! A sink opened `synchronous` (the file) also makes the controller wait until its record
 //! is written, while the sink keeps up: the record is then in the page cache before the
-//! next event is taken from the kernel, so a SIGKILL loses nothing consumed. That wait is
-//! bounded by a budget per second, so a stalled disk slows the controller by that share at
-//! most, and the queue takes the rest.
+//! next event is taken from the kernel, so a SIGKILL loses nothing consumed. Waits for
+//! slow writes (a millisecond or more) are bounded by a budget per second, so a slow or
+//! stalled disk slows the controller by that share at most, and the queue takes the rest.
 
 use std::{
     collections::VecDeque,
     sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{
+            AtomicBool, AtomicU64,
+            Ordering::{Acquire, Relaxed, Release, SeqCst},
+        },
         Arc, Condvar, Mutex,
     },
     thread::JoinHandle,
@@ -53,8 +56,10 @@ pub(crate) trait Transport: Send + 'static {
 pub(crate) const RETRY_EVERY: Duration = Duration::from_millis(200);
 /// How long records still queued at shutdown get to go out.
 pub(crate) const FLUSH_AT_EXIT: Duration = Duration::from_secs(2);
-/// A synchronous sink makes the controller wait at most this long per second.
+/// A synchronous sink makes the controller wait at most this long per second for writes
+/// slower than [`SLOW_WRITE`].
 const SYNC_BUDGET: Duration = Duration::from_millis(50);
+const SLOW_WRITE: Duration = Duration::from_millis(1);
 
 /// One sink's counters, shared with the metrics (they survive a reload).
 #[derive(Debug, Default)]
@@ -104,6 +109,12 @@ struct Shared {
     work: Condvar,
     progress: Condvar,
     stats: Arc<SinkStats>,
+    /// A copy of `State::finished`, to check without the lock.
+    finished: AtomicU64,
+    /// Set (under the lock) by a side about to sleep on its condition variable, so that
+    /// the other wakes it only then (a wake-up is a system call).
+    worker_sleeps: AtomicBool,
+    pusher_sleeps: AtomicBool,
 }
 
 fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
@@ -140,6 +151,9 @@ impl Sink {
             work: Condvar::new(),
             progress: Condvar::new(),
             stats,
+            finished: AtomicU64::new(0),
+            worker_sleeps: AtomicBool::new(false),
+            pusher_sleeps: AtomicBool::new(false),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -179,7 +193,9 @@ impl Sink {
             stats.queued.store(st.items.len() as u64, Relaxed);
             st.pushed
         };
-        self.shared.work.notify_one();
+        if self.shared.worker_sleeps.load(SeqCst) {
+            self.shared.work.notify_one();
+        }
         if self.synchronous {
             self.wait_for(seq);
         }
@@ -195,13 +211,27 @@ impl Sink {
         if left.is_zero() {
             return;
         }
-        let st = lock(&self.shared);
-        let r = self
-            .shared
-            .progress
-            .wait_timeout_while(st, left, |st| st.finished < seq && !st.exited);
-        drop(r);
-        self.budget_spent += now.elapsed();
+        let sh = &self.shared;
+        if sh.finished.load(Acquire) < seq {
+            let mut st = lock(sh);
+            sh.pusher_sleeps.store(true, SeqCst);
+            while st.finished < seq && !st.exited {
+                let Some(t) = left.checked_sub(now.elapsed()) else {
+                    break;
+                };
+                st = sh
+                    .progress
+                    .wait_timeout(st, t)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            sh.pusher_sleeps.store(false, SeqCst);
+        }
+        // Only a slow write counts: a healthy sink is waited for every time.
+        let spent = now.elapsed();
+        if spent >= SLOW_WRITE {
+            self.budget_spent += spent;
+        }
     }
 
     /// Stop taking records: the thread delivers what is queued for up to
@@ -220,6 +250,7 @@ impl Sink {
     pub(crate) fn close(&mut self, wait: Duration) {
         self.begin_close();
         let st = lock(&self.shared);
+        // The thread signals its exit unconditionally.
         let (st, _) = self
             .shared
             .progress
@@ -274,7 +305,9 @@ fn run(shared: &Shared, mut t: impl Transport) {
                     stats.queued.store(st.items.len() as u64, Relaxed);
                     break (item, st.give_up_at);
                 }
+                shared.worker_sleeps.store(true, SeqCst);
                 st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
+                shared.worker_sleeps.store(false, SeqCst);
             }
         };
         match item {
@@ -314,8 +347,12 @@ fn run(shared: &Shared, mut t: impl Transport) {
         }
         let mut st = lock(shared);
         st.finished += 1;
+        shared.finished.store(st.finished, Release);
+        let wake = shared.pusher_sleeps.load(SeqCst);
         drop(st);
-        shared.progress.notify_all();
+        if wake {
+            shared.progress.notify_all();
+        }
     }
 }
 
