@@ -384,6 +384,8 @@ const _: () = assert!(size_of::<NextHopKey>() == 24);
 const _: () = assert!(size_of::<NextHop>() == 24);
 
 /// Kinds of [`NatEvent`]: RFC 8158 natEvent values (IANA "NAT Event Type").
+/// Written by the controller's sweep only (a subscriber found no address with a free block).
+pub const EVENT_ADDRESSES_EXHAUSTED: u8 = 3;
 pub const EVENT_MAPPING_CREATED: u8 = 8;
 pub const EVENT_MAPPING_DELETED: u8 = 9;
 pub const EVENT_PORTS_EXHAUSTED: u8 = 12;

@@ -227,25 +227,32 @@ fn check_config(file: &std::path::Path) -> Result<()> {
 }
 
 fn whois(w: &WhoisArgs) -> Result<()> {
+    use std::fmt::Write as _;
     let at = crate::natlog::parse_rfc3339_ms(&w.at).map_err(usage)?;
-    let (records, skipped) = crate::natlog::read_logs(&w.nat_log).map_err(usage)?;
-    if skipped > 0 {
-        warn!("{skipped} lines in the NAT logs are not NAT records; skipped");
-    }
-    let holders = crate::natlog::whois(&records, *w.endpoint.ip(), w.endpoint.port(), at);
-    if w.json {
-        println!(
-            "{}",
-            serde_json::json!({ "endpoint": w.endpoint.to_string(), "at": crate::natlog::rfc3339_ms(at), "holders": holders })
+    let (ip, port) = (*w.endpoint.ip(), w.endpoint.port());
+    // Only this address's records are kept: memory follows the answer, not the log.
+    let logs = crate::natlog::read_logs(&w.nat_log, |r| r.outside == ip).map_err(usage)?;
+    if logs.skipped > 0 {
+        warn!(
+            "{} lines in the NAT logs are not NAT records; skipped (first: {})",
+            logs.skipped,
+            logs.examples.join("; ")
         );
-        return Ok(());
+    }
+    let holders = crate::natlog::whois(&logs.records, ip, port, at);
+    let at_s = crate::natlog::rfc3339_ms(at);
+    let mut out = String::new();
+    if w.json {
+        let doc = serde_json::json!({ "endpoint": w.endpoint.to_string(), "at": at_s, "holders": holders });
+        let _ = writeln!(out, "{doc}");
+        return print_out(&out);
     }
     if holders.is_empty() {
-        println!(
-            "{} at {}: no softwire held it (in {} records)",
+        let _ = writeln!(
+            out,
+            "{} at {at_s}: no softwire held it (in {} records of {ip})",
             w.endpoint,
-            crate::natlog::rfc3339_ms(at),
-            records.len()
+            logs.records.len()
         );
     }
     for h in holders {
@@ -254,10 +261,10 @@ fn whois(w: &WhoisArgs) -> Result<()> {
             (None, Some(p)) => format!("port block {p}"),
             _ => String::new(),
         };
-        println!(
-            "{} at {}: softwire {} {what}, from {} until {}",
+        let _ = writeln!(
+            out,
+            "{} at {at_s}: softwire {} {what}, from {} until {}",
             w.endpoint,
-            crate::natlog::rfc3339_ms(at),
             h.b4,
             h.from,
             h.until
@@ -265,7 +272,19 @@ fn whois(w: &WhoisArgs) -> Result<()> {
                 .unwrap_or("(still held at the end of the log)")
         );
     }
-    Ok(())
+    print_out(&out)
+}
+
+/// Write a command's output; a reader that went away (`| head`) ends it quietly.
+fn print_out(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut o = std::io::stdout().lock();
+    match o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::anyhow!("writing the answer: {e}"))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn run_async(f: impl std::future::Future<Output = Result<()>>) -> Result<()> {
@@ -320,7 +339,10 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
     let mut sweeper =
         crate::sweep::Sweeper::open(&s.pin_path, dataplane::aftr_config(&s, seed), s.timeouts)?;
     sweeper.log_sessions = s.log_sessions;
-    let natlog = crate::natlog::NatLog::open(&s.natlog).map_err(usage)?;
+    sweeper.max_mappings = s.max_mappings;
+    let natlog = crate::natlog::NatLog::open(&s.natlog, Default::default()).map_err(usage)?;
+    // What the loop leaves: the NAT log and the sweeper, for the records of the stop.
+    let mut left: Option<AftrState> = None;
     let r = async {
         dataplane::attach(
             &mut ebpf,
@@ -367,11 +389,20 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
             events_lost: 0,
             host_sync_due: std::time::Instant::now() + HOST_SYNC_EVERY,
         };
-        aftr_loop(&s.pin_path, &mut st, &slow).await
+        let r = aftr_loop(&s.pin_path, &mut st, &slow).await;
+        left = Some(st);
+        r
     }
     .await;
     drop(logger);
     drop(ebpf); // detaches the XDP links that are not pinned
+    if let Some(st) = &mut left {
+        if !s.persist {
+            log_the_stop(&s.pin_path, st);
+        }
+        // Queued records get a bounded time to go out; what is left is counted and said.
+        st.natlog.close();
+    }
     if s.persist {
         info!("AFTR controller stopped; XDP stays attached and the maps pinned (--persist)");
     } else {
@@ -779,9 +810,9 @@ impl AftrState {
         self.sweeper
             .set_config(dataplane::aftr_config(&new, self.seed));
         if new.natlog != old.natlog {
-            self.natlog = crate::natlog::NatLog::open(&new.natlog)?;
+            self.natlog.reconfigure(&new.natlog)?;
         } else {
-            self.natlog.reopen()?;
+            self.natlog.reopen();
         }
         self.settings = new;
         Ok(())
@@ -822,15 +853,7 @@ async fn aftr_loop(
             }
             g = events.readable_mut() => {
                 let mut g = g?;
-                let offset = crate::natlog::realtime_offset_ns();
-                while let Some(item) = g.get_inner_mut().next() {
-                    if item.len() >= std::mem::size_of::<dslite_common::maps::NatEvent>() {
-                        // SAFETY: the kernel wrote a NatEvent (repr(C), any bit pattern valid).
-                        let ev: dslite_common::maps::NatEvent =
-                            unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                        st.natlog.emit(&crate::natlog::NatRecord::from_event(&ev, offset));
-                    }
-                }
+                drain_events(g.get_inner_mut(), &mut st.natlog);
                 g.clear_ready();
             }
             _ = tick.tick() => {
@@ -849,11 +872,16 @@ async fn aftr_loop(
                     st.events_lost = n;
                 }
                 let now = crate::sweep::monotonic_ns();
-                match st.sweeper.sweep(now) {
+                let swept = st.sweeper.sweep(now);
+                if let Ok(r) = &swept {
+                    for rec in &r.records {
+                        st.natlog.emit(rec);
+                    }
+                }
+                st.natlog.tick();
+                let natlog = st.natlog.snapshot();
+                match swept {
                     Ok(r) => {
-                        for rec in &r.records {
-                            st.natlog.emit(rec);
-                        }
                         if let Ok(mut g) = st.gauges.lock() {
                             *g = Some(crate::metrics::Gauges {
                                 mappings: r.mappings,
@@ -863,7 +891,7 @@ async fn aftr_loop(
                                 blocks_in_use: r.blocks_in_use.clone(),
                                 blocks_held: r.blocks_held.clone(),
                                 sweep_seconds: r.micros as f64 / 1e6,
-                                natlog_failures: st.natlog.failures,
+                                natlog,
                             });
                         }
                         if r.expired > 0 || r.blocks_freed > 0 {
@@ -871,10 +899,71 @@ async fn aftr_loop(
                                 r.scanned, r.expired, r.blocks_released, r.blocks_freed, r.micros);
                         }
                     }
-                    Err(e) => warn!("sweep failed: {e:#}"),
+                    Err(e) => {
+                        warn!("sweep failed: {e:#}");
+                        // The NAT log's counters stay current all the same.
+                        if let Ok(mut g) = st.gauges.lock() {
+                            if let Some(g) = g.as_mut() {
+                                g.natlog = natlog;
+                            }
+                        }
+                    }
                 }
             }
         }
+    }
+}
+
+/// Every event the kernel has put in the ring buffer, into the NAT log. Each is handed to
+/// the sinks before the next is taken (the file's write included, while it keeps up): the
+/// ring's consumer position moves past an event only once it is logged.
+fn drain_events<T: std::borrow::BorrowMut<aya::maps::MapData>>(
+    ring: &mut aya::maps::RingBuf<T>,
+    natlog: &mut crate::natlog::NatLog,
+) -> usize {
+    let offset = crate::natlog::realtime_offset_ns();
+    let mut n = 0;
+    while let Some(item) = ring.next() {
+        if item.len() >= std::mem::size_of::<dslite_common::maps::NatEvent>() {
+            // SAFETY: the kernel wrote a NatEvent (repr(C), any bit pattern valid).
+            let ev: dslite_common::maps::NatEvent =
+                unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            natlog.emit(&crate::natlog::NatRecord::from_event(&ev, offset));
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Stopping without `--persist` (XDP already detached, the maps still pinned): log what is
+/// left in the ring buffer, then a release for every block still held (and, with
+/// `--log-sessions`, a deletion for every mapping): the dataplane and its state go now.
+fn log_the_stop(pin: &std::path::Path, st: &mut AftrState) {
+    use aya::maps::{Map, MapData, RingBuf};
+    let ring = MapData::from_pin(pin.join(dslite_common::maps::EVENTS))
+        .map_err(anyhow::Error::from)
+        .and_then(|d| Ok(RingBuf::try_from(Map::RingBuf(d))?));
+    match ring {
+        Ok(mut ring) => {
+            drain_events(&mut ring, &mut st.natlog);
+        }
+        Err(e) => warn!("NAT log: reading the last events at exit: {e:#}"),
+    }
+    match st.sweeper.release_all(crate::sweep::monotonic_ns()) {
+        Ok(records) => {
+            let blocks = records
+                .iter()
+                .filter(|r| r.kind == dslite_common::maps::EVENT_BLOCK_RELEASED)
+                .count();
+            for r in &records {
+                st.natlog.emit(r);
+            }
+            info!(
+                "NAT log: {blocks} port blocks released at exit ({} records)",
+                records.len()
+            );
+        }
+        Err(e) => warn!("NAT log: reading the blocks held at exit: {e:#}"),
     }
 }
 

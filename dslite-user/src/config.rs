@@ -282,6 +282,10 @@ pub struct AftrOptions {
     /// NAT log: IPFIX (RFC 7011, RFC 8158 fields) over UDP to a collector.
     #[arg(long, value_name = "HOST:PORT")]
     pub ipfix: Option<std::net::SocketAddr>,
+    /// NAT log: records each sink (file, syslog, IPFIX) holds while its receiver or disk
+    /// does not keep up; beyond that they are lost, counted (default 16384).
+    #[arg(long, value_name = "RECORDS")]
+    pub nat_log_queue: Option<usize>,
     /// NAT log: every mapping created and deleted, not only port blocks.
     #[arg(long)]
     pub log_sessions: bool,
@@ -593,6 +597,7 @@ impl AftrOptions {
             nat_log: self.nat_log.or(f.nat_log),
             syslog: self.syslog.or(f.syslog),
             ipfix: self.ipfix.or(f.ipfix),
+            nat_log_queue: self.nat_log_queue.or(f.nat_log_queue),
             log_sessions: self.log_sessions || f.log_sessions,
             log_destinations: self.log_destinations || f.log_destinations,
             max_sessions: self.max_sessions.or(f.max_sessions),
@@ -860,6 +865,15 @@ impl AftrOptions {
                 limits.icmp_code
             );
         }
+        let nat_log_queue = self.nat_log_queue.unwrap_or(crate::natlog::DEFAULT_QUEUE);
+        let q = crate::natlog::QUEUE_RANGE;
+        if !q.contains(&nat_log_queue) {
+            bail!(
+                "--nat-log-queue {nat_log_queue} must be {}-{} records",
+                q.start(),
+                q.end()
+            );
+        }
         Ok(AftrSettings {
             internet_iface: self.internet_iface.unwrap_or_else(|| tunnel_iface.clone()),
             tunnel_iface,
@@ -890,6 +904,7 @@ impl AftrOptions {
                 file: self.nat_log,
                 syslog: self.syslog,
                 ipfix: self.ipfix,
+                queue: nat_log_queue,
             },
             log_sessions: self.log_sessions || self.log_destinations,
             log_destinations: self.log_destinations,
@@ -1185,6 +1200,29 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("(64)"), "{e}");
+    }
+
+    #[test]
+    fn nat_log_queue_is_bounded() {
+        let s = aftr(AftrOptions::default()).unwrap();
+        assert_eq!(s.natlog.queue, crate::natlog::DEFAULT_QUEUE);
+        let s = aftr(AftrOptions {
+            nat_log_queue: Some(64),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.natlog.queue, 64);
+        for bad in [0, 15, 1 << 21] {
+            let e = aftr(AftrOptions {
+                nat_log_queue: Some(bad),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("--nat-log-queue {bad}")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -25,7 +25,8 @@ pub struct Gauges {
     pub blocks_in_use: BTreeMap<[u8; 4], u64>,
     pub blocks_held: BTreeMap<[u8; 4], u64>,
     pub sweep_seconds: f64,
-    pub natlog_failures: u64,
+    /// Each configured NAT log sink's counters.
+    pub natlog: Vec<crate::natlog::SinkSnapshot>,
 }
 
 pub type Shared = Arc<Mutex<Option<Gauges>>>;
@@ -118,11 +119,58 @@ pub fn render(counters: &[(Counter, u64)], g: Option<&Gauges>) -> String {
     let _ = writeln!(out, "dslite_sweep_duration_seconds {}", g.sweep_seconds);
     family(
         &mut out,
+        "dslite_natlog_records_total",
+        "counter",
+        "NAT log records a sink sent (a datagram: the receiver may still refuse it) or wrote (the file).",
+    );
+    for s in &g.natlog {
+        let _ = writeln!(
+            out,
+            "dslite_natlog_records_total{{sink=\"{}\"}} {}",
+            s.sink, s.delivered
+        );
+    }
+    family(
+        &mut out,
+        "dslite_natlog_lost_total",
+        "counter",
+        "NAT log records a sink lost: its queue was full, the receiver refused them, they could not be sent, or they were still queued at exit.",
+    );
+    for s in &g.natlog {
+        for (reason, n) in [
+            ("queue_full", s.lost_queue_full),
+            ("refused", s.lost_refused),
+            ("undeliverable", s.lost_error),
+            ("shutdown", s.lost_shutdown),
+        ] {
+            let _ = writeln!(
+                out,
+                "dslite_natlog_lost_total{{sink=\"{}\",reason=\"{reason}\"}} {n}",
+                s.sink
+            );
+        }
+    }
+    family(
+        &mut out,
+        "dslite_natlog_queued",
+        "gauge",
+        "NAT log records waiting in a sink's queue.",
+    );
+    for s in &g.natlog {
+        let _ = writeln!(
+            out,
+            "dslite_natlog_queued{{sink=\"{}\"}} {}",
+            s.sink, s.queued
+        );
+    }
+    family(
+        &mut out,
         "dslite_natlog_failures_total",
         "counter",
-        "NAT log records a sink refused.",
+        "NAT log records lost, all sinks and reasons together.",
     );
-    let _ = writeln!(out, "dslite_natlog_failures_total {}", g.natlog_failures);
+    let lost: u64 = g.natlog.iter().map(|s| s.lost()).sum();
+    let _ = writeln!(out, "dslite_natlog_failures_total {lost}");
     out
 }
 
@@ -195,7 +243,28 @@ mod tests {
         };
         g.blocks_in_use.insert([198, 51, 100, 1], 4);
         g.blocks_held.insert([198, 51, 100, 1], 1);
+        g.natlog = vec![
+            crate::natlog::SinkSnapshot {
+                sink: "file",
+                delivered: 10,
+                ..Default::default()
+            },
+            crate::natlog::SinkSnapshot {
+                sink: "syslog",
+                delivered: 3,
+                lost_queue_full: 5,
+                lost_shutdown: 2,
+                queued: 7,
+                ..Default::default()
+            },
+        ];
         let text = render(&counters, Some(&g));
+        assert!(text.contains("dslite_natlog_records_total{sink=\"file\"} 10\n"));
+        assert!(
+            text.contains("dslite_natlog_lost_total{sink=\"syslog\",reason=\"queue_full\"} 5\n")
+        );
+        assert!(text.contains("dslite_natlog_queued{sink=\"syslog\"} 7\n"));
+        assert!(text.contains("dslite_natlog_failures_total 7\n"));
         let idx = Counter::AftrOutPackets as usize;
         assert!(text.contains(&format!("dslite_aftr_out_packets_total {idx}\n")));
         let idx = Counter::DropBadIpv4 as usize;

@@ -1,0 +1,332 @@
+//! End to end: the NAT log's sinks against receivers that do not cooperate, and what a stop
+//! leaves in the log.
+
+use std::{
+    net::SocketAddrV4,
+    os::unix::net::UnixDatagram,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use dslite_tests::{netns::Netns, topo::*, traffic::*};
+use dslite_user::{config::AftrSettings, natlog::Limit};
+
+fn sa(ip: std::net::Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn lines_with(path: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// `GET /metrics` from inside `ns`; empty if the controller does not answer within 3 s (a
+/// frozen controller must fail the test, not hang it).
+fn scrape(ns: &Netns, port: u16) -> String {
+    ns.run(move || {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return String::new();
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+        let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut s = String::new();
+        let _ = c.read_to_string(&mut s);
+        s
+    })
+    .join()
+    .unwrap()
+}
+
+/// The value of the sample line starting with `name` (labels included).
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
+
+/// A syslog socket whose reader never reads, and an IPFIX collector that is not there, cost
+/// counted and logged losses, never the controller (item 9 of issue "1/6 Hostile input"):
+/// traffic flows, every record still reaches the file, the sweep keeps expiring mappings
+/// and updating the gauges, SIGHUP and SIGTERM are handled in time. Stopping without
+/// --persist then logs a release for every block still held and a deletion for every
+/// mapping, so that whois names nobody after the stop.
+#[test]
+fn a_stalled_syslog_and_an_absent_collector_cost_counted_losses_not_the_controller() {
+    let dir = PathBuf::from(format!("/tmp/dslite-natlog-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("nat.log");
+    let log_s = log.to_str().unwrap().to_string();
+    // Bound and never read: its queue (net.unix.max_dgram_qlen) fills after a few records.
+    let sock = dir.join("syslog.sock");
+    let _stalled = UnixDatagram::bind(&sock).unwrap();
+    let syslog = format!("unix:{}", sock.display());
+    let mut t = DsLite::start_with(Options {
+        pool: "198.51.100.1/32",
+        aftr_extra: &[
+            "--nat-log",
+            &log_s,
+            "--log-sessions",
+            "--syslog",
+            &syslog,
+            // Nobody listens there: loopback answers with port unreachable.
+            "--ipfix",
+            "127.0.0.1:4740",
+            "--nat-log-queue",
+            "16",
+            "--metrics",
+            "127.0.0.1:9466",
+            "--udp-timeout",
+            "3",
+            "--allow-short-timeouts",
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    let _echo = udp_echo_server(&t.server, sa(SERVER1, 7777));
+    let mut seen = Vec::new();
+    for p in 6000..6060 {
+        let r = udp_request(&t.a.host, sa(HOST_ADDR, p), sa(SERVER1, 7777), "x");
+        seen.push(r.unwrap_or_else(|e| panic!("flow {p}: {e}")));
+    }
+    // Every record is in the file: the sinks that cannot keep up cost nothing there.
+    wait_for("60 mapping records in the file", 10, || {
+        lines_with(&log, "mapping-created") == 60
+    });
+    assert_eq!(lines_with(&log, "block-allocated"), 1);
+
+    // The losses are counted per sink and reason, and the gauges come from a live sweep.
+    let mut m = String::new();
+    wait_for("the losses in the metrics", 10, || {
+        m = scrape(&t.aftr_ns, 9466);
+        sample(
+            &m,
+            "dslite_natlog_lost_total{sink=\"syslog\",reason=\"queue_full\"}",
+        )
+        .is_some_and(|v| v > 0.0)
+            && sample(
+                &m,
+                "dslite_natlog_lost_total{sink=\"ipfix\",reason=\"refused\"}",
+            )
+            .is_some_and(|v| v > 0.0)
+            && sample(&m, "dslite_mappings{proto=\"udp\"}") == Some(60.0)
+    });
+    assert_eq!(
+        sample(&m, "dslite_natlog_queued{sink=\"syslog\"}"),
+        Some(16.0),
+        "the queue is full, and bounded: {m}"
+    );
+    assert_eq!(
+        sample(&m, "dslite_natlog_records_total{sink=\"file\"}"),
+        Some(61.0),
+        "{m}"
+    );
+    let syslog_lost = sample(
+        &m,
+        "dslite_natlog_lost_total{sink=\"syslog\",reason=\"queue_full\"}",
+    );
+    assert!(sample(&m, "dslite_natlog_failures_total").unwrap() >= syslog_lost.unwrap());
+    wait_for("the losses in the controller's log", 5, || {
+        let l = t.aftr.log();
+        l.contains("NAT log: syslog sink lost") && l.contains("NAT log: ipfix sink lost")
+    });
+
+    // Signals are still handled.
+    t.aftr.signal(libc::SIGHUP);
+    wait_for("the reload", 5, || {
+        t.aftr.log().contains("configuration reloaded")
+    });
+
+    // The sweep still runs: the mappings expire (3 s), their deletions are logged, the
+    // emptied block is released, and the gauges follow.
+    wait_for("the mappings to expire", 20, || {
+        sample(&scrape(&t.aftr_ns, 9466), "dslite_mappings{proto=\"udp\"}") == Some(0.0)
+    });
+    wait_for("60 deletions and the release in the file", 10, || {
+        lines_with(&log, "mapping-deleted") == 60 && lines_with(&log, "block-released") == 1
+    });
+
+    // New flows, then a stop without --persist, with the receivers still hostile.
+    for p in 7000..7005 {
+        udp_request(&t.a.host, sa(HOST_ADDR, p), sa(SERVER1, 7777), "y").unwrap();
+    }
+    wait_for("the new block and mappings", 10, || {
+        lines_with(&log, "mapping-created") == 65 && lines_with(&log, "block-allocated") == 2
+    });
+    let t0 = Instant::now();
+    let status = t.aftr.stop().unwrap();
+    assert!(status.success(), "{status}: {}", t.aftr.log());
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "the stop waited {:?} on the sinks",
+        t0.elapsed()
+    );
+    let l = t.aftr.log();
+    assert!(l.contains("port blocks released at exit"), "{l}");
+    // What the stalled syslog socket still had queued is counted, not waited for.
+    let last = l
+        .lines()
+        .rev()
+        .find(|x| x.contains("NAT log: syslog sink lost"))
+        .unwrap_or_default();
+    assert!(!last.contains(" 0 at exit"), "{last}");
+    assert_eq!(
+        lines_with(&log, "block-released"),
+        2,
+        "one per block ever held"
+    );
+    assert_eq!(lines_with(&log, "mapping-deleted"), 65, "one per mapping");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.ends_with('\n'));
+    for line in text.lines() {
+        dslite_user::natlog::NatRecord::from_json(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
+    // whois names nobody after the stop.
+    let now = dslite_user::natlog::rfc3339_ms(dslite_user::natlog::now_unix_ms());
+    let last = seen[0];
+    let out = std::process::Command::new(dslite_tests::dslite_bin())
+        .args([
+            "whois",
+            &last.to_string(),
+            "--at",
+            &now,
+            "--json",
+            "--nat-log",
+        ])
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["holders"], serde_json::json!([]), "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Refusals in the dataplane (BPF_PROG_TEST_RUN), as the sweep logs them: `n` UDP flows
+/// from `b4` (even inside ports, so that port parity fills whole blocks).
+fn refuse(rig: &dslite_tests::fixture::Rig, b4: std::net::Ipv6Addr, n: u16) {
+    use dslite_tests::{fixture::ROUTER_MAC, packets};
+    for p in 0..n {
+        let inner = packets::udp4(HOST_ADDR, SERVER1, 6000 + 2 * p, 7777, 64, b"x");
+        let frame = packets::eth(
+            rig.mac("tun"),
+            ROUTER_MAC,
+            packets::ETH_P_IPV6,
+            &packets::softwire(b4, aftr_addr(), &inner, &[]),
+        );
+        rig.run("tun", &frame);
+    }
+}
+
+/// The records of one sweep after `send` (a first sweep takes the counters' baseline).
+fn refusal_records(
+    rig: &dslite_tests::fixture::Rig,
+    s: &AftrSettings,
+    send: impl FnOnce(),
+) -> Vec<dslite_user::natlog::NatRecord> {
+    use dslite_user::sweep::{monotonic_ns, Sweeper};
+    let cfg = dslite_user::dataplane::aftr_config(s, 0x5eed);
+    let mut sw = Sweeper::open(&rig.pin, cfg, s.timeouts).unwrap();
+    sw.max_mappings = s.max_mappings;
+    assert!(sw.sweep(monotonic_ns()).unwrap().records.is_empty());
+    send();
+    sw.sweep(monotonic_ns()).unwrap().records
+}
+
+fn b4(last: u16) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, last)
+}
+
+/// Each kind of refusal XDP makes reaches the NAT log as what it was (RFC 8158 §4): the
+/// port quota, the session limit and the rate limit as natEvent 13 with the limit and its
+/// value; no free block on the subscriber's address as natEvent 12 with that address; no
+/// block anywhere for a new subscriber as natEvent 3.
+#[test]
+fn each_refusal_is_logged_as_the_limit_or_exhaustion_that_refused() {
+    use dslite_common::maps::{
+        EVENT_ADDRESSES_EXHAUSTED, EVENT_PORTS_EXHAUSTED, EVENT_QUOTA_EXCEEDED,
+    };
+    use dslite_tests::fixture::{aftr_settings, with_aftr_cfg};
+    let quota = |s: &mut AftrSettings| {
+        s.block_size = 16;
+        s.max_blocks = 2;
+    };
+    let sessions = |s: &mut AftrSettings| s.limits.max_sessions = 2;
+    let rate = |s: &mut AftrSettings| s.limits.new_mapping_rate = 3;
+    // One address, two blocks of 16 ports: the pool runs dry before the quota.
+    let pool = |s: &mut AftrSettings| {
+        s.pool = vec![std::net::Ipv4Addr::new(198, 51, 100, 1)];
+        s.ports = dslite_user::config::PortRange { lo: 1024, hi: 1055 };
+        s.block_size = 16;
+        s.max_blocks = 4;
+    };
+    type Case = (fn(&mut AftrSettings), u16, Limit);
+    let cases: [Case; 3] = [
+        (quota, 17, Limit::Ports(32)),
+        (sessions, 3, Limit::Sessions(2)),
+        (rate, 4, Limit::Rate(3)),
+    ];
+    for (tweak, flows, want) in cases {
+        with_aftr_cfg(tweak, move |rig| {
+            let mut s = aftr_settings();
+            tweak(&mut s);
+            let recs = refusal_records(rig, &s, || refuse(rig, b4(2), flows));
+            assert_eq!(recs.len(), 1, "{recs:?}");
+            let r = &recs[0];
+            assert_eq!(
+                (r.kind, r.limit, r.b4),
+                (EVENT_QUOTA_EXCEEDED, Some(want), b4(2))
+            );
+            let line = r.to_json();
+            assert!(
+                line.contains(&format!("\"limit\":\"{}\"", want.name())),
+                "{line}"
+            );
+        });
+    }
+    with_aftr_cfg(pool, move |rig| {
+        let mut s = aftr_settings();
+        pool(&mut s);
+        let recs = refusal_records(rig, &s, || {
+            // 16 flows fill both blocks; the 17th finds none on its address. Then a new
+            // subscriber finds no block anywhere.
+            refuse(rig, b4(2), 17);
+            refuse(rig, b4(7), 1);
+        });
+        let mut got: Vec<_> = recs.iter().map(|r| (r.b4, r.kind, r.outside)).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    b4(2),
+                    EVENT_PORTS_EXHAUSTED,
+                    std::net::Ipv4Addr::new(198, 51, 100, 1)
+                ),
+                (
+                    b4(7),
+                    EVENT_ADDRESSES_EXHAUSTED,
+                    std::net::Ipv4Addr::UNSPECIFIED
+                ),
+            ],
+            "{recs:?}"
+        );
+        assert!(recs.iter().all(|r| r.limit.is_none()));
+    });
+}
