@@ -1,8 +1,10 @@
 //! Command line: `dslite aftr|b4|stats|sessions`.
 //!
-//! Exit codes: 0 success, 1 runtime failure, 2 bad input (flags, config, interfaces).
+//! Exit codes: 0 success, 1 runtime failure, 2 bad input (flags, config, interfaces). A
+//! command whose reader goes away early (`dslite sessions | head -1`) stops writing and exits
+//! 0.
 
-use std::path::PathBuf;
+use std::{io::Write as _, path::PathBuf};
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
@@ -139,12 +141,13 @@ pub fn main() -> i32 {
     };
     match r {
         Ok(()) => 0,
+        // writeln!, not eprintln!: a closed stderr must not turn an error into a panic.
         Err(e) if e.is::<Usage>() => {
-            eprintln!("dslite: error: {e}");
+            let _ = writeln!(std::io::stderr(), "dslite: error: {e}");
             2
         }
         Err(e) => {
-            eprintln!("dslite: error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "dslite: error: {e:#}");
             1
         }
     }
@@ -196,13 +199,16 @@ fn check_config(file: &std::path::Path) -> Result<()> {
         .merged()
         .and_then(|o| o.validate())
         .map_err(at_line)?;
-        println!(
-            "{}: a valid B4 configuration (LAN {}, WAN {}, AFTR {})",
-            file.display(),
-            s.lan_iface,
-            s.wan_iface,
-            s.aftr
-        );
+        views::to_stdout(|w| {
+            writeln!(
+                w,
+                "{}: a valid B4 configuration (LAN {}, WAN {}, AFTR {})",
+                file.display(),
+                s.lan_iface,
+                s.wan_iface,
+                s.aftr
+            )
+        })?;
     } else {
         let s = crate::config::AftrOptions {
             common,
@@ -211,14 +217,17 @@ fn check_config(file: &std::path::Path) -> Result<()> {
         .merged()
         .and_then(|o| o.validate())
         .map_err(at_line)?;
-        println!(
-            "{}: a valid AFTR configuration ({} on {}, {} pool addresses, {} B4 prefixes)",
-            file.display(),
-            s.address,
-            s.tunnel_iface,
-            s.pool.len(),
-            s.b4_prefixes.len()
-        );
+        views::to_stdout(|w| {
+            writeln!(
+                w,
+                "{}: a valid AFTR configuration ({} on {}, {} pool addresses, {} B4 prefixes)",
+                file.display(),
+                s.address,
+                s.tunnel_iface,
+                s.pool.len(),
+                s.b4_prefixes.len()
+            )
+        })?;
     }
     Ok(())
 }
@@ -230,39 +239,44 @@ fn whois(w: &WhoisArgs) -> Result<()> {
         warn!("{skipped} lines in the NAT logs are not NAT records; skipped");
     }
     let holders = crate::natlog::whois(&records, *w.endpoint.ip(), w.endpoint.port(), at);
-    if w.json {
-        println!(
-            "{}",
-            serde_json::json!({ "endpoint": w.endpoint.to_string(), "at": crate::natlog::rfc3339_ms(at), "holders": holders })
-        );
-        return Ok(());
-    }
-    if holders.is_empty() {
-        println!(
-            "{} at {}: no softwire held it (in {} records)",
-            w.endpoint,
-            crate::natlog::rfc3339_ms(at),
-            records.len()
-        );
-    }
-    for h in holders {
-        let what = match (&h.inside, &h.ports) {
-            (Some(i), _) => format!("inside {i} ({})", h.proto.as_deref().unwrap_or("?")),
-            (None, Some(p)) => format!("port block {p}"),
-            _ => String::new(),
-        };
-        println!(
-            "{} at {}: softwire {} {what}, from {} until {}",
-            w.endpoint,
-            crate::natlog::rfc3339_ms(at),
-            h.b4,
-            h.from,
-            h.until
-                .as_deref()
-                .unwrap_or("(still held at the end of the log)")
-        );
-    }
-    Ok(())
+    let (endpoint, json) = (w.endpoint, w.json);
+    views::to_stdout(|out| {
+        if json {
+            return writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "endpoint": endpoint.to_string(), "at": crate::natlog::rfc3339_ms(at), "holders": holders })
+            );
+        }
+        if holders.is_empty() {
+            writeln!(
+                out,
+                "{} at {}: no softwire held it (in {} records)",
+                endpoint,
+                crate::natlog::rfc3339_ms(at),
+                records.len()
+            )?;
+        }
+        for h in &holders {
+            let what = match (&h.inside, &h.ports) {
+                (Some(i), _) => format!("inside {i} ({})", h.proto.as_deref().unwrap_or("?")),
+                (None, Some(p)) => format!("port block {p}"),
+                _ => String::new(),
+            };
+            writeln!(
+                out,
+                "{} at {}: softwire {} {what}, from {} until {}",
+                endpoint,
+                crate::natlog::rfc3339_ms(at),
+                h.b4,
+                h.from,
+                h.until
+                    .as_deref()
+                    .unwrap_or("(still held at the end of the log)")
+            )?;
+        }
+        Ok(())
+    })
 }
 
 fn run_async(f: impl std::future::Future<Output = Result<()>>) -> Result<()> {
