@@ -319,13 +319,34 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
         s.persist,
     )?;
     // An adopted dataplane keeps its port-search secret.
-    let seed = dataplane::running_seed(&mut ebpf).unwrap_or_else(dataplane::random_seed);
-    dataplane::configure_aftr(&mut ebpf, &s, seed)?;
+    let adopted = dataplane::running_seed(&mut ebpf);
+    let seed = adopted.unwrap_or_else(dataplane::random_seed);
+    if adopted.is_some() {
+        dataplane::check_adopted_aftr(&s.pin_path, &s, seed).map_err(usage)?;
+    }
+    // Adopted maps say what the last configuration said: make them say exactly this one
+    // (removed B4 prefixes and pool addresses stop working).
+    let plan = dataplane::plan_aftr(&s.pin_path, &s, seed).map_err(usage)?;
+    if adopted.is_some() {
+        let what = plan.describe();
+        info!(
+            "adopted maps brought to this configuration: {}",
+            if what.is_empty() {
+                "nothing to change".to_string()
+            } else {
+                what.join(", ")
+            }
+        );
+    }
+    dataplane::apply_aftr(&s.pin_path, &plan)?;
     let logger = start_log_forwarding(&mut ebpf);
     let mut sweeper =
         crate::sweep::Sweeper::open(&s.pin_path, dataplane::aftr_config(&s, seed), s.timeouts)?;
     sweeper.log_sessions = s.log_sessions;
-    let natlog = crate::natlog::NatLog::open(&s.natlog).map_err(usage)?;
+    let mut natlog = crate::natlog::NatLog::open(&s.natlog).map_err(usage)?;
+    if adopted.is_some() {
+        reconcile_tables(&mut sweeper, &mut natlog, &s)?;
+    }
     let r = async {
         dataplane::attach(
             &mut ebpf,
@@ -712,29 +733,86 @@ struct AftrState {
     tunnel_mtu: u32,
 }
 
+/// After adopting maps or removing B4 prefixes: delete what the configuration no longer
+/// covers (mappings and blocks on removed pool addresses, mappings of removed B4 prefixes),
+/// with NAT log records.
+fn reconcile_tables(
+    sweeper: &mut crate::sweep::Sweeper,
+    natlog: &mut crate::natlog::NatLog,
+    s: &crate::config::AftrSettings,
+) -> Result<()> {
+    let r = sweeper.reconcile(crate::sweep::monotonic_ns(), &s.pool, &s.b4_prefixes)?;
+    for rec in &r.records {
+        natlog.emit(rec);
+    }
+    if r.mappings + r.blocks + r.slots > 0 {
+        info!(
+            "{} mappings and {} port blocks were on pool addresses or B4 prefixes no longer \
+             configured: deleted, and the blocks released",
+            r.mappings, r.blocks
+        );
+    }
+    Ok(())
+}
+
+/// What a successful reload did.
+struct Reloaded {
+    /// `key: old -> new` for each setting applied.
+    applied: Vec<String>,
+    /// Settings that changed in the file but need a restart (their running value stays).
+    need_restart: Vec<&'static str>,
+}
+
 impl AftrState {
     /// SIGHUP: read the configuration file again and apply what can change live (limits,
-    /// timeouts, filtering, B4 prefixes, MSS clamping, NAT log settings), without touching a
-    /// mapping; anything else is reported as needing a restart and keeps its running value.
-    fn reload(&mut self, pin: &std::path::Path) -> Result<()> {
-        let mut new = self.flags.clone().merged()?.validate()?;
-        for what in self.settings.keep_restart_only(&mut new) {
-            warn!("reload: {what} changed; that needs a restart (keeping the running value)");
-        }
-        let old = &self.settings;
+    /// timeouts, filtering, B4 prefixes, MSS clamping, NAT log settings) without touching a
+    /// mapping of a softwire that stays allowed. All or nothing: the whole file is parsed and
+    /// validated, the new NAT log sinks opened and every map write computed and checked
+    /// before anything changes; a failed map write undoes the ones before it. On an error
+    /// the running configuration stays, all of it.
+    fn reload(&mut self, pin: &std::path::Path) -> Result<Reloaded> {
+        let mut new = self
+            .flags
+            .clone()
+            .merged()
+            .and_then(|o| o.validate())
+            .context("the configuration does not validate")?;
+        let need_restart = self.settings.keep_restart_only(&mut new);
         new.mss = new.mss_clamp.resolve(self.tunnel_mtu);
-        dataplane::reconfigure_aftr(pin, &new, self.seed, &old.b4_prefixes)?;
+        let applied = self.settings.live_changes(&new);
+        let plan = dataplane::plan_aftr(pin, &new, self.seed)?;
+        // The sinks: new ones opened beside the running ones; the same ones reopened (the
+        // file, for logrotate), which keeps the old file on a failure.
+        let natlog = if new.natlog != self.settings.natlog {
+            Some(crate::natlog::NatLog::open(&new.natlog).context("opening the NAT log")?)
+        } else {
+            self.natlog.reopen().context("reopening the NAT log")?;
+            None
+        };
+        dataplane::apply_aftr(pin, &plan)?;
+        // From here on nothing fails.
         self.sweeper.timeouts = new.timeouts;
         self.sweeper.log_sessions = new.log_sessions;
         self.sweeper
             .set_config(dataplane::aftr_config(&new, self.seed));
-        if new.natlog != old.natlog {
-            self.natlog = crate::natlog::NatLog::open(&new.natlog)?;
-        } else {
-            self.natlog.reopen()?;
+        if let Some(n) = natlog {
+            self.natlog = n;
         }
+        let prefixes_removed = self
+            .settings
+            .b4_prefixes
+            .iter()
+            .any(|p| !new.b4_prefixes.contains(p));
         self.settings = new;
-        Ok(())
+        if prefixes_removed {
+            if let Err(e) = reconcile_tables(&mut self.sweeper, &mut self.natlog, &self.settings) {
+                warn!("reload: releasing the mappings of removed B4 prefixes: {e:#} (the sweep's expiry will)");
+            }
+        }
+        Ok(Reloaded {
+            applied,
+            need_restart,
+        })
     }
 }
 
@@ -763,8 +841,21 @@ async fn aftr_loop(
             _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
             _ = hup.recv() => {
                 match st.reload(pin) {
-                    Ok(()) => info!("SIGHUP: configuration reloaded, NAT log reopened"),
-                    Err(e) => warn!("SIGHUP: reload failed, nothing changed: {e:#}"),
+                    Ok(r) => {
+                        info!(
+                            "SIGHUP: configuration reloaded, NAT log reopened; applied: {}",
+                            if r.applied.is_empty() { "no change".to_string() } else { r.applied.join(", ") }
+                        );
+                        if !r.need_restart.is_empty() {
+                            warn!(
+                                "SIGHUP: changed in the file but needing a restart, so still running with the old value: {}",
+                                r.need_restart.join(", ")
+                            );
+                        }
+                    }
+                    Err(e) => warn!(
+                        "SIGHUP: reload failed, nothing changed, the running configuration stays: {e:#}"
+                    ),
                 }
             }
             g = events.readable_mut() => {
