@@ -289,6 +289,8 @@ impl Server {
         http.timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(self.limits.header_timeout)
             .max_buf_size(8192)
+            // `Content-Type`, as scrapers and scripts matching it literally have seen it.
+            .title_case_headers(true)
             .keep_alive(false);
         let served = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
         tokio::select! {

@@ -731,7 +731,7 @@ fn views_cut_short_exit_quietly() {
                 .args(&args)
                 .output()
                 .unwrap();
-            assert!(full.status.success() && full.stdout.len() > 100, "{args:?}");
+            assert!(full.status.success() && !full.stdout.is_empty(), "{args:?}");
             let (reader, writer) = std::io::pipe().unwrap();
             drop(reader);
             let out = Command::new(dslite_tests::dslite_bin())
