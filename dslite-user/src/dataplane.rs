@@ -83,10 +83,15 @@ pub fn ensure_bpffs(pin_path: &Path) -> Result<()> {
         )
     };
     if rc != 0 {
-        bail!(
-            "mounting bpffs on /sys/fs/bpf: {}",
-            std::io::Error::last_os_error()
-        );
+        let e = std::io::Error::last_os_error();
+        // Mounting is the one thing here that needs CAP_SYS_ADMIN; a unit that mounts bpffs
+        // beforehand runs without it (contrib/systemd).
+        let hint = if e.raw_os_error() == Some(libc::EPERM) {
+            ": mount it beforehand (mount -t bpf bpf /sys/fs/bpf), or grant CAP_SYS_ADMIN"
+        } else {
+            ""
+        };
+        bail!("mounting bpffs on /sys/fs/bpf: {e}{hint}");
     }
     info!("mounted bpffs on /sys/fs/bpf");
     Ok(())
