@@ -338,12 +338,13 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
             }
         );
     }
+    // The sinks before the maps: a bad one leaves an adopted dataplane as it was.
+    let mut natlog = crate::natlog::NatLog::open(&s.natlog).map_err(usage)?;
     dataplane::apply_aftr(&s.pin_path, &plan)?;
     let logger = start_log_forwarding(&mut ebpf);
     let mut sweeper =
         crate::sweep::Sweeper::open(&s.pin_path, dataplane::aftr_config(&s, seed), s.timeouts)?;
     sweeper.log_sessions = s.log_sessions;
-    let mut natlog = crate::natlog::NatLog::open(&s.natlog).map_err(usage)?;
     if adopted.is_some() {
         reconcile_tables(&mut sweeper, &mut natlog, &s)?;
     }
