@@ -1,8 +1,10 @@
 //! Command line: `dslite aftr|b4|stats|sessions`.
 //!
-//! Exit codes: 0 success, 1 runtime failure, 2 bad input (flags, config, interfaces).
+//! Exit codes: 0 success, 1 runtime failure, 2 bad input (flags, config, interfaces). A
+//! command whose reader goes away early (`dslite sessions | head -1`) stops writing and exits
+//! 0.
 
-use std::path::PathBuf;
+use std::{io::Write as _, path::PathBuf};
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
@@ -139,12 +141,13 @@ pub fn main() -> i32 {
     };
     match r {
         Ok(()) => 0,
+        // writeln!, not eprintln!: a closed stderr must not turn an error into a panic.
         Err(e) if e.is::<Usage>() => {
-            eprintln!("dslite: error: {e}");
+            let _ = writeln!(std::io::stderr(), "dslite: error: {e}");
             2
         }
         Err(e) => {
-            eprintln!("dslite: error: {e:#}");
+            let _ = writeln!(std::io::stderr(), "dslite: error: {e:#}");
             1
         }
     }
@@ -196,13 +199,16 @@ fn check_config(file: &std::path::Path) -> Result<()> {
         .merged()
         .and_then(|o| o.validate())
         .map_err(at_line)?;
-        println!(
-            "{}: a valid B4 configuration (LAN {}, WAN {}, AFTR {})",
-            file.display(),
-            s.lan_iface,
-            s.wan_iface,
-            s.aftr
-        );
+        views::to_stdout(|w| {
+            writeln!(
+                w,
+                "{}: a valid B4 configuration (LAN {}, WAN {}, AFTR {})",
+                file.display(),
+                s.lan_iface,
+                s.wan_iface,
+                s.aftr
+            )
+        })?;
     } else {
         let s = crate::config::AftrOptions {
             common,
@@ -211,17 +217,20 @@ fn check_config(file: &std::path::Path) -> Result<()> {
         .merged()
         .and_then(|o| o.validate())
         .map_err(at_line)?;
-        for w in aftr_warnings(&s) {
-            println!("{}: warning: {w}", file.display());
-        }
-        println!(
-            "{}: a valid AFTR configuration ({} on {}, {} pool addresses, {} B4 prefixes)",
-            file.display(),
-            s.address,
-            s.tunnel_iface,
-            s.pool.len(),
-            s.b4_prefixes.len()
-        );
+        views::to_stdout(|w| {
+            for warning in aftr_warnings(&s) {
+                writeln!(w, "{}: warning: {warning}", file.display())?;
+            }
+            writeln!(
+                w,
+                "{}: a valid AFTR configuration ({} on {}, {} pool addresses, {} B4 prefixes)",
+                file.display(),
+                s.address,
+                s.tunnel_iface,
+                s.pool.len(),
+                s.b4_prefixes.len()
+            )
+        })?;
     }
     Ok(())
 }
@@ -277,14 +286,7 @@ fn whois(w: &WhoisArgs) -> Result<()> {
 
 /// Write a command's output; a reader that went away (`| head`) ends it quietly.
 fn print_out(text: &str) -> Result<()> {
-    use std::io::Write as _;
-    let mut o = std::io::stdout().lock();
-    match o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(anyhow::anyhow!("writing the answer: {e}"))
-        }
-        _ => Ok(()),
-    }
+    views::to_stdout(|w| w.write_all(text.as_bytes()))
 }
 
 fn run_async(f: impl std::future::Future<Output = Result<()>>) -> Result<()> {
@@ -332,15 +334,38 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
         s.persist,
     )?;
     // An adopted dataplane keeps its port-search secret.
-    let seed = dataplane::running_seed(&mut ebpf).unwrap_or_else(dataplane::random_seed);
-    dataplane::configure_aftr(&mut ebpf, &s, seed)?;
+    let adopted = dataplane::running_seed(&mut ebpf);
+    let seed = adopted.unwrap_or_else(dataplane::random_seed);
+    if adopted.is_some() {
+        dataplane::check_adopted_aftr(&s.pin_path, &s, seed).map_err(usage)?;
+    }
+    // Adopted maps say what the last configuration said: make them say exactly this one
+    // (removed B4 prefixes and pool addresses stop working).
+    let plan = dataplane::plan_aftr(&s.pin_path, &s, seed).map_err(usage)?;
+    if adopted.is_some() {
+        let what = plan.describe();
+        info!(
+            "adopted maps brought to this configuration: {}",
+            if what.is_empty() {
+                "nothing to change".to_string()
+            } else {
+                what.join(", ")
+            }
+        );
+    }
+    // The sinks before the maps: a bad one leaves an adopted dataplane as it was.
+    let mut natlog = crate::natlog::NatLog::open(&s.natlog, Default::default()).map_err(usage)?;
+    dataplane::apply_aftr(&s.pin_path, &plan)?;
+    dataplane::reset_block_hints(&s.pin_path, &s, seed)?;
     sync_host_addresses(&s).await?;
     let logger = start_log_forwarding(&mut ebpf);
     let mut sweeper =
         crate::sweep::Sweeper::open(&s.pin_path, dataplane::aftr_config(&s, seed), s.timeouts)?;
     sweeper.log_sessions = s.log_sessions;
     sweeper.max_mappings = s.max_mappings;
-    let natlog = crate::natlog::NatLog::open(&s.natlog, Default::default()).map_err(usage)?;
+    if adopted.is_some() {
+        reconcile_tables(&mut sweeper, &mut natlog, &s)?;
+    }
     // What the loop leaves: the NAT log and the sweeper, for the records of the stop.
     let mut left: Option<AftrState> = None;
     let r = async {
@@ -792,30 +817,82 @@ struct AftrState {
     host_sync_due: std::time::Instant,
 }
 
+/// After adopting maps or removing B4 prefixes: delete what the configuration no longer
+/// covers (mappings and blocks on removed pool addresses, mappings of removed B4 prefixes),
+/// with NAT log records.
+fn reconcile_tables(
+    sweeper: &mut crate::sweep::Sweeper,
+    natlog: &mut crate::natlog::NatLog,
+    s: &crate::config::AftrSettings,
+) -> Result<()> {
+    let r = sweeper.reconcile(crate::sweep::monotonic_ns(), &s.pool, &s.b4_prefixes)?;
+    for rec in &r.records {
+        natlog.emit(rec);
+    }
+    if r.mappings + r.blocks + r.slots > 0 {
+        info!(
+            "{} mappings and {} port blocks were on pool addresses or B4 prefixes no longer \
+             configured: deleted, and the blocks released",
+            r.mappings, r.blocks
+        );
+    }
+    Ok(())
+}
+
+/// What a successful reload did.
+struct Reloaded {
+    /// `key: old -> new` for each setting applied.
+    applied: Vec<String>,
+    /// Settings that changed in the file but need a restart (their running value stays).
+    need_restart: Vec<&'static str>,
+}
+
 impl AftrState {
     /// SIGHUP: read the configuration file again and apply what can change live (limits,
-    /// timeouts, filtering, B4 prefixes, MSS clamping, NAT log settings), without touching a
-    /// mapping; anything else is reported as needing a restart and keeps its running value.
-    fn reload(&mut self, pin: &std::path::Path) -> Result<()> {
-        let mut new = self.flags.clone().merged()?.validate()?;
-        for what in self.settings.keep_restart_only(&mut new) {
-            warn!("reload: {what} changed; that needs a restart (keeping the running value)");
-        }
-        let old = &self.settings;
+    /// timeouts, filtering, B4 prefixes, MSS clamping, NAT log settings) without touching a
+    /// mapping of a softwire that stays allowed. All or nothing: the whole file is parsed and
+    /// validated, the new NAT log sinks opened and every map write computed and checked
+    /// before anything changes; a failed map write undoes the ones before it. On an error
+    /// the running configuration stays, all of it.
+    fn reload(&mut self, pin: &std::path::Path) -> Result<Reloaded> {
+        let mut new = self
+            .flags
+            .clone()
+            .merged()
+            .and_then(|o| o.validate())
+            .context("the configuration does not validate")?;
+        let need_restart = self.settings.keep_restart_only(&mut new);
         new.mss = new.mss_clamp.resolve(self.tunnel_mtu);
-        dataplane::reconfigure_aftr(pin, &new, self.seed, &old.b4_prefixes)?;
+        let applied = self.settings.live_changes(&new);
+        let plan = dataplane::plan_aftr(pin, &new, self.seed)?;
+        // The sinks: changed ones opened beside the running ones, the others reopened (the
+        // file, for logrotate); nothing changes if a new sink cannot be opened.
+        self.natlog
+            .reconfigure(&new.natlog)
+            .context("opening the NAT log")?;
+        dataplane::apply_aftr(pin, &plan)?;
+        // From here on nothing fails. The host's addresses and the denied destinations are
+        // synced again at the next tick.
         self.host_sync_due = std::time::Instant::now();
         self.sweeper.timeouts = new.timeouts;
         self.sweeper.log_sessions = new.log_sessions;
         self.sweeper
             .set_config(dataplane::aftr_config(&new, self.seed));
-        if new.natlog != old.natlog {
-            self.natlog.reconfigure(&new.natlog)?;
-        } else {
-            self.natlog.reopen();
-        }
+        let prefixes_removed = self
+            .settings
+            .b4_prefixes
+            .iter()
+            .any(|p| !new.b4_prefixes.contains(p));
         self.settings = new;
-        Ok(())
+        if prefixes_removed {
+            if let Err(e) = reconcile_tables(&mut self.sweeper, &mut self.natlog, &self.settings) {
+                warn!("reload: releasing the mappings of removed B4 prefixes: {e:#} (the sweep's expiry will)");
+            }
+        }
+        Ok(Reloaded {
+            applied,
+            need_restart,
+        })
     }
 }
 
@@ -844,11 +921,22 @@ async fn aftr_loop(
             _ = int.recv() => { info!("SIGINT: shutting down"); return Ok(()); }
             _ = hup.recv() => {
                 match st.reload(pin) {
-                    Ok(()) => {
+                    Ok(r) => {
                         slow.set_b4_prefixes(prefix_list(&st.settings.b4_prefixes));
-                        info!("SIGHUP: configuration reloaded, NAT log reopened")
+                        info!(
+                            "SIGHUP: configuration reloaded, NAT log reopened; applied: {}",
+                            if r.applied.is_empty() { "no change".to_string() } else { r.applied.join(", ") }
+                        );
+                        if !r.need_restart.is_empty() {
+                            warn!(
+                                "SIGHUP: changed in the file but needing a restart, so still running with the old value: {}",
+                                r.need_restart.join(", ")
+                            );
+                        }
                     }
-                    Err(e) => warn!("SIGHUP: reload failed, nothing changed: {e:#}"),
+                    Err(e) => warn!(
+                        "SIGHUP: reload failed, nothing changed, the running configuration stays: {e:#}"
+                    ),
                 }
             }
             g = events.readable_mut() => {

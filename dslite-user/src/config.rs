@@ -801,6 +801,13 @@ impl AftrOptions {
         if self.b4_prefix.is_empty() {
             bail!("--b4-prefix is required (use ::/0 to allow every B4)");
         }
+        if self.b4_prefix.len() > dslite_common::maps::MAX_PREFIXES as usize {
+            bail!(
+                "--b4-prefix: {} prefixes, at most {} (B4_ALLOW's size)",
+                self.b4_prefix.len(),
+                dslite_common::maps::MAX_PREFIXES
+            );
+        }
         if address.is_unspecified() || address.is_multicast() {
             bail!("--address {address} cannot be a softwire endpoint");
         }
@@ -964,6 +971,87 @@ impl AftrSettings {
         new.v4_mtu = self.v4_mtu;
         new.tunnel_ifindex = self.tunnel_ifindex;
         new.internet_ifindex = self.internet_ifindex;
+        changed
+    }
+}
+
+impl AftrSettings {
+    /// What a reload to `new` changes among the settings applied live, one `key: old -> new`
+    /// per setting (B4 prefixes as `+added -removed`), for the log.
+    pub fn live_changes(&self, new: &AftrSettings) -> Vec<String> {
+        fn show<T: fmt::Debug>(v: &T) -> String {
+            let s = format!("{v:?}");
+            let s = match s.strip_prefix("Some(").and_then(|x| x.strip_suffix(')')) {
+                Some(inner) => inner.to_string(),
+                None if s == "None" => "unset".to_string(),
+                None => s,
+            };
+            s.trim_matches('"').to_lowercase()
+        }
+        let mut changed = Vec::new();
+        macro_rules! diff {
+            ($($($field:ident).+ => $flag:literal),* $(,)?) => {$(
+                if new.$($field).+ != self.$($field).+ {
+                    changed.push(format!(
+                        "{}: {} -> {}",
+                        $flag,
+                        show(&self.$($field).+),
+                        show(&new.$($field).+)
+                    ));
+                }
+            )*};
+        }
+        diff!(
+            timeouts.udp => "udp-timeout",
+            timeouts.tcp_established => "tcp-established-timeout",
+            timeouts.tcp_transitory => "tcp-transitory-timeout",
+            timeouts.icmp => "icmp-timeout",
+            timeouts.block_hold_down => "block-hold-down",
+            limits.max_sessions => "max-sessions",
+            limits.new_mapping_rate => "new-mapping-rate",
+            limits.icmp_rate => "icmp-rate",
+            limits.icmp_code => "icmp-unreachable-code",
+            inbound_refresh => "inbound-refresh",
+            mss_clamp => "mss-clamp",
+            natlog.file => "nat-log",
+            natlog.syslog => "syslog",
+            natlog.ipfix => "ipfix",
+            log_sessions => "log-sessions",
+            log_destinations => "log-destinations",
+            deny_destinations => "deny-destination",
+            max_peers => "max-peers",
+            fragment_rate => "fragment-rate",
+        );
+        for (i, flag) in ["udp-filtering", "tcp-filtering", "icmp-filtering"]
+            .iter()
+            .enumerate()
+        {
+            if new.filtering[i] != self.filtering[i] {
+                changed.push(format!(
+                    "{flag}: {} -> {}",
+                    show(&self.filtering[i]),
+                    show(&new.filtering[i])
+                ));
+            }
+        }
+        let added: Vec<String> = new
+            .b4_prefixes
+            .iter()
+            .filter(|p| !self.b4_prefixes.contains(p))
+            .map(|p| format!("+{p}"))
+            .collect();
+        let removed: Vec<String> = self
+            .b4_prefixes
+            .iter()
+            .filter(|p| !new.b4_prefixes.contains(p))
+            .map(|p| format!("-{p}"))
+            .collect();
+        if !added.is_empty() || !removed.is_empty() {
+            changed.push(format!(
+                "b4-prefix: {}",
+                [added, removed].concat().join(" ")
+            ));
+        }
         changed
     }
 }
@@ -1200,6 +1288,64 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("(64)"), "{e}");
+    }
+
+    fn aftr_with(pool: &str, b4_prefix: &str, extra: AftrOptions) -> AftrSettings {
+        AftrOptions {
+            tunnel_iface: Some("eth0".into()),
+            address: Some("2001:db8::1".parse().unwrap()),
+            pool: vec![pool.parse().unwrap()],
+            b4_prefix: vec![b4_prefix.parse().unwrap()],
+            ..extra
+        }
+        .validate()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_reload_names_what_it_applies_and_what_needs_a_restart() {
+        let old = aftr_with("198.51.100.0/30", "2001:db8:a::/64", AftrOptions::default());
+        let mut new = aftr_with(
+            "198.51.100.8/30",
+            "2001:db8:b::/64",
+            AftrOptions {
+                max_sessions: Some(5),
+                udp_filtering: Some(Filtering::Adf),
+                syslog: Some("unix:/dev/log".into()),
+                max_mappings: Some(10),
+                ..Default::default()
+            },
+        );
+        let restart = old.keep_restart_only(&mut new);
+        assert_eq!(restart, ["pool", "max-mappings"]);
+        assert_eq!(new.pool, old.pool, "the running pool stays");
+        let applied = old.live_changes(&new);
+        assert_eq!(
+            applied,
+            [
+                "max-sessions: 0 -> 5",
+                "syslog: unset -> unix:/dev/log",
+                "udp-filtering: eif -> adf",
+                "b4-prefix: +2001:db8:b::/64 -2001:db8:a::/64",
+            ]
+        );
+        assert!(old.live_changes(&old.clone()).is_empty());
+    }
+
+    #[test]
+    fn too_many_b4_prefixes_are_refused_before_any_map_write() {
+        let e = AftrOptions {
+            tunnel_iface: Some("eth0".into()),
+            address: Some("2001:db8::1".parse().unwrap()),
+            pool: vec!["198.51.100.0/30".parse().unwrap()],
+            b4_prefix: (0..=dslite_common::maps::MAX_PREFIXES)
+                .map(|i| format!("2001:db8:{i:x}::/48").parse().unwrap())
+                .collect(),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("at most 1024"), "{e}");
     }
 
     #[test]

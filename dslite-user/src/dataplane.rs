@@ -21,7 +21,7 @@ use dslite_common::{
 };
 use log::{info, warn};
 
-use crate::config::{AftrSettings, Cidr4, Cidr6, XdpModeOpt};
+use crate::config::{AftrSettings, Cidr4, XdpModeOpt};
 
 /// The object built by `cargo xtask build-ebpf`, embedded at build time (may be empty).
 static EMBEDDED: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dslite.bpf.o"));
@@ -83,10 +83,15 @@ pub fn ensure_bpffs(pin_path: &Path) -> Result<()> {
         )
     };
     if rc != 0 {
-        bail!(
-            "mounting bpffs on /sys/fs/bpf: {}",
-            std::io::Error::last_os_error()
-        );
+        let e = std::io::Error::last_os_error();
+        // Mounting is the one thing here that needs CAP_SYS_ADMIN; a unit that mounts bpffs
+        // beforehand runs without it (contrib/systemd).
+        let hint = if e.raw_os_error() == Some(libc::EPERM) {
+            ": mount it beforehand (mount -t bpf bpf /sys/fs/bpf), or grant CAP_SYS_ADMIN"
+        } else {
+            ""
+        };
+        bail!("mounting bpffs on /sys/fs/bpf: {e}{hint}");
     }
     info!("mounted bpffs on /sys/fs/bpf");
     Ok(())
@@ -150,27 +155,14 @@ fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map>
         .with_context(|| format!("map {name} missing from the object"))
 }
 
-/// Write the AFTR's configuration maps: pool, pool index, allowed B4 prefixes, config.
+/// Write the AFTR's configuration maps (pool, pool index, allowed B4 prefixes, config) so
+/// that they say exactly `s`: on maps adopted from an earlier run (`--persist`), what `s` no
+/// longer names is deleted. All or nothing, as [`AftrMaps::apply`].
 pub fn configure_aftr(ebpf: &mut Ebpf, s: &AftrSettings, hash_seed: u32) -> Result<()> {
     {
-        let mut pool: Array<&mut MapData, [u8; 4]> = Array::try_from(map_mut(ebpf, m::POOL)?)?;
-        for (i, a) in s.pool.iter().enumerate() {
-            pool.set(i as u32, a.octets(), 0)?;
-        }
-    }
-    {
-        let mut idx: HashMap<&mut MapData, [u8; 4], u32> =
-            HashMap::try_from(map_mut(ebpf, m::POOL_INDEX)?)?;
-        for (i, a) in s.pool.iter().enumerate() {
-            idx.insert(a.octets(), i as u32, 0)?;
-        }
-    }
-    {
-        let mut allow: LpmTrie<&mut MapData, [u8; 16], u32> =
-            LpmTrie::try_from(map_mut(ebpf, m::B4_ALLOW)?)?;
-        for p in &s.b4_prefixes {
-            allow.insert(&Key::new(p.len as u32, p.network()), m::B4_PERMIT, 0)?;
-        }
+        let mut maps = AftrMaps::new(ebpf.maps_disjoint_mut(AFTR_MAPS))?;
+        let plan = maps.plan(s, hash_seed)?;
+        maps.apply(&plan)?;
     }
     {
         let mut deny: LpmTrie<&mut MapData, [u8; 4], u32> =
@@ -179,22 +171,36 @@ pub fn configure_aftr(ebpf: &mut Ebpf, s: &AftrSettings, hash_seed: u32) -> Resu
             deny.insert(&Key::new(p.len as u32, p.network()), 1, 0)?;
         }
     }
-    {
-        let cfg = aftr_config(s, hash_seed);
-        let mut free: Array<&mut MapData, u32> = Array::try_from(map_mut(ebpf, m::ADDR_FREE)?)?;
-        for i in 0..s.pool.len() as u32 {
-            free.set(i, cfg.blocks_per_addr as u32, 0)?;
-        }
-        let mut list: Array<&mut MapData, u32> = Array::try_from(map_mut(ebpf, m::FREE_ADDRS)?)?;
-        let n = (s.pool.len() as u32).min(m::FREE_ADDRS_LEN);
-        for i in 0..n {
-            list.set(1 + i, i, 0)?;
-        }
-        list.set(0, n, 0)?;
-    }
+    // The block search's hints: every block free, until the first sweep says otherwise.
     let cfg = aftr_config(s, hash_seed);
-    let mut c: Array<&mut MapData, AftrConfig> = Array::try_from(map_mut(ebpf, m::AFTR_CONFIG)?)?;
-    c.set(0, cfg, 0)?;
+    let mut free: Array<&mut MapData, u32> = Array::try_from(map_mut(ebpf, m::ADDR_FREE)?)?;
+    for i in 0..s.pool.len() as u32 {
+        free.set(i, cfg.blocks_per_addr as u32, 0)?;
+    }
+    let mut list: Array<&mut MapData, u32> = Array::try_from(map_mut(ebpf, m::FREE_ADDRS)?)?;
+    let n = (s.pool.len() as u32).min(m::FREE_ADDRS_LEN);
+    for i in 0..n {
+        list.set(1 + i, i, 0)?;
+    }
+    list.set(0, n, 0)?;
+    Ok(())
+}
+
+/// Reset the block search's hints through the pins: every block of every address free,
+/// until the sweep (within a second) publishes what it finds.
+pub fn reset_block_hints(pin: &Path, s: &AftrSettings, hash_seed: u32) -> Result<()> {
+    let cfg = aftr_config(s, hash_seed);
+    let [mut f, mut l] = open_pinned(pin, [m::ADDR_FREE, m::FREE_ADDRS])?;
+    let mut free: Array<&mut MapData, u32> = Array::try_from(&mut f)?;
+    for i in 0..s.pool.len() as u32 {
+        free.set(i, cfg.blocks_per_addr as u32, 0)?;
+    }
+    let mut list: Array<&mut MapData, u32> = Array::try_from(&mut l)?;
+    let n = (s.pool.len() as u32).min(m::FREE_ADDRS_LEN);
+    for i in 0..n {
+        list.set(1 + i, i, 0)?;
+    }
+    list.set(0, n, 0)?;
     Ok(())
 }
 
@@ -258,7 +264,7 @@ pub fn sync_denied(pin: &Path, want: &[Cidr4]) -> Result<()> {
 pub fn sync_local_b4_denies(
     pin: &Path,
     own: &[std::net::Ipv6Addr],
-    prefixes: &[Cidr6],
+    prefixes: &[crate::config::Cidr6],
 ) -> Result<()> {
     let data = MapData::from_pin(pin.join(m::B4_ALLOW)).context("opening pinned B4_ALLOW")?;
     let mut allow: LpmTrie<MapData, [u8; 16], u32> =
@@ -285,28 +291,316 @@ pub fn sync_local_b4_denies(
     Ok(())
 }
 
-/// Reload (SIGHUP): write a new AFTR_CONFIG and the B4 prefix list through the pinned
-/// maps of the running dataplane. The caller keeps what cannot change live.
-pub fn reconfigure_aftr(
-    pin: &Path,
-    s: &AftrSettings,
-    hash_seed: u32,
-    old_prefixes: &[Cidr6],
-) -> Result<()> {
-    let open = |name: &str| {
-        MapData::from_pin(pin.join(name)).with_context(|| format!("opening pinned {name}"))
+/// The same through the pins of a running dataplane (SIGHUP): the plan first, so that a
+/// caller can still refuse it, then [`apply_aftr`].
+pub fn plan_aftr(pin: &Path, s: &AftrSettings, hash_seed: u32) -> Result<AftrPlan> {
+    let mut pinned = open_pinned(pin, AFTR_MAPS)?;
+    AftrMaps::new(pinned.each_mut().map(Some))?.plan(s, hash_seed)
+}
+
+/// Apply a plan from [`plan_aftr`]: every write or none.
+pub fn apply_aftr(pin: &Path, plan: &AftrPlan) -> Result<()> {
+    let mut pinned = open_pinned(pin, AFTR_MAPS)?;
+    AftrMaps::new(pinned.each_mut().map(Some))?.apply(plan)
+}
+
+/// The maps an AFTR's configuration lives in.
+const AFTR_MAPS: [&str; 4] = [m::B4_ALLOW, m::POOL, m::POOL_INDEX, m::AFTR_CONFIG];
+
+fn open_pinned<const N: usize>(pin: &Path, names: [&str; N]) -> Result<[aya::maps::Map; N]> {
+    let mut out = Vec::with_capacity(N);
+    for n in names {
+        let data = MapData::from_pin(pin.join(n)).with_context(|| format!("opening pinned {n}"))?;
+        out.push(aya::maps::Map::from_map_data(data)?);
+    }
+    out.try_into()
+        .map_err(|_| anyhow::anyhow!("opening {N} maps"))
+}
+
+/// An LPM key as (prefix length, network).
+type Prefix<const N: usize> = (u32, [u8; N]);
+
+/// Every write that makes the AFTR's configuration maps say one configuration, computed from
+/// what they hold now, with what they held, to undo.
+#[derive(Clone, Debug, Default)]
+pub struct AftrPlan {
+    allow_add: Vec<Prefix<16>>,
+    allow_del: Vec<Prefix<16>>,
+    /// (index, old, new) for each POOL entry that changes.
+    pool: Vec<(u32, [u8; 4], [u8; 4])>,
+    /// (address, old index, new index) for each POOL_INDEX entry added or changed.
+    index_set: Vec<([u8; 4], Option<u32>, u32)>,
+    /// (address, old index) for each POOL_INDEX entry deleted.
+    index_del: Vec<([u8; 4], u32)>,
+    /// Delete before adding: the adds alone would not fit next to what goes.
+    allow_del_first: bool,
+    index_del_first: bool,
+    config: (AftrConfig, AftrConfig),
+}
+
+impl AftrPlan {
+    /// What changes, for the log: `B4_ALLOW +1 -2`, `POOL_INDEX +1 -1`, ...
+    pub fn describe(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for (name, add, del) in [
+            (m::B4_ALLOW, self.allow_add.len(), self.allow_del.len()),
+            (m::POOL_INDEX, self.index_set.len(), self.index_del.len()),
+            (m::POOL, self.pool.len(), 0),
+        ] {
+            if add + del > 0 {
+                v.push(format!("{name} +{add} -{del}"));
+            }
+        }
+        if self.config.0 != self.config.1 {
+            v.push(m::AFTR_CONFIG.to_string());
+        }
+        v
+    }
+}
+
+/// One write of a plan, and how to undo it.
+#[derive(Clone, Copy, Debug)]
+enum Write {
+    AllowInsert(Prefix<16>),
+    AllowRemove(Prefix<16>),
+    Pool(u32, [u8; 4]),
+    IndexInsert([u8; 4], u32),
+    IndexRemove([u8; 4]),
+    Config(AftrConfig),
+}
+
+/// The AFTR's configuration maps, borrowed from a loaded object or opened through pins.
+pub struct AftrMaps<'a> {
+    allow: LpmTrie<&'a mut MapData, [u8; 16], u32>,
+    pool: Array<&'a mut MapData, [u8; 4]>,
+    index: HashMap<&'a mut MapData, [u8; 4], u32>,
+    config: Array<&'a mut MapData, AftrConfig>,
+}
+
+fn max_entries(m: &MapData) -> Result<usize> {
+    Ok(m.info()?.max_entries() as usize)
+}
+
+impl<'a> AftrMaps<'a> {
+    fn new(maps: [Option<&'a mut aya::maps::Map>; 4]) -> Result<Self> {
+        let [a, p, i, c] = maps;
+        let need = |m: Option<&'a mut aya::maps::Map>, n: &str| {
+            m.with_context(|| format!("map {n} missing from the object"))
+        };
+        Ok(AftrMaps {
+            allow: LpmTrie::try_from(need(a, m::B4_ALLOW)?)?,
+            pool: Array::try_from(need(p, m::POOL)?)?,
+            index: HashMap::try_from(need(i, m::POOL_INDEX)?)?,
+            config: Array::try_from(need(c, m::AFTR_CONFIG)?)?,
+        })
+    }
+
+    /// Compute every write for `s` and check that it fits the maps, touching nothing.
+    pub fn plan(&mut self, s: &AftrSettings, hash_seed: u32) -> Result<AftrPlan> {
+        use aya::maps::IterableMap as _;
+        let mut plan = AftrPlan::default();
+        // B4_ALLOW: exactly the configured prefixes.
+        let mut want: Vec<Prefix<16>> = Vec::new();
+        for p in &s.b4_prefixes {
+            let k = (p.len as u32, p.network());
+            if !want.contains(&k) {
+                want.push(k);
+            }
+        }
+        // The denying /128s of the host's own addresses are kept by `sync_local_b4_denies`.
+        let have: Vec<Prefix<16>> = self
+            .allow
+            .iter()
+            .filter(|e| !matches!(e, Ok((_, v)) if *v == m::B4_DENY))
+            .map(|e| e.map(|(k, _)| (k.prefix_len(), k.data())))
+            .collect::<Result<_, _>>()
+            .context("reading B4_ALLOW")?;
+        plan.allow_add = want.iter().filter(|k| !have.contains(k)).copied().collect();
+        plan.allow_del = have.iter().filter(|k| !want.contains(k)).copied().collect();
+        let cap = max_entries(self.allow.map())?;
+        if want.len() > cap {
+            bail!(
+                "--b4-prefix: {} prefixes, but B4_ALLOW holds at most {cap}",
+                want.len()
+            );
+        }
+        plan.allow_del_first = have.len() + plan.allow_add.len() > cap;
+
+        // POOL and POOL_INDEX: the pool in order, and nothing else recognised inbound.
+        let cap = max_entries(self.pool.map())?;
+        if s.pool.len() > cap {
+            bail!(
+                "--pool: {} addresses, but the POOL map holds {cap} (it was sized when its \
+                 dataplane started; a larger pool needs a start without --persist, which drops \
+                 every mapping)",
+                s.pool.len()
+            );
+        }
+        for (i, a) in s.pool.iter().enumerate() {
+            let old = self.pool.get(&(i as u32), 0)?;
+            if old != a.octets() {
+                plan.pool.push((i as u32, old, a.octets()));
+            }
+        }
+        let have: Vec<([u8; 4], u32)> = self
+            .index
+            .iter()
+            .collect::<Result<_, _>>()
+            .context("reading POOL_INDEX")?;
+        for (i, a) in s.pool.iter().enumerate() {
+            let old = have.iter().find(|(k, _)| *k == a.octets()).map(|(_, v)| *v);
+            if old != Some(i as u32) {
+                plan.index_set.push((a.octets(), old, i as u32));
+            }
+        }
+        plan.index_del = have
+            .iter()
+            .filter(|(k, _)| !s.pool.iter().any(|a| a.octets() == *k))
+            .copied()
+            .collect();
+        let cap = max_entries(self.index.map())?;
+        if s.pool.len() > cap {
+            bail!(
+                "--pool: {} addresses, but POOL_INDEX holds {cap} (a larger pool needs a start \
+                 without --persist)",
+                s.pool.len()
+            );
+        }
+        let adds = plan
+            .index_set
+            .iter()
+            .filter(|(_, o, _)| o.is_none())
+            .count();
+        plan.index_del_first = have.len() + adds > cap;
+
+        plan.config = (self.config.get(&0, 0)?, aftr_config(s, hash_seed));
+        Ok(plan)
+    }
+
+    fn write(&mut self, w: Write) -> Result<()> {
+        let key = |(len, net): Prefix<16>| Key::new(len, net);
+        match w {
+            Write::AllowInsert(p) => self.allow.insert(&key(p), m::B4_PERMIT, 0)?,
+            Write::AllowRemove(p) => self.allow.remove(&key(p))?,
+            Write::Pool(i, a) => self.pool.set(i, a, 0)?,
+            Write::IndexInsert(a, i) => self.index.insert(a, i, 0)?,
+            Write::IndexRemove(a) => self.index.remove(&a)?,
+            Write::Config(c) => self.config.set(0, c, 0)?,
+        }
+        Ok(())
+    }
+
+    /// Apply `plan` in an order that keeps traffic flowing (new prefixes and addresses first,
+    /// the config, then deletions). A failed write undoes every write before it, so the maps
+    /// hold either the new configuration or the old one.
+    pub fn apply(&mut self, plan: &AftrPlan) -> Result<()> {
+        let mut steps: Vec<(Write, Write)> = Vec::new();
+        let allow_add = plan
+            .allow_add
+            .iter()
+            .map(|p| (Write::AllowInsert(*p), Write::AllowRemove(*p)));
+        let allow_del = plan
+            .allow_del
+            .iter()
+            .map(|p| (Write::AllowRemove(*p), Write::AllowInsert(*p)));
+        if plan.allow_del_first {
+            steps.extend(allow_del.clone());
+        }
+        steps.extend(allow_add);
+        let index_del = plan
+            .index_del
+            .iter()
+            .map(|(a, old)| (Write::IndexRemove(*a), Write::IndexInsert(*a, *old)));
+        if plan.index_del_first {
+            steps.extend(index_del.clone());
+        }
+        steps.extend(plan.index_set.iter().map(|(a, old, new)| {
+            let undo = match old {
+                Some(o) => Write::IndexInsert(*a, *o),
+                None => Write::IndexRemove(*a),
+            };
+            (Write::IndexInsert(*a, *new), undo)
+        }));
+        steps.extend(
+            plan.pool
+                .iter()
+                .map(|(i, old, new)| (Write::Pool(*i, *new), Write::Pool(*i, *old))),
+        );
+        steps.push((Write::Config(plan.config.1), Write::Config(plan.config.0)));
+        if !plan.index_del_first {
+            steps.extend(index_del);
+        }
+        if !plan.allow_del_first {
+            steps.extend(allow_del);
+        }
+        for (n, (w, _)) in steps.iter().enumerate() {
+            if let Err(e) = self.write(*w) {
+                let mut undo_failed = None;
+                for (_, u) in steps[..n].iter().rev() {
+                    if let Err(u) = self.write(*u) {
+                        undo_failed.get_or_insert(u);
+                    }
+                }
+                return Err(match undo_failed {
+                    None => e.context(format!(
+                        "writing the configuration maps ({w:?}); the earlier writes were undone"
+                    )),
+                    Some(u) => e.context(format!(
+                        "writing the configuration maps ({w:?}), and undoing the earlier writes \
+                         failed too ({u:#}): restart the controller"
+                    )),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuse to adopt (`--persist`) pinned maps that `s` does not fit: a table smaller than the
+/// configuration asks for (table sizes are fixed when a map is created), or a port layout
+/// other than the one its blocks and mappings were made with.
+pub fn check_adopted_aftr(pin: &Path, s: &AftrSettings, hash_seed: u32) -> Result<()> {
+    let setting = |name: &str| match name {
+        m::NAT_OUT | m::NAT_IN => "--max-mappings",
+        m::POOL | m::POOL_INDEX => "--pool",
+        m::BLOCKS | m::SW_BLOCKS | m::SOFTWIRES => "--pool, --port-range and --block-size",
+        m::PEERS => "the filtering modes",
+        _ => "the configuration",
     };
-    let mut allow: LpmTrie<MapData, [u8; 16], u32> =
-        LpmTrie::try_from(aya::maps::Map::LpmTrie(open(m::B4_ALLOW)?))?;
-    for p in &s.b4_prefixes {
-        allow.insert(&Key::new(p.len as u32, p.network()), m::B4_PERMIT, 0)?;
+    for (name, want) in map_sizes(Some(s)) {
+        let Ok(data) = MapData::from_pin(pin.join(name)) else {
+            continue;
+        };
+        let have = max_entries(&data)?;
+        if (want as usize) > have {
+            bail!(
+                "{} needs {want} entries in the pinned {name}, which holds {have}: its size was \
+                 fixed when the dataplane under {} started; start without --persist to resize \
+                 it (drops every mapping), or keep the old values",
+                setting(name),
+                pin.display()
+            );
+        }
     }
-    for p in old_prefixes.iter().filter(|p| !s.b4_prefixes.contains(p)) {
-        let _ = allow.remove(&Key::new(p.len as u32, p.network()));
+    let data = MapData::from_pin(pin.join(m::AFTR_CONFIG)).context("opening pinned AFTR_CONFIG")?;
+    let running: Array<MapData, AftrConfig> = Array::try_from(aya::maps::Map::Array(data))?;
+    let old = running.get(&0, 0)?;
+    let new = aftr_config(s, hash_seed);
+    if old.pool_len != 0
+        && (old.port_lo, old.port_hi, old.block_size) != (new.port_lo, new.port_hi, new.block_size)
+    {
+        bail!(
+            "--port-range {}-{} with --block-size {}: the adopted dataplane's blocks and mappings \
+             are laid out for {}-{} in blocks of {}; start without --persist to change it (drops \
+             every mapping), or keep the old values",
+            new.port_lo,
+            new.port_hi,
+            new.block_size,
+            old.port_lo,
+            old.port_hi,
+            old.block_size
+        );
     }
-    let mut c: Array<MapData, AftrConfig> =
-        Array::try_from(aya::maps::Map::Array(open(m::AFTR_CONFIG)?))?;
-    c.set(0, aftr_config(s, hash_seed), 0)?;
     Ok(())
 }
 
@@ -422,12 +716,23 @@ pub fn configure_b4(ebpf: &mut Ebpf, cfg: B4Config, lan_prefixes: &[Cidr4]) -> R
     {
         let mut local: LpmTrie<&mut MapData, [u8; 4], u32> =
             LpmTrie::try_from(map_mut(ebpf, m::LOCAL_V4)?)?;
-        for p in B4_ALWAYS_LOCAL
+        let want: Vec<Prefix<4>> = B4_ALWAYS_LOCAL
             .iter()
             .map(|s| s.parse::<Cidr4>().unwrap())
             .chain(lan_prefixes.iter().copied())
-        {
-            local.insert(&Key::new(p.len as u32, p.network()), 1, 0)?;
+            .map(|p| (p.len as u32, p.network()))
+            .collect();
+        for (len, net) in &want {
+            local.insert(&Key::new(*len, *net), 1, 0)?;
+        }
+        // Adopted maps (--persist) may hold LAN prefixes this LAN no longer has.
+        let stale: Vec<Key<[u8; 4]>> = local
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !want.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in stale {
+            local.remove(&k)?;
         }
     }
     let mut c: Array<&mut MapData, B4Config> = Array::try_from(map_mut(ebpf, m::B4_CONFIG)?)?;

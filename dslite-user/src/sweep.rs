@@ -825,6 +825,113 @@ enum BlockChange {
     Free,
 }
 
+/// What [`Sweeper::reconcile`] did.
+#[derive(Clone, Debug, Default)]
+pub struct Reconciled {
+    pub slots: usize,
+    pub mappings: usize,
+    pub blocks: usize,
+    /// NAT log records: the blocks released, and (with `log_sessions`) the mappings deleted.
+    pub records: Vec<NatRecord>,
+}
+
+impl Sweeper {
+    /// Bring the tables in line with a configuration whose pool or B4 prefixes lost entries
+    /// (a `--persist` restart, a reload). What is on a public address no longer in `pool`
+    /// goes: its slots first, so XDP puts no new mapping there; then its mappings; then its
+    /// blocks are released into the hold-down like any other, logged, so `whois` stays right
+    /// and no other subscriber gets those ports at once (RFC 6888 REQ-8). The mappings of a
+    /// softwire no longer in `allowed` go too; its emptied blocks are then released by the
+    /// next sweep, as any emptied block is. A slot that stays learns its address's index in
+    /// the new pool (XDP takes a softwire's next block on the address of its others).
+    pub fn reconcile(
+        &mut self,
+        now: u64,
+        pool: &[std::net::Ipv4Addr],
+        allowed: &[crate::config::Cidr6],
+    ) -> Result<Reconciled> {
+        let index_of = |addr: [u8; 4]| pool.iter().position(|a| a.octets() == addr);
+        let allowed_b4 = |b4: &[u8; 16]| allowed.iter().any(|p| p.contains(b4));
+        let unix_ms = (now as i128 + crate::natlog::realtime_offset_ns()) / 1_000_000;
+        let record = |kind: u8, b4: [u8; 16], addr: [u8; 4], lo: u16, hi: u16| NatRecord {
+            unix_ms,
+            kind,
+            b4: b4.into(),
+            outside: addr.into(),
+            port_lo: lo,
+            port_hi: hi,
+            proto: 0,
+            inside: None,
+            dst: None,
+            limit: None,
+        };
+        let mut r = Reconciled::default();
+        let slots: Vec<(SlotKey, Slot)> = self.slots.iter().collect::<Result<_, _>>()?;
+        for (k, s) in slots {
+            match index_of(s.addr) {
+                Some(i) => {
+                    if s.addr_index != i as u32 {
+                        let s = Slot {
+                            addr_index: i as u32,
+                            ..s
+                        };
+                        self.slots.insert(k, s, 0)?;
+                    }
+                }
+                None => {
+                    let _ = self.slots.remove(&k);
+                    r.slots += 1;
+                }
+            }
+        }
+        let mut all = Vec::new();
+        {
+            use std::os::fd::{AsFd as _, AsRawFd as _};
+            let fd = self.nat_out_scan.fd().as_fd().as_raw_fd();
+            scan_hash::<NatOutKey, NatOutValue>(fd, |k, v| all.push((k, v)))?;
+        }
+        for (k, v) in all {
+            if allowed_b4(&k.b4) && index_of(v.outside_addr).is_some() {
+                continue;
+            }
+            let _ = self.nat_out.remove(&k);
+            let kin = k.inbound_key(v.outside_addr, v.outside_port);
+            if self.nat_in.get(&kin, 0).ok() == Some(k.inbound_value()) {
+                let _ = self.nat_in.remove(&kin);
+            }
+            r.mappings += 1;
+            if self.log_sessions {
+                let port = u16::from_be(v.outside_port);
+                r.records.push(NatRecord {
+                    proto: k.proto,
+                    inside: Some((k.inside_addr.into(), u16::from_be(k.inside_port))),
+                    ..record(EVENT_MAPPING_DELETED, k.b4, v.outside_addr, port, port)
+                });
+            }
+        }
+        let blocks: Vec<(BlockKey, BlockValue)> = self.blocks.iter().collect::<Result<_, _>>()?;
+        for (bk, bv) in blocks {
+            if bv.released_ns != 0 || index_of(bk.addr).is_some() {
+                continue;
+            }
+            self.blocks.insert(
+                bk,
+                BlockValue {
+                    released_ns: now,
+                    ..bv
+                },
+                0,
+            )?;
+            let first = block_first_port(bk.block, self.cfg.port_lo, self.cfg.block_size);
+            let last = first + (self.cfg.block_size - 1);
+            r.records
+                .push(record(EVENT_BLOCK_RELEASED, bv.b4, bk.addr, first, last));
+            r.blocks += 1;
+        }
+        Ok(r)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

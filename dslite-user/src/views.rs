@@ -1,6 +1,7 @@
 //! `dslite stats` and `dslite sessions`: read the pinned maps of a running dataplane.
 
 use std::{
+    io::Write,
     net::{Ipv4Addr, Ipv6Addr},
     path::Path,
 };
@@ -47,29 +48,54 @@ pub fn read_counter(pin_path: &Path, c: Counter) -> Result<u64> {
     Ok(stats.get(&(c as u32), 0)?.iter().sum())
 }
 
+/// Write a command's output through `f` into `w`, buffered. A reader that went away early
+/// (`dslite sessions --json | head -1`) ends the output quietly: the command exits 0, as
+/// what the reader wanted was written; any other write error is an error (exit 1).
+pub fn write_quietly<W: Write>(
+    w: W,
+    f: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
+    let mut w = std::io::BufWriter::new(w);
+    match f(&mut w).and_then(|()| w.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            // The buffer's rest goes nowhere; dropping it must not try again.
+            let _ = w.into_parts();
+            Ok(())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("writing to standard output")),
+    }
+}
+
+/// [`write_quietly`] to standard output.
+pub fn to_stdout(f: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+    write_quietly(std::io::stdout().lock(), f)
+}
+
 pub fn print_stats(pin_path: &Path, json: bool) -> Result<()> {
     let counters = read_counters(pin_path)?;
-    if json {
-        let obj: serde_json::Map<String, serde_json::Value> = counters
-            .iter()
-            .map(|(c, v)| (c.name().to_string(), (*v).into()))
-            .collect();
-        println!("{}", serde_json::Value::Object(obj));
-        return Ok(());
-    }
-    for kind in [
-        CounterKind::Traffic,
-        CounterKind::Event,
-        CounterKind::Pass,
-        CounterKind::Drop,
-        CounterKind::Slow,
-    ] {
-        println!("{}:", kind.name());
-        for (c, v) in counters.iter().filter(|(c, _)| c.kind() == kind) {
-            println!("  {:<28} {v:>14}", c.name());
+    to_stdout(|w| {
+        if json {
+            let obj: serde_json::Map<String, serde_json::Value> = counters
+                .iter()
+                .map(|(c, v)| (c.name().to_string(), (*v).into()))
+                .collect();
+            return writeln!(w, "{}", serde_json::Value::Object(obj));
         }
-    }
-    Ok(())
+        for kind in [
+            CounterKind::Traffic,
+            CounterKind::Event,
+            CounterKind::Pass,
+            CounterKind::Drop,
+            CounterKind::Slow,
+        ] {
+            writeln!(w, "{}:", kind.name())?;
+            for (c, v) in counters.iter().filter(|(c, _)| c.kind() == kind) {
+                writeln!(w, "  {:<28} {v:>14}", c.name())?;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// One NAT mapping as shown to operators.
@@ -169,13 +195,14 @@ pub fn sessions_table(sessions: &[Session]) -> String {
 
 pub fn print_sessions(pin_path: &Path, json: bool) -> Result<()> {
     let sessions = read_sessions(pin_path)?;
-    if json {
-        println!("{}", serde_json::to_string(&sessions)?);
-        return Ok(());
-    }
-    print!("{}", sessions_table(&sessions));
-    println!("{} mappings", sessions.len());
-    Ok(())
+    to_stdout(|w| {
+        if json {
+            serde_json::to_writer(&mut *w, &sessions)?;
+            return writeln!(w);
+        }
+        w.write_all(sessions_table(&sessions).as_bytes())?;
+        writeln!(w, "{} mappings", sessions.len())
+    })
 }
 
 /// One subscriber (RFC 7785 §3: the B4 addresses under one `--subscriber-prefix-len`
@@ -254,31 +281,84 @@ pub fn read_softwires(pin_path: &Path) -> Result<Vec<SoftwireView>> {
 
 pub fn print_softwires(pin_path: &Path, json: bool) -> Result<()> {
     let v = read_softwires(pin_path)?;
-    if json {
-        println!("{}", serde_json::to_string(&v)?);
-        return Ok(());
-    }
-    println!(
-        "{:<44} {:>4} {:>8} {:>8}  BLOCKS",
-        "SUBSCRIBER", "B4S", "MAPPINGS", "REFUSED"
-    );
-    for s in &v {
-        println!(
-            "{:<44} {:>4} {:>8} {:>8}  {}",
-            s.subscriber,
-            s.b4s.len(),
-            s.mappings,
-            s.refused,
-            s.blocks.join(" ")
-        );
-    }
-    println!("{} subscribers", v.len());
-    Ok(())
+    to_stdout(|w| {
+        if json {
+            serde_json::to_writer(&mut *w, &v)?;
+            return writeln!(w);
+        }
+        writeln!(
+            w,
+            "{:<44} {:>4} {:>8} {:>8}  BLOCKS",
+            "SUBSCRIBER", "B4S", "MAPPINGS", "REFUSED"
+        )?;
+        for s in &v {
+            writeln!(
+                w,
+                "{:<44} {:>4} {:>8} {:>8}  {}",
+                s.subscriber,
+                s.b4s.len(),
+                s.mappings,
+                s.refused,
+                s.blocks.join(" ")
+            )?;
+        }
+        writeln!(w, "{} subscribers", v.len())
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Takes `0` more bytes, then fails like a pipe whose reader left, or a full disk.
+    struct Sink(usize, std::io::ErrorKind);
+    impl Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                return Err(self.1.into());
+            }
+            let n = b.len().min(self.0);
+            self.0 -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn output_cut_short_ends_quietly_and_other_write_errors_do_not() {
+        let mut lines = 0;
+        let r = write_quietly(Sink(100, std::io::ErrorKind::BrokenPipe), |w| {
+            for i in 0..1_000_000 {
+                writeln!(w, "mapping {i}")?;
+                lines += 1;
+            }
+            Ok(())
+        });
+        assert!(r.is_ok(), "{r:?}");
+        assert!(
+            lines < 1_000_000,
+            "the writer stopped at the first failed write"
+        );
+        // Gone before the first byte, and the error only at the final flush.
+        assert!(
+            write_quietly(Sink(0, std::io::ErrorKind::BrokenPipe), |w| writeln!(
+                w,
+                "x"
+            ))
+            .is_ok()
+        );
+        let e = write_quietly(Sink(5, std::io::ErrorKind::StorageFull), |w| {
+            serde_json::to_writer(&mut *w, &vec!["x"; 100_000])?;
+            writeln!(w)
+        })
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("writing to standard output"),
+            "{e:#}"
+        );
+    }
 
     #[test]
     fn session_formatting_uses_host_order_ports() {

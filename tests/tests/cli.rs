@@ -222,3 +222,90 @@ fn contrib_configs_and_dhcpv6_hook_work() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "aftr2.example\n");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Run `dslite ARGS` with its standard output a pipe whose reader is already gone (as in
+/// `dslite ... | head -0`), and, with `close_stderr`, its standard error too: the exit code
+/// and what it wrote to stderr.
+fn run_into_closed_pipe(args: &[&str], close_stderr: bool) -> (i32, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut cmd = Command::new(dslite_bin());
+    cmd.args(args).stdout(writer);
+    if close_stderr {
+        let (r, w) = std::io::pipe().unwrap();
+        drop(r);
+        cmd.stderr(w);
+        let st = cmd.status().unwrap();
+        return (st.code().unwrap_or(-1), String::new());
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every command that prints stops quietly when its reader goes away: exit 0, nothing on
+/// stderr, never a panic (which was exit 101 with "failed printing to stdout"). A failing
+/// command with stderr closed too still exits 1.
+#[test]
+fn output_cut_short_exits_quietly() {
+    let dir = std::env::temp_dir().join(dslite_tests::unique("pipe"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("nat.log");
+    let mut text = String::new();
+    for i in 0..2000u32 {
+        text.push_str(&format!(
+            "{{\"b4\":\"2001:db8:a::{:x}\",\"event\":\"mapping-created\",\"outside\":\"198.51.100.3\",\"port\":40000,\"proto\":\"udp\",\"inside\":\"192.168.1.10:{}\",\"ts\":\"2026-11-26T05:00:00.123Z\"}}\n",
+            i + 1,
+            1024 + i
+        ));
+    }
+    std::fs::write(&log, text).unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let conf = root.join("contrib/aftr.toml");
+    let log_s = log.to_str().unwrap();
+    let whois = [
+        "whois",
+        "198.51.100.3:40000",
+        "--at",
+        "2026-11-26T06:00:00Z",
+        "--nat-log",
+        log_s,
+    ];
+    let whois_json = [&whois[..], &["--json"]].concat();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["--help"],
+        vec!["help", "aftr"],
+        vec!["sessions", "--help"],
+        vec!["--version"],
+        vec!["check-config", conf.to_str().unwrap()],
+        whois.to_vec(),
+        whois_json,
+    ];
+    for args in &commands {
+        // Each prints something when someone reads it...
+        let out = Command::new(dslite_bin()).args(args).output().unwrap();
+        assert!(
+            out.status.success() && !out.stdout.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // ...and ends quietly when nobody does.
+        let (code, err) = run_into_closed_pipe(args, false);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+    let (code, _) = run_into_closed_pipe(&["stats", "--pin-path", "/nonexistent/pins"], true);
+    assert_eq!(
+        code, 1,
+        "an error with nowhere to say it is still exit 1, not a panic"
+    );
+    let (code, err) = run_into_closed_pipe(&["stats", "--pin-path", "/nonexistent/pins"], false);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("/nonexistent/pins") && !err.contains("panicked"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

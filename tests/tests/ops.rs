@@ -456,3 +456,302 @@ fn the_b4_finds_its_aftr_and_follows_its_wan_address() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A reload applies all of a file or none of it, and says which (issue 1/6 item 10): a file
+/// with one valid change (`max-sessions`) and one value no sink accepts (`syslog`) changes
+/// nothing, and the log names what was rejected; a valid file is applied, and the log lists
+/// what changed and what needs a restart. A map write that fails halfway through is undone.
+#[test]
+fn a_reload_applies_all_or_nothing_and_says_which() {
+    use aya::maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData};
+    let dir = PathBuf::from(format!("/tmp/dslite-atomic-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("aftr.toml");
+    std::fs::write(&conf, "max-sessions = 1\n").unwrap();
+    let conf_s = conf.to_str().unwrap().to_string();
+    let t = DsLite::start(&["--config", &conf_s]).unwrap();
+    let _echo = udp_echo_server(&t.server, sa(SERVER1, 7777));
+    udp_request(&t.a.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "1").unwrap();
+    assert!(
+        udp_request(&t.a.host, sa(HOST_ADDR, 5001), sa(SERVER1, 7777), "2").is_err(),
+        "one session at most"
+    );
+
+    std::fs::write(&conf, "max-sessions = 5\nsyslog = \"udp:nowhere\"\n").unwrap();
+    t.aftr.signal(libc::SIGHUP);
+    wait_for("the rejected reload", || {
+        t.aftr.log().contains("reload failed")
+    });
+    let log = t.aftr.log();
+    let line = log.lines().find(|l| l.contains("reload failed")).unwrap();
+    assert!(
+        line.contains("the running configuration stays") && line.contains("udp:nowhere"),
+        "{line}"
+    );
+    assert!(
+        udp_request(&t.a.host, sa(HOST_ADDR, 5001), sa(SERVER1, 7777), "2").is_err(),
+        "max-sessions 5 came with a bad syslog value: not applied either"
+    );
+
+    std::fs::write(&conf, "max-sessions = 5\nmax-mappings = 5000\n").unwrap();
+    t.aftr.signal(libc::SIGHUP);
+    wait_for("the reload", || {
+        t.aftr.log().contains("configuration reloaded")
+    });
+    let log = t.aftr.log();
+    assert!(log.contains("applied: max-sessions: 1 -> 5"), "{log}");
+    let restart = log
+        .lines()
+        .find(|l| l.contains("needing a restart"))
+        .unwrap();
+    assert!(restart.contains("max-mappings"), "{restart}");
+    udp_request(&t.a.host, sa(HOST_ADDR, 5001), sa(SERVER1, 7777), "2").unwrap();
+
+    // The maps themselves: a plan that adds two B4 prefixes and changes the config meets a
+    // B4_ALLOW with room for one. The first insert succeeds, the second fails, and the
+    // first is undone: the trie and AFTR_CONFIG are as they were.
+    let pin = &t.aftr.pin_path;
+    let config = || -> dslite_common::maps::AftrConfig {
+        let data = MapData::from_pin(pin.join("AFTR_CONFIG")).unwrap();
+        let a: Array<MapData, dslite_common::maps::AftrConfig> =
+            Array::try_from(Map::Array(data)).unwrap();
+        a.get(&0, 0).unwrap()
+    };
+    let trie = || -> LpmTrie<MapData, [u8; 16], u32> {
+        LpmTrie::try_from(Map::LpmTrie(
+            MapData::from_pin(pin.join("B4_ALLOW")).unwrap(),
+        ))
+        .unwrap()
+    };
+    let keys = || -> Vec<(u32, [u8; 16])> {
+        let mut k: Vec<_> = trie()
+            .keys()
+            .map(|k| k.map(|k| (k.prefix_len(), k.data())).unwrap())
+            .collect();
+        k.sort();
+        k
+    };
+    let before = config();
+    let s = dslite_user::config::AftrOptions {
+        tunnel_iface: Some("tun".into()),
+        address: Some(aftr_addr()),
+        pool: vec![POOL.parse().unwrap()],
+        b4_prefix: [
+            "2001:db8:a::/64",
+            "2001:db8:b::/64",
+            "2001:db8:d::/64",
+            "2001:db8:e::/64",
+        ]
+        .iter()
+        .map(|p| p.parse().unwrap())
+        .collect(),
+        max_sessions: Some(9),
+        ..Default::default()
+    }
+    .validate()
+    .unwrap();
+    let plan = dslite_user::dataplane::plan_aftr(pin, &s, before.hash_seed).unwrap();
+    let mut junk = Vec::new();
+    {
+        let mut t = trie();
+        for i in 0..(1024 - 2 - 1) as u16 {
+            let mut net = [0u8; 16];
+            net[..6].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff]);
+            net[6..8].copy_from_slice(&i.to_be_bytes());
+            t.insert(&Key::new(64, net), 1, 0).unwrap();
+            junk.push(net);
+        }
+    }
+    let full = keys();
+    let e = dslite_user::dataplane::apply_aftr(pin, &plan).unwrap_err();
+    assert!(format!("{e:#}").contains("undone"), "{e:#}");
+    assert_eq!(keys(), full, "the first insert was undone");
+    assert_eq!(config(), before, "AFTR_CONFIG untouched");
+    {
+        let mut t = trie();
+        for net in junk {
+            t.remove(&Key::new(64, net)).unwrap();
+        }
+    }
+    assert_eq!(keys().len(), 2);
+    udp_request(&t.a.host, sa(HOST_ADDR, 5002), sa(SERVER1, 7777), "3").unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `--persist` restart brings adopted maps to the new configuration (issue 1/6 item 10):
+/// with B's prefix and both pool addresses removed and another address added, B's new flows
+/// are dropped (`drop_b4_not_allowed`), the removed addresses are no longer recognised
+/// inbound (`pass_not_pool`), A's old mappings on them are deleted and their blocks
+/// released in the NAT log, and A's new flows leave from the added address. A restart with a
+/// pool larger than the pinned maps, or another port layout, is refused (exit 2) and leaves
+/// the dataplane running.
+#[test]
+fn a_persist_restart_reconciles_prefixes_and_pool() {
+    let dir = PathBuf::from(format!("/tmp/dslite-reconcile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("nat.log");
+    let log_s = log.to_str().unwrap().to_string();
+    let mut t = DsLite::start_with(Options {
+        pool: "198.51.100.1/32",
+        aftr_extra: &[
+            "--pool",
+            "198.51.100.2/32",
+            "--persist",
+            "--nat-log",
+            &log_s,
+            "--log-sessions",
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    let _echo = udp_echo_server(&t.server, sa(SERVER1, 7777));
+    let old_a = udp_request(&t.a.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "a").unwrap();
+    udp_request(&t.b.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "b").unwrap();
+    assert_eq!(t.aftr.sessions().unwrap().len(), 2);
+    let common = [
+        "aftr",
+        "--tunnel-iface",
+        "tun",
+        "--internet-iface",
+        "inet",
+        "--address",
+        AFTR_ADDR,
+        "--persist",
+        "--nat-log",
+        &log_s,
+        "--log-sessions",
+        "--b4-prefix",
+        "2001:db8:a::/64",
+    ];
+    t.aftr.kill();
+    let pin = t.aftr.pin_path.clone();
+    for (bad, needle) in [
+        (&["--pool", "198.51.100.0/30"][..], "--pool"),
+        (
+            &["--pool", "198.51.100.3/32", "--port-range", "2048-65535"][..],
+            "--port-range",
+        ),
+    ] {
+        // Spawned by hand: a failed `Controller::start` would clean up the pins it was given.
+        let args = [&common[..], bad].concat();
+        let mut cmd = Command::new(dslite_tests::dslite_bin());
+        cmd.args(&args)
+            .arg("--pin-path")
+            .arg(&pin)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let out = t
+            .aftr_ns
+            .spawn(&mut cmd)
+            .unwrap()
+            .wait_with_output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{e}");
+        assert!(e.contains(needle) && e.contains("without --persist"), "{e}");
+    }
+    // Refused, and the dataplane still runs as it was, with no controller.
+    let again = udp_request(&t.a.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "a").unwrap();
+    assert_eq!(again, old_a);
+
+    let args = [&common[..], &["--pool", "198.51.100.3/32"]].concat();
+    let new = dslite_tests::ctl::Controller::start(&t.aftr_ns, &args, pin.clone()).unwrap();
+    drop(std::mem::replace(&mut t.aftr, new));
+    let ctl_log = t.aftr.log();
+    assert!(
+        ctl_log.contains("B4_ALLOW +0 -1") && ctl_log.contains("POOL_INDEX +1 -2"),
+        "{ctl_log}"
+    );
+    let sessions = t.aftr.sessions().unwrap();
+    assert!(
+        sessions.is_empty(),
+        "both mappings were on removed addresses: {sessions:?}"
+    );
+
+    let refused = t.aftr.counter("drop_b4_not_allowed");
+    assert!(udp_request(&t.b.host, sa(HOST_ADDR, 5001), sa(SERVER1, 7777), "b").is_err());
+    assert!(t.aftr.counter("drop_b4_not_allowed") > refused);
+
+    let new_a = udp_request(&t.a.host, sa(HOST_ADDR, 5001), sa(SERVER1, 7777), "a").unwrap();
+    assert_eq!(
+        new_a.ip().to_string(),
+        "198.51.100.3",
+        "from the added address"
+    );
+
+    let not_pool = t.aftr.counter("pass_not_pool");
+    let to = old_a;
+    t.server
+        .run(move || {
+            let s = UdpSocket::bind("203.0.113.2:0").unwrap();
+            s.send_to(b"late", to).unwrap();
+        })
+        .join()
+        .unwrap();
+    assert!(
+        t.aftr.counter_at_least("pass_not_pool", not_pool + 1) > not_pool,
+        "{to} is no longer a pool address"
+    );
+
+    // The NAT log says the old blocks and mappings went: two blocks released, two mappings
+    // deleted, each on a removed address.
+    wait_for("the releases in the NAT log", || {
+        lines_with(&log, "block-released") >= 2 && lines_with(&log, "mapping-deleted") >= 2
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    for l in text
+        .lines()
+        .filter(|l| l.contains("block-released") || l.contains("mapping-deleted"))
+    {
+        assert!(
+            l.contains("198.51.100.1") || l.contains("198.51.100.2"),
+            "{l}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `dslite stats|sessions|softwires`, text and JSON, into a pipe whose reader is gone (as in
+/// `dslite sessions --json | head -1`): exit 0, nothing on stderr, no panic.
+#[test]
+fn views_cut_short_exit_quietly() {
+    let t = DsLite::start(&[]).unwrap();
+    let _echo = udp_echo_server(&t.server, sa(SERVER1, 7777));
+    for p in 5000..5010 {
+        udp_request(&t.a.host, sa(HOST_ADDR, p), sa(SERVER1, 7777), "x").unwrap();
+    }
+    let pin = t.aftr.pin_path.to_str().unwrap().to_string();
+    for view in ["stats", "sessions", "softwires"] {
+        for json in [false, true] {
+            let mut args = vec![view, "--pin-path", &pin];
+            if json {
+                args.push("--json");
+            }
+            let full = Command::new(dslite_tests::dslite_bin())
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(full.status.success() && !full.stdout.is_empty(), "{args:?}");
+            let (reader, writer) = std::io::pipe().unwrap();
+            drop(reader);
+            let out = Command::new(dslite_tests::dslite_bin())
+                .args(&args)
+                .stdout(writer)
+                .output()
+                .unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.stderr.is_empty(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
