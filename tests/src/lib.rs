@@ -11,6 +11,7 @@ pub mod netns;
 pub mod packets;
 pub mod topo;
 pub mod traffic;
+pub mod wellformed;
 
 /// Fail loudly when a privileged test cannot run: under `cargo xtask test` (and so in CI)
 /// a missing capability is an error, never a silent pass.
