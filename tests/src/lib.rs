@@ -6,7 +6,9 @@
 
 pub mod ctl;
 pub mod fixture;
+pub mod fuzz;
 pub mod ipfix;
+pub mod mapdump;
 pub mod netns;
 pub mod packets;
 pub mod topo;

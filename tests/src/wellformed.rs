@@ -39,6 +39,10 @@ pub enum Kind {
     Icmpv6Checksum,
     /// An ICMP error's quoted packet is shorter than its IPv4 header + 8 bytes (RFC 792).
     Quote,
+    /// A softwire's inner IPv4 packet ends before the IPv6 payload does. A receiver trims
+    /// the rest (as Linux does), so an input like this is not invalid, but a packet that
+    /// the dataplane encapsulates must fill its IPv6 payload exactly.
+    Trailing,
 }
 
 /// One finding. `depth` is 0 for the packet itself (for a softwire packet: the inner IPv4
@@ -89,6 +93,9 @@ pub struct Report {
     pub faults: Vec<Fault>,
     pub ipv6: Option<Ipv6Info>,
     pub ipv4: Option<Ipv4Info>,
+    /// Where the frame's packet ends (Ethernet header included): what follows is padding,
+    /// or junk.
+    pub packet_end: Option<usize>,
 }
 
 impl Report {
@@ -133,7 +140,10 @@ pub fn check_frame(frame: &[u8]) -> Report {
         return r;
     }
     match u16::from_be_bytes([frame[12], frame[13]]) {
-        0x0800 => ipv4(&frame[14..], 0, Enclosing::Frame, &mut r),
+        0x0800 => {
+            ipv4(&frame[14..], 0, Enclosing::Frame, &mut r);
+            r.packet_end = r.ipv4.map(|i| 14 + i.tot_len as usize);
+        }
         0x86dd => ipv6(&frame[14..], &mut r),
         t => r.push(
             0,
@@ -280,7 +290,7 @@ fn ipv4(buf: &[u8], depth: u8, enc: Enclosing, r: &mut Report) {
             );
             return;
         }
-        Enclosing::Softwire if tot_len != buf.len() => {
+        Enclosing::Softwire if tot_len > buf.len() => {
             r.push(
                 depth,
                 k,
@@ -290,6 +300,16 @@ fn ipv4(buf: &[u8], depth: u8, enc: Enclosing, r: &mut Report) {
                 ),
             );
             return;
+        }
+        Enclosing::Softwire if tot_len < buf.len() => {
+            r.push(
+                depth,
+                Kind::Trailing,
+                format!(
+                    "total length {tot_len}, in an IPv6 payload of {}",
+                    buf.len()
+                ),
+            );
         }
         Enclosing::Quote if buf.len() < hlen + 8 => {
             r.push(
@@ -476,6 +496,7 @@ fn ipv6(buf: &[u8], r: &mut Report) {
         );
         return;
     }
+    r.packet_end = Some(14 + 40 + plen);
     let (src, dst) = (&buf[8..24], &buf[24..40]);
     let payload = &buf[40..40 + plen];
     let mut next = buf[6];
@@ -483,11 +504,13 @@ fn ipv6(buf: &[u8], r: &mut Report) {
     let mut first = true;
     loop {
         let len = match next {
-            0 if !first => {
-                r.push(0, Kind::Ipv6Ext, "hop-by-hop options not first".into());
-                return;
+            0 | 43 | 60 => {
+                if next == 0 && !first {
+                    // RFC 8200 §4.1; a fault, but the chain can still be followed.
+                    r.push(0, Kind::Ipv6Ext, "hop-by-hop options not first".into());
+                }
+                payload.get(off + 1).map(|l| (*l as usize + 1) * 8)
             }
-            0 | 43 | 60 => payload.get(off + 1).map(|l| (*l as usize + 1) * 8),
             44 => Some(8),
             51 => payload.get(off + 1).map(|l| (*l as usize + 2) * 4),
             _ => break,
@@ -600,6 +623,8 @@ mod tests {
         // Ethernet; IPv6 traffic class, flow label, next header (a flip may name a protocol
         // nothing checks) and hop limit; a softwire's addresses (the inner IPv4 checksums
         // have no IPv6 pseudo-header); a destination option's contents.
+        // A list of ranges that has one here (not the bytes 0 to 13).
+        #[allow(clippy::single_range_in_vec_init)]
         let eth_only = vec![0..14];
         let v6_fixed = vec![0..14, 14..18, 20..22];
         let sw_fixed = vec![0..14, 14..18, 20..54];
@@ -640,7 +665,9 @@ mod tests {
             // Ethernet padding after the packet is not a fault.
             let mut padded = f.clone();
             padded.extend_from_slice(&[0; 7]);
-            assert!(check_frame(&padded).faults.is_empty(), "{what} padded");
+            let p = check_frame(&padded);
+            assert!(p.faults.is_empty(), "{what} padded");
+            assert_eq!(p.packet_end, Some(f.len()), "{what}: where the packet ends");
         }
         let mut none = udp4(A, B, 1, 2, 64, b"x");
         none[26..28].copy_from_slice(&[0, 0]);
@@ -680,10 +707,18 @@ mod tests {
         let cut = eth(m, m, ETH_P_IP, &udp[..udp.len() - 1]);
         let r = check_frame(&cut);
         assert_eq!(r.faults[0].kind, Kind::Ipv4, "{:?}", r.faults);
-        // A softwire whose inner total length is shorter than the IPv6 payload.
+        // A softwire whose inner total length is shorter than the IPv6 payload, or longer.
         let mut inner = udp.clone();
         inner.push(0);
         let sw = softwire(v6("2001:db8:a::2"), v6("2001:db8:f::2"), &inner, &[]);
+        let r = check_frame(&eth(m, m, ETH_P_IPV6, &sw));
+        assert_eq!(r.faults[0].kind, Kind::Trailing, "{:?}", r.faults);
+        let sw = softwire(
+            v6("2001:db8:a::2"),
+            v6("2001:db8:f::2"),
+            &udp[..udp.len() - 1],
+            &[],
+        );
         let r = check_frame(&eth(m, m, ETH_P_IPV6, &sw));
         assert_eq!(r.faults[0].kind, Kind::Ipv4, "{:?}", r.faults);
         // UDP length beyond the IP payload: named as a length fault (before any checksum).
