@@ -7,10 +7,12 @@
 //!   every checksum right, or wrong exactly as it came in (RFC 1624 updates carry an input's
 //!   error through; they never make one), and a router's checks done (RFC 1812 §5.2.2: an
 //!   IPv4 header with a bad checksum is not forwarded);
-//! - addressed as its role allows: the AFTR sends IPv4 only from the pool and softwire
-//!   packets only from its address to an allowed B4 that holds the mapping the packet is
-//!   about; the B4 sends softwire packets only from its address to its AFTR; a slow-path
-//!   hand-over is the input verbatim or an encapsulated packet too big for its MTU;
+//! - addressed as its role allows: the AFTR sends IPv4 only from the pool and to no reserved
+//!   or own address (RFC 1812 §5.3.7), and softwire packets only from its address to an
+//!   allowed B4 that holds the mapping the packet is about, never with a reserved source
+//!   from the internet; the B4 sends softwire packets only from its address to its AFTR; a
+//!   slow-path hand-over is the input verbatim, or an encapsulated packet too big for its
+//!   MTU;
 //! - no state change from a dropped frame: the AFTR's NAT_OUT, NAT_IN, BLOCKS, SW_BLOCKS,
 //!   SOFTWIRES and PEERS are compared, entry by entry, before and after every frame (STATS
 //!   aside), and an invalid input leaves no mapping behind whatever the verdict; NAT_OUT and
@@ -21,11 +23,12 @@
 //! mutations (`dslite_tests::fuzz`). The run is a function of the seed:
 //!
 //! - `DSLITE_FUZZ_SEED` (default below), `DSLITE_FUZZ_ITERATIONS` (random frames per
-//!   program; the default keeps CI within seconds), as `cargo xtask fuzz` sets them;
+//!   program; the defaults keep CI under half a minute);
 //! - `DSLITE_FUZZ_FRAME=IFACE:HEX` runs the seeds, then that one frame, and judges it;
 //! - `DSLITE_FUZZ_STRICT=1` fails on the known defects listed in [`KNOWN`] too.
 //!
-//! A failure prints the seed, the iteration and the frame in hex.
+//! `cargo xtask fuzz --seed S --iterations N --frame IFACE:HEX --strict` sets them. A failure
+//! prints the seed, the iteration and the frame in hex, and the command that replays it.
 
 use std::{
     collections::BTreeMap,
@@ -61,14 +64,6 @@ const AFTR_V4: [u8; 4] = [192, 0, 0, 1];
 /// The AFTR rig's address on its internet side.
 const AFTR_OWN_V4: [u8; 4] = [203, 0, 113, 1];
 
-/// Addresses no packet between a subscriber and the internet may carry: "this network"
-/// 0/8, loopback 127/8, multicast and reserved 224/4 and 240/4 (with the limited broadcast),
-/// and 192.0.0.0/24, whose 192.0.0.0/29 names the two ends of every softwire (RFC 6333 §5.7,
-/// RFC 6890: not global). Linux drops such sources when it forwards (martian sources);
-/// XDP forwards before that check could run.
-fn martian(a: [u8; 4]) -> bool {
-    a[0] == 0 || a[0] == 127 || a[0] >= 224 || a[..3] == [192, 0, 0]
-}
 const STATE_MAPS: &[&str] = &[
     "NAT_OUT",
     "NAT_IN",
@@ -77,6 +72,14 @@ const STATE_MAPS: &[&str] = &[
     "SOFTWIRES",
     "PEERS",
 ];
+
+/// Addresses no packet between a subscriber and the internet may carry (RFC 1812 §5.3.7):
+/// "this network" 0/8, loopback 127/8, multicast and reserved 224/4 and 240/4 (with the
+/// limited broadcast), and 192.0.0.0/24, whose 192.0.0.0/29 names the two ends of every
+/// softwire (RFC 6333 §5.7; RFC 6890: not global).
+fn martian(a: [u8; 4]) -> bool {
+    a[0] == 0 || a[0] == 127 || a[0] >= 224 || a[..3] == [192, 0, 0]
+}
 
 struct Opts {
     seed: u64,
@@ -99,6 +102,10 @@ fn opts() -> Opts {
     let frame = std::env::var("DSLITE_FUZZ_FRAME").ok().map(|v| {
         let (iface, h) = v.split_once(':').expect("DSLITE_FUZZ_FRAME=IFACE:HEX");
         let h = h.trim();
+        assert!(
+            h.len() % 2 == 0,
+            "DSLITE_FUZZ_FRAME: an odd number of hex digits"
+        );
         let bytes = (0..h.len() / 2)
             .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).expect("hex"))
             .collect();
@@ -154,7 +161,7 @@ enum Class {
 #[derive(Clone, Debug)]
 struct Problem {
     class: Class,
-    /// The input's faults a mapping was made from.
+    /// The input's faults this is about (a mapping made, or a frame forwarded, from them).
     kinds: Vec<Kind>,
     detail: String,
 }
