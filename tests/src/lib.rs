@@ -6,11 +6,14 @@
 
 pub mod ctl;
 pub mod fixture;
+pub mod fuzz;
 pub mod ipfix;
+pub mod mapdump;
 pub mod netns;
 pub mod packets;
 pub mod topo;
 pub mod traffic;
+pub mod wellformed;
 
 /// Fail loudly when a privileged test cannot run: under `cargo xtask test` (and so in CI)
 /// a missing capability is an error, never a silent pass.
