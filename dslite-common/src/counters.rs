@@ -225,6 +225,9 @@ counters! {
     /// AFTR: an IPv4 fragment from the internet that belongs to no mapping (a first
     /// fragment whose ports match none, or a later one whose chain no first one opened).
     DropOrphanFragment = "drop_orphan_fragment", Drop;
+    /// AFTR: a packet from the internet with a source no packet may have (0/8, 127/8,
+    /// 192.0.0.0/24, 224/4 and above).
+    DropReservedSource = "drop_reserved_source", Drop;
     /// A fragment over its subscriber's (or source's) reassembly budget.
     DropFragmentBudget = "drop_fragment_budget", Drop;
     /// AFTR: an ICMP error that concerns no mapping of the subscriber it would reach (the

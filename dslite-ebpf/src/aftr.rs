@@ -81,6 +81,14 @@ fn subscriber_fragment_budget(b4: &[u8; 16], cfg: &AftrConfig) -> u32 {
     fragment_budget(&sub, cfg)
 }
 
+/// Sources no internet packet may have (RFC 6890): "this network", loopback, the IETF
+/// protocol assignments (an outsider posing as the AFTR's 192.0.0.1), multicast, reserved
+/// and broadcast. The kernel would drop them when routing; XDP forwards first, so it checks.
+#[inline(always)]
+fn reserved_source(src: &[u8; 4]) -> bool {
+    src[0] == 0 || src[0] == 127 || src[0] >= 224 || (src[0] == 192 && src[1] == 0 && src[2] == 0)
+}
+
 /// 1 if a subscriber may send to `dst` (RFC 6333 §6.1 gives the AFTR a host's duties too:
 /// nothing a subscriber sends reaches the AFTR's own stack, special-purpose ranges
 /// (RFC 6890) or the operator's `--deny-destination` ranges).
@@ -153,10 +161,23 @@ fn l4(ctx: &XdpContext, ip: &Ipv4, outbound: bool, l: &mut L4) -> Res<()> {
     }
     let h: *mut [u8; ICMP_MIN_LEN] = at(ctx, off, Counter::DropBadL4)?;
     let mut tcp_flags = 0;
+    let l4_len = ip.tot_len - ip.hlen;
     if ip.proto == IPPROTO_TCP {
         let t: *mut [u8; TCP_MIN_LEN] = at(ctx, off, Counter::DropBadL4)?;
         // SAFETY: bounds-checked by `at`.
-        tcp_flags = unsafe { (*t)[13] };
+        let (flags, data_off) = unsafe { ((*t)[13], (((*t)[12] >> 4) as usize) * 4) };
+        // The header must be a header (RFC 9293 §3.1): no mapping for garbage.
+        if data_off < TCP_MIN_LEN || data_off > l4_len {
+            return Err(Exit::Drop(Counter::DropBadL4));
+        }
+        tcp_flags = flags;
+    } else if ip.proto == IPPROTO_UDP {
+        // SAFETY: bounds-checked by `at` (8 bytes).
+        let udp_len = unsafe { u16::from_be_bytes([(*h)[4], (*h)[5]]) } as usize;
+        // A first fragment carries only part of the datagram its length counts.
+        if udp_len < UDP_LEN || (udp_len > l4_len && !ip.fragment) {
+            return Err(Exit::Drop(Counter::DropBadL4));
+        }
     }
     // SAFETY: bounds-checked by `at` (8 bytes: enough for ports, ICMP type and id).
     let h = unsafe { &*h };
@@ -333,7 +354,9 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
     if code != 0 && code != icmp_error {
         return Err(Exit::from_code(code));
     }
-    if p.ip.dst != AFTR_V4 && destination_allowed(&p.ip.dst) == 0 {
+    // 192.0.0.1 answers echo requests (below); nothing else, an ICMP error included, goes
+    // to it or to any other denied destination.
+    if (p.ip.dst != AFTR_V4 || code == icmp_error) && destination_allowed(&p.ip.dst) == 0 {
         return Err(Exit::Drop(Counter::DropDeniedDestination));
     }
     if code == icmp_error {
@@ -766,6 +789,9 @@ fn from_internet(ctx: &XdpContext, cfg: &AftrConfig, ip: &mut Ipv4) -> Res<u32> 
     }
     if !on_interface(ctx, cfg.internet_ifindex) {
         return Err(Exit::Drop(Counter::DropWrongInterface));
+    }
+    if reserved_source(&ip.src) {
+        return Err(Exit::Drop(Counter::DropReservedSource));
     }
     if ip.fragment {
         // Ports are in the first fragment only: the slow path reassembles what belongs to

@@ -71,6 +71,10 @@ pub fn ipv6(ctx: &XdpContext, sw: &mut Softwire) -> Res<()> {
         let ext: *mut [u8; 2] = at(ctx, off, Counter::DropBadIpv6Ext)?;
         // SAFETY: bounds-checked by `at`.
         let (nh, hlen) = unsafe { ((*ext)[0], ((*ext)[1] as usize + 1) * 8) };
+        // A hop-by-hop header may only come first (RFC 8200 §4.1).
+        if nh == IPPROTO_HOPOPTS {
+            return Err(Exit::Drop(Counter::DropBadIpv6Ext));
+        }
         if hlen > MAX_EXT_HEADER_LEN {
             return Err(Exit::Pass(Counter::PassIpv6ExtHeader));
         }
