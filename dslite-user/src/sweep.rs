@@ -464,21 +464,12 @@ impl Sweeper {
                     continue;
                 }
             }
-            // NAT_OUT first: from now on a new packet creates a fresh mapping, and the old
-            // outside port is released last, so it can never be shared.
-            let _ = self.nat_out.remove(&k);
-            let kin = k.inbound_key(v.outside_addr, v.outside_port);
-            if self.nat_in.get(&kin, 0).ok() == Some(k.inbound_value()) {
-                let _ = self.nat_in.remove(&kin);
-            }
             r.expired += 1;
-            if self.log_sessions {
-                let port = u16::from_be(v.outside_port);
-                r.records.push(NatRecord {
-                    proto: k.proto,
-                    inside: Some((k.inside_addr.into(), u16::from_be(k.inside_port))),
-                    ..record(EVENT_MAPPING_DELETED, k.b4, v.outside_addr, port, port)
-                });
+            let port = u16::from_be(v.outside_port);
+            if let Some(rec) =
+                self.delete_mapping(&k, &v, record(0, k.b4, v.outside_addr, port, port))
+            {
+                r.records.push(rec);
             }
         }
         self.sweep_blocks(now, &live, &mut r)?;
@@ -608,6 +599,29 @@ impl Sweeper {
 }
 
 impl Sweeper {
+    /// Delete one mapping: NAT_OUT first, so a new packet makes a fresh mapping from then on,
+    /// and the outside port last (its NAT_IN entry, only if it still points back), so it is
+    /// never shared. Returns the deletion record (`base` with the mapping's fields) when
+    /// sessions are logged.
+    fn delete_mapping(
+        &mut self,
+        k: &NatOutKey,
+        v: &NatOutValue,
+        base: NatRecord,
+    ) -> Option<NatRecord> {
+        let _ = self.nat_out.remove(k);
+        let kin = k.inbound_key(v.outside_addr, v.outside_port);
+        if self.nat_in.get(&kin, 0).ok() == Some(k.inbound_value()) {
+            let _ = self.nat_in.remove(&kin);
+        }
+        self.log_sessions.then(|| NatRecord {
+            kind: EVENT_MAPPING_DELETED,
+            proto: k.proto,
+            inside: Some((k.inside_addr.into(), u16::from_be(k.inside_port))),
+            ..base
+        })
+    }
+
     /// Port blocks (RFC 6888 REQ-8): release blocks with no live mapping into hold-down
     /// (their slot stays, marked held, so the subscriber gets them back first), take back
     /// into use a held block that has a live mapping again (a mapping made while the release
@@ -894,19 +908,12 @@ impl Sweeper {
             if allowed_b4(&k.b4) && index_of(v.outside_addr).is_some() {
                 continue;
             }
-            let _ = self.nat_out.remove(&k);
-            let kin = k.inbound_key(v.outside_addr, v.outside_port);
-            if self.nat_in.get(&kin, 0).ok() == Some(k.inbound_value()) {
-                let _ = self.nat_in.remove(&kin);
-            }
             r.mappings += 1;
-            if self.log_sessions {
-                let port = u16::from_be(v.outside_port);
-                r.records.push(NatRecord {
-                    proto: k.proto,
-                    inside: Some((k.inside_addr.into(), u16::from_be(k.inside_port))),
-                    ..record(EVENT_MAPPING_DELETED, k.b4, v.outside_addr, port, port)
-                });
+            let port = u16::from_be(v.outside_port);
+            if let Some(rec) =
+                self.delete_mapping(&k, &v, record(0, k.b4, v.outside_addr, port, port))
+            {
+                r.records.push(rec);
             }
         }
         let blocks: Vec<(BlockKey, BlockValue)> = self.blocks.iter().collect::<Result<_, _>>()?;
