@@ -302,7 +302,7 @@ fn held_address(sk: &SlotKey) -> u32 {
 /// range, no new log record. `FOUND`, or `NOT_FOUND` after removing a slot whose block is no
 /// longer the subscriber's.
 #[inline(never)]
-fn reclaim(sk: &SlotKey, s: &Slot) -> u32 {
+fn reclaim(sk: &SlotKey, s: &Slot, cfg: &AftrConfig, now: u64) -> u32 {
     let bk = BlockKey {
         addr: s.addr,
         block: s.block,
@@ -317,6 +317,8 @@ fn reclaim(sk: &SlotKey, s: &Slot) -> u32 {
                     (*slot).held = 0;
                 }
                 count(Counter::BlockReclaimed);
+                // Its release was logged: log it held again, so `whois` stays right.
+                block_event(sk, s, cfg, now);
                 return FOUND;
             }
         }
@@ -393,7 +395,7 @@ fn claim_block(sk: &SlotKey, cfg: &AftrConfig, now: u64) -> u32 {
     if let Some(p) = SW_BLOCKS.get_ptr(sk) {
         // SAFETY: map value pointer from the kernel; copied out.
         let s = unsafe { *p };
-        if reclaim(sk, &s) == FOUND {
+        if reclaim(sk, &s, cfg, now) == FOUND {
             return FOUND;
         }
     }

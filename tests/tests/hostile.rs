@@ -485,11 +485,8 @@ fn a_subscriber_takes_its_held_block_back() {
         assert_eq!(addr2, addr);
         assert_eq!(port2 / 512, port / 512, "the same block");
         assert_eq!(rig.counter("block_reclaimed"), 1);
-        assert_eq!(
-            rig.counter("block_allocated"),
-            1,
-            "no new block, no new record"
-        );
+        // The same block, logged as held again (its release was logged).
+        assert_eq!(rig.counter("block_allocated"), 2);
         assert!(slots(rig).iter().all(|(_, s)| s.held == 0));
     });
 }
