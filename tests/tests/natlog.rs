@@ -278,6 +278,8 @@ fn each_refusal_is_logged_as_the_limit_or_exhaustion_that_refused() {
     let rate = |s: &mut AftrSettings| s.limits.new_mapping_rate = 3;
     // One address, two blocks of 16 ports: the pool runs dry before the quota.
     let pool = |s: &mut AftrSettings| {
+        // Each B4 address a subscriber of its own (/128): two subscribers here.
+        s.subscriber_prefix_len = 128;
         s.pool = vec![std::net::Ipv4Addr::new(198, 51, 100, 1)];
         s.ports = dslite_user::config::PortRange { lo: 1024, hi: 1055 };
         s.block_size = 16;
