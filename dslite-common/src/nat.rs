@@ -9,10 +9,9 @@ use crate::maps::NatOutKey;
 pub const PORT_SEARCH_TRIES: u32 = 16;
 /// Most port blocks one softwire can hold (the `--max-blocks` ceiling).
 pub const MAX_BLOCKS: u32 = 8;
-/// Public addresses tried for a softwire's first block (its hashed one, then the next).
+/// Addresses tried for a subscriber's first block: its hashed one, then ones the sweep saw
+/// free blocks on.
 pub const ADDR_TRIES: u32 = 4;
-/// Blocks tried per address when a softwire needs a new block.
-pub const BLOCK_TRIES: u32 = 8;
 /// Smallest block (ports).
 pub const MIN_BLOCK_SIZE: u16 = 16;
 /// Default block size and count (RFC 6888 REQ-4 limits; a 512-port block is common PBA).

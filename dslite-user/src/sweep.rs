@@ -398,23 +398,52 @@ fn block_key(c: &AftrConfig, addr: [u8; 4], port_be: u16) -> Option<BlockKey> {
     })
 }
 
+/// Wall-clock milliseconds (the NAT log's time) of monotonic `now`.
+fn unix_ms(now: u64) -> i128 {
+    (now as i128 + crate::natlog::realtime_offset_ns()) / 1_000_000
+}
+
+/// A NAT-log record of `kind`: `b4` held ports `lo..=hi` of `addr`.
+fn event(unix_ms: i128, kind: u8, b4: [u8; 16], addr: [u8; 4], lo: u16, hi: u16) -> NatRecord {
+    NatRecord {
+        unix_ms,
+        kind,
+        b4: b4.into(),
+        outside: addr.into(),
+        port_lo: lo,
+        port_hi: hi,
+        proto: 0,
+        inside: None,
+        dst: None,
+        limit: None,
+    }
+}
+
+/// The record of a whole block (its first to last port).
+fn block_event(
+    unix_ms: i128,
+    cfg: &AftrConfig,
+    kind: u8,
+    b4: [u8; 16],
+    bk: &BlockKey,
+) -> NatRecord {
+    let first = block_first_port(bk.block, cfg.port_lo, cfg.block_size);
+    event(
+        unix_ms,
+        kind,
+        b4,
+        bk.addr,
+        first,
+        first + (cfg.block_size - 1),
+    )
+}
+
 impl Sweeper {
     /// One pass at time `now` (monotonic ns).
     pub fn sweep(&mut self, now: u64) -> Result<SweepReport> {
         let start = Instant::now();
-        let offset = crate::natlog::realtime_offset_ns();
-        let record = |kind: u8, b4: [u8; 16], addr: [u8; 4], lo: u16, hi: u16| NatRecord {
-            unix_ms: (now as i128 + offset) / 1_000_000,
-            kind,
-            b4: b4.into(),
-            outside: addr.into(),
-            port_lo: lo,
-            port_hi: hi,
-            proto: 0,
-            inside: None,
-            dst: None,
-            limit: None,
-        };
+        let ms = unix_ms(now);
+        let record = |kind, b4, addr, lo, hi| event(ms, kind, b4, addr, lo, hi);
         let mut r = SweepReport::default();
         let mask = self.cfg.subscriber_mask;
         // Blocks with a live mapping, and the subscriber the mapping belongs to.
@@ -490,7 +519,6 @@ impl Sweeper {
         let mut updates = Vec::new();
         let mut refused = StdMap::new();
         let (rose, table_full) = self.refusals_rose();
-        let unix_ms = (now as i128 + offset) / 1_000_000;
         if table_full {
             // RFC 8158 natQuotaExceededEvent 2: the whole mapping table, no one subscriber.
             r.records.push(NatRecord {
@@ -511,8 +539,7 @@ impl Sweeper {
                     blocks,
                     addr: (blocks > 0).then_some(addr),
                 };
-                r.records
-                    .push(refusal_record(&facts, rose, &self.cfg, unix_ms));
+                r.records.push(refusal_record(&facts, rose, &self.cfg, ms));
             }
             refused.insert(b4, st.refused);
             match sessions.get(&b4) {
@@ -544,19 +571,7 @@ impl Sweeper {
     /// of the same ports would otherwise share the answer of `dslite whois`). Blocks in
     /// hold-down had their release logged already. Call it once XDP is detached.
     pub fn release_all(&mut self, now: u64) -> Result<Vec<NatRecord>> {
-        let unix_ms = (now as i128 + crate::natlog::realtime_offset_ns()) / 1_000_000;
-        let base = NatRecord {
-            unix_ms,
-            kind: EVENT_BLOCK_RELEASED,
-            b4: std::net::Ipv6Addr::UNSPECIFIED,
-            outside: std::net::Ipv4Addr::UNSPECIFIED,
-            port_lo: 0,
-            port_hi: 0,
-            proto: 0,
-            inside: None,
-            dst: None,
-            limit: None,
-        };
+        let ms = unix_ms(now);
         let mut out = Vec::new();
         if self.log_sessions {
             use std::os::fd::{AsFd as _, AsRawFd as _};
@@ -564,14 +579,9 @@ impl Sweeper {
             scan_hash::<NatOutKey, NatOutValue>(fd, |k, v| {
                 let port = u16::from_be(v.outside_port);
                 out.push(NatRecord {
-                    kind: EVENT_MAPPING_DELETED,
-                    b4: k.b4.into(),
-                    outside: v.outside_addr.into(),
-                    port_lo: port,
-                    port_hi: port,
                     proto: k.proto,
                     inside: Some((k.inside_addr.into(), u16::from_be(k.inside_port))),
-                    ..base.clone()
+                    ..event(ms, EVENT_MAPPING_DELETED, k.b4, v.outside_addr, port, port)
                 });
             })?;
         }
@@ -585,14 +595,7 @@ impl Sweeper {
         // In a stable order (the map's is its hash's).
         blocks.sort_by_key(|(bk, _)| (bk.addr, bk.block));
         for (bk, bv) in blocks {
-            let first = block_first_port(bk.block, self.cfg.port_lo, self.cfg.block_size);
-            out.push(NatRecord {
-                b4: bv.b4.into(),
-                outside: bk.addr.into(),
-                port_lo: first,
-                port_hi: first + (self.cfg.block_size - 1),
-                ..base.clone()
-            });
+            out.push(block_event(ms, &self.cfg, EVENT_BLOCK_RELEASED, bv.b4, &bk));
         }
         Ok(out)
     }
@@ -634,23 +637,8 @@ impl Sweeper {
         live: &StdMap<BlockKey, [u8; 16]>,
         r: &mut SweepReport,
     ) -> Result<()> {
-        let offset = crate::natlog::realtime_offset_ns();
-        let (lo, size) = (self.cfg.port_lo, self.cfg.block_size);
-        let record = |kind: u8, b4: [u8; 16], bk: &BlockKey| {
-            let first = block_first_port(bk.block, lo, size);
-            NatRecord {
-                unix_ms: (now as i128 + offset) / 1_000_000,
-                kind,
-                b4: b4.into(),
-                outside: bk.addr.into(),
-                port_lo: first,
-                port_hi: first + (size - 1),
-                proto: 0,
-                inside: None,
-                dst: None,
-                limit: None,
-            }
-        };
+        let (ms, cfg) = (unix_ms(now), self.cfg);
+        let record = |kind, b4, bk: &BlockKey| block_event(ms, &cfg, kind, b4, bk);
         // Slots by block, to mark or free the slot with its block.
         let mut slot_of: StdMap<BlockKey, (SlotKey, Slot)> = StdMap::new();
         for e in self.slots.iter() {
@@ -866,19 +854,8 @@ impl Sweeper {
     ) -> Result<Reconciled> {
         let index_of = |addr: [u8; 4]| pool.iter().position(|a| a.octets() == addr);
         let allowed_b4 = |b4: &[u8; 16]| allowed.iter().any(|p| p.contains(b4));
-        let unix_ms = (now as i128 + crate::natlog::realtime_offset_ns()) / 1_000_000;
-        let record = |kind: u8, b4: [u8; 16], addr: [u8; 4], lo: u16, hi: u16| NatRecord {
-            unix_ms,
-            kind,
-            b4: b4.into(),
-            outside: addr.into(),
-            port_lo: lo,
-            port_hi: hi,
-            proto: 0,
-            inside: None,
-            dst: None,
-            limit: None,
-        };
+        let ms = unix_ms(now);
+        let record = |kind, b4, addr, lo, hi| event(ms, kind, b4, addr, lo, hi);
         let mut r = Reconciled::default();
         let slots: Vec<(SlotKey, Slot)> = self.slots.iter().collect::<Result<_, _>>()?;
         for (k, s) in slots {
@@ -929,10 +906,8 @@ impl Sweeper {
                 },
                 0,
             )?;
-            let first = block_first_port(bk.block, self.cfg.port_lo, self.cfg.block_size);
-            let last = first + (self.cfg.block_size - 1);
             r.records
-                .push(record(EVENT_BLOCK_RELEASED, bv.b4, bk.addr, first, last));
+                .push(block_event(ms, &self.cfg, EVENT_BLOCK_RELEASED, bv.b4, &bk));
             r.blocks += 1;
         }
         Ok(r)

@@ -10,6 +10,7 @@ pub mod fuzz;
 pub mod ipfix;
 pub mod mapdump;
 pub mod netns;
+pub mod observe;
 pub mod packets;
 pub mod topo;
 pub mod traffic;

@@ -503,7 +503,6 @@ fn a_packet_to_another_local_address_never_loops() {
     t.aftr_ns
         .ip(&["addr", "add", "2001:db8:f::77/64", "dev", "tun"])
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
     let inner = udp4(SERVER1, HOST_ADDR, 53, 5000, 64, b"loop?");
     let to_b4 = eth(
         t.a.b4.mac_of("wan").unwrap(),

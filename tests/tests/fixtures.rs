@@ -34,6 +34,15 @@ fn from_internet(rig: &Rig, ip: &[u8]) -> Vec<u8> {
     eth(rig.mac("inet"), SERVER_MAC, packets::ETH_P_IP, ip)
 }
 
+/// The subscriber (RFC 7785) a B4 address belongs to under the default /56.
+fn subscriber(b4: Ipv6Addr) -> [u8; 16] {
+    use dslite_common::nat::{subscriber_mask, subscriber_of, DEFAULT_SUBSCRIBER_PREFIX_LEN};
+    subscriber_of(
+        &b4.octets(),
+        &subscriber_mask(DEFAULT_SUBSCRIBER_PREFIX_LEN),
+    )
+}
+
 fn pool() -> [Ipv4Addr; 4] {
     [0, 1, 2, 3].map(|i| Ipv4Addr::new(198, 51, 100, i))
 }
@@ -817,8 +826,7 @@ fn aftr_block_allocation_is_an_event() {
         let ev = events[0];
         assert_eq!(ev.kind, dslite_common::maps::EVENT_BLOCK_ALLOCATED);
         // Blocks belong to the subscriber: the B4 address masked to its /56 (RFC 7785).
-        let mut sub = b4a().octets();
-        sub[7..].fill(0);
+        let sub = subscriber(b4a());
         assert_eq!(ev.b4, sub);
         assert_eq!(ev.addr, [ip[12], ip[13], ip[14], ip[15]]);
         assert!(ev.port_lo <= port && port <= ev.port_hi);
@@ -959,8 +967,7 @@ fn sweep_expires_by_protocol_and_state_and_holds_blocks_down() {
         assert_eq!(r.blocks_released, 1, "the empty block is released");
         let rel = &r.records[0];
         assert_eq!(rel.kind, dslite_common::maps::EVENT_BLOCK_RELEASED);
-        let mut sub = b4a().octets();
-        sub[7..].fill(0);
+        let sub = subscriber(b4a());
         assert_eq!(rel.b4, Ipv6Addr::from(sub), "the subscriber's block");
         assert_eq!(
             rel.outside.octets(),

@@ -4,11 +4,11 @@
 use std::{
     net::SocketAddrV4,
     os::unix::net::UnixDatagram,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
-use dslite_tests::{netns::Netns, topo::*, traffic::*};
+use dslite_tests::{observe::*, topo::*, traffic::*};
 use dslite_user::{config::AftrSettings, natlog::Limit};
 
 fn sa(ip: std::net::Ipv4Addr, port: u16) -> SocketAddrV4 {
@@ -17,54 +17,16 @@ fn sa(ip: std::net::Ipv4Addr, port: u16) -> SocketAddrV4 {
 
 /// The subscriber (its /56, RFC 7785) that refusals and blocks are logged under.
 fn subscriber(b4: std::net::Ipv6Addr) -> std::net::Ipv6Addr {
-    let mut o = b4.octets();
-    o[7..].fill(0);
-    o.into()
-}
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn lines_with(path: &Path, needle: &str) -> usize {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(needle))
-        .count()
-}
-
-/// `GET /metrics` from inside `ns`; empty if the controller does not answer within 3 s (a
-/// frozen controller must fail the test, not hang it).
-fn scrape(ns: &Netns, port: u16) -> String {
-    ns.run(move || {
-        use std::io::{Read as _, Write as _};
-        let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-            return String::new();
-        };
-        let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
-        let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-        let mut s = String::new();
-        let _ = c.read_to_string(&mut s);
-        s
-    })
-    .join()
-    .unwrap()
-}
-
-/// The value of the sample line starting with `name` (labels included).
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+    use dslite_common::nat::{subscriber_mask, subscriber_of, DEFAULT_SUBSCRIBER_PREFIX_LEN};
+    subscriber_of(
+        &b4.octets(),
+        &subscriber_mask(DEFAULT_SUBSCRIBER_PREFIX_LEN),
+    )
+    .into()
 }
 
 /// A syslog socket whose reader never reads, and an IPFIX collector that is not there, cost
-/// counted and logged losses, never the controller (item 9 of issue "1/6 Hostile input"):
+/// counted and logged losses, never the controller (docs/design.md, "Hostile input"):
 /// traffic flows, every record still reaches the file, the sweep keeps expiring mappings
 /// and updating the gauges, SIGHUP and SIGTERM are handled in time. Stopping without
 /// --persist then logs a release for every block still held and a deletion for every
@@ -109,14 +71,14 @@ fn a_stalled_syslog_and_an_absent_collector_cost_counted_losses_not_the_controll
         seen.push(r.unwrap_or_else(|e| panic!("flow {p}: {e}")));
     }
     // Every record is in the file: the sinks that cannot keep up cost nothing there.
-    wait_for("60 mapping records in the file", 10, || {
+    wait_for_secs("60 mapping records in the file", 10, || {
         lines_with(&log, "mapping-created") == 60
     });
     assert_eq!(lines_with(&log, "block-allocated"), 1);
 
     // The losses are counted per sink and reason, and the gauges come from a live sweep.
     let mut m = String::new();
-    wait_for("the losses in the metrics", 10, || {
+    wait_for_secs("the losses in the metrics", 10, || {
         m = scrape(&t.aftr_ns, 9466);
         sample(
             &m,
@@ -145,23 +107,23 @@ fn a_stalled_syslog_and_an_absent_collector_cost_counted_losses_not_the_controll
         "dslite_natlog_lost_total{sink=\"syslog\",reason=\"queue_full\"}",
     );
     assert!(sample(&m, "dslite_natlog_failures_total").unwrap() >= syslog_lost.unwrap());
-    wait_for("the losses in the controller's log", 5, || {
+    wait_for_secs("the losses in the controller's log", 5, || {
         let l = t.aftr.log();
         l.contains("NAT log: syslog sink lost") && l.contains("NAT log: ipfix sink lost")
     });
 
     // Signals are still handled.
     t.aftr.signal(libc::SIGHUP);
-    wait_for("the reload", 5, || {
+    wait_for_secs("the reload", 5, || {
         t.aftr.log().contains("configuration reloaded")
     });
 
     // The sweep still runs: the mappings expire (3 s), their deletions are logged, the
     // emptied block is released, and the gauges follow.
-    wait_for("the mappings to expire", 20, || {
+    wait_for_secs("the mappings to expire", 20, || {
         sample(&scrape(&t.aftr_ns, 9466), "dslite_mappings{proto=\"udp\"}") == Some(0.0)
     });
-    wait_for("60 deletions and the release in the file", 10, || {
+    wait_for_secs("60 deletions and the release in the file", 10, || {
         lines_with(&log, "mapping-deleted") == 60 && lines_with(&log, "block-released") == 1
     });
 
@@ -169,7 +131,7 @@ fn a_stalled_syslog_and_an_absent_collector_cost_counted_losses_not_the_controll
     for p in 7000..7005 {
         udp_request(&t.a.host, sa(HOST_ADDR, p), sa(SERVER1, 7777), "y").unwrap();
     }
-    wait_for("the new block and mappings", 10, || {
+    wait_for_secs("the new block and mappings", 10, || {
         lines_with(&log, "mapping-created") == 65 && lines_with(&log, "block-allocated") == 2
     });
     let t0 = Instant::now();

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dslite_tests::{netns::Netns, topo::*, traffic::*};
+use dslite_tests::{netns::Netns, observe::*, topo::*, traffic::*};
 
 fn sa(ip: std::net::Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip, port)
@@ -35,22 +35,6 @@ fn udp_sink(ns: &Netns, port: u16) -> Arc<Mutex<Vec<Vec<u8>>>> {
     });
     rx.recv_timeout(Duration::from_secs(5)).unwrap();
     got
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn lines_with(path: &Path, needle: &str) -> usize {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(needle))
-        .count()
 }
 
 /// `dslite whois ... --json`: the holders' (b4, inside-or-ports) pairs.
@@ -193,28 +177,6 @@ fn whois_names_each_subscriber_on_a_shared_address() {
         "{mappings:?}"
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// `GET /metrics` from inside `ns`.
-fn scrape(ns: &Netns, port: u16) -> String {
-    ns.run(move || {
-        use std::io::{Read as _, Write as _};
-        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut s = String::new();
-        c.read_to_string(&mut s).unwrap();
-        s
-    })
-    .join()
-    .unwrap()
-}
-
-/// The value of the sample line starting with `name` (labels included).
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
 }
 
 /// `--metrics` on both elements: Prometheus text with every counter, drops by reason, and on
@@ -457,8 +419,8 @@ fn the_b4_finds_its_aftr_and_follows_its_wan_address() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A reload applies all of a file or none of it, and says which (issue 1/6 item 10): a file
-/// with one valid change (`max-sessions`) and one value no sink accepts (`syslog`) changes
+/// A reload applies all of a file or none of it, and says which (docs/operations.md,
+/// "Configuration and reload"): a file with one valid change (`max-sessions`) and one value no sink accepts (`syslog`) changes
 /// nothing, and the log names what was rejected; a valid file is applied, and the log lists
 /// what changed and what needs a restart. A map write that fails halfway through is undone.
 #[test]
@@ -579,8 +541,8 @@ fn a_reload_applies_all_or_nothing_and_says_which() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A `--persist` restart brings adopted maps to the new configuration (issue 1/6 item 10):
-/// with B's prefix and both pool addresses removed and another address added, B's new flows
+/// A `--persist` restart brings adopted maps to the new configuration (docs/operations.md,
+/// "Restart without loss"): with B's prefix and both pool addresses removed and another address added, B's new flows
 /// are dropped (`drop_b4_not_allowed`), the removed addresses are no longer recognised
 /// inbound (`pass_not_pool`), A's old mappings on them are deleted and their blocks
 /// released in the NAT log, and A's new flows leave from the added address. A restart with a

@@ -1,4 +1,4 @@
-//! The NAT log (RFC 6888 §4, checklist 50-53): who held which public address and ports, when.
+//! The NAT log (RFC 6888 §4, REQ-12 to REQ-14): who held which public address and ports, when.
 //!
 //! Records come from the kernel's EVENTS ring buffer (port blocks allocated; mappings created,
 //! with `--log-sessions`) and from the controller's sweep (blocks released, mappings deleted,
