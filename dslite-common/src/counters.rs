@@ -108,8 +108,8 @@ counters! {
     MssClamped = "mss_clamped", Event;
     /// AFTR: a softwire took a port block in XDP.
     BlockAllocated = "block_allocated", Event;
-    /// AFTR: a subscriber took back its own block from hold-down (same address and range, no
-    /// new log record).
+    /// AFTR: a subscriber took back its own block from hold-down (same address and range,
+    /// logged as allocated again).
     BlockReclaimed = "block_reclaimed", Event;
     /// AFTR: a mapping already had `max_peers` remotes; this one was not recorded (its
     /// replies are filtered under ADF/APDF).

@@ -349,8 +349,8 @@ pub struct Slot {
     pub addr_index: u32,
     pub block: u16,
     /// Non-zero while the block is held down (released by the sweep, RFC 6888 REQ-8): the
-    /// subscriber gets it back first, with the same address and range and no new log record;
-    /// nobody else can have it until the hold-down has passed.
+    /// subscriber gets it back first, with the same address and range (logged as allocated
+    /// again); nobody else can have it until the hold-down has passed.
     pub held: u16,
 }
 

@@ -299,8 +299,8 @@ fn held_address(sk: &SlotKey) -> u32 {
 
 /// The subscriber's own block in hold-down (slot `sk`, holding `s`), taken back (RFC 6888
 /// REQ-8 protects attribution between subscribers, not from the same one): same address and
-/// range, no new log record. `FOUND`, or `NOT_FOUND` after removing a slot whose block is no
-/// longer the subscriber's.
+/// range, logged as allocated again (its release was logged). `FOUND`, or `NOT_FOUND` after
+/// removing a slot whose block is no longer the subscriber's.
 #[inline(never)]
 fn reclaim(sk: &SlotKey, s: &Slot, cfg: &AftrConfig, now: u64) -> u32 {
     let bk = BlockKey {
