@@ -239,8 +239,11 @@ fn whois(w: &WhoisArgs) -> Result<()> {
     use std::fmt::Write as _;
     let at = crate::natlog::parse_rfc3339_ms(&w.at).map_err(usage)?;
     let (ip, port) = (*w.endpoint.ip(), w.endpoint.port());
-    // Only this address's records are kept: memory follows the answer, not the log.
-    let logs = crate::natlog::read_logs(&w.nat_log, |r| r.outside == ip).map_err(usage)?;
+    // Only records of this address and port are kept: memory follows the answer, not the log.
+    let logs = crate::natlog::read_logs(&w.nat_log, |r| {
+        r.outside == ip && r.port_lo <= port && port <= r.port_hi
+    })
+    .map_err(usage)?;
     if logs.skipped > 0 {
         warn!(
             "{} lines in the NAT logs are not NAT records; skipped (first: {})",
@@ -259,7 +262,7 @@ fn whois(w: &WhoisArgs) -> Result<()> {
     if holders.is_empty() {
         let _ = writeln!(
             out,
-            "{} at {at_s}: no softwire held it (in {} records of {ip})",
+            "{} at {at_s}: no softwire held it (in {} records of {ip} port {port})",
             w.endpoint,
             logs.records.len()
         );
@@ -865,12 +868,14 @@ impl AftrState {
         new.mss = new.mss_clamp.resolve(self.tunnel_mtu);
         let applied = self.settings.live_changes(&new);
         let plan = dataplane::plan_aftr(pin, &new, self.seed)?;
-        // The sinks: changed ones opened beside the running ones, the others reopened (the
-        // file, for logrotate); nothing changes if a new sink cannot be opened.
-        self.natlog
-            .reconfigure(&new.natlog)
+        // The sinks: changed ones opened beside the running ones, put in place (and the others
+        // reopened, the file for logrotate) only once the maps are written.
+        let sinks = self
+            .natlog
+            .prepare(&new.natlog)
             .context("opening the NAT log")?;
         dataplane::apply_aftr(pin, &plan)?;
+        self.natlog.commit(sinks);
         // From here on nothing fails. The host's addresses and the denied destinations are
         // synced again at the next tick.
         self.host_sync_due = std::time::Instant::now();

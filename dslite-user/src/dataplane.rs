@@ -171,13 +171,26 @@ pub fn configure_aftr(ebpf: &mut Ebpf, s: &AftrSettings, hash_seed: u32) -> Resu
             deny.insert(&Key::new(p.len as u32, p.network()), 1, 0)?;
         }
     }
-    // The block search's hints: every block free, until the first sweep says otherwise.
+    let [Some(free), Some(list)] = ebpf.maps_disjoint_mut([m::ADDR_FREE, m::FREE_ADDRS]) else {
+        bail!("maps ADDR_FREE and FREE_ADDRS missing from the object");
+    };
+    write_block_hints(free, list, s, hash_seed)
+}
+
+/// The block search's hints: every block of every address free, until the sweep (within a
+/// second) publishes what it finds.
+fn write_block_hints(
+    free: &mut aya::maps::Map,
+    list: &mut aya::maps::Map,
+    s: &AftrSettings,
+    hash_seed: u32,
+) -> Result<()> {
     let cfg = aftr_config(s, hash_seed);
-    let mut free: Array<&mut MapData, u32> = Array::try_from(map_mut(ebpf, m::ADDR_FREE)?)?;
+    let mut free: Array<&mut MapData, u32> = Array::try_from(free)?;
     for i in 0..s.pool.len() as u32 {
         free.set(i, cfg.blocks_per_addr as u32, 0)?;
     }
-    let mut list: Array<&mut MapData, u32> = Array::try_from(map_mut(ebpf, m::FREE_ADDRS)?)?;
+    let mut list: Array<&mut MapData, u32> = Array::try_from(list)?;
     let n = (s.pool.len() as u32).min(m::FREE_ADDRS_LEN);
     for i in 0..n {
         list.set(1 + i, i, 0)?;
@@ -186,22 +199,10 @@ pub fn configure_aftr(ebpf: &mut Ebpf, s: &AftrSettings, hash_seed: u32) -> Resu
     Ok(())
 }
 
-/// Reset the block search's hints through the pins: every block of every address free,
-/// until the sweep (within a second) publishes what it finds.
+/// [`write_block_hints`] through the pins of a running (or adopted) dataplane.
 pub fn reset_block_hints(pin: &Path, s: &AftrSettings, hash_seed: u32) -> Result<()> {
-    let cfg = aftr_config(s, hash_seed);
     let [mut f, mut l] = open_pinned(pin, [m::ADDR_FREE, m::FREE_ADDRS])?;
-    let mut free: Array<&mut MapData, u32> = Array::try_from(&mut f)?;
-    for i in 0..s.pool.len() as u32 {
-        free.set(i, cfg.blocks_per_addr as u32, 0)?;
-    }
-    let mut list: Array<&mut MapData, u32> = Array::try_from(&mut l)?;
-    let n = (s.pool.len() as u32).min(m::FREE_ADDRS_LEN);
-    for i in 0..n {
-        list.set(1 + i, i, 0)?;
-    }
-    list.set(0, n, 0)?;
-    Ok(())
+    write_block_hints(&mut f, &mut l, s, hash_seed)
 }
 
 /// Destinations a subscriber never reaches through the AFTR, whatever the configuration:
@@ -447,15 +448,19 @@ impl<'a> AftrMaps<'a> {
             .iter()
             .collect::<Result<_, _>>()
             .context("reading POOL_INDEX")?;
+        // Hashed, both ways: a pool has up to 65536 addresses.
+        let have_at: std::collections::HashMap<[u8; 4], u32> = have.iter().copied().collect();
+        let in_pool: std::collections::HashSet<[u8; 4]> =
+            s.pool.iter().map(|a| a.octets()).collect();
         for (i, a) in s.pool.iter().enumerate() {
-            let old = have.iter().find(|(k, _)| *k == a.octets()).map(|(_, v)| *v);
+            let old = have_at.get(&a.octets()).copied();
             if old != Some(i as u32) {
                 plan.index_set.push((a.octets(), old, i as u32));
             }
         }
         plan.index_del = have
             .iter()
-            .filter(|(k, _)| !s.pool.iter().any(|a| a.octets() == *k))
+            .filter(|(k, _)| !in_pool.contains(k))
             .copied()
             .collect();
         let cap = max_entries(self.index.map())?;

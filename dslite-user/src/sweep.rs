@@ -852,7 +852,13 @@ impl Sweeper {
         pool: &[std::net::Ipv4Addr],
         allowed: &[crate::config::Cidr6],
     ) -> Result<Reconciled> {
-        let index_of = |addr: [u8; 4]| pool.iter().position(|a| a.octets() == addr);
+        // Hashed: a pool has up to 65536 addresses, the tables millions of entries.
+        let at: StdMap<[u8; 4], usize> = pool
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.octets(), i))
+            .collect();
+        let index_of = |addr: [u8; 4]| at.get(&addr).copied();
         let allowed_b4 = |b4: &[u8; 16]| allowed.iter().any(|p| p.contains(b4));
         let ms = unix_ms(now);
         let record = |kind, b4, addr, lo, hi| event(ms, kind, b4, addr, lo, hi);
@@ -879,12 +885,14 @@ impl Sweeper {
         {
             use std::os::fd::{AsFd as _, AsRawFd as _};
             let fd = self.nat_out_scan.fd().as_fd().as_raw_fd();
-            scan_hash::<NatOutKey, NatOutValue>(fd, |k, v| all.push((k, v)))?;
+            // Only what goes is kept.
+            scan_hash::<NatOutKey, NatOutValue>(fd, |k, v| {
+                if !allowed_b4(&k.b4) || index_of(v.outside_addr).is_none() {
+                    all.push((k, v));
+                }
+            })?;
         }
         for (k, v) in all {
-            if allowed_b4(&k.b4) && index_of(v.outside_addr).is_some() {
-                continue;
-            }
             r.mappings += 1;
             let port = u16::from_be(v.outside_port);
             if let Some(rec) =

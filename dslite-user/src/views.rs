@@ -256,14 +256,20 @@ pub fn read_softwires(pin_path: &Path) -> Result<Vec<SoftwireView>> {
     }
     let out: HashMap<MapData, NatOutKey, NatOutValue> =
         HashMap::try_from(Map::HashMap(open(pin_path, m::NAT_OUT)?))?;
+    // The B4 addresses of each subscriber, as a set: one subscriber may rotate through many.
+    let mut b4s: std::collections::BTreeMap<[u8; 16], std::collections::BTreeSet<[u8; 16]>> =
+        Default::default();
     for e in out.keys() {
         let b4 = e?.b4;
-        let v = entry(&mut by, dslite_common::nat::subscriber_of(&b4, &mask), len);
-        v.mappings += 1;
-        let a = Ipv6Addr::from(b4).to_string();
-        if !v.b4s.contains(&a) {
-            v.b4s.push(a);
-        }
+        let sub = dslite_common::nat::subscriber_of(&b4, &mask);
+        entry(&mut by, sub, len).mappings += 1;
+        b4s.entry(sub).or_default().insert(b4);
+    }
+    for (sub, set) in b4s {
+        entry(&mut by, sub, len).b4s = set
+            .into_iter()
+            .map(|a| Ipv6Addr::from(a).to_string())
+            .collect();
     }
     let sw: HashMap<MapData, [u8; 16], SoftwireState> =
         HashMap::try_from(Map::HashMap(open(pin_path, m::SOFTWIRES)?))?;
@@ -274,7 +280,6 @@ pub fn read_softwires(pin_path: &Path) -> Result<Vec<SoftwireView>> {
     let mut v: Vec<SoftwireView> = by.into_values().collect();
     for s in &mut v {
         s.blocks.sort();
-        s.b4s.sort();
     }
     Ok(v)
 }

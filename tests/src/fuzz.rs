@@ -164,9 +164,7 @@ pub const PROTOS: &[u8] = &[
 pub fn fix_ipv4_checksum(f: &mut [u8], v4: usize) {
     let hl = (f[v4] & 0x0f) as usize * 4;
     if hl >= 20 && v4 + hl <= f.len() {
-        f[v4 + 10..v4 + 12].copy_from_slice(&[0, 0]);
-        let c = dslite_common::csum::checksum(&f[v4..v4 + hl]);
-        f[v4 + 10..v4 + 12].copy_from_slice(&c.to_ne_bytes());
+        dslite_common::csum::set_ipv4_header_checksum(&mut f[v4..]);
     }
 }
 

@@ -105,6 +105,12 @@ struct Reported {
 /// A loss is logged at once, then at most this often while the sink keeps losing.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
+/// Sinks opened by [`NatLog::prepare`], not yet in use.
+pub struct PendingSinks {
+    cfg: Sinks,
+    fresh: [Option<Option<Sink>>; 3],
+}
+
 /// The open sinks.
 pub struct NatLog {
     cfg: Sinks,
@@ -224,6 +230,14 @@ impl NatLog {
     /// SIGHUP with new settings: sinks that changed are replaced (the old ones flush in the
     /// background), the others reopened. Nothing changes if a new sink cannot be opened.
     pub fn reconfigure(&mut self, cfg: &Sinks) -> Result<()> {
+        let pending = self.prepare(cfg)?;
+        self.commit(pending);
+        Ok(())
+    }
+
+    /// The first half of [`NatLog::reconfigure`]: open the sinks that `cfg` changes, beside
+    /// the running ones, touching nothing (so a reload can still be refused after this).
+    pub fn prepare(&self, cfg: &Sinks) -> Result<PendingSinks> {
         let queue_changed = cfg.queue != self.cfg.queue;
         let changed = [
             queue_changed || cfg.file != self.cfg.file,
@@ -236,7 +250,15 @@ impl NatLog {
                 fresh[i] = Some(open_sink(cfg, i, &self.stats)?);
             }
         }
-        for (i, f) in fresh.into_iter().enumerate() {
+        Ok(PendingSinks {
+            cfg: cfg.clone(),
+            fresh,
+        })
+    }
+
+    /// The second half: put the prepared sinks in place, reopen the others.
+    pub fn commit(&mut self, p: PendingSinks) {
+        for (i, f) in p.fresh.into_iter().enumerate() {
             match f {
                 Some(new) => self.sinks[i] = new,
                 None => {
@@ -246,8 +268,7 @@ impl NatLog {
                 }
             }
         }
-        self.cfg = cfg.clone();
-        Ok(())
+        self.cfg = p.cfg;
     }
 
     /// Each second: say in the log what each sink lost since it last said so.
