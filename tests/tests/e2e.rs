@@ -539,8 +539,9 @@ fn a_packet_to_another_local_address_never_loops() {
         t.b4a.counter("slow_foreign_dropped"),
         t.aftr.counter("slow_foreign_dropped"),
     );
-    // A loop ran at 270,000 packets a second; the kernel's own neighbour discovery on the
-    // TAP may add a frame or two.
+    // A loop ran at 270,000 packets a second. The kernel's own traffic on a TAP that has just
+    // come up (MLD reports, neighbour discovery) adds a few frames a second for a while, so
+    // the bound is one a loop could never stay under, not zero.
     let grew = [
         after.0 - before.0,
         after.1 - before.1,
@@ -548,12 +549,12 @@ fn a_packet_to_another_local_address_never_loops() {
         after.3 - before.3,
     ];
     assert!(
-        grew.iter().all(|g| *g <= 3),
+        grew.iter().all(|g| *g <= 20),
         "flat: nothing circles {grew:?}\n{}",
         t.diagnostics()
     );
     assert!(
-        after.2 < 10 && after.3 < 10,
+        after.2 < 40 && after.3 < 40,
         "a drop per packet, not per round {after:?}\n{}",
         t.diagnostics()
     );
