@@ -143,14 +143,28 @@ pub fn ensure_system_tools() -> Result<()> {
 
 /// The benchmarks compare against the kernel's NAT: `nft` must exist.
 pub fn ensure_bench_tools() -> Result<()> {
-    if Command::new("nft")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
+    // nft: the comparison against kernel masquerade; bpftool: the kernel's per-program run time.
+    let missing: Vec<&str> = [("nft", "nftables"), ("bpftool", "bpftool")]
+        .into_iter()
+        .filter(|(tool, _)| {
+            !Command::new(tool)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|(_, package)| package)
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    println!("xtask: installing nftables (the benchmark compares against kernel masquerade)");
+    println!(
+        "xtask: installing {} (the benchmark needs them)",
+        missing.join(" ")
+    );
     run_cmd(Command::new("apt-get").arg("update"))?;
-    run_cmd(Command::new("apt-get").args(["install", "-y", "nftables"]))
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y"])
+            .args(&missing),
+    )
 }
