@@ -168,6 +168,8 @@ fn main() {
         |s| {
             s.max_mappings = 1_250_000;
             s.max_blocks = 8;
+            // Each b4(i) is a subscriber of its own, as the per-path rows assume.
+            s.subscriber_prefix_len = 128;
         },
         move |rig| {
             dslite_user::dataplane::bump_next_hops(&rig.pin, true).unwrap();
