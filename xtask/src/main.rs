@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask build-ebpf | test | fuzz | demo | bench`.
+//! Developer tasks: `cargo xtask build-ebpf | test | lint | fuzz | demo | bench`.
 //!
 //! Every task first checks the toolchain the kernel side needs (nightly with rust-src, and
 //! bpf-linker built against the nightly's own LLVM) and installs what is missing, saying so.
@@ -11,6 +11,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+mod lint;
 mod toolchain;
 
 #[derive(Parser)]
@@ -35,6 +36,8 @@ enum Cmd {
         #[arg(long)]
         filter: Option<String>,
     },
+    /// Clippy with warnings denied on the host crates and on the BPF crate (CI runs it).
+    Lint,
     /// Fuzz both XDP programs with BPF_PROG_TEST_RUN for longer than CI does: the same test
     /// (`tests/tests/fuzz.rs`), with more frames and any seed.
     Fuzz {
@@ -77,6 +80,7 @@ fn run() -> Result<()> {
             build_ebpf()?;
         }
         Cmd::Test { filter } => test(filter)?,
+        Cmd::Lint => lint::lint()?,
         Cmd::Fuzz {
             iterations,
             seed,

@@ -35,23 +35,7 @@ pub fn ensure() -> Result<()> {
             "minimal",
         ]))?;
     }
-    let comps = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))?;
-    if !comps.lines().any(|l| l.starts_with("rust-src")) {
-        println!("xtask: installing rust-src for nightly (needed for -Z build-std=core)");
-        run_cmd(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
-    }
+    ensure_nightly_component("rust-src", "needed for -Z build-std=core")?;
     let llvm_major = nightly_llvm_major()?;
     // bpf-linker links the nightly's libLLVM dynamically: rustc finds it through the
     // toolchain's library path, so the check must run with that path too.
@@ -141,9 +125,26 @@ pub fn ensure_system_tools() -> Result<()> {
     run_cmd(Command::new("apt-get").args(["install", "-y", "iproute2"]))
 }
 
-/// The benchmarks compare against the kernel's NAT: `nft` must exist.
+/// Add a rustup component to the nightly toolchain if it is missing (CI installs nightly
+/// with the minimal profile).
+pub fn ensure_nightly_component(name: &str, why: &str) -> Result<()> {
+    let comps = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
+    if comps.lines().any(|l| l.starts_with(name)) {
+        return Ok(());
+    }
+    println!("xtask: installing {name} for nightly ({why})");
+    run_cmd(Command::new("rustup").args(["component", "add", name, "--toolchain", "nightly"]))
+}
+
+/// The benchmarks compare against the kernel's NAT (`nft`) and read the kernel's
+/// per-program statistics (`bpftool`).
 pub fn ensure_bench_tools() -> Result<()> {
-    // nft: the comparison against kernel masquerade; bpftool: the kernel's per-program run time.
     let missing: Vec<&str> = [("nft", "nftables"), ("bpftool", "bpftool")]
         .into_iter()
         .filter(|(tool, _)| {
