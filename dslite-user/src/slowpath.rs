@@ -431,7 +431,7 @@ fn tap_loop(sh: &Shared, stop: &AtomicBool, limits: Limits) {
     let mut buf = vec![0u8; 1 << 17];
     let fd = sh.tap.as_raw_fd();
     while !stop.load(Ordering::Relaxed) {
-        let now = crate::sweep::monotonic_ns();
+        let now = crate::clock::monotonic_ns();
         let expired = reasm.expire(now);
         sh.stats.add(Counter::SlowV4ReasmTimeout, expired as u64);
         sh.stats
@@ -665,7 +665,7 @@ struct RelayBudget {
 
 impl RelayBudget {
     fn take(&mut self, per_sec: u32) -> bool {
-        let now = crate::sweep::monotonic_ns() / 1_000_000_000;
+        let now = crate::clock::monotonic_ns() / 1_000_000_000;
         if now != self.second {
             self.second = now;
             self.left = per_sec;

@@ -8,8 +8,8 @@
 
 use std::{collections::HashMap as StdMap, path::Path, time::Instant};
 
-use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use anyhow::Result;
+use aya::maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray};
 use dslite_common::{
     maps::{
         self as m, AftrConfig, BlockKey, BlockValue, NatInKey, NatInValue, NatOutKey, NatOutValue,
@@ -21,7 +21,9 @@ use dslite_common::{
 };
 
 use crate::{
+    clock::unix_ms,
     config::Timeouts,
+    dataplane::{batch::scan_map, Pinned},
     natlog::{Limit, NatRecord},
 };
 
@@ -203,90 +205,6 @@ pub fn refusal_record(
     }
 }
 
-/// Every (key, value) of the hash map `fd`, read with BPF_MAP_LOOKUP_BATCH: one system call
-/// per few thousand entries instead of two per entry (the difference between 0.3 s and 3 s
-/// for a million mappings, docs/benchmarks.md).
-pub fn scan_hash<K: aya::Pod + Default, V: aya::Pod + Default>(
-    fd: std::os::fd::RawFd,
-    mut f: impl FnMut(K, V),
-) -> Result<()> {
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    /// `union bpf_attr`, the batch member.
-    #[repr(C)]
-    #[derive(Default)]
-    struct Batch {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-    let mut chunk = 4096usize;
-    let mut keys: Vec<K> = Vec::new();
-    let mut values: Vec<V> = Vec::new();
-    let (mut token_in, mut token_out) = (0u32, 0u32);
-    let mut first = true;
-    loop {
-        keys.resize_with(chunk, K::default);
-        values.resize_with(chunk, V::default);
-        let mut attr = Batch {
-            in_batch: if first {
-                0
-            } else {
-                &token_in as *const u32 as u64
-            },
-            out_batch: &mut token_out as *mut u32 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: chunk as u32,
-            map_fd: fd as u32,
-            ..Default::default()
-        };
-        // SAFETY: a BPF_MAP_LOOKUP_BATCH with buffers for `chunk` keys and values, and the
-        // batch tokens, all alive for the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut Batch,
-                std::mem::size_of::<Batch>(),
-            )
-        };
-        let err = std::io::Error::last_os_error();
-        for i in 0..(attr.count as usize).min(chunk) {
-            f(keys[i], values[i]);
-        }
-        if rc < 0 {
-            match err.raw_os_error() {
-                Some(libc::ENOENT) => return Ok(()),
-                // A bucket holds more entries than the chunk: grow it and retry this batch.
-                Some(libc::ENOSPC) if chunk < 1 << 20 => {
-                    chunk *= 2;
-                    continue;
-                }
-                _ => return Err(anyhow::anyhow!("BPF_MAP_LOOKUP_BATCH: {err}")),
-            }
-        }
-        token_in = token_out;
-        first = false;
-    }
-}
-
-fn open_hash<K: aya::Pod, V: aya::Pod>(pin: &Path, name: &str) -> Result<HashMap<MapData, K, V>> {
-    let data =
-        MapData::from_pin(pin.join(name)).with_context(|| format!("opening pinned {name}"))?;
-    Ok(HashMap::try_from(Map::HashMap(data))?)
-}
-
-fn open_array<V: aya::Pod>(pin: &Path, name: &str) -> Result<Array<MapData, V>> {
-    let data =
-        MapData::from_pin(pin.join(name)).with_context(|| format!("opening pinned {name}"))?;
-    Ok(Array::try_from(Map::Array(data))?)
-}
-
 /// Idle timeout (ns) of a mapping, by protocol and TCP state.
 pub fn timeout_ns(t: &Timeouts, proto: u8, tcp_state: u8) -> u64 {
     let secs = match proto {
@@ -309,32 +227,24 @@ fn proto_slot(proto: u8) -> usize {
     }
 }
 
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime into a local struct.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+/// Kept for callers not yet switched to [`crate::clock::monotonic_ns`].
+pub use crate::clock::monotonic_ns;
 
 impl Sweeper {
     pub fn open(pin: &Path, cfg: AftrConfig, timeouts: Timeouts) -> Result<Sweeper> {
+        let pinned = Pinned::new(pin);
         Ok(Sweeper {
-            nat_out: open_hash(pin, m::NAT_OUT)?,
-            nat_out_scan: MapData::from_pin(pin.join(m::NAT_OUT))
-                .context("opening pinned NAT_OUT")?,
-            nat_in: open_hash(pin, m::NAT_IN)?,
-            blocks: open_hash(pin, m::BLOCKS)?,
-            slots: open_hash(pin, m::SW_BLOCKS)?,
-            softwires: open_hash(pin, m::SOFTWIRES)?,
-            peers: open_hash(pin, m::PEERS)?,
-            addr_free: open_array(pin, m::ADDR_FREE)?,
-            free_addrs: open_array(pin, m::FREE_ADDRS)?,
+            nat_out: pinned.hash(m::NAT_OUT)?,
+            nat_out_scan: pinned.open(m::NAT_OUT)?,
+            nat_in: pinned.hash(m::NAT_IN)?,
+            blocks: pinned.hash(m::BLOCKS)?,
+            slots: pinned.hash(m::SW_BLOCKS)?,
+            softwires: pinned.hash(m::SOFTWIRES)?,
+            peers: pinned.hash(m::PEERS)?,
+            addr_free: pinned.array(m::ADDR_FREE)?,
+            free_addrs: pinned.array(m::FREE_ADDRS)?,
             pool: {
-                let a: Array<MapData, [u8; 4]> = open_array(pin, m::POOL)?;
+                let a: Array<MapData, [u8; 4]> = pinned.array(m::POOL)?;
                 (0..cfg.pool_len)
                     .map(|i| a.get(&i, 0))
                     .collect::<Result<_, _>>()?
@@ -345,9 +255,7 @@ impl Sweeper {
             cfg,
             log_sessions: false,
             refused: StdMap::new(),
-            stats: MapData::from_pin(pin.join(m::STATS))
-                .ok()
-                .and_then(|d| PerCpuArray::try_from(Map::PerCpuArray(d)).ok()),
+            stats: pinned.per_cpu_array(m::STATS).ok(),
             last_refusals: None,
             max_mappings: 0,
         })
@@ -396,11 +304,6 @@ fn block_key(c: &AftrConfig, addr: [u8; 4], port_be: u16) -> Option<BlockKey> {
         block,
         _pad: 0,
     })
-}
-
-/// Wall-clock milliseconds (the NAT log's time) of monotonic `now`.
-fn unix_ms(now: u64) -> i128 {
-    (now as i128 + crate::natlog::realtime_offset_ns()) / 1_000_000
 }
 
 /// A NAT-log record of `kind`: `b4` held ports `lo..=hi` of `addr`.
@@ -454,11 +357,7 @@ impl Sweeper {
         // Live mappings by outside endpoint: (timeout, peers recorded on the mapping, key).
         let mut by_outside: StdMap<NatInKey, (u64, u8, NatOutKey)> = StdMap::new();
         let mut all = Vec::new();
-        {
-            use std::os::fd::{AsFd as _, AsRawFd as _};
-            let fd = self.nat_out_scan.fd().as_fd().as_raw_fd();
-            scan_hash::<NatOutKey, NatOutValue>(fd, |k, v| all.push((k, v)))?;
-        }
+        scan_map::<NatOutKey, NatOutValue>(&self.nat_out_scan, |k, v| all.push((k, v)))?;
         let (cfg, timeouts) = (self.cfg, self.timeouts);
         let mut keep = |k: &NatOutKey, v: &NatOutValue, r: &mut SweepReport| {
             *sessions.entry(subscriber_of(&k.b4, &mask)).or_default() += 1;
@@ -574,9 +473,7 @@ impl Sweeper {
         let ms = unix_ms(now);
         let mut out = Vec::new();
         if self.log_sessions {
-            use std::os::fd::{AsFd as _, AsRawFd as _};
-            let fd = self.nat_out_scan.fd().as_fd().as_raw_fd();
-            scan_hash::<NatOutKey, NatOutValue>(fd, |k, v| {
+            scan_map::<NatOutKey, NatOutValue>(&self.nat_out_scan, |k, v| {
                 let port = u16::from_be(v.outside_port);
                 out.push(NatRecord {
                     proto: k.proto,
@@ -586,12 +483,11 @@ impl Sweeper {
             })?;
         }
         let mut blocks = Vec::new();
-        for e in self.blocks.iter() {
-            let (bk, bv) = e?;
+        scan_map::<BlockKey, BlockValue>(self.blocks.map(), |bk, bv| {
             if bv.released_ns == 0 {
                 blocks.push((bk, bv));
             }
-        }
+        })?;
         // In a stable order (the map's is its hash's).
         blocks.sort_by_key(|(bk, _)| (bk.addr, bk.block));
         for (bk, bv) in blocks {
@@ -863,7 +759,8 @@ impl Sweeper {
         let ms = unix_ms(now);
         let record = |kind, b4, addr, lo, hi| event(ms, kind, b4, addr, lo, hi);
         let mut r = Reconciled::default();
-        let slots: Vec<(SlotKey, Slot)> = self.slots.iter().collect::<Result<_, _>>()?;
+        let mut slots: Vec<(SlotKey, Slot)> = Vec::new();
+        scan_map(self.slots.map(), |k, s| slots.push((k, s)))?;
         for (k, s) in slots {
             match index_of(s.addr) {
                 Some(i) => {
@@ -882,16 +779,12 @@ impl Sweeper {
             }
         }
         let mut all = Vec::new();
-        {
-            use std::os::fd::{AsFd as _, AsRawFd as _};
-            let fd = self.nat_out_scan.fd().as_fd().as_raw_fd();
-            // Only what goes is kept.
-            scan_hash::<NatOutKey, NatOutValue>(fd, |k, v| {
-                if !allowed_b4(&k.b4) || index_of(v.outside_addr).is_none() {
-                    all.push((k, v));
-                }
-            })?;
-        }
+        // Only what goes is kept.
+        scan_map::<NatOutKey, NatOutValue>(&self.nat_out_scan, |k, v| {
+            if !allowed_b4(&k.b4) || index_of(v.outside_addr).is_none() {
+                all.push((k, v));
+            }
+        })?;
         for (k, v) in all {
             r.mappings += 1;
             let port = u16::from_be(v.outside_port);
@@ -901,7 +794,8 @@ impl Sweeper {
                 r.records.push(rec);
             }
         }
-        let blocks: Vec<(BlockKey, BlockValue)> = self.blocks.iter().collect::<Result<_, _>>()?;
+        let mut blocks: Vec<(BlockKey, BlockValue)> = Vec::new();
+        scan_map(self.blocks.map(), |k, v| blocks.push((k, v)))?;
         for (bk, bv) in blocks {
             if bv.released_ns != 0 || index_of(bk.addr).is_some() {
                 continue;

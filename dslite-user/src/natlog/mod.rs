@@ -30,10 +30,9 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-pub use record::{
-    event_name, now_unix_ms, parse_rfc3339_ms, realtime_offset_ns, rfc3339_ms, BadRecord, Limit,
-    NatRecord,
-};
+/// The NAT log's clock, kept here for callers of `natlog::rfc3339_ms` and the like.
+pub use crate::clock::{now_unix_ms, parse_rfc3339_ms, realtime_offset_ns, rfc3339_ms};
+pub use record::{event_name, BadRecord, Limit, NatRecord};
 pub use sink::SinkStats;
 pub use whois::{read_logs, whois, Holder, Logs};
 
