@@ -11,8 +11,8 @@
 //! - [`netlink`]: interface indexes and addresses via rtnetlink.
 //! - [`rand`]: the random seed of the port search.
 //! - [`provision`]: the B4 finding its AFTR (DNS names, DHCPv6 AFTR-Name hand-over).
-//! - [`reasm`]: IPv4 reassembly for the NAT (bounded, keyed by softwire).
-//! - [`slowpath`]: what XDP cannot do: fragmenting, reassembly, ICMPv6 relay, own traffic.
+//! - [`slowpath`]: what XDP cannot do: fragmenting, reassembly (IPv4 in
+//!   [`slowpath::reasm`]), ICMPv6 relay, own traffic.
 //! - [`sweep`]: expiry of idle mappings and the port-block hold-down.
 //! - [`views`]: reading counters and NAT mappings from pinned maps.
 pub mod cli;
@@ -24,7 +24,6 @@ pub mod natlog;
 pub mod netlink;
 pub mod provision;
 pub mod rand;
-pub mod reasm;
 pub mod slowpath;
 pub mod sweep;
 pub mod views;
