@@ -144,7 +144,7 @@ pub fn resolve(name: &str, servers: &[SocketAddr]) -> Result<(Vec<Ipv6Addr>, u32
         };
         let sock = UdpSocket::bind(bind)?;
         sock.set_read_timeout(Some(Duration::from_millis(1500)))?;
-        let id = crate::dataplane::random_seed() as u16;
+        let id = crate::rand::random_seed() as u16;
         let q = aaaa_query(name, id);
         for _ in 0..2 {
             if let Err(e) = sock.send_to(&q, server) {

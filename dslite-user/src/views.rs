@@ -16,7 +16,7 @@ use dslite_common::{
 };
 use serde::Serialize;
 
-use crate::sweep::monotonic_ns;
+use crate::clock::monotonic_ns;
 
 fn open(pin_path: &Path, name: &str) -> Result<MapData> {
     let p = pin_path.join(name);

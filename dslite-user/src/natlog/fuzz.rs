@@ -12,10 +12,8 @@ use dslite_common::maps::{
     EVENT_BLOCK_ALLOCATED, EVENT_BLOCK_RELEASED, EVENT_MAPPING_CREATED, EVENT_MAPPING_DELETED,
 };
 
-use super::{
-    parse_rfc3339_ms, read_logs, record::tests::block, rfc3339_ms, whois, whois::MAX_LINE, Holder,
-    Limit, NatRecord,
-};
+use super::{read_logs, record::tests::block, whois, whois::MAX_LINE, Holder, Limit, NatRecord};
+use crate::clock::{parse_rfc3339_ms, rfc3339_ms};
 
 /// splitmix64: small, seeded, good enough to pick mutations.
 struct Rng(u64);

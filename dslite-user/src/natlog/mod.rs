@@ -4,8 +4,8 @@
 //! with `--log-sessions`) and from the controller's sweep (blocks released, mappings deleted,
 //! refusals by a limit or by exhaustion). Each goes to every configured sink:
 //!
-//! - a JSON-lines file (`--nat-log`, [`file`]), which is also what `dslite whois` reads
-//!   ([`whois`]);
+//! - a JSON-lines file (`--nat-log`, [`file`]; the line is [`json`]'s), which is also what
+//!   `dslite whois` reads ([`whois`]);
 //! - RFC 5424 syslog over UDP or a unix datagram socket (`--syslog`, [`syslog`]);
 //! - IPFIX (RFC 7011) with the RFC 8158 information elements over UDP (`--ipfix`, [`ipfix`]).
 //!
@@ -16,6 +16,7 @@ pub mod file;
 #[cfg(test)]
 mod fuzz;
 pub mod ipfix;
+pub mod json;
 pub mod record;
 pub mod sink;
 pub mod syslog;
@@ -30,10 +31,10 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-pub use record::{
-    event_name, now_unix_ms, parse_rfc3339_ms, realtime_offset_ns, rfc3339_ms, BadRecord, Limit,
-    NatRecord,
-};
+/// The NAT log's clock, kept here for callers of `natlog::rfc3339_ms` and the like.
+pub use crate::clock::{now_unix_ms, parse_rfc3339_ms, realtime_offset_ns, rfc3339_ms};
+pub use json::BadRecord;
+pub use record::{event_name, Limit, NatRecord};
 pub use sink::SinkStats;
 pub use whois::{read_logs, whois, Holder, Logs};
 

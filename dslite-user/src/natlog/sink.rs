@@ -12,6 +12,9 @@
 //! next event is taken from the kernel, so a SIGKILL loses nothing consumed. Waits for
 //! slow writes (a millisecond or more) are bounded by a budget per second, so a slow or
 //! stalled disk slows the controller by that share at most, and the queue takes the rest.
+//!
+//! One file of 530 lines, 170 of them its tests (which drive the queue and the thread
+//! together): the queue and the thread that empties it are one mechanism.
 
 use std::{
     collections::VecDeque,

@@ -14,7 +14,29 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use super::sink::{Delivery, Transport};
+use super::{
+    record::{event_name, NatRecord},
+    sink::{Delivery, Transport},
+};
+use crate::clock::rfc3339_ms;
+
+impl NatRecord {
+    /// An RFC 5424 message: facility local0, severity info, structured data `natlog`, the
+    /// JSON line as the message.
+    pub fn to_syslog(&self, host: &str, json: &str) -> String {
+        let b4 = if self.b4.is_unspecified() {
+            String::new()
+        } else {
+            format!(" b4=\"{}\"", self.b4)
+        };
+        format!(
+            "<134>1 {} {host} dslite {} natlog [natlog@32473 event=\"{}\"{b4}] {json}",
+            rfc3339_ms(self.unix_ms),
+            std::process::id(),
+            event_name(self.kind),
+        )
+    }
+}
 
 /// Where datagrams go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -198,6 +220,8 @@ impl Transport for SyslogSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::natlog::record::tests::block;
+    use dslite_common::maps::EVENT_BLOCK_RELEASED;
 
     fn tmp(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("dslite-natlog-{name}-{}", std::process::id()));
@@ -301,5 +325,17 @@ mod tests {
         let mut d = Datagrams::new(Dest::Udp(rx.local_addr().unwrap()));
         assert_eq!(d.send(&vec![b'x'; 70_000]), Delivery::Lost);
         assert_eq!(d.send(b"fine"), Delivery::Done);
+    }
+
+    #[test]
+    fn syslog_lines_are_rfc5424() {
+        let r = block(EVENT_BLOCK_RELEASED, 0, "2001:db8:a::2", 1024);
+        let s = r.to_syslog("aftr1", &r.to_json());
+        assert!(
+            s.starts_with("<134>1 1970-01-01T00:00:00.000Z aftr1 dslite "),
+            "{s}"
+        );
+        assert!(s.contains("natlog [natlog@32473 event=\"block-released\" b4=\"2001:db8:a::2\"] {"));
+        assert!(s.ends_with(&r.to_json()));
     }
 }

@@ -15,7 +15,8 @@ use dslite_common::maps::{
     EVENT_BLOCK_ALLOCATED, EVENT_BLOCK_RELEASED, EVENT_MAPPING_CREATED, EVENT_MAPPING_DELETED,
 };
 
-use super::record::{proto_name, rfc3339_ms, NatRecord};
+use super::record::{proto_name, NatRecord};
+use crate::clock::rfc3339_ms;
 
 /// Who held a public address and port at a time, from the JSON-lines NAT log.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

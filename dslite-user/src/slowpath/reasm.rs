@@ -1,4 +1,4 @@
-//! IPv4 reassembly for the NAT's slow path (RFC 4787 REQ-14, checklist 15-16).
+//! IPv4 reassembly for the NAT's slow path (RFC 4787 REQ-14/14a; the IP ID per RFC 6864 §5.3.1).
 //!
 //! Only the first fragment carries the ports, so the AFTR reassembles fragmented datagrams
 //! before translating them, as Linux conntrack does. Chains are keyed by the softwire as well

@@ -1,0 +1,143 @@
+//! Bringing the tables in line with a configuration whose pool or B4 prefixes lost entries
+//! (a `--persist` start, a reload), and the records of what a stop without `--persist`
+//! takes with it. Both read the tables with batch scans ([`crate::dataplane::batch`]).
+
+use std::collections::HashMap as StdMap;
+
+use anyhow::Result;
+use dslite_common::maps::{
+    BlockKey, BlockValue, NatOutKey, NatOutValue, Slot, SlotKey, EVENT_BLOCK_RELEASED,
+    EVENT_MAPPING_DELETED,
+};
+
+use aya::maps::IterableMap as _;
+
+use super::{block_event, event, Sweeper};
+use crate::{clock::unix_ms, dataplane::batch::scan_map, natlog::NatRecord};
+
+/// What [`Sweeper::reconcile`] did.
+#[derive(Clone, Debug, Default)]
+pub struct Reconciled {
+    pub slots: usize,
+    pub mappings: usize,
+    pub blocks: usize,
+    /// NAT log records: the blocks released, and (with `log_sessions`) the mappings deleted.
+    pub records: Vec<NatRecord>,
+}
+
+impl Sweeper {
+    /// Bring the tables in line with a configuration whose pool or B4 prefixes lost entries
+    /// (a `--persist` restart, a reload). What is on a public address no longer in `pool`
+    /// goes: its slots first, so XDP puts no new mapping there; then its mappings; then its
+    /// blocks are released into the hold-down like any other, logged, so `whois` stays right
+    /// and no other subscriber gets those ports at once (RFC 6888 REQ-8). The mappings of a
+    /// softwire no longer in `allowed` go too; its emptied blocks are then released by the
+    /// next sweep, as any emptied block is. A slot that stays learns its address's index in
+    /// the new pool (XDP takes a softwire's next block on the address of its others).
+    pub fn reconcile(
+        &mut self,
+        now: u64,
+        pool: &[std::net::Ipv4Addr],
+        allowed: &[crate::config::Cidr6],
+    ) -> Result<Reconciled> {
+        // Hashed: a pool has up to 65536 addresses, the tables millions of entries.
+        let at: StdMap<[u8; 4], usize> = pool
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.octets(), i))
+            .collect();
+        let index_of = |addr: [u8; 4]| at.get(&addr).copied();
+        let allowed_b4 = |b4: &[u8; 16]| allowed.iter().any(|p| p.contains(b4));
+        let ms = unix_ms(now);
+        let record = |kind, b4, addr, lo, hi| event(ms, kind, b4, addr, lo, hi);
+        let mut r = Reconciled::default();
+        let mut slots: Vec<(SlotKey, Slot)> = Vec::new();
+        scan_map(self.slots.map(), |k, s| slots.push((k, s)))?;
+        for (k, s) in slots {
+            match index_of(s.addr) {
+                Some(i) => {
+                    if s.addr_index != i as u32 {
+                        let s = Slot {
+                            addr_index: i as u32,
+                            ..s
+                        };
+                        self.slots.insert(k, s, 0)?;
+                    }
+                }
+                None => {
+                    let _ = self.slots.remove(&k);
+                    r.slots += 1;
+                }
+            }
+        }
+        let mut all = Vec::new();
+        // Only what goes is kept.
+        scan_map::<NatOutKey, NatOutValue>(&self.nat_out_scan, |k, v| {
+            if !allowed_b4(&k.b4) || index_of(v.outside_addr).is_none() {
+                all.push((k, v));
+            }
+        })?;
+        for (k, v) in all {
+            r.mappings += 1;
+            let port = u16::from_be(v.outside_port);
+            if let Some(rec) =
+                self.delete_mapping(&k, &v, record(0, k.b4, v.outside_addr, port, port))
+            {
+                r.records.push(rec);
+            }
+        }
+        let mut blocks: Vec<(BlockKey, BlockValue)> = Vec::new();
+        scan_map(self.blocks.map(), |k, v| blocks.push((k, v)))?;
+        for (bk, bv) in blocks {
+            if bv.released_ns != 0 || index_of(bk.addr).is_some() {
+                continue;
+            }
+            self.blocks.insert(
+                bk,
+                BlockValue {
+                    released_ns: now,
+                    ..bv
+                },
+                0,
+            )?;
+            r.records
+                .push(block_event(ms, &self.cfg, EVENT_BLOCK_RELEASED, bv.b4, &bk));
+            r.blocks += 1;
+        }
+        Ok(r)
+    }
+}
+
+impl Sweeper {
+    /// Stopping without `--persist` takes the dataplane, and every block and mapping with it:
+    /// a release record for each block still held and, with `log_sessions`, a deletion for
+    /// each mapping, at `now`, so that no log shows them held past the stop (a later owner
+    /// of the same ports would otherwise share the answer of `dslite whois`). Blocks in
+    /// hold-down had their release logged already. Call it once XDP is detached.
+    pub fn release_all(&mut self, now: u64) -> Result<Vec<NatRecord>> {
+        let ms = unix_ms(now);
+        let mut out = Vec::new();
+        if self.log_sessions {
+            scan_map::<NatOutKey, NatOutValue>(&self.nat_out_scan, |k, v| {
+                let port = u16::from_be(v.outside_port);
+                out.push(NatRecord {
+                    proto: k.proto,
+                    inside: Some((k.inside_addr.into(), u16::from_be(k.inside_port))),
+                    ..event(ms, EVENT_MAPPING_DELETED, k.b4, v.outside_addr, port, port)
+                });
+            })?;
+        }
+        let mut blocks = Vec::new();
+        scan_map::<BlockKey, BlockValue>(self.blocks.map(), |bk, bv| {
+            if bv.released_ns == 0 {
+                blocks.push((bk, bv));
+            }
+        })?;
+        // In a stable order (the map's is its hash's).
+        blocks.sort_by_key(|(bk, _)| (bk.addr, bk.block));
+        for (bk, bv) in blocks {
+            out.push(block_event(ms, &self.cfg, EVENT_BLOCK_RELEASED, bv.b4, &bk));
+        }
+        Ok(out)
+    }
+}
