@@ -1,5 +1,5 @@
 //! BPF_PROG_TEST_RUN fixtures: packet in, verdict and packet out, for every program path,
-//! and malformed input at every header boundary. Item numbers: rfc-checklist.md.
+//! and malformed input at every header boundary.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -48,7 +48,7 @@ fn pool() -> [Ipv4Addr; 4] {
 }
 
 /// Outbound UDP: decapsulated, source-translated to a pool address, TTL-1, every checksum
-/// right, redirected with the next hop's MAC (items 1, 2); the same flow reuses the mapping.
+/// right, redirected with the next hop's MAC (RFC 6333 §5.2/§6.2, §6.6); the same flow reuses the mapping.
 #[test]
 fn aftr_outbound_udp_is_decapsulated_and_translated() {
     with_aftr(|rig| {
@@ -79,7 +79,7 @@ fn aftr_outbound_udp_is_decapsulated_and_translated() {
     });
 }
 
-/// The reply to the mapping is reverse-translated and encapsulated to the owning B4 (item 1).
+/// The reply to the mapping is reverse-translated and encapsulated to the owning B4 (RFC 6333 §5.2/§6.2).
 #[test]
 fn aftr_inbound_reply_is_translated_and_encapsulated() {
     with_aftr(|rig| {
@@ -98,7 +98,7 @@ fn aftr_inbound_reply_is_translated_and_encapsulated() {
         assert_eq!(v6[6], 4, "next header IPv4");
         assert_eq!(
             v6[7], 64,
-            "outer hop limit is configured, not copied (item 9)"
+            "outer hop limit is configured, not copied (RFC 2473 §3/§6.3)"
         );
         assert_eq!(&v6[8..24], &aftr().octets());
         assert_eq!(&v6[24..40], &b4a().octets());
@@ -113,7 +113,7 @@ fn aftr_inbound_reply_is_translated_and_encapsulated() {
     });
 }
 
-/// A Destination Options header with a Tunnel Encapsulation Limit is skipped (item 5).
+/// A Destination Options header with a Tunnel Encapsulation Limit is skipped (RFC 2473 §4.1.1).
 #[test]
 fn aftr_accepts_tunnel_encapsulation_limit_option() {
     with_aftr(|rig| {
@@ -128,7 +128,7 @@ fn aftr_accepts_tunnel_encapsulation_limit_option() {
     });
 }
 
-/// TCP and ICMP echo are translated both ways with valid checksums (items 1, 36).
+/// TCP and ICMP echo are translated both ways with valid checksums (RFC 6333 §5.2/§6.2; RFC 5508 REQ-1).
 #[test]
 fn aftr_translates_tcp_and_icmp_echo_both_ways() {
     with_aftr(|rig| {
@@ -183,7 +183,7 @@ fn aftr_keeps_zero_udp_checksum() {
     });
 }
 
-/// Same inside endpoint behind two softwires: two distinct outside endpoints (item 2).
+/// Same inside endpoint behind two softwires: two distinct outside endpoints (RFC 6333 §6.6).
 #[test]
 fn aftr_keys_mappings_by_softwire() {
     with_aftr(|rig| {
@@ -201,9 +201,9 @@ fn aftr_keys_mappings_by_softwire() {
 }
 
 /// A softwire's quota: 2 blocks of 16 ports. Even inside ports keep even outside ports, so
-/// each block serves 8 of them (item 20); the first fills, a second block comes from the same
-/// address (paired, item 18), and the 17th flow is a counted drop that evicts nothing
-/// (items 41, 44).
+/// each block serves 8 of them (RFC 4787 REQ-4); the first fills, a second block comes from the same
+/// address (paired, RFC 4787 REQ-2), and the 17th flow is a counted drop that evicts nothing
+/// (RFC 5508 REQ-8; RFC 6888 REQ-4).
 #[test]
 fn aftr_quota_is_blocks_and_exhaustion_is_a_counted_drop() {
     with_aftr_cfg(
@@ -229,7 +229,7 @@ fn aftr_quota_is_blocks_and_exhaustion_is_a_counted_drop() {
                 "parity kept: {outs:?}"
             );
             let ports: std::collections::HashSet<u16> = outs.iter().map(|(_, p)| *p).collect();
-            assert_eq!(ports.len(), 16, "no port shared (item 19)");
+            assert_eq!(ports.len(), 16, "no port shared (RFC 4787 REQ-3)");
             let blocks: std::collections::HashSet<u16> =
                 ports.iter().map(|p| (p - 1024) / 16).collect();
             assert_eq!(blocks.len(), 2, "two blocks of 16: {ports:?}");
@@ -248,7 +248,7 @@ fn aftr_quota_is_blocks_and_exhaustion_is_a_counted_drop() {
     );
 }
 
-/// Every non-forwarded outcome is a named counter with the right verdict (items 6, 9).
+/// Every non-forwarded outcome is a named counter with the right verdict (RFC 6333 §11; RFC 2473 §3/§6.3).
 #[test]
 fn aftr_drops_and_passes_are_counted() {
     with_aftr(|rig| {
@@ -482,7 +482,7 @@ fn aftr_truncated_packets_at_every_boundary() {
 }
 
 /// B4 encapsulation: outer src B4, dst AFTR, next header 4, hop limit 64, traffic class from
-/// the inner TOS; inner unchanged but TTL-1 and its checksum (items 1, 3, 7, 9).
+/// the inner TOS; inner unchanged but TTL-1 and its checksum (RFC 6333 §5.2/§6.2, §4; RFC 6908 §2.10; RFC 2473 §3/§6.3).
 #[test]
 fn b4_encapsulates_lan_ipv4() {
     with_b4(|rig| {
@@ -506,7 +506,11 @@ fn b4_encapsulates_lan_ipv4() {
         assert_eq!(&v6[8..24], &b4a().octets());
         assert_eq!(&v6[24..40], &aftr().octets());
         let got = &v6[40..];
-        assert_eq!(&got[12..16], &HOST.octets(), "the B4 does no NAT (item 3)");
+        assert_eq!(
+            &got[12..16],
+            &HOST.octets(),
+            "the B4 does no NAT (RFC 6333 §4)"
+        );
         let mut want = inner.clone();
         want[8] = 63;
         want[10] = 0;
@@ -836,7 +840,7 @@ fn aftr_block_allocation_is_an_event() {
 }
 
 /// With --log-sessions and --log-destinations, each mapping XDP creates is an event too, with
-/// its inside endpoint, outside port and first destination (items 50-51); a packet on an
+/// its inside endpoint, outside port and first destination (RFC 6888 §4 logging, REQ-12); a packet on an
 /// existing mapping is not.
 #[test]
 fn aftr_mapping_creation_is_an_event_with_log_sessions() {
@@ -875,8 +879,9 @@ fn aftr_mapping_creation_is_an_event_with_log_sessions() {
     );
 }
 
-/// Expiry (items 29, 31-35): the sweep removes idle mappings after their protocol's and TCP
-/// state's timeout, never before; an emptied block is held down, then freed.
+/// Expiry (RFC 4787 REQ-5, REQ-6; RFC 5382 REQ-5; RFC 7857 §2; RFC 5508 REQ-2; RFC 6888
+/// REQ-8): the sweep removes idle mappings after their protocol's and TCP state's timeout,
+/// never before; an emptied block is held down, then freed.
 #[test]
 fn sweep_expires_by_protocol_and_state_and_holds_blocks_down() {
     with_aftr(|rig| {
@@ -1011,7 +1016,7 @@ fn views_of(rig: &Rig) -> Vec<dslite_user::views::Session> {
     dslite_user::views::read_sessions(&rig.pin).unwrap()
 }
 
-/// Hairpinning in XDP (item 22): to another softwire's outside endpoint, both addresses are
+/// Hairpinning in XDP (RFC 4787 REQ-9): to another softwire's outside endpoint, both addresses are
 /// translated and the packet goes down that softwire, every checksum right.
 #[test]
 fn aftr_hairpins_between_softwires() {
@@ -1054,7 +1059,7 @@ fn aftr_hairpins_between_softwires() {
     });
 }
 
-/// Inbound traffic refreshes a mapping only with --inbound-refresh (item 29).
+/// Inbound traffic refreshes a mapping only with --inbound-refresh (RFC 4787 REQ-6).
 #[test]
 fn inbound_refresh_is_optional() {
     for refresh in [false, true] {
@@ -1091,7 +1096,7 @@ fn inbound_refresh_is_optional() {
 
 /// The ICMP destination unreachable sent down b4a's softwire for a refused `refused` packet:
 /// from 192.0.0.1 to the host, quoting the packet's IPv4 header (TTL already spent by one)
-/// and first 8 bytes, every checksum right (items 4, 41).
+/// and first 8 bytes, every checksum right (RFC 6333 §5.7/§6.5; RFC 5508 REQ-8).
 fn assert_icmp_refusal(out: &[u8], refused: &[u8], code: u8) {
     assert_icmp_error(out, refused, 3, code, 1);
 }
@@ -1131,7 +1136,7 @@ fn assert_icmp_error(out: &[u8], refused: &[u8], ty: u8, code: u8, spent: u8) {
 }
 
 /// --max-sessions: the third mapping of a softwire limited to two is refused with an ICMP
-/// error, counted, and the first two keep working (items 41, 44).
+/// error, counted, and the first two keep working (RFC 5508 REQ-8; RFC 6888 REQ-4).
 #[test]
 fn aftr_session_limit_refuses_with_icmp() {
     with_aftr_cfg(
@@ -1221,7 +1226,7 @@ fn aftr_new_mapping_rate_limit() {
 }
 
 /// Inner TTL 1 at the AFTR: a Time Exceeded from 192.0.0.1 goes back down the softwire, so a
-/// traceroute shows the AFTR (items 4, 9); no mapping is created.
+/// traceroute shows the AFTR (RFC 6333 §5.7/§6.5; RFC 2473 §3/§6.3); no mapping is created.
 #[test]
 fn aftr_ttl_expiry_answers_time_exceeded() {
     with_aftr(|rig| {
@@ -1241,7 +1246,8 @@ fn aftr_ttl_expiry_answers_time_exceeded() {
     });
 }
 
-/// Ping to 192.0.0.1 through the softwire is answered by the AFTR itself (item 43).
+/// Ping to 192.0.0.1 through the softwire is answered by the AFTR itself (operators' practice; RFC 6333 §6.5
+/// gives the AFTR that address).
 #[test]
 fn aftr_answers_ping_to_192_0_0_1() {
     with_aftr(|rig| {
@@ -1263,7 +1269,7 @@ fn aftr_answers_ping_to_192_0_0_1() {
     });
 }
 
-/// Filtering per protocol (item 21): EIF lets anyone reach a mapping; ADF only addresses it
+/// Filtering per protocol (RFC 4787 REQ-8): EIF lets anyone reach a mapping; ADF only addresses it
 /// sent to; APDF only address:ports it sent to. Other protocols keep their own mode.
 #[test]
 fn aftr_filtering_modes_per_protocol() {
@@ -1351,7 +1357,7 @@ fn icmp_error4(
 }
 
 /// ICMP errors from the internet about a mapping are translated back to the inside
-/// endpoint with every checksum right and sent down the owner's softwire (items 37-40);
+/// endpoint with every checksum right and sent down the owner's softwire (RFC 5508 REQ-3, REQ-4, REQ-5, REQ-6);
 /// ones with a bad ICMP checksum, quoting a corrupted header or about no mapping are
 /// counted drops; none touches the mapping.
 #[test]
@@ -1453,7 +1459,7 @@ fn aftr_translates_inbound_icmp_errors() {
 
 /// A host's ICMP error about a packet it received through the AFTR goes out with the
 /// mapping's outside address as its source and the quoted packet restored to what the
-/// remote sent, every checksum right (item 39).
+/// remote sent, every checksum right (RFC 5508 REQ-5).
 #[test]
 fn aftr_translates_outbound_icmp_errors() {
     use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type};
@@ -1519,7 +1525,7 @@ fn aftr_translates_outbound_icmp_errors() {
 
 /// An unsolicited inbound TCP SYN (no mapping) is dropped silently: nothing is ever sent
 /// back, which RFC 5382 REQ-4 allows and which lets a simultaneous open from inside work
-/// (item 27); an outbound SYN then opens the mapping as usual.
+/// (RFC 5382 REQ-4); an outbound SYN then opens the mapping as usual.
 #[test]
 fn aftr_drops_unsolicited_syn_silently() {
     with_aftr(|rig| {
@@ -1552,7 +1558,7 @@ fn aftr_drops_unsolicited_syn_silently() {
     });
 }
 
-/// MSS clamping on SYN and SYN-ACK in both elements (item 13): a larger MSS is lowered to
+/// MSS clamping on SYN and SYN-ACK in both elements (RFC 6908, RFC 8513): a larger MSS is lowered to
 /// fit the softwire, a smaller one is left alone, every checksum stays right.
 #[test]
 fn mss_clamping_on_both_elements() {
@@ -1622,7 +1628,7 @@ fn mss_clamping_on_both_elements() {
     );
 }
 
-// ---- the slow path (issue 3/5) --------------------------------------------------------
+// ---- the slow path: fragments, oversized packets, write-back --------------------------------------------------------
 
 /// The reason and MTU XDP put in front of a frame it handed to the slow path, and the frame.
 fn handed_over(out: &[u8]) -> (u8, u16, &[u8]) {
@@ -1632,7 +1638,7 @@ fn handed_over(out: &[u8]) -> (u8, u16, &[u8]) {
 
 /// IPv4 fragments bound for the NAT go to the slow path untouched, from a B4 (softwire
 /// header and all, so the reassembly is keyed by softwire) and from the internet; XDP makes
-/// no mapping for them (items 15, 16).
+/// no mapping for them (RFC 4787 REQ-14; RFC 6864 §5.3.1).
 #[test]
 fn aftr_hands_ipv4_fragments_to_the_slow_path() {
     with_aftr(|rig| {
@@ -1681,7 +1687,7 @@ fn aftr_hands_ipv4_fragments_to_the_slow_path() {
 
 /// A reply too big for the tunnel MTU is translated, encapsulated whole and handed over with
 /// that MTU, for the kernel to send as IPv6 fragments; the inner packet is never split, DF or
-/// not (item 11). One that fits stays on the fast path.
+/// not (RFC 6333 §6.3). One that fits stays on the fast path.
 #[test]
 fn aftr_hands_oversized_softwire_packets_over_with_the_mtu() {
     with_aftr(|rig| {
@@ -1717,7 +1723,7 @@ fn aftr_hands_oversized_softwire_packets_over_with_the_mtu() {
 
 /// Toward the internet, DF=1 and larger than the IPv4 egress MTU: an ICMP 3/4 carrying that
 /// MTU goes down the softwire from 192.0.0.1, and no mapping is made. DF=0: translated and
-/// passed to the kernel to fragment, with the TTL the kernel will spend given back (item 14).
+/// passed to the kernel to fragment, with the TTL the kernel will spend given back (RFC 4787 REQ-13).
 #[test]
 fn aftr_too_big_for_the_internet() {
     with_aftr_cfg(
@@ -1749,9 +1755,9 @@ fn aftr_too_big_for_the_internet() {
 }
 
 /// B4: LAN IPv4 that does not fit the WAN once encapsulated is handed over with the route's
-/// MTU, or the tunnel MTU when that is lower (item 10). On the slow path's device, written-
+/// MTU, or the tunnel MTU when that is lower (RFC 6333 §5.3). On the slow path's device, written-
 /// back softwire packets are decapsulated to the LAN, the router's own IPv4 (192.0.0.2) is
-/// encapsulated (item 4), and IPv6 is never handed to the kernel, where it would come back
+/// encapsulated (RFC 6333 §5.7/§6.5), and IPv6 is never handed to the kernel, where it would come back
 /// (the loop guard); on the WAN, IPv6 fragments go up for the kernel to reassemble (12).
 #[test]
 fn b4_slow_path_hand_over_and_write_back() {
@@ -1799,7 +1805,7 @@ fn b4_slow_path_hand_over_and_write_back() {
         assert_eq!(v, XDP_PASS);
         assert_eq!(rig.counter("pass_ipv6_fragment"), 1);
 
-        // TTL 1 from the LAN: handed over, to be answered from 192.0.0.2 (items 4, 9).
+        // TTL 1 from the LAN: handed over, to be answered from 192.0.0.2 (RFC 6333 §5.7/§6.5; RFC 2473 §3/§6.3).
         let expiring = lan(&udp4(HOST, SERVER, 5000, 7777, 1, b"x"));
         let (v, out) = rig.run("lan", &expiring);
         assert_eq!(v, XDP_REDIRECT);

@@ -1,5 +1,5 @@
-//! End-to-end, issue 4/5: operations. NAT log sinks and whois, on real traffic (rfc-checklist.md
-//! items 50-53).
+//! End-to-end: operations. NAT log sinks and whois, on real traffic (RFC 6888 §4 logging,
+//! REQ-12; RFC 8158; RFC 6333 §8.4).
 
 use std::{
     net::{SocketAddr, SocketAddrV4, UdpSocket},
@@ -76,7 +76,8 @@ fn now_rfc3339() -> String {
 /// Two subscribers, both 192.168.1.10, share one public address. The NAT log (file, syslog
 /// and IPFIX at once) records their blocks and mappings, and `dslite whois` names the right
 /// softwire and inside endpoint for each public port, now and not before; after a logrotate-
-/// style rename and SIGHUP, new records go to a new file and whois reads both (items 50-53).
+/// style rename and SIGHUP, new records go to a new file and whois reads both (RFC 6888 §4
+/// logging, REQ-12; RFC 8158; RFC 6333 §8.4).
 #[test]
 fn whois_names_each_subscriber_on_a_shared_address() {
     let dir = PathBuf::from(format!("/tmp/dslite-ops-{}", std::process::id()));
@@ -181,7 +182,7 @@ fn whois_names_each_subscriber_on_a_shared_address() {
 
 /// `--metrics` on both elements: Prometheus text with every counter, drops by reason, and on
 /// the AFTR the mappings by protocol, softwires and port blocks per public address; on the
-/// B4, softwire and native IPv6 bytes side by side (item 3 of issue 4/5).
+/// B4, softwire and native IPv6 bytes side by side.
 #[test]
 fn metrics_are_served_for_prometheus() {
     let t = DsLite::start_with(Options {
@@ -230,7 +231,7 @@ fn metrics_are_served_for_prometheus() {
 
 /// SIGHUP reloads the configuration file: a per-subscriber session limit is raised while
 /// traffic runs, no mapping is lost (the first flow keeps its outside port), and the
-/// softwires view shows the subscriber's block and mappings (issue 4/5 items 4-5).
+/// softwires view shows the subscriber's block and mappings.
 #[test]
 fn sighup_reloads_limits_without_dropping_a_mapping() {
     let dir = PathBuf::from(format!("/tmp/dslite-reload-{}", std::process::id()));
@@ -276,7 +277,7 @@ fn sighup_reloads_limits_without_dropping_a_mapping() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Restart without loss (issue 4/5 item 6): with --persist, the AFTR's controller is killed
+/// Restart without loss: with --persist, the AFTR's controller is killed
 /// with SIGKILL while two subscribers keep opening flows. The dataplane keeps forwarding and
 /// creating mappings without it; a new controller adopts the pinned programs and maps. No
 /// mapping is lost, and every mapping and block has exactly one creation record in the NAT log,
@@ -359,7 +360,7 @@ fn restart_under_traffic_loses_no_mapping_and_no_log_event() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// B4 provisioning (issue 4/5 item 7, checklist 54): the B4 reads its AFTR from a file that a
+/// B4 provisioning (RFC 6334 §3): the B4 reads its AFTR from a file that a
 /// DHCPv6 hook writes from the AFTR-Name option. It starts with a wrong AFTR; when the file
 /// names `aftr.test`, the B4 resolves it over DNS, tries every AAAA record (the first does not
 /// answer) and uses the one that does. Then its WAN address changes, and the softwire
