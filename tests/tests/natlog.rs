@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dslite_tests::{observe::*, topo::*, traffic::*};
+use dslite_tests::{fixture::b4, observe::*, topo::*, traffic::*};
 use dslite_user::{config::AftrSettings, natlog::Limit};
 
 fn sa(ip: std::net::Ipv4Addr, port: u16) -> SocketAddrV4 {
@@ -216,10 +216,6 @@ fn refusal_records(
     assert!(sw.sweep(monotonic_ns()).unwrap().records.is_empty());
     send();
     sw.sweep(monotonic_ns()).unwrap().records
-}
-
-fn b4(last: u16) -> std::net::Ipv6Addr {
-    std::net::Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, last)
 }
 
 /// Each kind of refusal XDP makes reaches the NAT log as what it was (RFC 8158 §4): the
