@@ -1,6 +1,8 @@
 //! BPF_PROG_TEST_RUN rigs: the real object, loaded and configured through the controller's
 //! own code (`dslite_user::dataplane`), run on crafted frames inside a private namespace
-//! whose interfaces, routes and static neighbours make `bpf_fib_lookup` answer.
+//! whose interfaces, routes and static neighbours make `bpf_fib_lookup` answer; and the
+//! addresses and frames that the fixtures, the hostile tests, the fuzzer and the bench send
+//! through them.
 
 use std::{
     collections::HashMap,

@@ -13,10 +13,6 @@ use dslite_tests::{
     traffic::*,
 };
 
-fn sa(ip: std::net::Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
-}
-
 /// Ping and UDP from both hosts (same address, same source port, same echo id): distinct
 /// outside endpoints, and each reply reaches only its own host (RFC 6333 §5.2/§6.2, §6.6; RFC 5508 REQ-1).
 #[test]

@@ -3,7 +3,7 @@
 //! RFC 2473 §8).
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     time::Duration,
 };
 
@@ -13,10 +13,6 @@ use dslite_tests::{
     topo::*,
     traffic::*,
 };
-
-fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
-}
 
 fn payload(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -185,14 +181,34 @@ fn crafted_ipv6_fragments_are_reassembled_exactly_once() {
             .map(|f| eth(aftr_mac, router_mac, packets::ETH_P_IPV6, &f))
             .collect()
     };
-    let cases: [(&str, usize); 5] = [
-        ("in order", 1),
-        ("reversed", 1),
-        ("duplicated", 1),
-        ("overlapping", 0),
-        ("incomplete", 0),
+    /// A way to send the three fragments, and how many datagrams the server gets.
+    struct Case {
+        what: &'static str,
+        want: usize,
+    }
+    let cases = [
+        Case {
+            what: "in order",
+            want: 1,
+        },
+        Case {
+            what: "reversed",
+            want: 1,
+        },
+        Case {
+            what: "duplicated",
+            want: 1,
+        },
+        Case {
+            what: "overlapping",
+            want: 0,
+        },
+        Case {
+            what: "incomplete",
+            want: 0,
+        },
     ];
-    for (i, (what, want)) in cases.iter().enumerate() {
+    for (i, Case { what, want }) in cases.iter().enumerate() {
         let port = 7001 + i as u16;
         let inner = udp4(HOST_ADDR, SERVER1, 6001 + i as u16, port, 64, &data);
         let mut frags = packets::fragment_v6(b4, aftr_addr(), 4, &inner, 400, 0x100 + i as u32);

@@ -2,7 +2,6 @@
 //! leaves in the log.
 
 use std::{
-    net::SocketAddrV4,
     os::unix::net::UnixDatagram,
     path::PathBuf,
     time::{Duration, Instant},
@@ -10,10 +9,6 @@ use std::{
 
 use dslite_tests::{fixture::b4, observe::*, topo::*, traffic::*};
 use dslite_user::{config::AftrSettings, natlog::Limit};
-
-fn sa(ip: std::net::Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
-}
 
 /// The subscriber (its /56, RFC 7785) that refusals and blocks are logged under.
 fn subscriber(b4: std::net::Ipv6Addr) -> std::net::Ipv6Addr {
@@ -165,25 +160,8 @@ fn a_stalled_syslog_and_an_absent_collector_cost_counted_losses_not_the_controll
     // whois names nobody after the stop.
     let now = dslite_user::natlog::rfc3339_ms(dslite_user::natlog::now_unix_ms());
     let last = seen[0];
-    let out = std::process::Command::new(dslite_tests::dslite_bin())
-        .args([
-            "whois",
-            &last.to_string(),
-            "--at",
-            &now,
-            "--json",
-            "--nat-log",
-        ])
-        .arg(&log)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["holders"], serde_json::json!([]), "{v}");
+    let holders = whois(last, &now, &[log.as_path()]);
+    assert!(holders.is_empty(), "{holders:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -2,18 +2,14 @@
 //! REQ-12; RFC 8158; RFC 6333 §8.4).
 
 use std::{
-    net::{SocketAddr, SocketAddrV4, UdpSocket},
-    path::{Path, PathBuf},
+    net::UdpSocket,
+    path::PathBuf,
     process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use dslite_tests::{netns::Netns, observe::*, topo::*, traffic::*};
-
-fn sa(ip: std::net::Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
-}
 
 /// A UDP receiver in `ns` keeping every datagram (a syslog receiver or an IPFIX collector).
 fn udp_sink(ns: &Netns, port: u16) -> Arc<Mutex<Vec<Vec<u8>>>> {
@@ -35,34 +31,6 @@ fn udp_sink(ns: &Netns, port: u16) -> Arc<Mutex<Vec<Vec<u8>>>> {
     });
     rx.recv_timeout(Duration::from_secs(5)).unwrap();
     got
-}
-
-/// `dslite whois ... --json`: the holders' (b4, inside-or-ports) pairs.
-fn whois(endpoint: SocketAddr, at: &str, logs: &[&Path]) -> Vec<(String, Option<String>)> {
-    let out = Command::new(dslite_tests::dslite_bin())
-        .arg("whois")
-        .arg(endpoint.to_string())
-        .args(["--at", at, "--json", "--nat-log"])
-        .args(logs)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["holders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h["b4"].as_str().unwrap().to_string(),
-                h["inside"].as_str().map(str::to_string),
-            )
-        })
-        .collect()
 }
 
 fn now_rfc3339() -> String {
@@ -593,12 +561,20 @@ fn a_persist_restart_reconciles_prefixes_and_pool() {
     ];
     t.aftr.kill();
     let pin = t.aftr.pin_path.clone();
-    for (bad, needle) in [
-        (&["--pool", "198.51.100.0/30"][..], "--pool"),
-        (
-            &["--pool", "198.51.100.3/32", "--port-range", "2048-65535"][..],
-            "--port-range",
-        ),
+    /// A restart-only setting changed on the command line, and the flag the refusal names.
+    struct Refused {
+        bad: &'static [&'static str],
+        needle: &'static str,
+    }
+    for Refused { bad, needle } in [
+        Refused {
+            bad: &["--pool", "198.51.100.0/30"],
+            needle: "--pool",
+        },
+        Refused {
+            bad: &["--pool", "198.51.100.3/32", "--port-range", "2048-65535"],
+            needle: "--port-range",
+        },
     ] {
         // Spawned by hand: a failed `Controller::start` would clean up the pins it was given.
         let args = [&common[..], bad].concat();
