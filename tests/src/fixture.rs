@@ -292,6 +292,18 @@ pub fn from_internet(rig: &Rig, ip: &[u8]) -> Vec<u8> {
     eth(rig.mac("inet"), SERVER_MAC, packets::ETH_P_IP, ip)
 }
 
+/// Native IPv6 to the B4 (an ICMPv6 echo request from 2001:db8:f::1 to b4a): no softwire.
+pub fn native_v6_to_b4a() -> Vec<u8> {
+    packets::ipv6(
+        "2001:db8:f::1".parse().unwrap(),
+        b4a(),
+        58,
+        &[],
+        &[128, 0, 0, 0, 0, 1, 0, 1],
+        64,
+    )
+}
+
 /// The outside (address, port) of a translated IPv4 frame (source address and port).
 pub fn outside_of(out: &[u8]) -> (Ipv4Addr, u16) {
     let ip = &out[14..];

@@ -1296,14 +1296,7 @@ fn b4_seeds(c: &Campaign) -> Vec<Seed> {
         HOST.octets(),
         &udp4(HOST, SERVER, 5000, 7777, 63, b"up"),
     );
-    let native = packets::ipv6(
-        "2001:db8:f::1".parse().unwrap(),
-        b4a(),
-        58,
-        &[],
-        &[128, 0, 0, 0, 0, 1, 0, 1],
-        64,
-    );
+    let native = native_v6_to_b4a();
     let frag = packets::fragment_v6(
         aftr(),
         b4a(),
