@@ -1,14 +1,24 @@
 //! BPF_PROG_TEST_RUN rigs: the real object, loaded and configured through the controller's
 //! own code (`dslite_user::dataplane`), run on crafted frames inside a private namespace
-//! whose interfaces, routes and static neighbours make `bpf_fib_lookup` answer.
+//! whose interfaces, routes and static neighbours make `bpf_fib_lookup` answer; and the
+//! addresses and frames that the fixtures, the hostile tests, the fuzzer and the bench send
+//! through them.
 
-use std::{collections::HashMap, net::Ipv6Addr, path::PathBuf};
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use aya::{programs::Xdp, Ebpf, TestRun as _, TestRunOptions};
 use dslite_common::maps::B4Config;
 use dslite_user::{config, dataplane, views};
 
-use crate::{netns::Netns, unique};
+use crate::{
+    netns::Netns,
+    packets::{self, eth, softwire},
+    unique,
+};
 
 pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
@@ -48,9 +58,7 @@ impl Rig {
     /// the kernel measured around it, in ns (BPF_PROG_TEST_RUN `duration`).
     pub fn time_once(&self, prog: &str, iface: &str, frame: &[u8]) -> (u32, u64) {
         let p: &Xdp = self.ebpf.program(prog).unwrap().try_into().unwrap();
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&self.ifindex[iface].to_ne_bytes());
+        let ctx = self.xdp_md(iface, frame);
         let r = p
             .test_run(TestRunOptions {
                 data_in: Some(frame),
@@ -61,6 +69,15 @@ impl Rig {
             .expect("BPF_PROG_TEST_RUN");
         assert_ne!(r.return_value, XDP_ABORTED);
         (r.return_value, r.duration.as_nanos() as u64)
+    }
+
+    /// The `struct xdp_md` a run of `frame` arriving on `iface` starts from: data, data_end,
+    /// data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+    fn xdp_md(&self, iface: &str, frame: &[u8]) -> [u8; 24] {
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&self.ifindex[iface].to_ne_bytes());
+        ctx
     }
 
     /// The name of the program this rig was built for.
@@ -75,12 +92,26 @@ impl Rig {
         iface: &str,
         frame: &[u8],
     ) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
-        let prog: &Xdp = self.ebpf.program(self.prog).unwrap().try_into().unwrap();
+        let (verdict, out) = self.run_prog(self.prog, iface, frame)?;
+        assert_ne!(
+            verdict, XDP_ABORTED,
+            "the programs never return XDP_ABORTED"
+        );
+        Ok((verdict, out))
+    }
+
+    /// Run program `prog` once on `frame` arriving on `iface`: its verdict, whatever it is
+    /// (the fuzzer judges an XDP_ABORTED itself), and the frame it left.
+    pub fn run_prog(
+        &self,
+        prog: &str,
+        iface: &str,
+        frame: &[u8],
+    ) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
+        let prog: &Xdp = self.ebpf.program(prog).unwrap().try_into().unwrap();
+        // Room for everything a program may prepend: IPv6 (40) and the slow-path meta (16).
         let mut out = vec![0u8; frame.len() + 256];
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress.
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&self.ifindex[iface].to_ne_bytes());
+        let ctx = self.xdp_md(iface, frame);
         let r = prog.test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
@@ -88,10 +119,6 @@ impl Rig {
             repeat: 1,
             ..Default::default()
         })?;
-        assert_ne!(
-            r.return_value, XDP_ABORTED,
-            "the programs never return XDP_ABORTED"
-        );
         out.truncate(r.data_size_out as usize);
         Ok((r.return_value, out))
     }
@@ -206,8 +233,85 @@ fn with_rig(
     }
 }
 
-pub const AFTR_ADDR: &str = "2001:db8:f::2";
+pub use crate::topo::AFTR_ADDR;
 pub const B4A: &str = "2001:db8:a::2";
+/// The host behind every B4, and the internet server the fixtures talk to (the addresses
+/// of the veth topology, `crate::topo`).
+pub const HOST: Ipv4Addr = crate::topo::HOST_ADDR;
+pub const SERVER: Ipv4Addr = crate::topo::SERVER1;
+
+pub fn b4a() -> Ipv6Addr {
+    B4A.parse().unwrap()
+}
+pub fn aftr() -> Ipv6Addr {
+    AFTR_ADDR.parse().unwrap()
+}
+/// Address `last` in b4a's prefix, 2001:db8:a::/64.
+pub fn b4(last: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, last)
+}
+
+/// The fixture AFTR's pool, 198.51.100.0/30.
+pub fn pool() -> [Ipv4Addr; 4] {
+    [0, 1, 2, 3].map(|i| Ipv4Addr::new(198, 51, 100, i))
+}
+
+/// The subscriber (RFC 7785) a B4 address belongs to under the default /56.
+pub fn subscriber(b4: Ipv6Addr) -> [u8; 16] {
+    use dslite_common::nat::{subscriber_mask, subscriber_of, DEFAULT_SUBSCRIBER_PREFIX_LEN};
+    subscriber_of(
+        &b4.octets(),
+        &subscriber_mask(DEFAULT_SUBSCRIBER_PREFIX_LEN),
+    )
+}
+
+/// A softwire frame from `b4` to the AFTR, with extension headers `exts`, as the AFTR
+/// receives it on `iface`.
+pub fn from_b4_on(
+    rig: &Rig,
+    iface: &str,
+    b4: Ipv6Addr,
+    inner: &[u8],
+    exts: &[(u8, Vec<u8>)],
+) -> Vec<u8> {
+    eth(
+        rig.mac(iface),
+        ROUTER_MAC,
+        packets::ETH_P_IPV6,
+        &softwire(b4, aftr(), inner, exts),
+    )
+}
+
+/// A softwire frame as the AFTR receives it on `tun`.
+pub fn from_b4(rig: &Rig, b4: Ipv6Addr, inner: &[u8], exts: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    from_b4_on(rig, "tun", b4, inner, exts)
+}
+
+/// An IPv4 frame as the AFTR receives it on `inet`.
+pub fn from_internet(rig: &Rig, ip: &[u8]) -> Vec<u8> {
+    eth(rig.mac("inet"), SERVER_MAC, packets::ETH_P_IP, ip)
+}
+
+/// Native IPv6 to the B4 (an ICMPv6 echo request from 2001:db8:f::1 to b4a): no softwire.
+pub fn native_v6_to_b4a() -> Vec<u8> {
+    packets::ipv6(
+        "2001:db8:f::1".parse().unwrap(),
+        b4a(),
+        58,
+        &[],
+        &[128, 0, 0, 0, 0, 1, 0, 1],
+        64,
+    )
+}
+
+/// The outside (address, port) of a translated IPv4 frame (source address and port).
+pub fn outside_of(out: &[u8]) -> (Ipv4Addr, u16) {
+    let ip = &out[14..];
+    (
+        Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        u16::from_be_bytes([ip[20], ip[21]]),
+    )
+}
 
 /// The fixture AFTR's settings: pool 198.51.100.0/30, allowed B4 prefix 2001:db8:a::/64,
 /// ports 1024-65535 in blocks of 512, 4 blocks per softwire, 65536 mappings.

@@ -2,7 +2,9 @@
 //! themselves, controllers spawned inside namespaces, traffic generators and servers of our
 //! own (no external tools but iproute2), and packet builders for BPF_PROG_TEST_RUN.
 //!
-//! The tests live in `tests/tests/*.rs` and run through `cargo xtask test` as root.
+//! The tests live in `tests/tests/*.rs` (the BPF_PROG_TEST_RUN fixtures in
+//! `tests/tests/fixtures/`, one module per step of the packet path) and run through
+//! `cargo xtask test` as root.
 
 pub mod ctl;
 pub mod fixture;

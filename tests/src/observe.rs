@@ -1,5 +1,5 @@
 //! Watching a running controller from a test: waiting for a condition, counting NAT-log
-//! lines, scraping its metrics.
+//! lines, asking `dslite whois`, scraping its metrics.
 
 use std::{
     path::Path,
@@ -54,4 +54,36 @@ pub fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
+
+/// `dslite whois ... --json`: the holders' (b4, inside-or-ports) pairs.
+pub fn whois(
+    endpoint: impl std::fmt::Display,
+    at: &str,
+    logs: &[&Path],
+) -> Vec<(String, Option<String>)> {
+    let out = std::process::Command::new(crate::dslite_bin())
+        .arg("whois")
+        .arg(endpoint.to_string())
+        .args(["--at", at, "--json", "--nat-log"])
+        .args(logs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["b4"].as_str().unwrap().to_string(),
+                h["inside"].as_str().map(str::to_string),
+            )
+        })
+        .collect()
 }

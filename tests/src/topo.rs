@@ -1,4 +1,4 @@
-//! The DS-Lite test topology (rfc-checklist.md, "Topology T"):
+//! The DS-Lite test topology:
 //!
 //! ```text
 //! hostA 192.168.1.10 -- b4a --(2001:db8:a::/64)--+

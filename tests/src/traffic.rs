@@ -16,6 +16,11 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::netns::Netns;
 
+/// `ip:port`, the way the tests name every endpoint.
+pub fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
 /// A server thread; stopped (and joined) on drop.
 pub struct Server {
     stop: Arc<AtomicBool>,

@@ -134,7 +134,7 @@ fn config_file_errors_name_key_and_line() {
 }
 
 /// `dslite check-config`: a good file of either role passes (exit 0); a bad key, value or
-/// syntax fails with exit 2, naming the key and its line (issue 4/5 item 5).
+/// syntax fails with exit 2, naming the key and its line.
 #[test]
 fn check_config_names_key_and_line() {
     let dir = std::env::temp_dir().join(format!("dslite-check-{}", std::process::id()));
@@ -180,7 +180,7 @@ fn check_config_names_key_and_line() {
 }
 
 /// The shipped example configurations are valid, and the odhcp6c hook writes the AFTR name
-/// where `dslite b4 --aftr-file` reads it (issue 4/5 items 7-8).
+/// where `dslite b4 --aftr-file` reads it.
 #[test]
 fn contrib_configs_and_dhcpv6_hook_work() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

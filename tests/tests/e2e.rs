@@ -1,5 +1,5 @@
 //! End-to-end: real XDP on veths in namespaces, real traffic from two customers with the same
-//! private address (rfc-checklist.md "Topology T"; module docs of `dslite_tests::topo`).
+//! private address (the topology drawn in the module docs of `dslite_tests::topo`).
 
 use std::{
     collections::HashSet,
@@ -13,12 +13,8 @@ use dslite_tests::{
     traffic::*,
 };
 
-fn sa(ip: std::net::Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
-}
-
 /// Ping and UDP from both hosts (same address, same source port, same echo id): distinct
-/// outside endpoints, and each reply reaches only its own host (items 1, 2, 36).
+/// outside endpoints, and each reply reaches only its own host (RFC 6333 §5.2/§6.2, §6.6; RFC 5508 REQ-1).
 #[test]
 fn ping_and_udp_from_both_hosts() {
     let t = DsLite::start(&[]).unwrap();
@@ -81,7 +77,7 @@ fn ping_and_udp_from_both_hosts() {
     assert!(t.aftr.counter("aftr_in_packets") >= 8);
 }
 
-/// 10 MB each way through the softwire from both hosts at once, every byte verified (item 1).
+/// 10 MB each way through the softwire from both hosts at once, every byte verified (RFC 6333 §5.2/§6.2).
 #[test]
 fn tcp_bulk_transfer_from_both_hosts_at_once() {
     let t = DsLite::start(&[]).unwrap();
@@ -105,7 +101,7 @@ fn tcp_bulk_transfer_from_both_hosts_at_once() {
     assert_eq!(tcp, 2);
 }
 
-/// One inside port to two servers: one outside address:port (EIM, item 17; paired, item 18).
+/// One inside port to two servers: one outside address:port (EIM, RFC 4787 REQ-1; paired, RFC 4787 REQ-2).
 #[test]
 fn one_inside_port_to_two_servers_keeps_one_mapping() {
     let t = DsLite::start(&[]).unwrap();
@@ -120,7 +116,7 @@ fn one_inside_port_to_two_servers_keeps_one_mapping() {
     assert_ne!(s1.port(), s3.port());
 }
 
-/// A B4 outside every --b4-prefix gets nothing and creates no mapping (item 6).
+/// A B4 outside every --b4-prefix gets nothing and creates no mapping (RFC 6333 §11).
 #[test]
 fn b4_outside_allowed_prefixes_creates_no_mapping() {
     let t = DsLite::start(&[]).unwrap();
@@ -144,7 +140,7 @@ fn b4_outside_allowed_prefixes_creates_no_mapping() {
 }
 
 /// A softwire packet carrying a Tunnel Encapsulation Limit option (as Linux ip6tnl and
-/// OpenWrt B4s send) is translated, and the reply reaches the host (item 5). The packet is
+/// OpenWrt B4s send) is translated, and the reply reaches the host (RFC 2473 §4.1.1). The packet is
 /// crafted on the router, as if b4a had sent it.
 #[test]
 fn tunnel_encapsulation_limit_option_works_end_to_end() {
@@ -234,9 +230,9 @@ fn native_ipv6_is_counted_apart_from_softwire() {
     assert_eq!(t.aftr.counter("aftr_out_packets"), 0);
 }
 
-/// Short timeouts in a lab (item 31's floors are lifted with --allow-short-timeouts): an idle
+/// Short timeouts in a lab (RFC 4787 REQ-5's floors are lifted with --allow-short-timeouts): an idle
 /// UDP mapping expires, its block is released into hold-down and then freed, and the NAT log
-/// records the block's allocation and release with the softwire and the port range (item 50).
+/// records the block's allocation and release with the softwire and the port range (RFC 6888 §4 logging).
 #[test]
 fn idle_mappings_expire_and_blocks_are_logged() {
     let t = DsLite::start(&[
@@ -301,7 +297,7 @@ fn idle_mappings_expire_and_blocks_are_logged() {
     udp_request(&t.a.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "again").unwrap();
 }
 
-/// Hairpinning (item 22): hostA sends to the public address:port that hostB holds; hostB
+/// Hairpinning (RFC 4787 REQ-9): hostA sends to the public address:port that hostB holds; hostB
 /// receives it from hostA's public address:port, translated in XDP on the AFTR.
 #[test]
 fn hairpinning_between_two_subscribers() {
@@ -319,7 +315,7 @@ fn hairpinning_between_two_subscribers() {
 
 /// Two subscribers use up their port quota (one block of 16 ports) while a third keeps
 /// working: refused flows get an ICMP error at the host's socket, nothing is evicted, and
-/// the third subscriber is unaffected (items 41, 44).
+/// the third subscriber is unaffected (RFC 5508 REQ-8; RFC 6888 REQ-4).
 #[test]
 fn quota_exhaustion_is_per_subscriber() {
     let t = DsLite::start(&[
@@ -380,7 +376,7 @@ fn quota_exhaustion_is_per_subscriber() {
 }
 
 /// Traceroute through the softwire: hop 1 is the B4 answering from 192.0.0.2, hop 2 is the
-/// AFTR answering from 192.0.0.1, and the AFTR answers ping itself (items 4, 9, 43).
+/// AFTR answering from 192.0.0.1, and the AFTR answers ping itself (RFC 6333 §5.7/§6.5; RFC 2473 §3/§6.3).
 #[test]
 fn aftr_shows_as_192_0_0_1() {
     let t = DsLite::start(&[]).unwrap();
@@ -407,7 +403,7 @@ fn aftr_shows_as_192_0_0_1() {
     assert_eq!(t.aftr.counter("icmp_echo_answered"), 2);
 }
 
-/// Filtering (item 21): after hostA -> S1, a datagram from S2 to hostA's mapping is delivered
+/// Filtering (RFC 4787 REQ-8): after hostA -> S1, a datagram from S2 to hostA's mapping is delivered
 /// under endpoint-independent filtering and dropped under address-dependent filtering.
 #[test]
 fn endpoint_independent_vs_address_dependent_filtering() {
@@ -436,7 +432,7 @@ fn endpoint_independent_vs_address_dependent_filtering() {
     }
 }
 
-/// ICMP errors from the internet reach the host (items 38-39): a UDP datagram to a closed
+/// ICMP errors from the internet reach the host (RFC 5508 REQ-4, REQ-5): a UDP datagram to a closed
 /// server port brings back a port unreachable quoting the host's own private address and
 /// port (the host's kernel matches it to the socket, which sees the error), and a probe
 /// whose TTL runs out on an internet-side router gets that router's Time Exceeded.

@@ -36,7 +36,6 @@ use std::{
     time::Instant,
 };
 
-use aya::{programs::Xdp, TestRun as _, TestRunOptions};
 use dslite_common::{
     counters::CounterKind,
     maps::{NatInKey, NatInValue, NatOutKey, NatOutValue},
@@ -58,8 +57,6 @@ const DEFAULT_ITERATIONS: [usize; 2] = [200_000, 50_000];
 /// Kinds of unexpected finding after which a run stops (the report stays readable).
 const MAX_FINDINGS: usize = 16;
 
-const HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
-const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 const AFTR_V4: [u8; 4] = [192, 0, 0, 1];
 /// The AFTR rig's address on its internet side.
 const AFTR_OWN_V4: [u8; 4] = [203, 0, 113, 1];
@@ -354,13 +351,6 @@ struct Seed {
     frame: Vec<u8>,
 }
 
-fn b4a() -> Ipv6Addr {
-    B4A.parse().unwrap()
-}
-fn aftr() -> Ipv6Addr {
-    AFTR_ADDR.parse().unwrap()
-}
-
 fn bytes_of<T: Copy>(t: &T) -> Vec<u8> {
     // SAFETY: the map layouts are repr(C) with explicit padding fields: every byte is
     // initialised.
@@ -465,30 +455,9 @@ impl<'a> Campaign<'a> {
     }
 
     fn run_frame(&self, iface: &str, frame: &[u8]) -> Result<(u32, Vec<u8>), String> {
-        let prog: &Xdp = self
-            .rig
-            .ebpf
-            .program(self.program)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        // Room for everything a program may prepend: IPv6 (40) and the slow-path meta (16).
-        let mut out = vec![0u8; frame.len() + 256];
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress.
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&self.rig.ifindex[iface].to_ne_bytes());
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                repeat: 1,
-                ..Default::default()
-            })
-            .map_err(|e| format!("BPF_PROG_TEST_RUN: {e}"))?;
-        out.truncate(r.data_size_out as usize);
-        Ok((r.return_value, out))
+        self.rig
+            .run_prog(self.program, iface, frame)
+            .map_err(|e| format!("BPF_PROG_TEST_RUN: {e}"))
     }
 
     /// Run one frame and judge what came out.
@@ -1327,14 +1296,7 @@ fn b4_seeds(c: &Campaign) -> Vec<Seed> {
         HOST.octets(),
         &udp4(HOST, SERVER, 5000, 7777, 63, b"up"),
     );
-    let native = packets::ipv6(
-        "2001:db8:f::1".parse().unwrap(),
-        b4a(),
-        58,
-        &[],
-        &[128, 0, 0, 0, 0, 1, 0, 1],
-        64,
-    );
+    let native = native_v6_to_b4a();
     let frag = packets::fragment_v6(
         aftr(),
         b4a(),

@@ -7,42 +7,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use dslite_common::maps::{AftrConfig, Slot, SlotKey};
 use dslite_tests::{
     fixture::*,
-    packets::{self, eth, softwire, udp4},
+    packets::{self, eth, udp4},
 };
-
-const HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
-const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
-
-fn b4(last: u16) -> Ipv6Addr {
-    Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, last)
-}
-fn aftr() -> Ipv6Addr {
-    AFTR_ADDR.parse().unwrap()
-}
-
-fn from_b4_on(rig: &Rig, iface: &str, b4: Ipv6Addr, inner: &[u8]) -> Vec<u8> {
-    eth(
-        rig.mac(iface),
-        ROUTER_MAC,
-        packets::ETH_P_IPV6,
-        &softwire(b4, aftr(), inner, &[]),
-    )
-}
-fn from_b4(rig: &Rig, b4: Ipv6Addr, inner: &[u8]) -> Vec<u8> {
-    from_b4_on(rig, "tun", b4, inner)
-}
-fn from_internet(rig: &Rig, ip: &[u8]) -> Vec<u8> {
-    eth(rig.mac("inet"), SERVER_MAC, packets::ETH_P_IP, ip)
-}
-
-/// The outside (address, port) of a translated IPv4 frame.
-fn outside_of(out: &[u8]) -> (Ipv4Addr, u16) {
-    let ip = &out[14..];
-    (
-        Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
-        u16::from_be_bytes([ip[20], ip[21]]),
-    )
-}
 
 /// True when the frame went on to the internet (IPv4 out), not back down a softwire (an
 /// ICMP refusal is IPv6 out).
@@ -82,6 +48,7 @@ fn a_subscriber_rotating_addresses_gains_nothing() {
                         rig,
                         b4(0x100 + i),
                         &udp4(HOST, SERVER, 5000, 7777, 64, b"x"),
+                        &[],
                     ),
                 );
                 assert!(forwarded(v, &out));
@@ -93,6 +60,7 @@ fn a_subscriber_rotating_addresses_gains_nothing() {
                         rig,
                         b4(0x100 + i),
                         &udp4(HOST, SERVER, 5000, 7777, 64, b"x"),
+                        &[],
                     ),
                 );
                 assert!(!forwarded(v, &out), "address {i} of the same /56");
@@ -129,6 +97,7 @@ fn the_port_quota_belongs_to_the_prefix() {
                         rig,
                         b4(i + 1),
                         &udp4(HOST, SERVER, 6000 + 2 * i, 7777, 64, b"x"),
+                        &[],
                     ),
                 );
                 ok += forwarded(v, &out) as usize;
@@ -161,10 +130,10 @@ fn packets_on_the_wrong_interface_are_dropped() {
             c.internet_ifindex = inet;
         });
         let inner = udp4(HOST, SERVER, 5000, 7777, 64, b"x");
-        let (v, _) = rig.run("inet", &from_b4_on(rig, "inet", b4(2), &inner));
+        let (v, _) = rig.run("inet", &from_b4_on(rig, "inet", b4(2), &inner, &[]));
         assert_eq!(v, XDP_DROP);
         assert_eq!(rig.counter("drop_wrong_interface"), 1);
-        let (v, out) = rig.run("tun", &from_b4(rig, b4(2), &inner));
+        let (v, out) = rig.run("tun", &from_b4(rig, b4(2), &inner, &[]));
         assert_eq!(v, XDP_REDIRECT);
         let (addr, port) = outside_of(&out);
         let reply = udp4(SERVER, addr, 7777, port, 64, b"y");
@@ -188,14 +157,20 @@ fn the_aftr_hosts_own_addresses_are_no_b4() {
         )
         .unwrap();
         let inner = udp4(HOST, SERVER, 5000, 7777, 64, b"x");
-        assert_eq!(rig.run("tun", &from_b4(rig, own, &inner)).0, XDP_DROP);
+        assert_eq!(rig.run("tun", &from_b4(rig, own, &inner, &[])).0, XDP_DROP);
         assert_eq!(rig.counter("drop_b4_source_local"), 1);
         assert_eq!(mappings(rig), 0);
-        assert_eq!(rig.run("tun", &from_b4(rig, b4(2), &inner)).0, XDP_REDIRECT);
+        assert_eq!(
+            rig.run("tun", &from_b4(rig, b4(2), &inner, &[])).0,
+            XDP_REDIRECT
+        );
         // The host lost the address: the deny goes, the prefix still allows it.
         dslite_user::dataplane::sync_local_b4_denies(&rig.pin, &[], &aftr_settings().b4_prefixes)
             .unwrap();
-        assert_eq!(rig.run("tun", &from_b4(rig, own, &inner)).0, XDP_REDIRECT);
+        assert_eq!(
+            rig.run("tun", &from_b4(rig, own, &inner, &[])).0,
+            XDP_REDIRECT
+        );
     });
 }
 
@@ -228,7 +203,7 @@ fn denied_destinations_are_dropped_before_any_mapping() {
             for (i, d) in denied.iter().enumerate() {
                 let inner = udp4(HOST, *d, 5000 + i as u16, 53, 64, b"x");
                 assert_eq!(
-                    rig.run("tun", &from_b4(rig, b4(2), &inner)).0,
+                    rig.run("tun", &from_b4(rig, b4(2), &inner, &[])).0,
                     XDP_DROP,
                     "{d}"
                 );
@@ -236,9 +211,15 @@ fn denied_destinations_are_dropped_before_any_mapping() {
             assert_eq!(rig.counter("drop_denied_destination"), denied.len() as u64);
             assert_eq!(mappings(rig), 0);
             let echo = packets::icmp4_echo(HOST, Ipv4Addr::new(192, 0, 0, 1), 7, 1, 64, false);
-            assert_eq!(rig.run("tun", &from_b4(rig, b4(2), &echo)).0, XDP_REDIRECT);
+            assert_eq!(
+                rig.run("tun", &from_b4(rig, b4(2), &echo, &[])).0,
+                XDP_REDIRECT
+            );
             let ok = udp4(HOST, SERVER, 5100, 53, 64, b"x");
-            assert_eq!(rig.run("tun", &from_b4(rig, b4(2), &ok)).0, XDP_REDIRECT);
+            assert_eq!(
+                rig.run("tun", &from_b4(rig, b4(2), &ok, &[])).0,
+                XDP_REDIRECT
+            );
         },
     );
 }
@@ -272,7 +253,12 @@ fn outsiders_cannot_flip_tcp_state() {
     with_aftr(|rig| {
         let (v, out) = rig.run(
             "tun",
-            &from_b4(rig, b4(2), &packets::tcp4_syn(HOST, SERVER, 40000, 80, 64)),
+            &from_b4(
+                rig,
+                b4(2),
+                &packets::tcp4_syn(HOST, SERVER, 40000, 80, 64),
+                &[],
+            ),
         );
         assert_eq!(v, XDP_REDIRECT);
         let (addr, port) = outside_of(&out);
@@ -295,11 +281,11 @@ fn outsiders_cannot_flip_tcp_state() {
             "inbound alone does not establish"
         );
         let ack = packets::tcp4_flags(HOST, SERVER, 40000, 80, 64, 0x10);
-        let _ = rig.run("tun", &from_b4(rig, b4(2), &ack));
+        let _ = rig.run("tun", &from_b4(rig, b4(2), &ack, &[]));
         assert_eq!(tcp_state(rig, 40000), "established");
         let _ = rig.run("inet", &from_internet(rig, &inbound(0x04)));
         assert_eq!(tcp_state(rig, 40000), "reset", "a RST: transitory for now");
-        let _ = rig.run("tun", &from_b4(rig, b4(2), &ack));
+        let _ = rig.run("tun", &from_b4(rig, b4(2), &ack, &[]));
         assert_eq!(
             tcp_state(rig, 40000),
             "established",
@@ -328,22 +314,22 @@ fn hairpinning_is_filtered_like_the_internet() {
             let b = b4(3);
             let (_, out) = rig.run(
                 "tun",
-                &from_b4(rig, a, &udp4(HOST, SERVER, 5000, 7777, 64, b"a")),
+                &from_b4(rig, a, &udp4(HOST, SERVER, 5000, 7777, 64, b"a"), &[]),
             );
             let (a_addr, a_port) = outside_of(&out);
             let (_, out) = rig.run(
                 "tun",
-                &from_b4(rig, b, &udp4(HOST, SERVER, 5001, 7777, 64, b"b")),
+                &from_b4(rig, b, &udp4(HOST, SERVER, 5001, 7777, 64, b"b"), &[]),
             );
             let (b_addr, b_port) = outside_of(&out);
             let to_a = udp4(HOST, a_addr, 5001, a_port, 64, b"hi");
-            assert_eq!(rig.run("tun", &from_b4(rig, b, &to_a)).0, XDP_DROP);
+            assert_eq!(rig.run("tun", &from_b4(rig, b, &to_a, &[])).0, XDP_DROP);
             assert_eq!(rig.counter("drop_filtered"), 1);
             // A sends to B's outside endpoint first (which B's filter refuses, as A is new to
             // B); then B's packets reach A.
             let to_b = udp4(HOST, b_addr, 5000, b_port, 64, b"hello");
-            let _ = rig.run("tun", &from_b4(rig, a, &to_b));
-            assert_eq!(rig.run("tun", &from_b4(rig, b, &to_a)).0, XDP_REDIRECT);
+            let _ = rig.run("tun", &from_b4(rig, a, &to_b, &[]));
+            assert_eq!(rig.run("tun", &from_b4(rig, b, &to_a, &[])).0, XDP_REDIRECT);
             assert!(rig.counter("hairpin_packets") >= 1);
         },
     );
@@ -360,7 +346,10 @@ fn one_mapping_cannot_fill_the_peer_table() {
         |rig| {
             for i in 0..5u16 {
                 let inner = udp4(HOST, SERVER, 5000, 7770 + i, 64, b"x");
-                assert_eq!(rig.run("tun", &from_b4(rig, b4(2), &inner)).0, XDP_REDIRECT);
+                assert_eq!(
+                    rig.run("tun", &from_b4(rig, b4(2), &inner, &[])).0,
+                    XDP_REDIRECT
+                );
             }
             let peers: aya::maps::HashMap<_, dslite_common::maps::PeerKey, u64> =
                 aya::maps::HashMap::try_from(rig.ebpf.map("PEERS").unwrap()).unwrap();
@@ -377,7 +366,7 @@ fn icmp_errors_about_nothing_of_ours_are_dropped() {
     with_aftr(|rig| {
         let (_, out) = rig.run(
             "tun",
-            &from_b4(rig, b4(2), &udp4(HOST, SERVER, 5000, 7777, 64, b"x")),
+            &from_b4(rig, b4(2), &udp4(HOST, SERVER, 5000, 7777, 64, b"x"), &[]),
         );
         let (addr, port) = outside_of(&out);
         let quoted = udp4(addr, SERVER, port, 7777, 63, b"x");
@@ -446,13 +435,13 @@ fn the_last_free_block_is_found() {
             let mut ok = 0;
             for i in 0..60u16 {
                 let inner = udp4(HOST, SERVER, 5000, 7777, 64, b"x");
-                let (v, out) = rig.run("tun", &from_b4(rig, b4(0x1000 + i), &inner));
+                let (v, out) = rig.run("tun", &from_b4(rig, b4(0x1000 + i), &inner, &[]));
                 ok += forwarded(v, &out) as usize;
             }
             assert_eq!(ok, 60, "every block found: {:?}", rig.counters());
             assert_eq!(rig.counter("drop_pool_exhausted"), 0);
             let inner = udp4(HOST, SERVER, 5000, 7777, 64, b"x");
-            let (v, out) = rig.run("tun", &from_b4(rig, b4(0x2000), &inner));
+            let (v, out) = rig.run("tun", &from_b4(rig, b4(0x2000), &inner, &[]));
             assert!(!forwarded(v, &out), "no block left");
             assert_eq!(rig.counter("drop_pool_exhausted"), 1);
         },
@@ -468,7 +457,7 @@ fn a_subscriber_takes_its_held_block_back() {
             sweep::{monotonic_ns, Sweeper},
         };
         let inner = udp4(HOST, SERVER, 5000, 7777, 64, b"x");
-        let (_, out) = rig.run("tun", &from_b4(rig, b4(2), &inner));
+        let (_, out) = rig.run("tun", &from_b4(rig, b4(2), &inner, &[]));
         let (addr, port) = outside_of(&out);
         let cfg = dslite_user::dataplane::aftr_config(&aftr_settings(), 0);
         let mut sw = Sweeper::open(&rig.pin, cfg, Timeouts::default()).unwrap();
@@ -478,7 +467,7 @@ fn a_subscriber_takes_its_held_block_back() {
         // Another address of the same /56 comes back within the hold-down.
         let (v, out) = rig.run(
             "tun",
-            &from_b4(rig, b4(3), &udp4(HOST, SERVER, 5002, 7777, 64, b"x")),
+            &from_b4(rig, b4(3), &udp4(HOST, SERVER, 5002, 7777, 64, b"x"), &[]),
         );
         assert_eq!(v, XDP_REDIRECT);
         let (addr2, port2) = outside_of(&out);

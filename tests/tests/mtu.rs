@@ -1,8 +1,9 @@
-//! End-to-end, issue 3/5: MTU, fragments and the slow path, on the veth topology with real
-//! XDP and real traffic (rfc-checklist.md items 4, 10-16, 42).
+//! End-to-end: MTU, fragments and the slow path, on the veth topology with real XDP and real
+//! traffic (RFC 6333 §5.3, §5.7, §6.3; RFC 6908; RFC 4787 REQ-13, REQ-14; RFC 6864 §5.3.1;
+//! RFC 2473 §8).
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     time::Duration,
 };
 
@@ -12,10 +13,6 @@ use dslite_tests::{
     topo::*,
     traffic::*,
 };
-
-fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
-}
 
 fn payload(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -42,7 +39,7 @@ fn at_least(ctl: &dslite_tests::ctl::Controller, name: &str, min: u64) -> u64 {
 
 /// IPv6 links of 1500 bytes: a 1500-byte DF=1 datagram goes host -> server and back intact.
 /// Each way the encapsulating element sends IPv6 fragments (the inner packet is never
-/// fragmented, items 10-11) and the other reassembles them before decapsulating (12).
+/// fragmented, RFC 6333 §5.3, §6.3) and the other reassembles them before decapsulating (RFC 6333 §5.3/§6.3).
 #[test]
 fn large_df_datagrams_cross_a_1500_byte_ipv6_link_both_ways() {
     let t = DsLite::start_with(Options {
@@ -88,7 +85,7 @@ fn large_df_datagrams_cross_a_1500_byte_ipv6_link_both_ways() {
 /// A 1280-byte link between the router and the AFTR behind 1500-byte access links: the
 /// router's Packet Too Big lowers the B4's path MTU (the kernel learns it through the slow
 /// path's socket, and XDP's FIB lookups see it), the host hears a "fragmentation needed"
-/// relayed from 192.0.0.2, and 1500-byte datagrams get through both ways (items 10-12, 42).
+/// relayed from 192.0.0.2, and 1500-byte datagrams get through both ways (RFC 6333 §5.3, §6.3; RFC 2473 §8).
 #[test]
 fn a_1280_byte_core_link_is_learned_from_packet_too_big() {
     let t = DsLite::start_with(Options {
@@ -115,7 +112,7 @@ fn a_1280_byte_core_link_is_learned_from_packet_too_big() {
 }
 
 /// Bulk TCP each way with MSS clamping off, so every full-sized segment crosses the 1500-byte
-/// IPv6 links as IPv6 fragments: every byte arrives, verified (items 10-12).
+/// IPv6 links as IPv6 fragments: every byte arrives, verified (RFC 6333 §5.3, §6.3).
 #[test]
 fn bulk_tcp_each_way_through_ipv6_fragments() {
     let t = DsLite::start_with(Options {
@@ -145,7 +142,7 @@ fn bulk_tcp_each_way_through_ipv6_fragments() {
 }
 
 /// With clamping on (the default), the server sees the SYN's MSS fitted to the tunnel over
-/// a 1500-byte IPv6 link: 1500 - 40 - 20 - 20 = 1420 (item 13).
+/// a 1500-byte IPv6 link: 1500 - 40 - 20 - 20 = 1420 (RFC 6908, RFC 8513).
 #[test]
 fn the_server_sees_the_clamped_mss() {
     let t = DsLite::start_with(Options {
@@ -170,7 +167,7 @@ fn the_server_sees_the_clamped_mss() {
 /// Softwire packets crafted as IPv6 fragments and sent from the router to the AFTR: in
 /// order, reversed and duplicated each give exactly one translated datagram; overlapping
 /// (RFC 5722) and incomplete chains give none, and are counted as failed and timed out.
-/// Reversed fragments toward a B4 reach the host (item 12).
+/// Reversed fragments toward a B4 reach the host (RFC 6333 §5.3/§6.3).
 #[test]
 fn crafted_ipv6_fragments_are_reassembled_exactly_once() {
     let t = DsLite::start(&["--reassembly-timeout", "1"]).unwrap();
@@ -184,14 +181,34 @@ fn crafted_ipv6_fragments_are_reassembled_exactly_once() {
             .map(|f| eth(aftr_mac, router_mac, packets::ETH_P_IPV6, &f))
             .collect()
     };
-    let cases: [(&str, usize); 5] = [
-        ("in order", 1),
-        ("reversed", 1),
-        ("duplicated", 1),
-        ("overlapping", 0),
-        ("incomplete", 0),
+    /// A way to send the three fragments, and how many datagrams the server gets.
+    struct Case {
+        what: &'static str,
+        want: usize,
+    }
+    let cases = [
+        Case {
+            what: "in order",
+            want: 1,
+        },
+        Case {
+            what: "reversed",
+            want: 1,
+        },
+        Case {
+            what: "duplicated",
+            want: 1,
+        },
+        Case {
+            what: "overlapping",
+            want: 0,
+        },
+        Case {
+            what: "incomplete",
+            want: 0,
+        },
     ];
-    for (i, (what, want)) in cases.iter().enumerate() {
+    for (i, Case { what, want }) in cases.iter().enumerate() {
         let port = 7001 + i as u16;
         let inner = udp4(HOST_ADDR, SERVER1, 6001 + i as u16, port, 64, &data);
         let mut frags = packets::fragment_v6(b4, aftr_addr(), 4, &inner, 400, 0x100 + i as u32);
@@ -253,7 +270,7 @@ fn crafted_ipv6_fragments_are_reassembled_exactly_once() {
     assert!(t.b4a.counter_at_least("slow_v6_reassembled", 1) >= 1);
 }
 
-/// IPv4 fragments through the NAT (items 15-16): hostA and hostB, both 192.168.1.10, send
+/// IPv4 fragments through the NAT (RFC 4787 REQ-14; RFC 6864 §5.3.1): hostA and hostB, both 192.168.1.10, send
 /// fragmented datagrams with the same IP ID at the same time, one of them out of order;
 /// the server gets both, intact and apart. The server's reply, fragmented and reversed,
 /// reaches hostA whole (through IPv6 fragmentation and the B4's own fragmenting).
@@ -318,7 +335,7 @@ fn ipv4_fragments_through_the_nat_both_ways() {
     );
 }
 
-/// Toward an internet link of 1400 bytes (item 14): DF=1 and 1500 bytes gets an ICMP 3/4
+/// Toward an internet link of 1400 bytes (RFC 4787 REQ-13): DF=1 and 1500 bytes gets an ICMP 3/4
 /// with MTU 1400, which the host's kernel takes as its path MTU; DF=0 is fragmented by the
 /// AFTR and the server reassembles it.
 #[test]
@@ -352,7 +369,7 @@ fn too_big_toward_the_internet() {
 }
 
 /// ICMPv6 errors about softwire packets reach the host as ICMPv4 from the B4's 192.0.0.2
-/// (item 42): "no route" from the router becomes host unreachable, and a routing loop's
+/// (RFC 2473 §8): "no route" from the router becomes host unreachable, and a routing loop's
 /// "hop limit exceeded" becomes time exceeded.
 #[test]
 fn icmpv6_errors_are_relayed_to_the_host() {
@@ -382,7 +399,7 @@ fn icmpv6_errors_are_relayed_to_the_host() {
     assert!(t.b4a.counter_at_least("slow_icmp6_relayed", 2) >= 2);
 }
 
-/// The AFTR relays ICMPv6 errors about what it sent down a softwire too (item 42): with no
+/// The AFTR relays ICMPv6 errors about what it sent down a softwire too (RFC 2473 §8): with no
 /// route to hostA's B4, the server's datagram to hostA's mapping comes back as an ICMPv4
 /// host unreachable from hostA's public address, translated by the same XDP code as any
 /// host's ICMP error.
@@ -414,7 +431,7 @@ fn the_aftr_relays_icmpv6_errors_to_the_internet() {
     assert!(t.aftr.counter("icmp_error_translated") >= 1);
 }
 
-/// The B4 router's own IPv4 (RFC 6333 §5.7, item 4) uses the softwire from 192.0.0.2: the
+/// The B4 router's own IPv4 (RFC 6333 §5.7) uses the softwire from 192.0.0.2: the
 /// B4's namespace has no IPv4 route of its own, yet it pings the server, and the AFTR maps
 /// 192.0.0.2 like any inside host.
 #[test]

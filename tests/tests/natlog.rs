@@ -2,18 +2,13 @@
 //! leaves in the log.
 
 use std::{
-    net::SocketAddrV4,
     os::unix::net::UnixDatagram,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
-use dslite_tests::{observe::*, topo::*, traffic::*};
+use dslite_tests::{fixture::b4, observe::*, topo::*, traffic::*};
 use dslite_user::{config::AftrSettings, natlog::Limit};
-
-fn sa(ip: std::net::Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip, port)
-}
 
 /// The subscriber (its /56, RFC 7785) that refusals and blocks are logged under.
 fn subscriber(b4: std::net::Ipv6Addr) -> std::net::Ipv6Addr {
@@ -165,25 +160,8 @@ fn a_stalled_syslog_and_an_absent_collector_cost_counted_losses_not_the_controll
     // whois names nobody after the stop.
     let now = dslite_user::natlog::rfc3339_ms(dslite_user::natlog::now_unix_ms());
     let last = seen[0];
-    let out = std::process::Command::new(dslite_tests::dslite_bin())
-        .args([
-            "whois",
-            &last.to_string(),
-            "--at",
-            &now,
-            "--json",
-            "--nat-log",
-        ])
-        .arg(&log)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["holders"], serde_json::json!([]), "{v}");
+    let holders = whois(last, &now, &[log.as_path()]);
+    assert!(holders.is_empty(), "{holders:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -216,10 +194,6 @@ fn refusal_records(
     assert!(sw.sweep(monotonic_ns()).unwrap().records.is_empty());
     send();
     sw.sweep(monotonic_ns()).unwrap().records
-}
-
-fn b4(last: u16) -> std::net::Ipv6Addr {
-    std::net::Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, last)
 }
 
 /// Each kind of refusal XDP makes reaches the NAT log as what it was (RFC 8158 §4): the

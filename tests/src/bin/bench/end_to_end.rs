@@ -1,0 +1,311 @@
+//! End to end: dslite on the veth topology against the kernel's forwarding and NAT, with real
+//! frames from an AF_PACKET generator.
+
+use std::time::Instant;
+
+use dslite_tests::{
+    netns::Netns,
+    packets::{self, eth, udp4},
+    topo,
+};
+
+/// Frame sizes: 64 bytes, 1500-byte IPv4 (1514 on the wire), and IMIX 7:4:1 of 64, 576, 1500.
+const SIZES: &[(&str, &[(usize, u32)])] = &[
+    ("64 B", &[(64, 1)]),
+    ("IMIX", &[(64, 7), (590, 4), (1514, 1)]),
+    ("1500 B", &[(1514, 1)]),
+];
+/// Frames per size and system.
+const FRAMES: u32 = 400_000;
+
+/// Send `count` copies of `frame` out of `ifname` in `ns` as fast as one core can: an
+/// AF_PACKET socket bypassing the qdisc, 64 frames per `sendmmsg`. (BPF_PROG_TEST_RUN's
+/// live-frames mode transmitted only its first batch into a veth whose peer runs XDP here.)
+/// Returns the seconds it took.
+fn generate(ns: &Netns, ifname: &str, frame: Vec<u8>, count: u32) -> f64 {
+    let ifname = ifname.to_string();
+    ns.run(move || {
+        // SAFETY: plain socket calls on a local fd; the iovecs and headers point into `frame`
+        // and `msgs`, which outlive every sendmmsg call.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(fd >= 0, "AF_PACKET socket");
+            let one: libc::c_int = 1;
+            libc::setsockopt(
+                fd,
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                (&one as *const libc::c_int).cast(),
+                4,
+            );
+            let c = std::ffi::CString::new(ifname).unwrap();
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_ifindex = libc::if_nametoindex(c.as_ptr()) as i32;
+            sll.sll_halen = 6;
+            sll.sll_addr[..6].copy_from_slice(&frame[..6]);
+            let mut iov = libc::iovec {
+                iov_base: frame.as_ptr() as *mut _,
+                iov_len: frame.len(),
+            };
+            let mut msgs: Vec<libc::mmsghdr> = (0..64)
+                .map(|_| {
+                    let mut m: libc::mmsghdr = std::mem::zeroed();
+                    m.msg_hdr.msg_name = (&mut sll as *mut libc::sockaddr_ll).cast();
+                    m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                    m.msg_hdr.msg_iov = &mut iov;
+                    m.msg_hdr.msg_iovlen = 1;
+                    m
+                })
+                .collect();
+            let t0 = Instant::now();
+            let mut left = count as usize;
+            while left > 0 {
+                let n = left.min(64);
+                let sent = libc::sendmmsg(fd, msgs.as_mut_ptr(), n as u32, 0);
+                if sent > 0 {
+                    left -= sent as usize;
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+            let secs = t0.elapsed().as_secs_f64();
+            libc::close(fd);
+            secs
+        }
+    })
+    .join()
+    .unwrap()
+}
+
+/// Packets received by `ifname` in `ns` (/proc/net/dev of that namespace).
+fn rx_packets(ns: &Netns, ifname: &str) -> u64 {
+    let ifname = format!("{ifname}:");
+    ns.run(move || {
+        let t = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
+        t.lines()
+            .find_map(|l| l.trim_start().strip_prefix(ifname.as_str()))
+            .and_then(|r| r.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    })
+    .join()
+    .unwrap()
+}
+
+/// A UDP frame of `len` bytes on the wire from the host (192.168.1.10) to the server's
+/// discard port, addressed to the next hop's MAC.
+fn host_frame(len: usize, host_mac: [u8; 6], next_mac: [u8; 6]) -> Vec<u8> {
+    let ip = udp4(
+        topo::HOST_ADDR,
+        topo::SERVER1,
+        5000,
+        9,
+        64,
+        &vec![0u8; len - 14 - 28],
+    );
+    eth(next_mac, host_mac, packets::ETH_P_IP, &ip)
+}
+
+/// Delivered packets per second for each size, from `host` (eth0, next hop `next_mac`) to
+/// `server` (eth0).
+fn measure(host: &Netns, server: &Netns, next_mac: [u8; 6]) -> Vec<(String, f64, f64, f64)> {
+    let host_mac = host.mac_of("eth0").unwrap();
+    // Resolve every neighbour on the way first (a few packets, then a pause).
+    generate(host, "eth0", host_frame(64, host_mac, next_mac), 50);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut out = Vec::new();
+    for (name, mix) in SIZES {
+        let parts: u32 = mix.iter().map(|m| m.1).sum();
+        let before = rx_packets(server, "eth0");
+        let (mut secs, mut sent, mut bytes) = (0.0, 0u64, 0u64);
+        for (len, share) in *mix {
+            let n = FRAMES / parts * share;
+            secs += generate(host, "eth0", host_frame(*len, host_mac, next_mac), n);
+            sent += n as u64;
+            bytes += n as u64 * *len as u64;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let got = rx_packets(server, "eth0") - before;
+        let pps = got as f64 / secs;
+        let bps = pps * (bytes as f64 / sent as f64) * 8.0;
+        out.push((name.to_string(), pps, bps, got as f64 / sent as f64));
+    }
+    out
+}
+
+/// The same chain of namespaces, IPv4 only, forwarded by the kernel, with nftables
+/// masquerade where the AFTR would be: what users would run instead.
+struct KernelNat {
+    host: Netns,
+    server: Netns,
+    _others: Vec<Netns>,
+    first_hop_mac: [u8; 6],
+}
+
+fn kernel_nat() -> KernelNat {
+    let ns: Vec<Netns> = ["kh", "kb", "kr", "ka", "ks"]
+        .iter()
+        .map(|t| Netns::new(&dslite_tests::unique(t)).unwrap())
+        .collect();
+    let ip = |n: &Netns, args: &str| n.ip(&args.split_whitespace().collect::<Vec<_>>()).unwrap();
+    let link = |a: &Netns, an: &str, b: &Netns, bn: &str| {
+        ip(
+            a,
+            &format!(
+                "link add name {an} type veth peer name {bn} netns {}",
+                b.name
+            ),
+        );
+        ip(a, &format!("link set {an} up"));
+        ip(b, &format!("link set {bn} up"));
+    };
+    let (h, b, r, a, s) = (&ns[0], &ns[1], &ns[2], &ns[3], &ns[4]);
+    link(h, "eth0", b, "lan");
+    link(b, "wan", r, "to-b");
+    link(r, "to-a", a, "tun");
+    link(a, "inet", s, "eth0");
+    ip(h, "addr add 192.168.1.10/24 dev eth0");
+    ip(h, "route add default via 192.168.1.1");
+    ip(b, "addr add 192.168.1.1/24 dev lan");
+    ip(b, "addr add 10.1.0.1/30 dev wan");
+    ip(b, "route add default via 10.1.0.2");
+    ip(r, "addr add 10.1.0.2/30 dev to-b");
+    ip(r, "addr add 10.2.0.1/30 dev to-a");
+    ip(r, "route add default via 10.2.0.2");
+    ip(r, "route add 192.168.1.0/24 via 10.1.0.1");
+    ip(a, "addr add 10.2.0.2/30 dev tun");
+    ip(a, "addr add 203.0.113.1/24 dev inet");
+    ip(a, "route add 192.168.1.0/24 via 10.2.0.1");
+    ip(s, "addr add 203.0.113.2/24 dev eth0");
+    for n in [b, r, a] {
+        n.sysctl("net.ipv4.ip_forward", "1").unwrap();
+        n.sysctl("net.ipv4.conf.all.rp_filter", "0").unwrap();
+    }
+    let nft = |n: &Netns, rules: &'static str| {
+        n.run(move || {
+            let mut c = std::process::Command::new("nft")
+                .arg("-f")
+                .arg("-")
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .expect("nft");
+            use std::io::Write as _;
+            c.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
+            assert!(c.wait().unwrap().success(), "nft rules");
+        })
+        .join()
+        .unwrap()
+    };
+    nft(
+        a,
+        "table ip nat {\n  chain post {\n    type nat hook postrouting priority 100;\n    oifname \"inet\" masquerade\n  }\n}\n",
+    );
+    let first_hop_mac = b.mac_of("lan").unwrap();
+    let mut it = ns.into_iter();
+    let host = it.next().unwrap();
+    let mut others: Vec<Netns> = it.collect();
+    let server = others.pop().unwrap();
+    KernelNat {
+        host,
+        server,
+        _others: others,
+        first_hop_mac,
+    }
+}
+
+/// (run time ns, runs) summed over every loaded program named `name` (kernel BPF stats).
+fn prog_stats(name: &str) -> (u64, u64) {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut t = (0, 0);
+    for p in v.as_array().into_iter().flatten() {
+        if p["name"] == name {
+            t.0 += p["run_time_ns"].as_u64().unwrap_or(0);
+            t.1 += p["run_cnt"].as_u64().unwrap_or(0);
+        }
+    }
+    t
+}
+
+/// The dslite topology against the kernel's IPv4 forwarding and nftables masquerade on the
+/// same chain of namespaces: delivered packets per second per frame size, and the programs'
+/// in-situ cost (bpf_stats). Prints its table; returns its JSON.
+pub fn run() -> serde_json::Value {
+    println!("end to end: dslite topology");
+    let mode = std::env::var("DSLITE_BENCH_XDP_MODE").unwrap_or_else(|_| "native".into());
+    let t = topo::DsLite::start_with(topo::Options {
+        aftr_extra: &["--xdp-mode", &mode],
+        b4_extra: &["--xdp-mode", &mode],
+        ..Default::default()
+    })
+    .unwrap();
+    // Real traffic first, so every element has resolved its next hop (XDP hands packets
+    // without a neighbour entry to the kernel, which resolves it for later ones).
+    let _echo = dslite_tests::traffic::udp_echo_server(
+        &t.server,
+        std::net::SocketAddrV4::new(topo::SERVER1, 7777),
+    );
+    dslite_tests::traffic::udp_request(
+        &t.a.host,
+        std::net::SocketAddrV4::new(topo::HOST_ADDR, 5000),
+        std::net::SocketAddrV4::new(topo::SERVER1, 7777),
+        "warm-up",
+    )
+    .unwrap();
+    let lan_mac = t.a.b4.mac_of("lan").unwrap();
+    // The kernel's own accounting of our programs on this real traffic (bpf_stats).
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").unwrap();
+    let (b0, a0) = (prog_stats("dslite_b4"), prog_stats("dslite_aftr"));
+    let dslite = measure(&t.a.host, &t.server, lan_mac);
+    let (b1, a1) = (prog_stats("dslite_b4"), prog_stats("dslite_aftr"));
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0").unwrap();
+    let in_situ =
+        |(t0, n0): (u64, u64), (t1, n1): (u64, u64)| (t1 - t0) as f64 / (n1 - n0).max(1) as f64;
+    let (b4_ns, aftr_ns) = (in_situ(b0, b1), in_situ(a0, a1));
+    let created = t.aftr.counter("nat_mapping_created");
+    drop(t);
+    println!("end to end: kernel IPv4 forwarding + nftables masquerade");
+    let k = kernel_nat();
+    let kernel = measure(&k.host, &k.server, k.first_hop_mac);
+    println!(
+        "\nEnd to end, one UDP flow, host -> server ({FRAMES} frames per size; one core does it all)"
+    );
+    println!(
+        "{:<8} {:>14} {:>10} {:>9} {:>14} {:>10} {:>9} {:>7}",
+        "size", "dslite pps", "Mbit/s", "deliv.", "kernel pps", "Mbit/s", "deliv.", "ratio"
+    );
+    let mut rows = Vec::new();
+    for (d, k) in dslite.iter().zip(&kernel) {
+        println!(
+            "{:<8} {:>14.0} {:>10.0} {:>8.0}% {:>14.0} {:>10.0} {:>8.0}% {:>7.2}",
+            d.0,
+            d.1,
+            d.2 / 1e6,
+            d.3 * 100.0,
+            k.1,
+            k.2 / 1e6,
+            k.3 * 100.0,
+            d.1 / k.1.max(1.0)
+        );
+        rows.push(serde_json::json!({
+            "size": d.0,
+            "dslite_pps": d.1, "dslite_bps": d.2, "dslite_delivered": d.3,
+            "kernel_pps": k.1, "kernel_bps": k.2, "kernel_delivered": k.3,
+            "ratio": d.1 / k.1.max(1.0),
+        }));
+    }
+    let per_packet_ns = 1e9 / dslite[0].1.max(1.0);
+    println!(
+        "in situ (kernel bpf_stats, all sizes): dslite_b4 {b4_ns:.0} ns and dslite_aftr {aftr_ns:.0} ns per packet; end to end {per_packet_ns:.0} ns per 64 B packet"
+    );
+    serde_json::json!({
+        "frames_per_size": FRAMES,
+        "dslite_mappings_created": created,
+        "in_situ_ns": { "dslite_b4": b4_ns, "dslite_aftr": aftr_ns, "end_to_end_per_64b_packet": per_packet_ns },
+        "rows": rows,
+    })
+}
