@@ -3,7 +3,8 @@
 //! The fuzzer compares the AFTR's state before and after every frame. aya iterates a map with
 //! two syscalls per entry; the batch command (Linux 5.6) returns every entry in one, which
 //! keeps a snapshot of thousands of mappings in the tens of microseconds. aya 0.14 has no
-//! batch API, so the command is issued here directly. Keys and values stay raw bytes: the
+//! batch API; the controller's `dataplane::batch` issues the command, for the sweep and
+//! here. Keys and values stay raw bytes: the
 //! comparison does not depend on the layouts, which the maps' owners may change.
 
 use std::{
@@ -14,22 +15,7 @@ use std::{
 };
 
 use aya::maps::{MapData, MapType};
-
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-/// `union bpf_attr`, the `batch` member (include/uapi/linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
+use dslite_user::dataplane::batch::{lookup_batch_into, BatchBuffers};
 
 /// A map's entries: key bytes -> value bytes (for per-CPU maps, every CPU's value, each
 /// padded to 8 bytes, in CPU order).
@@ -79,8 +65,7 @@ pub struct Dumper {
     key_size: usize,
     value_size: usize,
     max_entries: usize,
-    keys: Vec<u8>,
-    values: Vec<u8>,
+    bufs: BatchBuffers,
 }
 
 impl Dumper {
@@ -107,8 +92,7 @@ impl Dumper {
             key_size: info.key_size() as usize,
             value_size,
             max_entries: info.max_entries() as usize,
-            keys: Vec::new(),
-            values: Vec::new(),
+            bufs: BatchBuffers::default(),
         })
     }
 
@@ -117,69 +101,35 @@ impl Dumper {
         Ok(self.raw()?.entries())
     }
 
-    /// Every entry of the map, as the batch returned them.
+    /// Every entry of the map, as the batch returned them (one call for the whole map).
     pub fn raw(&mut self) -> io::Result<Raw> {
-        let n = self.max_entries.max(1);
-        self.keys.resize(n * self.key_size, 0);
-        self.values.resize(n * self.value_size, 0);
-        let (keys, values) = (&mut self.keys, &mut self.values);
-        // The batch cursor: a bucket index (u32) for hash maps, a key for arrays.
-        let mut cursor_in = vec![0u8; self.key_size.max(8)];
-        let mut cursor_out = vec![0u8; self.key_size.max(8)];
-        let mut got_keys = Vec::new();
-        let mut got_values = Vec::new();
-        let mut first = true;
-        loop {
-            let mut attr = BatchAttr {
-                in_batch: if first {
-                    0
-                } else {
-                    cursor_in.as_mut_ptr() as u64
-                },
-                out_batch: cursor_out.as_mut_ptr() as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: n as u32,
-                map_fd: self.map.fd().as_fd().as_raw_fd() as u32,
-                ..Default::default()
-            };
-            // SAFETY: BPF_MAP_LOOKUP_BATCH with buffers for `count` keys and values of the
-            // map's sizes, and cursors as large as a key; the kernel writes at most that.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
-                    &mut attr as *mut BatchAttr,
-                    std::mem::size_of::<BatchAttr>(),
-                )
-            };
-            let err = (rc < 0).then(io::Error::last_os_error);
-            let got = attr.count as usize;
-            got_keys.extend_from_slice(&keys[..got * self.key_size]);
-            got_values.extend_from_slice(&values[..got * self.value_size]);
-            match err {
-                // ENOENT: the walk reached the end (the last entries came with it).
-                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    let count = got_keys.len() / self.key_size.max(1);
-                    got_keys.extend_from_slice(&got_values);
-                    return Ok(Raw {
-                        count,
-                        key_size: self.key_size,
-                        value_size: self.value_size,
-                        data: got_keys,
-                    });
-                }
-                Some(e) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("BPF_MAP_LOOKUP_BATCH on {}: {e}", self.name),
-                    ))
-                }
-                None => {
-                    std::mem::swap(&mut cursor_in, &mut cursor_out);
-                    first = false;
-                }
-            }
-        }
+        let (key_size, value_size) = (self.key_size, self.value_size);
+        let mut keys = Vec::new();
+        let mut values = Vec::new();
+        lookup_batch_into(
+            &mut self.bufs,
+            self.map.fd().as_fd().as_raw_fd(),
+            key_size,
+            value_size,
+            self.max_entries,
+            |k, v, _| {
+                keys.extend_from_slice(k);
+                values.extend_from_slice(v);
+            },
+        )
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("BPF_MAP_LOOKUP_BATCH on {}: {e}", self.name),
+            )
+        })?;
+        let count = keys.len() / key_size.max(1);
+        keys.extend_from_slice(&values);
+        Ok(Raw {
+            count,
+            key_size,
+            value_size,
+            data: keys,
+        })
     }
 }

@@ -28,6 +28,16 @@ struct Batch {
 /// this.
 const MAX_CHUNK: usize = 1 << 20;
 
+/// Buffers for [`lookup_batch_into`], kept by a caller that reads the same maps again and
+/// again (the fuzzer's snapshots) so that a read allocates nothing.
+#[derive(Default)]
+pub struct BatchBuffers {
+    keys: Vec<u8>,
+    values: Vec<u8>,
+    token_in: Vec<u8>,
+    token_out: Vec<u8>,
+}
+
 /// Walk the map `fd` with BPF_MAP_LOOKUP_BATCH, `chunk` entries a call, handing each batch
 /// to `f` as (keys, values, count): `count` keys of `key_size` bytes, then as many values
 /// of `value_size` (a per-CPU map's value is one 8-byte slot per possible CPU). Ends at the
@@ -38,14 +48,37 @@ pub fn lookup_batch(
     key_size: usize,
     value_size: usize,
     chunk: usize,
+    f: impl FnMut(&[u8], &[u8], usize),
+) -> std::io::Result<()> {
+    lookup_batch_into(
+        &mut BatchBuffers::default(),
+        fd,
+        key_size,
+        value_size,
+        chunk,
+        f,
+    )
+}
+
+/// [`lookup_batch`] with the caller's buffers.
+pub fn lookup_batch_into(
+    bufs: &mut BatchBuffers,
+    fd: RawFd,
+    key_size: usize,
+    value_size: usize,
+    chunk: usize,
     mut f: impl FnMut(&[u8], &[u8], usize),
 ) -> std::io::Result<()> {
     let mut chunk = chunk.max(1);
-    let mut keys: Vec<u8> = Vec::new();
-    let mut values: Vec<u8> = Vec::new();
+    let BatchBuffers {
+        keys,
+        values,
+        token_in,
+        token_out,
+    } = bufs;
     // The batch cursor: a bucket index (u32) for hash maps, a key for arrays.
-    let mut token_in = vec![0u8; key_size.max(8)];
-    let mut token_out = vec![0u8; key_size.max(8)];
+    token_in.resize(key_size.max(8), 0);
+    token_out.resize(key_size.max(8), 0);
     let mut first = true;
     loop {
         keys.resize(chunk * key_size, 0);
@@ -83,7 +116,7 @@ pub fn lookup_batch(
                 _ => return Err(err),
             }
         }
-        std::mem::swap(&mut token_in, &mut token_out);
+        std::mem::swap(token_in, token_out);
         first = false;
     }
 }
