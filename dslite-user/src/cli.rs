@@ -197,7 +197,7 @@ fn check_config(file: &std::path::Path) -> Result<()> {
             ..Default::default()
         }
         .merged()
-        .and_then(|o| o.validate())
+        .and_then(|o| o.validate(crate::provision::system_nameservers))
         .map_err(at_line)?;
         views::to_stdout(|w| {
             writeln!(
@@ -441,7 +441,11 @@ async fn run_aftr(o: AftrOptions) -> Result<()> {
 }
 
 async fn run_b4(o: B4Options) -> Result<()> {
-    let s = o.merged().map_err(usage)?.validate().map_err(usage)?;
+    let s = o
+        .merged()
+        .map_err(usage)?
+        .validate(crate::provision::system_nameservers)
+        .map_err(usage)?;
     let lan = netlink::link(&s.lan_iface).await.map_err(usage)?;
     let wan = netlink::link(&s.wan_iface).await.map_err(usage)?;
     warn_tunnel_mtu(&wan, s.slow.tunnel_mtu);
@@ -541,7 +545,7 @@ async fn run_b4(o: B4Options) -> Result<()> {
     r
 }
 
-/// RFC 6908 §2 (checklist 13): the IPv6 path should carry a 1500-byte IPv4 packet plus the
+/// RFC 6908 §2: the IPv6 path should carry a 1500-byte IPv4 packet plus the
 /// 40-byte softwire header; below that, full-sized packets leave as IPv6 fragments.
 fn warn_tunnel_mtu(link: &netlink::Link, tunnel_mtu: Option<u32>) {
     let mtu = tunnel_mtu.map_or(link.mtu, |t| t.min(link.mtu));
