@@ -862,15 +862,17 @@ impl AftrState {
     /// before anything changes; a failed map write undoes the ones before it. On an error
     /// the running configuration stays, all of it.
     fn reload(&mut self, pin: &std::path::Path) -> Result<Reloaded> {
-        let mut new = self
+        let new = self
             .flags
             .clone()
             .merged()
             .and_then(|o| o.validate())
             .context("the configuration does not validate")?;
-        let need_restart = self.settings.keep_restart_only(&mut new);
-        new.mss = new.mss_clamp.resolve(self.tunnel_mtu);
-        let applied = self.settings.live_changes(&new);
+        let crate::config::Reload {
+            settings: new,
+            applied,
+            need_restart,
+        } = self.settings.reload_to(new, self.tunnel_mtu);
         let plan = dataplane::plan_aftr(pin, &new, self.seed)?;
         // The sinks: changed ones opened beside the running ones, put in place (and the others
         // reopened, the file for logrotate) only once the maps are written.

@@ -2,7 +2,6 @@
 //! value (exit code 2).
 
 use std::{
-    fmt,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     time::Duration,
@@ -110,50 +109,104 @@ impl CommonOptions {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct AftrSettings {
-    pub tunnel_iface: String,
-    pub internet_iface: String,
-    pub address: Ipv6Addr,
-    /// Every public address, in pool order.
-    pub pool: Vec<Ipv4Addr>,
-    pub b4_prefixes: Vec<Cidr6>,
-    pub ports: PortRange,
-    pub block_size: u16,
-    pub max_blocks: u8,
-    pub max_mappings: u32,
-    pub timeouts: Timeouts,
-    pub inbound_refresh: bool,
-    /// RFC 7785 §3: the subscriber is the B4 address masked to this length.
-    pub subscriber_prefix_len: u8,
-    /// `--deny-destination`, besides the ranges the dataplane always denies
-    /// (its `ALWAYS_DENIED`).
-    pub deny_destinations: Vec<Cidr4>,
-    pub max_peers: u16,
-    pub fragment_rate: u32,
-    /// The interfaces' indexes (resolved at start): softwire packets and IPv4 to the pool
-    /// are accepted only where they belong.
-    pub tunnel_ifindex: u32,
-    pub internet_ifindex: u32,
-    pub limits: Limits,
-    /// Filtering per protocol: UDP, TCP, ICMP.
-    pub filtering: [Filtering; 3],
-    pub mss_clamp: MssClamp,
-    pub slow: SlowSettings,
-    pub natlog: Sinks,
-    pub log_sessions: bool,
-    pub log_destinations: bool,
-    pub metrics: Option<SocketAddr>,
-    pub persist: bool,
-    pub nexthop_cache: bool,
-    /// MTU of the internet interface (resolved at start; 0: DF=1 packets too big for it are
-    /// dropped without an ICMP 3/4).
-    pub v4_mtu: u16,
-    /// The MSS programmed into the dataplane (resolved from `mss_clamp` at start; 0: off).
-    pub mss: u16,
-    pub pin_path: PathBuf,
-    pub xdp_mode: XdpModeOpt,
-    pub bpf_object: Option<PathBuf>,
+/// One struct of every field, and its two halves as types of their own, from one list:
+/// `split` and `join` move the fields between them, so a field is in exactly one half.
+macro_rules! halves {
+    (
+        $(#[$m:meta])* pub struct $all:ident;
+        $(#[$sm:meta])* startup $startup:ident {
+            $($(#[$sfm:meta])* $sf:ident: $st:ty,)*
+        }
+        $(#[$lm:meta])* live $live:ident {
+            $($(#[$lfm:meta])* $lf:ident: $lt:ty,)*
+        }
+    ) => {
+        $(#[$m])*
+        #[derive(Clone, Debug)]
+        pub struct $all {
+            $($(#[$sfm])* pub $sf: $st,)*
+            $($(#[$lfm])* pub $lf: $lt,)*
+        }
+
+        $(#[$sm])*
+        #[derive(Clone, Debug)]
+        pub struct $startup {
+            $($(#[$sfm])* pub $sf: $st,)*
+        }
+
+        $(#[$lm])*
+        #[derive(Clone, Debug)]
+        pub struct $live {
+            $($(#[$lfm])* pub $lf: $lt,)*
+        }
+
+        impl $all {
+            pub fn split(self) -> ($startup, $live) {
+                ($startup { $($sf: self.$sf,)* }, $live { $($lf: self.$lf,)* })
+            }
+
+            pub fn join(startup: $startup, live: $live) -> $all {
+                $all { $($sf: startup.$sf,)* $($lf: live.$lf,)* }
+            }
+        }
+    };
+}
+
+halves! {
+    /// A fully validated AFTR configuration: its [`AftrStartup`] and [`AftrLive`] halves.
+    pub struct AftrSettings;
+
+    /// What only a restart changes: the interfaces, the address and pool, the port layout
+    /// and table sizes, the slow path, where maps are pinned, the attach mode.
+    startup AftrStartup {
+        tunnel_iface: String,
+        internet_iface: String,
+        address: Ipv6Addr,
+        /// Every public address, in pool order.
+        pool: Vec<Ipv4Addr>,
+        ports: PortRange,
+        block_size: u16,
+        max_blocks: u8,
+        max_mappings: u32,
+        /// RFC 7785 §3: the subscriber is the B4 address masked to this length.
+        subscriber_prefix_len: u8,
+        /// The interfaces' indexes (resolved at start): softwire packets and IPv4 to the pool
+        /// are accepted only where they belong.
+        tunnel_ifindex: u32,
+        internet_ifindex: u32,
+        slow: SlowSettings,
+        metrics: Option<SocketAddr>,
+        persist: bool,
+        nexthop_cache: bool,
+        /// MTU of the internet interface (resolved at start; 0: DF=1 packets too big for it
+        /// are dropped without an ICMP 3/4).
+        v4_mtu: u16,
+        pin_path: PathBuf,
+        xdp_mode: XdpModeOpt,
+        bpf_object: Option<PathBuf>,
+    }
+
+    /// What a reload (SIGHUP) applies while running: limits, timeouts, filtering, B4
+    /// prefixes, MSS clamping, NAT log settings.
+    live AftrLive {
+        b4_prefixes: Vec<Cidr6>,
+        timeouts: Timeouts,
+        inbound_refresh: bool,
+        /// `--deny-destination`, besides the ranges the dataplane always denies
+        /// (its `ALWAYS_DENIED`).
+        deny_destinations: Vec<Cidr4>,
+        max_peers: u16,
+        fragment_rate: u32,
+        limits: Limits,
+        /// Filtering per protocol: UDP, TCP, ICMP.
+        filtering: [Filtering; 3],
+        mss_clamp: MssClamp,
+        /// The MSS programmed into the dataplane (resolved from `mss_clamp` at start; 0: off).
+        mss: u16,
+        natlog: Sinks,
+        log_sessions: bool,
+        log_destinations: bool,
+    }
 }
 
 /// Default `--max-peers`: remotes one mapping keeps under ADF/APDF.
@@ -345,132 +398,6 @@ impl AftrOptions {
             xdp_mode: self.common.xdp_mode.unwrap_or_default(),
             bpf_object: self.common.bpf_object,
         })
-    }
-}
-
-impl AftrSettings {
-    /// A reload to `new` keeps what cannot change while running (the interfaces, the address
-    /// and pool, the port layout and table sizes, the slow path, where maps are pinned, the
-    /// attach mode): those are put back into `new` from `self`, and the flags that differed
-    /// are returned, for a "needs a restart" warning. Everything else (limits, timeouts,
-    /// filtering, B4 prefixes, MSS clamping, NAT log settings) is applied live.
-    pub fn keep_restart_only(&self, new: &mut AftrSettings) -> Vec<&'static str> {
-        let mut changed = Vec::new();
-        macro_rules! keep {
-            ($($field:ident $(.$sub:ident)? => $flag:literal),* $(,)?) => {$(
-                if new.$field$(.$sub)? != self.$field$(.$sub)? {
-                    changed.push($flag);
-                    new.$field$(.$sub)? = self.$field$(.$sub)?.clone();
-                }
-            )*};
-        }
-        keep!(
-            tunnel_iface => "tunnel-iface",
-            internet_iface => "internet-iface",
-            address => "address",
-            pool => "pool",
-            ports => "port-range",
-            block_size => "block-size",
-            max_blocks => "max-blocks",
-            max_mappings => "max-mappings",
-            pin_path => "pin-path",
-            xdp_mode => "xdp-mode",
-            bpf_object => "bpf-object",
-            metrics => "metrics",
-            persist => "persist",
-            nexthop_cache => "no-nexthop-cache",
-            slow.tap_name => "slow-iface",
-            slow.tunnel_mtu => "tunnel-mtu",
-            slow.reassembly_timeout => "reassembly-timeout",
-            slow.reassembly_memory => "reassembly-memory",
-            subscriber_prefix_len => "subscriber-prefix-len",
-        );
-        // Resolved at start from the interfaces, not from the file.
-        new.v4_mtu = self.v4_mtu;
-        new.tunnel_ifindex = self.tunnel_ifindex;
-        new.internet_ifindex = self.internet_ifindex;
-        changed
-    }
-}
-
-impl AftrSettings {
-    /// What a reload to `new` changes among the settings applied live, one `key: old -> new`
-    /// per setting (B4 prefixes as `+added -removed`), for the log.
-    pub fn live_changes(&self, new: &AftrSettings) -> Vec<String> {
-        fn show<T: fmt::Debug>(v: &T) -> String {
-            let s = format!("{v:?}");
-            let s = match s.strip_prefix("Some(").and_then(|x| x.strip_suffix(')')) {
-                Some(inner) => inner.to_string(),
-                None if s == "None" => "unset".to_string(),
-                None => s,
-            };
-            s.trim_matches('"').to_lowercase()
-        }
-        let mut changed = Vec::new();
-        macro_rules! diff {
-            ($($($field:ident).+ => $flag:literal),* $(,)?) => {$(
-                if new.$($field).+ != self.$($field).+ {
-                    changed.push(format!(
-                        "{}: {} -> {}",
-                        $flag,
-                        show(&self.$($field).+),
-                        show(&new.$($field).+)
-                    ));
-                }
-            )*};
-        }
-        diff!(
-            timeouts.udp => "udp-timeout",
-            timeouts.tcp_established => "tcp-established-timeout",
-            timeouts.tcp_transitory => "tcp-transitory-timeout",
-            timeouts.icmp => "icmp-timeout",
-            timeouts.block_hold_down => "block-hold-down",
-            limits.max_sessions => "max-sessions",
-            limits.new_mapping_rate => "new-mapping-rate",
-            limits.icmp_rate => "icmp-rate",
-            limits.icmp_code => "icmp-unreachable-code",
-            inbound_refresh => "inbound-refresh",
-            mss_clamp => "mss-clamp",
-            natlog.file => "nat-log",
-            natlog.syslog => "syslog",
-            natlog.ipfix => "ipfix",
-            log_sessions => "log-sessions",
-            log_destinations => "log-destinations",
-            deny_destinations => "deny-destination",
-            max_peers => "max-peers",
-            fragment_rate => "fragment-rate",
-        );
-        for (i, flag) in ["udp-filtering", "tcp-filtering", "icmp-filtering"]
-            .iter()
-            .enumerate()
-        {
-            if new.filtering[i] != self.filtering[i] {
-                changed.push(format!(
-                    "{flag}: {} -> {}",
-                    show(&self.filtering[i]),
-                    show(&new.filtering[i])
-                ));
-            }
-        }
-        let added: Vec<String> = new
-            .b4_prefixes
-            .iter()
-            .filter(|p| !self.b4_prefixes.contains(p))
-            .map(|p| format!("+{p}"))
-            .collect();
-        let removed: Vec<String> = self
-            .b4_prefixes
-            .iter()
-            .filter(|p| !new.b4_prefixes.contains(p))
-            .map(|p| format!("-{p}"))
-            .collect();
-        if !added.is_empty() || !removed.is_empty() {
-            changed.push(format!(
-                "b4-prefix: {}",
-                [added, removed].concat().join(" ")
-            ));
-        }
-        changed
     }
 }
 

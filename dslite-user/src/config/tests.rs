@@ -196,7 +196,7 @@ fn aftr_with(pool: &str, b4_prefix: &str, extra: AftrOptions) -> AftrSettings {
 #[test]
 fn a_reload_names_what_it_applies_and_what_needs_a_restart() {
     let old = aftr_with("198.51.100.0/30", "2001:db8:a::/64", AftrOptions::default());
-    let mut new = aftr_with(
+    let new = aftr_with(
         "198.51.100.8/30",
         "2001:db8:b::/64",
         AftrOptions {
@@ -207,12 +207,16 @@ fn a_reload_names_what_it_applies_and_what_needs_a_restart() {
             ..Default::default()
         },
     );
-    let restart = old.keep_restart_only(&mut new);
-    assert_eq!(restart, ["pool", "max-mappings"]);
-    assert_eq!(new.pool, old.pool, "the running pool stays");
-    let applied = old.live_changes(&new);
+    let r = old.reload_to(new, 1500);
+    assert_eq!(r.need_restart, ["pool", "max-mappings"]);
+    assert_eq!(r.settings.pool, old.pool, "the running pool stays");
+    assert_eq!(r.settings.max_mappings, old.max_mappings);
     assert_eq!(
-        applied,
+        r.settings.limits.max_sessions, 5,
+        "the live half is the new one"
+    );
+    assert_eq!(
+        r.applied,
         [
             "max-sessions: 0 -> 5",
             "syslog: unset -> unix:/dev/log",
@@ -220,7 +224,8 @@ fn a_reload_names_what_it_applies_and_what_needs_a_restart() {
             "b4-prefix: +2001:db8:b::/64 -2001:db8:a::/64",
         ]
     );
-    assert!(old.live_changes(&old.clone()).is_empty());
+    let same = old.reload_to(old.clone(), 1500);
+    assert!(same.applied.is_empty() && same.need_restart.is_empty());
 }
 
 #[test]
