@@ -1,8 +1,11 @@
 //! The dslite controller: loads the XDP programs, configures them through maps, and reports
 //! on them (`dslite stats`, `dslite sessions`).
 //!
-//! - [`cli`]: command line, exit codes.
-//! - [`config`]: options from flags and TOML, validation.
+//! - [`cli`]: command line, exit codes: parsing and dispatch only.
+//! - [`commands`]: the subcommands that read and print (`check-config`, `stats`,
+//!   `sessions`, `softwires`, `whois`).
+//! - [`config`]: options from flags and TOML, validation (a leaf: it imports nothing else).
+//! - [`daemon`]: the AFTR and B4 daemons, on one shared skeleton.
 //! - [`dataplane`]: loading, pinning, map setup, attach/detach.
 //! - [`metrics`]: Prometheus text exposition of the counters and the sweep's gauges.
 //! - [`natlog`]: the NAT log (file, syslog, IPFIX) and `whois`.
@@ -11,9 +14,14 @@
 //! - [`reasm`]: IPv4 reassembly for the NAT (bounded, keyed by softwire).
 //! - [`slowpath`]: what XDP cannot do: fragmenting, reassembly, ICMPv6 relay, own traffic.
 //! - [`sweep`]: expiry of idle mappings and the port-block hold-down.
-//! - [`views`]: reading counters and NAT mappings from pinned maps.
+//! - [`sysctl`]: setting sysctls under /proc/sys.
+//! - [`usage`]: bad input as its own error (exit code 2).
+//! - [`views`]: reading counters and NAT mappings from pinned maps (the readers of
+//!   [`commands::inspect`], under their old name).
 pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod dataplane;
 pub mod metrics;
 pub mod natlog;
@@ -22,4 +30,7 @@ pub mod provision;
 pub mod reasm;
 pub mod slowpath;
 pub mod sweep;
-pub mod views;
+pub mod sysctl;
+pub mod usage;
+
+pub use commands::inspect as views;

@@ -401,6 +401,25 @@ impl AftrOptions {
     }
 }
 
+impl AftrSettings {
+    /// What a valid AFTR configuration still gets wrong, for `check-config` and the start
+    /// log.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        for p in &self.b4_prefixes {
+            if p.contains(&self.address.octets()) {
+                w.push(format!(
+                    "b4-prefix {p} covers the AFTR's own address {}: narrow it to the access \
+                     network's prefixes (packets from the AFTR host's own addresses are dropped \
+                     anyway, drop_b4_source_local)",
+                    self.address
+                ));
+            }
+        }
+        w
+    }
+}
+
 /// A validated B4 configuration (the B4 address may still come from netlink).
 #[derive(Clone, Debug)]
 pub struct B4Settings {
