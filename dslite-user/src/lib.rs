@@ -1,9 +1,12 @@
 //! The dslite controller: loads the XDP programs, configures them through maps, and reports
 //! on them (`dslite stats`, `dslite sessions`).
 //!
-//! - [`cli`]: command line, exit codes.
+//! - [`cli`]: command line, exit codes: parsing and dispatch only.
 //! - [`clock`]: monotonic and wall clocks, RFC 3339 times.
-//! - [`config`]: options from flags and TOML, validation.
+//! - [`commands`]: the subcommands that read and print (`check-config`, `stats`,
+//!   `sessions`, `softwires`, `whois`).
+//! - [`config`]: options from flags and TOML, validation (a leaf: it imports nothing else).
+//! - [`daemon`]: the AFTR and B4 daemons, on one shared skeleton.
 //! - [`dataplane`]: loading, pinning, attach/detach; the pinned maps and what is written
 //!   into them; batch reads.
 //! - [`metrics`]: Prometheus text exposition of the counters and the sweep's gauges.
@@ -14,10 +17,15 @@
 //! - [`slowpath`]: what XDP cannot do: fragmenting, reassembly (IPv4 in
 //!   [`slowpath::reasm`]), ICMPv6 relay, own traffic.
 //! - [`sweep`]: expiry of idle mappings and the port-block hold-down.
-//! - [`views`]: reading counters and NAT mappings from pinned maps.
+//! - [`sysctl`]: setting sysctls under /proc/sys.
+//! - [`usage`]: bad input as its own error (exit code 2).
+//! - [`views`]: reading counters and NAT mappings from pinned maps (the readers of
+//!   [`commands::inspect`], under their old name).
 pub mod cli;
 pub mod clock;
+pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod dataplane;
 pub mod metrics;
 pub mod natlog;
@@ -26,4 +34,7 @@ pub mod provision;
 pub mod rand;
 pub mod slowpath;
 pub mod sweep;
-pub mod views;
+pub mod sysctl;
+pub mod usage;
+
+pub use commands::inspect as views;

@@ -9,6 +9,9 @@ use netlink_packet_route::{
     link::LinkAttribute,
 };
 
+/// Where the slow path still looks for it (it is not netlink).
+pub use crate::sysctl::ensure_sysctl;
+
 /// An interface as the controller needs it.
 #[derive(Clone, Debug)]
 pub struct Link {
@@ -91,17 +94,6 @@ async fn addresses_of(index: Option<u32>) -> Result<Vec<Addr>> {
         }
     }
     Ok(out)
-}
-
-/// Set a sysctl under /proc/sys if it is not already `value`; returns whether it changed.
-pub fn ensure_sysctl(path: &str, value: &str) -> Result<bool> {
-    let full = format!("/proc/sys/{path}");
-    let cur = std::fs::read_to_string(&full).with_context(|| format!("reading {full}"))?;
-    if cur.trim() == value {
-        return Ok(false);
-    }
-    std::fs::write(&full, value).with_context(|| format!("writing {full}"))?;
-    Ok(true)
 }
 
 /// Bring the slow path's TAP up: our MAC, a large MTU (whole reassembled packets cross it),

@@ -5,59 +5,17 @@
 //! `gw.transix.jp` through their ISP's resolver), every record is tried with an ICMPv6 echo
 //! and the first that answers is used, and the name is resolved again when its TTL runs out
 //! (bounded to 30 s - 1 h). `--aftr-file` names a file holding the name or address, written
-//! by a DHCPv6 client hook from the AFTR-Name option (RFC 6334, checklist 54); it is read
+//! by a DHCPv6 client hook from the AFTR-Name option (RFC 6334 §3); it is read
 //! again when it changes.
 
 use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket},
-    path::PathBuf,
     time::Duration,
 };
 
 use anyhow::{bail, Context as _, Result};
 
-/// Where the AFTR's address comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AftrSource {
-    Addr(Ipv6Addr),
-    Name(String),
-    /// A file holding an address or a name (a DHCPv6 hook writes it).
-    File(PathBuf),
-}
-
-impl std::fmt::Display for AftrSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AftrSource::Addr(a) => write!(f, "{a}"),
-            AftrSource::Name(n) => write!(f, "{n}"),
-            AftrSource::File(p) => write!(f, "file {}", p.display()),
-        }
-    }
-}
-
-impl std::str::FromStr for AftrSource {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if let Ok(a) = s.parse::<Ipv6Addr>() {
-            if a.is_unspecified() || a.is_multicast() || a.is_loopback() {
-                return Err(format!("{a} is not a unicast address"));
-            }
-            return Ok(AftrSource::Addr(a));
-        }
-        let name = s.trim_end_matches('.');
-        let ok_label = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        };
-        if name.is_empty() || name.len() > 253 || !name.split('.').all(ok_label) {
-            return Err(format!("'{s}' is neither an IPv6 address nor a host name"));
-        }
-        Ok(AftrSource::Name(name.to_ascii_lowercase()))
-    }
-}
+pub use crate::config::AftrSource;
 
 /// A DNS query for the AAAA records of `name`, with transaction `id`.
 pub fn aaaa_query(name: &str, id: u16) -> Vec<u8> {

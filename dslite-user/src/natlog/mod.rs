@@ -23,8 +23,6 @@ pub mod syslog;
 pub mod whois;
 
 use std::{
-    net::SocketAddr,
-    path::PathBuf,
     sync::{atomic::Ordering::Relaxed, Arc},
     time::{Duration, Instant},
 };
@@ -40,32 +38,7 @@ pub use whois::{read_logs, whois, Holder, Logs};
 
 use sink::{Item, Sink};
 
-/// Records a sink's queue holds by default while its receiver does not keep up.
-pub const DEFAULT_QUEUE: usize = 16384;
-/// Bounds of `--nat-log-queue`.
-pub const QUEUE_RANGE: std::ops::RangeInclusive<usize> = 16..=1 << 20;
-
-/// Where records go.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Sinks {
-    pub file: Option<PathBuf>,
-    /// `udp:HOST:PORT` or `unix:PATH`.
-    pub syslog: Option<String>,
-    pub ipfix: Option<SocketAddr>,
-    /// Records each sink's queue holds (`--nat-log-queue`).
-    pub queue: usize,
-}
-
-impl Default for Sinks {
-    fn default() -> Sinks {
-        Sinks {
-            file: None,
-            syslog: None,
-            ipfix: None,
-            queue: DEFAULT_QUEUE,
-        }
-    }
-}
+pub use crate::config::{Sinks, DEFAULT_QUEUE, QUEUE_RANGE};
 
 /// The three sinks, in a fixed order (for the metrics' `sink` label).
 pub const SINK_NAMES: [&str; 3] = ["file", "syslog", "ipfix"];

@@ -40,7 +40,6 @@ use std::{
         Arc,
     },
     thread::JoinHandle,
-    time::Duration,
 };
 
 use anyhow::Result;
@@ -135,40 +134,9 @@ impl Stats {
     }
 }
 
-/// Slow path settings (from the command line or TOML).
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub tap_name: String,
-    /// Largest outer IPv6 packet on a softwire (None: the route MTU decides).
-    pub tunnel_mtu: Option<u32>,
-    pub reassembly_timeout: Duration,
-    /// Bytes the kernel's IPv6 reassembly, and our IPv4 reassembly, may each hold (and one
-    /// IPv4 chain per KiB of it, [`Settings::chains_for`]).
-    pub reassembly_memory: u32,
-}
-
-pub const DEFAULT_TAP: &str = "dslite0";
-pub const DEFAULT_REASSEMBLY_SECS: u64 = 5;
-pub const DEFAULT_REASSEMBLY_MEMORY: u32 = 4 << 20;
-
-impl Settings {
-    /// IPv4 chains held at once for `memory` bytes: one per KiB, so that a flood of
-    /// one-fragment chains cannot pin all the memory in bookkeeping.
-    pub fn chains_for(memory: u32) -> u32 {
-        (memory >> 10).max(64)
-    }
-}
-
-impl Default for Settings {
-    fn default() -> Settings {
-        Settings {
-            tap_name: DEFAULT_TAP.into(),
-            tunnel_mtu: None,
-            reassembly_timeout: Duration::from_secs(DEFAULT_REASSEMBLY_SECS),
-            reassembly_memory: DEFAULT_REASSEMBLY_MEMORY,
-        }
-    }
-}
+pub use crate::config::{
+    SlowSettings as Settings, DEFAULT_REASSEMBLY_MEMORY, DEFAULT_REASSEMBLY_SECS, DEFAULT_TAP,
+};
 
 /// A running slow path: its TAP device and threads. Dropping it stops the threads and
 /// removes the TAP.

@@ -1,9 +1,10 @@
-//! `dslite stats` and `dslite sessions`: read the pinned maps of a running dataplane.
+//! `dslite stats`, `dslite sessions` and `dslite softwires`: read the pinned maps of a
+//! running dataplane (the readers serve the metrics endpoint too).
 
 use std::{
     io::Write,
     net::{Ipv4Addr, Ipv6Addr},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result};
@@ -16,7 +17,31 @@ use dslite_common::{
 };
 use serde::Serialize;
 
-use crate::clock::monotonic_ns;
+use crate::{clock::monotonic_ns, config::DEFAULT_PIN_ROOT};
+
+#[derive(clap::Args)]
+pub struct ViewArgs {
+    /// Pin path of the running dataplane (default: /sys/fs/bpf/dslite/aftr, else .../b4).
+    #[arg(long, value_name = "DIR")]
+    pub pin_path: Option<PathBuf>,
+    /// One JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ViewArgs {
+    /// `--pin-path`, else the AFTR's default pin path if it exists, else the B4's.
+    pub fn pin_path(&self) -> PathBuf {
+        self.pin_path.clone().unwrap_or_else(|| {
+            let aftr = PathBuf::from(DEFAULT_PIN_ROOT).join("aftr");
+            if aftr.exists() {
+                aftr
+            } else {
+                PathBuf::from(DEFAULT_PIN_ROOT).join("b4")
+            }
+        })
+    }
+}
 
 fn open(pin_path: &Path, name: &str) -> Result<MapData> {
     let p = pin_path.join(name);
