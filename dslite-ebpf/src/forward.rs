@@ -200,6 +200,7 @@ fn restore_ttl(ctx: &XdpContext) -> Res<()> {
 
 /// Benchmarks only: one FIB lookup for this frame's addresses (IPv4 if `v6` is false), as
 /// the forwarding paths do it; returns the helper's result code.
+#[cfg(feature = "bench")]
 #[inline(always)]
 pub fn fib_probe(ctx: &XdpContext, v6: bool, src: &[u8; 16], dst: &[u8; 16]) -> i64 {
     let mut p = fib_params(ctx, if v6 { AF_INET6 } else { AF_INET });
