@@ -15,7 +15,8 @@ use dslite_common::{
 };
 
 use crate::{
-    forward::{decapsulate, encapsulate_and_send, redirect_v4, redirect_v6, v4_route_mtu, TOO_BIG},
+    exit::{bpf_call, too_big_mtu, Code, Endpoint, Exit, HighPort, Res, Why, ICMP_ERROR},
+    forward::{decapsulate, encapsulate_and_send, redirect_v4, redirect_v6, v4_route_mtu},
     headers::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, Softwire, L3},
     icmp::{send_unreachable, Refusal, AFTR_V4},
     maps::{
@@ -23,7 +24,7 @@ use crate::{
         PEERS, POOL_INDEX,
     },
     nat::lookup_or_create,
-    packet::{at, len, read16, write16, Exit, Res},
+    packet::{at, len, read16, write16},
     slow::{from_slow_path, to_controller},
 };
 
@@ -115,23 +116,12 @@ pub fn run(ctx: &XdpContext) -> Res<u32> {
             match from_internet(ctx, cfg, &mut ip)? {
                 // An ICMP error: translated by a sibling call, so its frame never stacks
                 // on `from_internet`'s.
-                ICMP_ERROR => {
-                    let mut action = 0;
-                    let code = crate::icmp::error_inbound(ctx, cfg, &ip, &mut action);
-                    if code == 0 {
-                        Ok(action)
-                    } else {
-                        Err(Exit::from_code(code))
-                    }
-                }
+                ICMP_ERROR => crate::icmp::error_inbound_call(ctx, cfg, &ip),
                 action => Ok(action),
             }
         }
     }
 }
-
-/// `from_internet`'s answer for an ICMP error, which `run` hands to `icmp::error_inbound`.
-const ICMP_ERROR: u32 = u32::MAX;
 
 /// Where the NAT reads and writes in the upper-layer header.
 #[derive(Clone, Copy, Default)]
@@ -256,14 +246,11 @@ pub struct FromB4 {
     pub mtu: u32,
 }
 
-/// Parse and check a softwire packet from a B4 into `p`; 0 or an [`Exit::code`]. A BPF call
-/// of its own: its temporaries are off the stack while the NAT search runs.
+/// Parse and check a softwire packet from a B4 into `p`. A BPF call of its own: its
+/// temporaries are off the stack while the NAT search runs.
 #[inline(never)]
-fn parse_from_b4(ctx: &XdpContext, cfg: &AftrConfig, p: &mut FromB4) -> u32 {
-    match parse_from_b4_inner(ctx, cfg, p) {
-        Ok(()) => 0,
-        Err(e) => e.code(),
-    }
+fn parse_from_b4(ctx: &XdpContext, cfg: &AftrConfig, p: &mut FromB4) -> Code {
+    parse_from_b4_inner(ctx, cfg, p).into()
 }
 
 #[inline(always)]
@@ -344,15 +331,15 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
         mtu: 0,
     };
     let code = parse_from_b4(ctx, cfg, &mut p);
-    if code == Exit::Pass(Counter::SlowV4Fragment).code() {
+    if code == Code::from(Exit::Pass(Counter::SlowV4Fragment)) {
         return to_controller(ctx, SLOW_V4_FRAGMENT, 0);
     }
     // `IcmpErrorTranslated` as a "pass" is parse's signal for a host's ICMP error: a code
     // rather than a flag in `p`, whose one-byte store would blur the verifier's view of the
     // stack slot around it.
-    let icmp_error = Exit::Pass(Counter::IcmpErrorTranslated).code();
-    if code != 0 && code != icmp_error {
-        return Err(Exit::from_code(code));
+    let icmp_error = Code::from(Exit::Pass(Counter::IcmpErrorTranslated));
+    if !code.is_ok() && code != icmp_error {
+        return Err(code.exit());
     }
     // 192.0.0.1 answers echo requests (below); nothing else, an ICMP error included, goes
     // to it or to any other denied destination.
@@ -361,36 +348,21 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
     }
     if code == icmp_error {
         // A host's ICMP error about an inbound packet (RFC 5508 REQ-5, checklist 39).
-        let mut outside = [0u8; 4];
-        let code = crate::icmp::error_outbound(ctx, &p, &mut outside);
-        if code != 0 {
-            return Err(Exit::from_code(code));
-        }
+        let outside = crate::icmp::error_outbound_call(ctx, &p)?;
         decapsulate(ctx, p.inner_off - ETH_HLEN)?;
         return redirect_v4(ctx, &outside, &p.ip.dst);
     }
     if p.ip.dst == AFTR_V4 {
         // Ping to the AFTR's own 192.0.0.1 (checklist 43); nothing else is for it.
-        let mut action = 0;
-        let code = echo_reply(ctx, cfg, &p, &mut action);
-        return if code == 0 {
-            Ok(action)
-        } else {
-            Err(Exit::from_code(code))
-        };
+        return echo_reply_call(ctx, cfg, &p);
     }
     // TTL first: a packet that cannot be forwarded must not create a mapping. One that
     // expires here is answered with a Time Exceeded from 192.0.0.1 (checklist 9), so
     // traceroute shows the AFTR.
     if p.ip.ttl <= 1 {
         let mut action = 0;
-        let why = Counter::DropTtlExceeded as u32 | (ICMP_TIME_EXCEEDED as u32) << 16;
-        let code = refuse(ctx, cfg, &p, why, &mut action);
-        return if code == 0 {
-            Ok(action)
-        } else {
-            Err(Exit::from_code(code))
-        };
+        let why = Why::new(Counter::DropTtlExceeded, ICMP_TIME_EXCEEDED, 0);
+        return refuse(ctx, cfg, &p, why, &mut action).with(action);
     }
     if p.ip.df && p.ip.tot_len > cfg.v4_mtu as usize {
         // Larger than the internet side allows and not to be fragmented: an ICMP 3/4 with
@@ -400,15 +372,8 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
         if mtu != 0 {
             p.mtu = mtu;
             let mut action = 0;
-            let why = Counter::DropV4TooBig as u32
-                | (ICMP_DEST_UNREACH as u32) << 16
-                | (ICMP_FRAG_NEEDED as u32) << 24;
-            let code = refuse(ctx, cfg, &p, why, &mut action);
-            return if code == 0 {
-                Ok(action)
-            } else {
-                Err(Exit::from_code(code))
-            };
+            let why = Why::new(Counter::DropV4TooBig, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED);
+            return refuse(ctx, cfg, &p, why, &mut action).with(action);
         }
     }
     decrement_ttl(ctx, &p.ip)?;
@@ -425,13 +390,8 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
         )) => {
             // Refused: tell the host, down its softwire (RFC 5508 REQ-8, checklist 41).
             let mut action = 0;
-            let why = c as u32 | (ICMP_DEST_UNREACH as u32) << 16 | (cfg.icmp_code as u32) << 24;
-            let code = refuse(ctx, cfg, &p, why, &mut action);
-            return if code == 0 {
-                Ok(action)
-            } else {
-                Err(Exit::from_code(code))
-            };
+            let why = Why::new(c, ICMP_DEST_UNREACH, cfg.icmp_code);
+            return refuse(ctx, cfg, &p, why, &mut action).with(action);
         }
         Err(e) => return Err(e),
     };
@@ -447,13 +407,7 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
     }
     if POOL_INDEX.get_ptr(p.ip.dst).is_some() {
         // To another subscriber's public endpoint: hairpin it here (RFC 4787 REQ-9).
-        let mut action = 0;
-        let code = hairpin(ctx, cfg, &p, (out_port as u32) << 16, &mut action);
-        return if code == 0 {
-            Ok(action)
-        } else {
-            Err(Exit::from_code(code))
-        };
+        return hairpin_call(ctx, cfg, &p, HighPort::new(out_port));
     }
     rewrite(ctx, &p.ip, &p.l4, 12, p.ip.src, out_addr, out_port)?;
     decapsulate(ctx, p.inner_off - ETH_HLEN)?;
@@ -463,47 +417,39 @@ fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
     Ok(action)
 }
 
-/// Answer a packet the AFTR will not forward with an ICMP error down its softwire: `why` is
-/// the counter, with the ICMP type in bits 16-23 and code in bits 24-31. Its own BPF call:
-/// the quote's bookkeeping stays off `from_b4`'s stack.
+/// Answer a packet the AFTR will not forward with an ICMP error down its softwire (`why`:
+/// the counter, ICMP type and code). Its own BPF call: the quote's bookkeeping stays off
+/// `from_b4`'s stack.
 #[inline(never)]
-fn refuse(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, why: u32, action: &mut u32) -> u32 {
+fn refuse(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, why: Why, action: &mut u32) -> Code {
     let r = Refusal {
         b4: p.key.b4,
         inside: p.key.inside_addr,
         inner_off: p.ip.off,
         hlen: p.ip.hlen,
-        icmp_type: (why >> 16) as u8,
-        icmp_code: (why >> 24) as u8,
+        icmp_type: why.icmp_type(),
+        icmp_code: why.icmp_code(),
         mtu: p.mtu as u16,
     };
-    let why = why & 0xffff;
-    let code = send_unreachable(ctx, cfg, &r, why);
-    if code != 0 {
+    let code = send_unreachable(ctx, cfg, &r, why.counter());
+    if !code.is_ok() {
         return code;
     }
     match redirect_v6(ctx, &cfg.aftr_addr, &r.b4) {
         // A quote is far below any IPv6 MTU; should a route say otherwise, drop it.
-        Ok(a) if a & TOO_BIG != 0 => Exit::Drop(Counter::DropV4TooBig).code(),
+        Ok(a) if too_big_mtu(a).is_some() => Exit::Drop(Counter::DropV4TooBig).into(),
         Ok(a) => {
             *action = a;
-            0
+            Code::OK
         }
-        Err(e) => e.code(),
+        Err(e) => e.into(),
     }
 }
 
-/// Answer an echo request to 192.0.0.1 down the softwire it came from.
-#[inline(never)]
-fn echo_reply(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, action: &mut u32) -> u32 {
-    match echo_reply_inner(ctx, cfg, p) {
-        Ok(a) => {
-            *action = a;
-            count(Counter::IcmpEchoAnswered);
-            0
-        }
-        Err(e) => e.code(),
-    }
+bpf_call! {
+    /// Answer an echo request to 192.0.0.1 down the softwire it came from.
+    fn echo_reply / echo_reply_call(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4) -> Res<u32>
+        = echo_reply_inner, on_ok { count(Counter::IcmpEchoAnswered); };
 }
 
 #[inline(always)]
@@ -542,24 +488,18 @@ fn echo_reply_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4) -> Res<u32> 
     encapsulate_and_send(ctx, &p.ip, cfg.hop_limit, &cfg.aftr_addr, &p.key.b4)
 }
 
-/// Hairpinning (RFC 4787 REQ-9/9a, RFC 5382 REQ-8, checklist 22): a packet from one
-/// subscriber to a public endpoint another subscriber holds is translated both ways here, in
-/// XDP, and sent down the owner's softwire with the sender's outside address:port as its
-/// source. `out_port` is the sender's outside port in the top 16 bits. Returns 0 (with
-/// `action` set) or an [`Exit::code`].
-#[inline(never)]
-fn hairpin(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u32, action: &mut u32) -> u32 {
-    match hairpin_inner(ctx, cfg, p, (out_port >> 16) as u16) {
-        Ok(a) => {
-            *action = a;
-            0
-        }
-        Err(e) => e.code(),
-    }
+bpf_call! {
+    /// Hairpinning (RFC 4787 REQ-9/9a, RFC 5382 REQ-8, checklist 22): a packet from one
+    /// subscriber to a public endpoint another subscriber holds is translated both ways here, in
+    /// XDP, and sent down the owner's softwire with the sender's outside address:port as its
+    /// source. `out_port` is the sender's outside port.
+    fn hairpin / hairpin_call(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: HighPort) -> Res<u32>
+    = hairpin_inner;
 }
 
 #[inline(always)]
-fn hairpin_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u16) -> Res<u32> {
+fn hairpin_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: HighPort) -> Res<u32> {
+    let out_port = out_port.port();
     // Only TCP and UDP name a destination port; an echo request has no owner to find.
     if p.ip.proto != IPPROTO_TCP && p.ip.proto != IPPROTO_UDP {
         return Err(Exit::Drop(Counter::DropNoMapping));
@@ -611,8 +551,8 @@ fn hairpin_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u16) 
 /// `--log-destinations` (RFC 6888 REQ-12, checklist 51).
 #[inline(never)]
 fn log_mapping(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u32) {
-    let out = (u32::from_ne_bytes(p.out_addr) as u64) << 32 | u16::from_be(out_port as u16) as u64;
-    let mut dst = 0u64;
+    let out = Endpoint::new(p.out_addr, u16::from_be(out_port as u16));
+    let mut dst = Endpoint::NONE;
     if cfg.flags & AFTR_LOG_DESTINATIONS != 0 {
         let mut dport = 0u16;
         if p.ip.proto != IPPROTO_ICMP {
@@ -620,7 +560,7 @@ fn log_mapping(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u32) {
                 dport = u16::from_be(read16((d as *const u8).wrapping_add(2)));
             }
         }
-        dst = (u32::from_ne_bytes(p.ip.dst) as u64) << 32 | dport as u64;
+        dst = Endpoint::new(p.ip.dst, dport);
     }
     crate::nat::mapping_event(&p.key, out, dst);
 }
@@ -725,9 +665,9 @@ fn peer_allowed(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4, l4: &L4) -> u32 {
 /// one only if a first one opened its chain. Everything else is dropped here, before it
 /// costs the slow path anything.
 #[inline(never)]
-fn inbound_fragment(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> u32 {
+fn inbound_fragment(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> Code {
     let Some(h) = crate::packet::ptr_at::<[u8; IPV4_MIN_HLEN]>(ctx, ip.off) else {
-        return Exit::Drop(Counter::DropBadIpv4).code();
+        return Exit::Drop(Counter::DropBadIpv4).into();
     };
     // SAFETY: bounds-checked by `ptr_at`.
     let h = unsafe { &*h };
@@ -741,21 +681,21 @@ fn inbound_fragment(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> u32 {
     };
     if frag & IPV4_OFFSET_MASK != 0 {
         let Some(n) = FRAG_CHAINS.get_ptr_mut(&key) else {
-            return Exit::Drop(Counter::DropOrphanFragment).code();
+            return Exit::Drop(Counter::DropOrphanFragment).into();
         };
         // SAFETY: map value pointer from the kernel.
         unsafe {
             if *n >= MAX_FRAGMENTS_PER_CHAIN {
-                return Exit::Drop(Counter::DropFragmentBudget).code();
+                return Exit::Drop(Counter::DropFragmentBudget).into();
             }
             *n += 1;
         }
-        return 0;
+        return Code::OK;
     }
     // The first fragment carries the ports: find the mapping as for a whole packet.
     let mut l4v = L4::default();
     if let Err(e) = l4(ctx, ip, false, &mut l4v) {
-        return e.code();
+        return e.into();
     }
     let kin = NatInKey {
         outside_addr: ip.dst,
@@ -764,18 +704,18 @@ fn inbound_fragment(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> u32 {
         _pad: 0,
     };
     let Some(m) = NAT_IN.get_ptr(&kin) else {
-        return Exit::Drop(Counter::DropOrphanFragment).code();
+        return Exit::Drop(Counter::DropOrphanFragment).into();
     };
     if cfg.filter_modes != 0 && peer_allowed(ctx, cfg, ip, &l4v) == 0 {
-        return Exit::Drop(Counter::DropFiltered).code();
+        return Exit::Drop(Counter::DropFiltered).into();
     }
     // SAFETY: map value pointer from the kernel.
     let b4 = unsafe { (*m).b4 };
     if subscriber_fragment_budget(&b4, cfg) == 0 {
-        return Exit::Drop(Counter::DropFragmentBudget).code();
+        return Exit::Drop(Counter::DropFragmentBudget).into();
     }
     let _ = FRAG_CHAINS.insert(&key, &1, 0);
-    0
+    Code::OK
 }
 
 /// Internet -> B4: reverse-translate a packet to a pool address and encapsulate it to the
@@ -796,10 +736,7 @@ fn from_internet(ctx: &XdpContext, cfg: &AftrConfig, ip: &mut Ipv4) -> Res<u32> 
     if ip.fragment {
         // Ports are in the first fragment only: the slow path reassembles what belongs to
         // a mapping (a written-back datagram is whole, so it never comes here again).
-        let code = inbound_fragment(ctx, cfg, ip);
-        if code != 0 {
-            return Err(Exit::from_code(code));
-        }
+        inbound_fragment(ctx, cfg, ip).res()?;
         return to_controller(ctx, SLOW_V4_FRAGMENT, 0);
     }
     if ip.proto == IPPROTO_ICMP {

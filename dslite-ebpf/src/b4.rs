@@ -5,10 +5,11 @@ use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key, programs::XdpContext};
 use dslite_common::{maps::B4Config, proto::*, slow::SLOW_TTL_EXPIRED, Counter};
 
 use crate::{
+    exit::{Exit, Res},
     forward::{decapsulate, encapsulate_and_send, redirect_v4},
     headers::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, Softwire, L3},
     maps::{count, count_n, B4_CONFIG, LOCAL_V4},
-    packet::{len, Exit, Res},
+    packet::len,
     slow::{from_slow_path, to_controller},
 };
 

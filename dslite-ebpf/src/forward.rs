@@ -14,8 +14,9 @@ use dslite_common::{
 };
 
 use crate::{
+    exit::{too_big, too_big_mtu, Exit, Res},
     maps::{count, NEXT_HOPS, NH_GEN},
-    packet::{at, len, Exit, Res},
+    packet::{at, len},
 };
 
 const AF_INET: u8 = 2;
@@ -127,15 +128,11 @@ pub fn encapsulate_and_send(
         return crate::slow::to_controller(ctx, SLOW_ENCAP_FRAGMENT, tunnel_mtu);
     }
     let action = redirect_v6(ctx, src, dst)?;
-    if action & TOO_BIG != 0 {
-        return crate::slow::to_controller(ctx, SLOW_ENCAP_FRAGMENT, action & !TOO_BIG);
+    if let Some(mtu) = too_big_mtu(action) {
+        return crate::slow::to_controller(ctx, SLOW_ENCAP_FRAGMENT, mtu);
     }
     Ok(action)
 }
-
-/// Set in what [`redirect_v6`] returns when the route's MTU is smaller than the packet; the
-/// low bits carry that MTU. Never a valid XDP action.
-pub const TOO_BIG: u32 = 1 << 31;
 
 fn fib_params(ctx: &XdpContext, family: u8) -> FibParams {
     FibParams {
@@ -162,7 +159,7 @@ pub fn redirect_v4(ctx: &XdpContext, src: &[u8; 4], dst: &[u8; 4]) -> Res<u32> {
     p.src[..4].copy_from_slice(src);
     p.dst[..4].copy_from_slice(dst);
     let mut action = fib_redirect(ctx, &mut p)?;
-    if action & TOO_BIG != 0 {
+    if too_big_mtu(action).is_some() {
         // Larger than the egress MTU. DF=0: the kernel forwards it and fragments it (RFC 4787
         // REQ-13a); DF=1 was answered before translation where an answer is due (AFTR).
         let h: *mut [u8; IPV4_MIN_HLEN] = at(ctx, ETH_HLEN, Counter::DropBadIpv4)?;
@@ -240,7 +237,7 @@ pub fn v4_route_mtu(ctx: &XdpContext, dst: &[u8; 4], tot_len: u32) -> u32 {
 }
 
 /// Route an IPv6 frame and redirect it; see [`fib_redirect`]. A packet larger than the
-/// route's MTU is not sent: the result is [`TOO_BIG`] with the MTU.
+/// route's MTU is not sent: the result is [`too_big`] with the MTU.
 #[inline(never)]
 pub fn redirect_v6(ctx: &XdpContext, src: &[u8; 16], dst: &[u8; 16]) -> Res<u32> {
     let mut p = fib_params(ctx, AF_INET6);
@@ -252,7 +249,7 @@ pub fn redirect_v6(ctx: &XdpContext, src: &[u8; 16], dst: &[u8; 16]) -> Res<u32>
 /// Route the frame with the kernel FIB and redirect it out of the egress interface. A
 /// missing neighbour entry hands the packet to the kernel, which resolves the neighbour and
 /// forwards it: later packets take the fast path. A packet larger than the egress MTU gives
-/// [`TOO_BIG`] | MTU for the caller to decide.
+/// [`too_big`] with the MTU for the caller to decide.
 ///
 /// The FIB's answers are cached per CPU (`NEXT_HOPS`): a lookup costs ~230 ns, most of a
 /// path (docs/benchmarks.md). An entry is used while `NH_GEN` (bumped by the controller on
@@ -327,7 +324,7 @@ fn fib_redirect(ctx: &XdpContext, p: &mut FibParams) -> Res<u32> {
             Err(Exit::Drop(Counter::DropFibUnreachable))
         }
         // `tot_len` now holds the MTU (`mtu_result` in the kernel's union).
-        FIB_FRAG_NEEDED => Ok(TOO_BIG | p.tot_len as u32),
+        FIB_FRAG_NEEDED => Ok(too_big(p.tot_len as u32)),
         _ => Err(Exit::Drop(Counter::DropFibOther)),
     }
 }

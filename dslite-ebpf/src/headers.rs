@@ -4,7 +4,10 @@
 use aya_ebpf::programs::XdpContext;
 use dslite_common::{proto::*, Counter};
 
-use crate::packet::{at, len, read16, Exit, Res};
+use crate::{
+    exit::{Exit, Res},
+    packet::{at, len, read16},
+};
 
 /// What the Ethernet header says.
 pub enum L3 {

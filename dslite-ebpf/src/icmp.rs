@@ -21,10 +21,11 @@ use dslite_common::{
 
 use crate::{
     aftr::FromB4,
+    exit::{bpf_call, Code, Exit, Res, LOOP_BREAK, LOOP_CONTINUE},
     forward::encapsulate_and_send,
     headers::{decrement_ttl, Ipv4},
     maps::{count, ICMP_BUCKET, NAT_IN, NAT_OUT},
-    packet::{at, len, ptr_at, read16, write16, Exit, Res},
+    packet::{at, len, ptr_at, read16, write16},
 };
 
 /// The AFTR's own IPv4 address (RFC 6333 §6.5).
@@ -73,22 +74,22 @@ fn take_token(cfg: &AftrConfig) -> bool {
 
 /// Turn the refused packet into an ICMP error (`r.icmp_type`/`r.icmp_code`) quoting
 /// its IPv4 header and first 8 payload bytes, addressed down the softwire it came from; the
-/// caller routes it. Returns 0, or an [`Exit::code`] (rate limited: the packet is just
-/// dropped). The refusal itself is counted under `why` either way.
+/// caller routes it. Rate limited: the packet is just dropped. The refusal itself is
+/// counted under `why` (a counter index) either way.
 #[inline(never)]
-pub fn send_unreachable(ctx: &XdpContext, cfg: &AftrConfig, r: &Refusal, why: u32) -> u32 {
+pub fn send_unreachable(ctx: &XdpContext, cfg: &AftrConfig, r: &Refusal, why: u32) -> Code {
     let reason = Counter::from_index(why);
     if !take_token(cfg) {
         count(Counter::IcmpRateLimited);
-        return Exit::Drop(reason).code();
+        return Exit::Drop(reason).into();
     }
     count(reason);
     match build(ctx, cfg, r) {
         Ok(()) => {
             count(Counter::IcmpErrorSent);
-            0
+            Code::OK
         }
-        Err(e) => e.code(),
+        Err(e) => e.into(),
     }
 }
 
@@ -282,7 +283,7 @@ unsafe extern "C" fn sum_chunk(i: u32, c: *mut c_void) -> i64 {
     let c = unsafe { &mut *(c as *mut SumLoop) };
     let done = i as u64 * 64;
     if done >= c.n {
-        return 1;
+        return LOOP_BREAK;
     }
     let left = c.n - done;
     let chunk = if left > 64 { 64 } else { left };
@@ -303,14 +304,14 @@ unsafe extern "C" fn sum_chunk(i: u32, c: *mut c_void) -> i64 {
     };
     if rc != 0 {
         c.failed = 1;
-        return 1;
+        return LOOP_BREAK;
     }
     let mut w = 0;
     while w < 8 {
         c.sum += (buf[w] & 0xffff_ffff) + (buf[w] >> 32);
         w += 1;
     }
-    0
+    LOOP_CONTINUE
 }
 
 /// 1 if the `n` bytes at `off` (at most `MAX_ICMP_LEN`) sum to 0xffff: the whole ICMP
@@ -428,21 +429,13 @@ fn translate(ctx: &XdpContext, ip: &Ipv4, q: &Quote, x: &Xlate) -> Res<()> {
     set_word(ctx, q.icmp + ICMP_CSUM_OFF, isum)
 }
 
-/// An ICMP error from the internet about one of our mappings (RFC 5508 REQ-4, checklist
-/// 37-40): checked (the embedded IPv4 checksum, REQ-3), the embedded packet and the
-/// outer destination restored to the inside endpoint with every checksum fixed, and sent
-/// down the owning softwire. Errors never create, refresh or delete a mapping.
-/// Returns 0 with `action` set, or an [`Exit::code`].
-#[inline(never)]
-pub fn error_inbound(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4, action: &mut u32) -> u32 {
-    match error_inbound_inner(ctx, cfg, ip) {
-        Ok(a) => {
-            *action = a;
-            count(Counter::IcmpErrorTranslated);
-            0
-        }
-        Err(e) => e.code(),
-    }
+bpf_call! {
+    /// An ICMP error from the internet about one of our mappings (RFC 5508 REQ-4, checklist
+    /// 37-40): checked (the embedded IPv4 checksum, REQ-3), the embedded packet and the
+    /// outer destination restored to the inside endpoint with every checksum fixed, and sent
+    /// down the owning softwire. Errors never create, refresh or delete a mapping.
+    pub fn error_inbound / error_inbound_call(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> Res<u32>
+        = error_inbound_inner, on_ok { count(Counter::IcmpErrorTranslated); };
 }
 
 #[inline(always)]
@@ -504,22 +497,15 @@ fn error_inbound_inner(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> Res<u32
     encapsulate_and_send(ctx, ip, cfg.hop_limit, &cfg.aftr_addr, &m.b4)
 }
 
-/// A host's ICMP error about a packet it received through the AFTR (RFC 5508 REQ-5,
-/// checklist 39): the quoted packet's destination (the host's inside endpoint) and the
-/// outer source become the mapping's outside endpoint, every checksum follows, and it goes
-/// is ready to go to the internet (the caller decapsulates and routes it, so the routing
-/// frame does not stack on this one). It never refreshes the mapping (REQ-6). Returns 0
-/// with `outside` set to the new outer source, or an [`Exit::code`].
-#[inline(never)]
-pub fn error_outbound(ctx: &XdpContext, p: &FromB4, outside: &mut [u8; 4]) -> u32 {
-    match error_outbound_inner(ctx, p) {
-        Ok(a) => {
-            *outside = a;
-            count(Counter::IcmpErrorTranslated);
-            0
-        }
-        Err(e) => e.code(),
-    }
+bpf_call! {
+    /// A host's ICMP error about a packet it received through the AFTR (RFC 5508 REQ-5,
+    /// checklist 39): the quoted packet's destination (the host's inside endpoint) and the
+    /// outer source become the mapping's outside endpoint, every checksum follows, and it
+    /// is ready to go to the internet (the caller decapsulates and routes it, so the routing
+    /// frame does not stack on this one). It never refreshes the mapping (REQ-6). Gives
+    /// the new outer source.
+    pub fn error_outbound / error_outbound_call(ctx: &XdpContext, p: &FromB4) -> Res<[u8; 4]>
+        = error_outbound_inner, on_ok { count(Counter::IcmpErrorTranslated); };
 }
 
 #[inline(always)]

@@ -15,6 +15,7 @@ mod aftr;
 mod b4;
 #[cfg(feature = "bench")]
 mod bench;
+mod exit;
 mod forward;
 mod headers;
 mod icmp;
@@ -28,7 +29,7 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 use dslite_common::Counter;
 
-use crate::packet::{Exit, Res};
+use crate::exit::{Exit, Res};
 
 #[inline(always)]
 fn finish(ctx: &XdpContext, r: Res<u32>) -> u32 {

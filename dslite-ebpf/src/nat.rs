@@ -33,27 +33,22 @@ use dslite_common::{
 };
 
 use crate::{
+    exit::{
+        nat::{
+            need_block, outcome, BlockAt, HashHeld, SlotTry, BLOCK_NONE, BLOCK_NO_ADDR, BLOCK_OURS,
+            BLOCK_TABLE_FULL, BLOCK_TAKEN, FOUND, NEED_BLOCK, NOT_CONFIGURED, NOT_FOUND,
+            POOL_EXHAUSTED, QUOTA_EXCEEDED, RATE_LIMIT, SESSION_LIMIT, TABLE_FULL,
+        },
+        Endpoint, Exit, Res, LOOP_BREAK, LOOP_CONTINUE,
+    },
     maps::{
         count, ADDR_FREE, BLOCKS, EVENTS, FREE_ADDRS, NAT_IN, NAT_OUT, POOL, SOFTWIRES, SW_BLOCKS,
     },
-    packet::{Exit, Res},
 };
 
 const EEXIST: i32 = -17;
 
-// Results of the BPF calls below. Plain integers on purpose: returning enums from a BPF call
-// can make LLVM store uninitialised padding, which the verifier rejects, and a scalar result
-// lets the verifier prune the many ways out of a search into one state.
-const FOUND: u32 = 0;
-const NOT_FOUND: u32 = 1;
-const QUOTA_EXCEEDED: u32 = 2;
-const POOL_EXHAUSTED: u32 = 3;
-const TABLE_FULL: u32 = 4;
-const NOT_CONFIGURED: u32 = 5;
-/// `NEED_BLOCK | slot << 8`: slot `slot` is empty and must be given a block first.
-const NEED_BLOCK: u32 = 6;
-const SESSION_LIMIT: u32 = 7;
-const RATE_LIMIT: u32 = 8;
+// The BPF calls below return plain integers (`exit::nat`): see `exit.rs` for why.
 
 /// Outside endpoint chosen for a new mapping.
 #[repr(C)]
@@ -112,9 +107,9 @@ pub fn lookup_or_create(
         if slot >= cfg.max_blocks as u32 {
             break;
         }
-        let how = tcp as u32 | slot << 8;
+        let how = SlotTry::new(tcp, slot);
         r = try_slot(key, cfg, how, &mut out);
-        if r & 0xff == NEED_BLOCK {
+        if outcome(r) == NEED_BLOCK {
             // Give the slot a block (or its own held one back), then search it: two BPF
             // calls side by side, so their frames never stack.
             r = give_block(key, cfg, slot);
@@ -122,7 +117,7 @@ pub fn lookup_or_create(
                 break;
             }
             r = try_slot(key, cfg, how, &mut out);
-            if r & 0xff == NEED_BLOCK {
+            if outcome(r) == NEED_BLOCK {
                 // Freed under us at once: a full table, for this packet.
                 r = TABLE_FULL;
             }
@@ -226,21 +221,21 @@ struct Search {
     tcp: u8,
 }
 
-/// One slot of the subscriber (`how`: the TCP bits, and the slot number << 8): a port in
-/// its block. `FOUND`, `NOT_FOUND` (the block is full: try the next slot),
-/// `NEED_BLOCK | slot << 8` (empty or held down: [`give_block`] first), or a refusal.
+/// One slot of the subscriber (`how`: the slot and the TCP bits): a port in its block.
+/// `FOUND`, `NOT_FOUND` (the block is full: try the next slot), [`need_block`] (empty or
+/// held down: [`give_block`] first), or a refusal.
 #[inline(never)]
-fn try_slot(key: &NatOutKey, cfg: &AftrConfig, how: u32, out: &mut Outside) -> u32 {
+fn try_slot(key: &NatOutKey, cfg: &AftrConfig, how: SlotTry, out: &mut Outside) -> u32 {
     let q = Search {
         // SAFETY: plain helper call.
         now: unsafe { bpf_ktime_get_ns() },
         hash: port_hash(key, cfg.hash_seed),
         parity: u16::from_be(key.inside_port) & 1,
-        tcp: how as u8,
+        tcp: how.tcp(),
     };
     let sk = SlotKey {
         b4: subscriber_of(&key.b4, &cfg.subscriber_mask),
-        slot: (how >> 8) as u8,
+        slot: how.slot(),
         _pad: [0; 3],
     };
     use_slot(key, &sk, cfg, &q, out)
@@ -258,11 +253,11 @@ fn give_block(key: &NatOutKey, cfg: &AftrConfig, slot: u32) -> u32 {
     claim_block(&sk, cfg, unsafe { bpf_ktime_get_ns() })
 }
 
-/// Try the block in slot `sk`: `NEED_BLOCK | slot << 8` when the slot is empty (or its
+/// Try the block in slot `sk`: [`need_block`] when the slot is empty (or its
 /// held block is gone), else what the port search in it found.
 #[inline(always)]
 fn use_slot(key: &NatOutKey, sk: &SlotKey, cfg: &AftrConfig, q: &Search, out: &mut Outside) -> u32 {
-    let need = NEED_BLOCK | ((sk.slot as u32) << 8);
+    let need = need_block(sk.slot as u32);
     let s = match SW_BLOCKS.get_ptr(sk) {
         // SAFETY: map value pointer from the kernel; copied out.
         Some(p) => unsafe { *p },
@@ -344,7 +339,7 @@ unsafe extern "C" fn scan_block(i: u32, c: *mut c_void) -> i64 {
     // SAFETY: `c` is the `Scan` on the caller's stack (bpf_loop passes it through).
     let c = unsafe { &mut *(c as *mut Scan) };
     if c.n == 0 {
-        return 1;
+        return LOOP_BREAK;
     }
     let b = (c.start as u64 + i as u64 * c.stride as u64) % c.n as u64;
     let bk = BlockKey {
@@ -354,9 +349,9 @@ unsafe extern "C" fn scan_block(i: u32, c: *mut c_void) -> i64 {
     };
     if BLOCKS.get_ptr(&bk).is_none() {
         c.found = b as u32;
-        return 1;
+        return LOOP_BREAK;
     }
-    0
+    LOOP_CONTINUE
 }
 
 /// Largest block count per address the search covers (65536 ports / the smallest block).
@@ -406,7 +401,7 @@ fn claim_block(sk: &SlotKey, cfg: &AftrConfig, now: u64) -> u32 {
         allocated_ns: now,
         released_ns: 0,
     };
-    let hh = ((h as u64) << 32) | held as u64;
+    let hh = HashHeld::new(h, held);
     // Each try ends the search or moves on: one outcome to carry round the loop.
     let mut r = BLOCK_TAKEN;
     let mut a = 0u32;
@@ -425,14 +420,20 @@ fn claim_block(sk: &SlotKey, cfg: &AftrConfig, now: u64) -> u32 {
     }
 }
 
-/// The `a`-th try of [`claim_block`] (`hh`: the subscriber's hash in the top 32 bits, the
+/// The `a`-th try of [`claim_block`] (`hh`: the subscriber's hash and the
 /// pool index of a block it holds, or `u32::MAX`, below): choose the address, then search it
 /// for a free block. `BLOCK_OURS`, `BLOCK_TAKEN` when the address has no free block left
 /// (its hint is then cleared until the next sweep), `BLOCK_NONE` when there is no address
 /// left to try.
 #[inline(never)]
-fn claim_on_address(sk: &SlotKey, owner: &BlockValue, cfg: &AftrConfig, hh: u64, a: u32) -> u32 {
-    let (hash, held) = ((hh >> 32) as u32, hh as u32);
+fn claim_on_address(
+    sk: &SlotKey,
+    owner: &BlockValue,
+    cfg: &AftrConfig,
+    hh: HashHeld,
+    a: u32,
+) -> u32 {
+    let (hash, held) = (hh.hash(), hh.held());
     let addr_index = if held != u32::MAX {
         if a > 0 {
             return BLOCK_NONE;
@@ -478,7 +479,7 @@ fn claim_on_address(sk: &SlotKey, owner: &BlockValue, cfg: &AftrConfig, hh: u64,
         if scan.found == u32::MAX {
             break;
         }
-        r = try_block(sk, owner, cfg, (addr_index << 16) | (scan.found & 0xffff));
+        r = try_block(sk, owner, cfg, BlockAt::new(addr_index, scan.found));
         if r != BLOCK_TAKEN {
             break;
         }
@@ -505,18 +506,11 @@ fn note_free(addr_index: u32, r: u32, found: u32) {
     }
 }
 
-const BLOCK_TAKEN: u32 = 0;
-const BLOCK_OURS: u32 = 1;
-const BLOCK_TABLE_FULL: u32 = 2;
-const BLOCK_NO_ADDR: u32 = 3;
-/// No address left to try.
-const BLOCK_NONE: u32 = 4;
-
-/// Claim one block (`where_` = pool index << 16 | block) for slot `sk`. `BLOCK_OURS` also
-/// when another CPU filled the slot first: the caller reads the slot back either way.
+/// Claim one block (`where_`: pool index and block) for slot `sk`. `BLOCK_OURS` also when
+/// another CPU filled the slot first: the caller reads the slot back either way.
 #[inline(never)]
-fn try_block(sk: &SlotKey, owner: &BlockValue, cfg: &AftrConfig, where_: u32) -> u32 {
-    let addr_index = where_ >> 16;
+fn try_block(sk: &SlotKey, owner: &BlockValue, cfg: &AftrConfig, where_: BlockAt) -> u32 {
+    let addr_index = where_.addr_index();
     let addr = match POOL.get(addr_index) {
         Some(a) => *a,
         None => return BLOCK_NO_ADDR,
@@ -524,7 +518,7 @@ fn try_block(sk: &SlotKey, owner: &BlockValue, cfg: &AftrConfig, where_: u32) ->
     let s = Slot {
         addr,
         addr_index,
-        block: where_ as u16,
+        block: where_.block(),
         held: 0,
     };
     let bk = BlockKey {
@@ -571,28 +565,28 @@ fn block_event(sk: &SlotKey, s: &Slot, cfg: &AftrConfig, now: u64) {
 }
 
 /// Report a mapping just created (`--log-sessions`, RFC 6888 REQ-12, checklist 50-51):
-/// `out` is the outside address (high 32 bits, raw) and port (low 16, host order); `dst` the
-/// first destination likewise, or 0. A full ring buffer is counted.
+/// `out` is the outside endpoint; `dst` the first destination, or [`Endpoint::NONE`]. A full
+/// ring buffer is counted.
 #[inline(never)]
-pub fn mapping_event(key: &NatOutKey, out: u64, dst: u64) {
+pub fn mapping_event(key: &NatOutKey, out: Endpoint, dst: Endpoint) {
     let Some(mut entry) = EVENTS.reserve::<NatEvent>(0) else {
         count(Counter::EventsLost);
         return;
     };
-    let port = out as u16;
+    let port = out.port();
     entry.write(NatEvent {
         // SAFETY: plain helper call.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         b4: key.b4,
-        addr: ((out >> 32) as u32).to_ne_bytes(),
+        addr: out.addr(),
         port_lo: port,
         port_hi: port,
         kind: EVENT_MAPPING_CREATED,
         proto: key.proto,
         inside_port: u16::from_be(key.inside_port),
         inside_addr: key.inside_addr,
-        dst_addr: ((dst >> 32) as u32).to_ne_bytes(),
-        dst_port: dst as u16,
+        dst_addr: dst.addr(),
+        dst_port: dst.port(),
         _pad: 0,
     });
     entry.submit(0);
