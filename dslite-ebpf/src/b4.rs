@@ -6,11 +6,12 @@ use dslite_common::{maps::B4Config, proto::*, slow::SLOW_TTL_EXPIRED, Counter};
 
 use crate::{
     exit::{Exit, Res},
-    forward::{decapsulate, encapsulate_and_send, redirect_v4},
-    headers::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, Softwire, L3},
     maps::{count, count_n, B4_CONFIG, LOCAL_V4},
     packet::len,
+    parse::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, Softwire, L3},
+    route::redirect_v4,
     slow::{from_slow_path, to_controller},
+    softwire::{decapsulate, encapsulate_and_send},
 };
 
 #[inline(always)]

@@ -51,7 +51,7 @@ mod probes {
             src.copy_from_slice(&(&*h)[8..24]);
             dst.copy_from_slice(&(&*h)[24..40]);
         }
-        crate::forward::fib_probe(&ctx, true, &src, &dst);
+        crate::route::fib_probe(&ctx, true, &src, &dst);
         xdp_action::XDP_DROP
     }
 
@@ -68,7 +68,7 @@ mod probes {
             src[..4].copy_from_slice(&(&*h)[12..16]);
             dst[..4].copy_from_slice(&(&*h)[16..20]);
         }
-        crate::forward::fib_probe(&ctx, false, &src, &dst);
+        crate::route::fib_probe(&ctx, false, &src, &dst);
         xdp_action::XDP_DROP
     }
 

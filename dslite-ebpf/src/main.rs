@@ -15,15 +15,17 @@ mod aftr;
 mod b4;
 #[cfg(feature = "bench")]
 mod bench;
+mod csum;
+mod events;
 mod exit;
-mod forward;
-mod headers;
-mod icmp;
 mod maps;
 mod mss;
 mod nat;
 mod packet;
+mod parse;
+mod route;
 mod slow;
+mod softwire;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 

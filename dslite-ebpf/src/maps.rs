@@ -37,7 +37,7 @@ pub static POOL: Array<[u8; 4]> = Array::pinned(MAX_POOL, 0);
 #[map(name = "POOL_INDEX")]
 pub static POOL_INDEX: HashMap<[u8; 4], u32> = HashMap::pinned(MAX_POOL, 0);
 
-/// B4 IPv6 prefixes allowed to open softwires (RFC 6333 §11, checklist 6).
+/// B4 IPv6 prefixes allowed to open softwires (RFC 6333 §11).
 #[map(name = "B4_ALLOW")]
 pub static B4_ALLOW: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(MAX_PREFIXES, 0);
 

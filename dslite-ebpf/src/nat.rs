@@ -22,8 +22,8 @@ use aya_ebpf::{
 };
 use dslite_common::{
     maps::{
-        AftrConfig, BlockKey, BlockValue, NatEvent, NatInKey, NatInValue, NatOutKey, NatOutValue,
-        Slot, SlotKey, SoftwireState, EVENT_BLOCK_ALLOCATED, EVENT_MAPPING_CREATED, FREE_ADDRS_LEN,
+        AftrConfig, BlockKey, BlockValue, NatInKey, NatInValue, NatOutKey, NatOutValue, Slot,
+        SlotKey, SoftwireState, FREE_ADDRS_LEN,
     },
     nat::{
         block_first_port, candidate_in_block, port_hash, softwire_hash, subscriber_of,
@@ -33,17 +33,16 @@ use dslite_common::{
 };
 
 use crate::{
+    events::block_event,
     exit::{
         nat::{
             need_block, outcome, BlockAt, HashHeld, SlotTry, BLOCK_NONE, BLOCK_NO_ADDR, BLOCK_OURS,
             BLOCK_TABLE_FULL, BLOCK_TAKEN, FOUND, NEED_BLOCK, NOT_CONFIGURED, NOT_FOUND,
             POOL_EXHAUSTED, QUOTA_EXCEEDED, RATE_LIMIT, SESSION_LIMIT, TABLE_FULL,
         },
-        Endpoint, Exit, Res, LOOP_BREAK, LOOP_CONTINUE,
+        Exit, Res, LOOP_BREAK, LOOP_CONTINUE,
     },
-    maps::{
-        count, ADDR_FREE, BLOCKS, EVENTS, FREE_ADDRS, NAT_IN, NAT_OUT, POOL, SOFTWIRES, SW_BLOCKS,
-    },
+    maps::{count, ADDR_FREE, BLOCKS, FREE_ADDRS, NAT_IN, NAT_OUT, POOL, SOFTWIRES, SW_BLOCKS},
 };
 
 const EEXIST: i32 = -17;
@@ -540,56 +539,6 @@ fn try_block(sk: &SlotKey, owner: &BlockValue, cfg: &AftrConfig, where_: BlockAt
     } else {
         BLOCK_TABLE_FULL
     }
-}
-
-/// Emit a block-allocation event straight into the ring buffer; a full ring buffer is
-/// counted, never silent.
-#[inline(never)]
-fn block_event(sk: &SlotKey, s: &Slot, cfg: &AftrConfig, now: u64) {
-    count(Counter::BlockAllocated);
-    let Some(mut entry) = EVENTS.reserve::<NatEvent>(0) else {
-        count(Counter::EventsLost);
-        return;
-    };
-    let first = block_first_port(s.block, cfg.port_lo, cfg.block_size);
-    entry.write(NatEvent {
-        ts_ns: now,
-        b4: sk.b4,
-        addr: s.addr,
-        port_lo: first,
-        port_hi: first + (cfg.block_size - 1),
-        kind: EVENT_BLOCK_ALLOCATED,
-        ..NatEvent::default()
-    });
-    entry.submit(0);
-}
-
-/// Report a mapping just created (`--log-sessions`, RFC 6888 REQ-12, checklist 50-51):
-/// `out` is the outside endpoint; `dst` the first destination, or [`Endpoint::NONE`]. A full
-/// ring buffer is counted.
-#[inline(never)]
-pub fn mapping_event(key: &NatOutKey, out: Endpoint, dst: Endpoint) {
-    let Some(mut entry) = EVENTS.reserve::<NatEvent>(0) else {
-        count(Counter::EventsLost);
-        return;
-    };
-    let port = out.port();
-    entry.write(NatEvent {
-        // SAFETY: plain helper call.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        b4: key.b4,
-        addr: out.addr(),
-        port_lo: port,
-        port_hi: port,
-        kind: EVENT_MAPPING_CREATED,
-        proto: key.proto,
-        inside_port: u16::from_be(key.inside_port),
-        inside_addr: key.inside_addr,
-        dst_addr: dst.addr(),
-        dst_port: dst.port(),
-        _pad: 0,
-    });
-    entry.submit(0);
 }
 
 /// Try `PORT_SEARCH_TRIES` ports of the block: `FOUND` (with `out` set), `NOT_FOUND` when
