@@ -121,6 +121,9 @@ pub static ADDR_FREE: Array<u32> = Array::pinned(MAX_POOL, 0);
 #[map(name = "FREE_ADDRS")]
 pub static FREE_ADDRS: Array<u32> = Array::pinned(FREE_ADDRS_LEN + 1, 0);
 
+/// What a `BPF_NOEXIST` insert returns when the key is there already (-EEXIST).
+pub const EEXIST: i32 = -17;
+
 /// Chains of IPv4 fragments from the internet tracked at once.
 pub const FRAG_CHAIN_SLOTS: u32 = 4096;
 

@@ -13,7 +13,7 @@ use dslite_common::{
 use crate::{
     aftr::parsed::FromB4,
     exit::{Exit, Res},
-    maps::{count, B4_ALLOW, DENY_V4, NAT_OUT, PEERS},
+    maps::{count, B4_ALLOW, DENY_V4, EEXIST, NAT_OUT, PEERS},
     packet::read16,
     parse::{Ipv4, L4},
     slow::from_slow_path,
@@ -113,8 +113,6 @@ pub fn note_peer(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u32) 
         }
     }
 }
-
-pub const EEXIST: i32 = -17;
 
 /// 1 if a packet from `key.remote_*` to the mapping at `key.outside_*` passes its
 /// protocol's filtering: always under endpoint-independent filtering, else only from a
