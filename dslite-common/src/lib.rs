@@ -5,6 +5,7 @@
 //! `#![no_std]` so the BPF side can use it; the `user` feature adds `aya::Pod` impls.
 #![no_std]
 
+pub mod bucket;
 pub mod counters;
 pub mod csum;
 pub mod maps;

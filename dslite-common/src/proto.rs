@@ -8,6 +8,12 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88A8;
 
 pub const IPV4_MIN_HLEN: usize = 20;
+/// Offsets in the IPv4 header: the TTL (and the protocol after it), the header checksum,
+/// the source and the destination address.
+pub const IPV4_TTL_OFF: usize = 8;
+pub const IPV4_CSUM_OFF: usize = 10;
+pub const IPV4_SRC_OFF: usize = 12;
+pub const IPV4_DST_OFF: usize = 16;
 pub const IPV6_HLEN: usize = 40;
 
 pub const IPPROTO_HOPOPTS: u8 = 0;

@@ -3,6 +3,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use dslite_common::{
+    bucket,
     maps::{AftrConfig, FragBudget, FragKey, NatInKey},
     nat::subscriber_of,
     proto::*,
@@ -44,16 +45,7 @@ pub fn fragment_budget(key: &[u8; 16], cfg: &AftrConfig) -> u32 {
     };
     // SAFETY: map value pointer from the kernel. Not atomic: two CPUs may share a token.
     let b = unsafe { &mut *b };
-    let add = now.saturating_sub(b.refill_ns) * rate / 1_000_000_000;
-    if add > 0 {
-        b.tokens = (b.tokens as u64 + add).min(rate) as u32;
-        b.refill_ns = now;
-    }
-    if b.tokens == 0 {
-        return 0;
-    }
-    b.tokens -= 1;
-    1
+    bucket::take(&mut b.tokens, &mut b.refill_ns, rate, now) as u32
 }
 
 /// The subscriber's fragment budget, by its B4 address.

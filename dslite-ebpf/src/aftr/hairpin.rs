@@ -68,13 +68,29 @@ pub fn hairpin_inner(
             return Err(Exit::Drop(Counter::DropFiltered));
         }
     }
-    rewrite(ctx, &p.ip, &p.l4, 12, p.ip.src, p.out_addr, out_port)?;
+    rewrite(
+        ctx,
+        &p.ip,
+        &p.l4,
+        IPV4_SRC_OFF,
+        p.ip.src,
+        p.out_addr,
+        out_port,
+    )?;
     let to = L4 {
         port_off: 2,
         port: dport,
         ..p.l4
     };
-    rewrite(ctx, &p.ip, &to, 16, p.ip.dst, m.inside_addr, m.inside_port)?;
+    rewrite(
+        ctx,
+        &p.ip,
+        &to,
+        IPV4_DST_OFF,
+        p.ip.dst,
+        m.inside_addr,
+        m.inside_port,
+    )?;
     decapsulate(ctx, p.inner_off - ETH_HLEN)?;
     let action = encapsulate_and_send(ctx, &p.ip, cfg.hop_limit, &cfg.aftr_addr, &m.b4)?;
     count(Counter::HairpinPackets);

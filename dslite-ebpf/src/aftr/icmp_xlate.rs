@@ -144,17 +144,17 @@ pub fn set_addr(ctx: &XdpContext, off: usize, a: [u8; 4]) -> Res<()> {
 /// inside the ICMP message is folded into the ICMP checksum as well.
 #[inline(always)]
 pub fn translate(ctx: &XdpContext, ip: &Ipv4, q: &Quote, x: &Xlate) -> Res<()> {
-    let outer_sum = word(ctx, ip.off + 10)?;
+    let outer_sum = word(ctx, ip.off + IPV4_CSUM_OFF)?;
     set_word(
         ctx,
-        ip.off + 10,
+        ip.off + IPV4_CSUM_OFF,
         csum::replace4(outer_sum, x.outer_old, x.addr),
     )?;
     set_addr(ctx, ip.off + x.outer_field, x.addr)?;
     let mut isum = word(ctx, q.icmp + ICMP_CSUM_OFF)?;
-    let old_ec = word(ctx, q.emb + 10)?;
+    let old_ec = word(ctx, q.emb + IPV4_CSUM_OFF)?;
     let new_ec = csum::replace4(old_ec, x.quote_old, x.addr);
-    set_word(ctx, q.emb + 10, new_ec)?;
+    set_word(ctx, q.emb + IPV4_CSUM_OFF, new_ec)?;
     set_addr(ctx, q.emb + x.quote_field, x.addr)?;
     isum = csum::replace2(csum::replace4(isum, x.quote_old, x.addr), old_ec, new_ec);
     let el4 = q.emb + q.ehlen;
@@ -231,9 +231,9 @@ pub fn error_inbound_inner(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> Res
     decrement_ttl(ctx, ip)?;
     // Outer destination and quoted source -> the inside endpoint.
     let x = Xlate {
-        outer_field: 16,
+        outer_field: IPV4_DST_OFF,
         outer_old: ip.dst,
-        quote_field: 12,
+        quote_field: IPV4_SRC_OFF,
         quote_old: esrc,
         addr: m.inside_addr,
         port_off,
@@ -285,9 +285,9 @@ pub fn error_outbound_inner(ctx: &XdpContext, p: &FromB4) -> Res<[u8; 4]> {
     decrement_ttl(ctx, ip)?;
     // Outer source and quoted destination -> the outside endpoint.
     let x = Xlate {
-        outer_field: 12,
+        outer_field: IPV4_SRC_OFF,
         outer_old: ip.src,
-        quote_field: 16,
+        quote_field: IPV4_DST_OFF,
         quote_old: edst,
         addr: oaddr,
         port_off,

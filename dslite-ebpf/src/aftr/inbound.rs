@@ -81,7 +81,15 @@ pub fn from_internet(ctx: &XdpContext, cfg: &AftrConfig, ip: &mut Ipv4) -> Res<u
         // with --inbound-refresh, inbound traffic also keeps it alive (RFC 4787 REQ-6).
         crate::nat::note_inbound(&m, kin.proto, tcp_bits(l4.tcp_flags, false), refresh);
     }
-    rewrite(ctx, ip, &l4, 16, ip.dst, m.inside_addr, m.inside_port)?;
+    rewrite(
+        ctx,
+        ip,
+        &l4,
+        IPV4_DST_OFF,
+        ip.dst,
+        m.inside_addr,
+        m.inside_port,
+    )?;
     // Trim nothing: the inner packet is exactly tot_len; any Ethernet padding stays outside
     // the IPv6 payload length and is ignored by the receiver.
     let outer_len = (IPV6_HLEN + ip.tot_len) as u64;

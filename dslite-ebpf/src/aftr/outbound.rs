@@ -180,7 +180,15 @@ pub fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
         // To another subscriber's public endpoint: hairpin it here (RFC 4787 REQ-9).
         return hairpin_call(ctx, cfg, &p, HighPort::new(out_port));
     }
-    rewrite(ctx, &p.ip, &p.l4, 12, p.ip.src, out_addr, out_port)?;
+    rewrite(
+        ctx,
+        &p.ip,
+        &p.l4,
+        IPV4_SRC_OFF,
+        p.ip.src,
+        out_addr,
+        out_port,
+    )?;
     decapsulate(ctx, p.inner_off - ETH_HLEN)?;
     let action = redirect_v4(ctx, &out_addr, &p.ip.dst)?;
     count(Counter::AftrOutPackets);

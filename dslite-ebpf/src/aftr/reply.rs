@@ -7,7 +7,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use dslite_common::{csum, maps::AftrConfig, proto::*, Counter};
+use dslite_common::{bucket, csum, maps::AftrConfig, proto::*, Counter};
 
 use crate::{
     aftr::parsed::FromB4,
@@ -15,6 +15,7 @@ use crate::{
     exit::{bpf_call, too_big_mtu, Code, Exit, Res, Why},
     maps::{count, ICMP_BUCKET},
     packet::{at, len, read16, write16},
+    parse::set_ttl,
     route::redirect_v6,
     softwire::{decapsulate, encapsulate_and_send},
 };
@@ -52,16 +53,7 @@ pub fn take_token(cfg: &AftrConfig) -> bool {
     let b = unsafe { &mut *b };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    let add = now.saturating_sub(b.refill_ns) * rate / 1_000_000_000;
-    if add > 0 {
-        b.tokens = (b.tokens as u64 + add).min(rate) as u32;
-        b.refill_ns = now;
-    }
-    if b.tokens == 0 {
-        return false;
-    }
-    b.tokens -= 1;
-    true
+    bucket::take(&mut b.tokens, &mut b.refill_ns, rate, now)
 }
 
 /// Turn the refused packet into an ICMP error (`r.icmp_type`/`r.icmp_code`) quoting
@@ -197,16 +189,9 @@ pub fn echo_reply_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4) -> Res<u
     let h: *mut [u8; IPV4_MIN_HLEN] = at(ctx, p.ip.off, Counter::DropBadIpv4)?;
     // SAFETY: bounds-checked by `at`.
     let h = unsafe { &mut *h };
-    let old = u16::from_ne_bytes([h[8], h[9]]);
-    h[8] = 64;
-    let c = csum::replace2(
-        read16(h[10..].as_ptr()),
-        old,
-        u16::from_ne_bytes([h[8], h[9]]),
-    );
-    write16(h[10..].as_mut_ptr(), c);
-    h[12..16].copy_from_slice(&AFTR_V4);
-    h[16..20].copy_from_slice(&p.key.inside_addr);
+    set_ttl(h, 64);
+    h[IPV4_SRC_OFF..IPV4_SRC_OFF + 4].copy_from_slice(&AFTR_V4);
+    h[IPV4_DST_OFF..IPV4_DST_OFF + 4].copy_from_slice(&p.key.inside_addr);
     decapsulate(ctx, p.inner_off - ETH_HLEN)?;
     encapsulate_and_send(ctx, &p.ip, cfg.hop_limit, &cfg.aftr_addr, &p.key.b4)
 }

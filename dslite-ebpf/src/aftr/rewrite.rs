@@ -25,9 +25,9 @@ pub fn rewrite(
     let h: *mut [u8; IPV4_MIN_HLEN] = at(ctx, ip.off, Counter::DropBadIpv4)?;
     // SAFETY: bounds-checked by `at`.
     let h = unsafe { &mut *h };
-    let ipsum = read16(h[10..].as_ptr());
+    let ipsum = read16(h[IPV4_CSUM_OFF..].as_ptr());
     write16(
-        h[10..].as_mut_ptr(),
+        h[IPV4_CSUM_OFF..].as_mut_ptr(),
         csum::replace4(ipsum, old_addr, new_addr),
     );
     h[addr_field..addr_field + 4].copy_from_slice(&new_addr);

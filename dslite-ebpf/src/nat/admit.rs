@@ -3,6 +3,7 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_ns};
 use dslite_common::{
+    bucket,
     maps::{AftrConfig, SoftwireState},
     nat::subscriber_of,
 };
@@ -12,6 +13,27 @@ use crate::{
     maps::SOFTWIRES,
 };
 
+/// The subscriber's limit state, created full (its bucket's refill time from `now`, called
+/// only then) when it has none.
+#[inline(always)]
+fn state(
+    sub: &[u8; 16],
+    cfg: &AftrConfig,
+    now: impl FnOnce() -> u64,
+) -> Option<*mut SoftwireState> {
+    if SOFTWIRES.get_ptr(sub).is_none() {
+        let fresh = SoftwireState {
+            sessions: 0,
+            tokens: cfg.new_per_sec,
+            _pad: 0,
+            refill_ns: now(),
+            refused: 0,
+        };
+        let _ = SOFTWIRES.insert(sub, &fresh, BPF_NOEXIST as u64);
+    }
+    SOFTWIRES.get_ptr_mut(sub)
+}
+
 /// Count a refusal on the subscriber (the sweep turns new refusals into one NAT log record
 /// per subscriber per second, natEvent 13). Refusals are the exception: the insert is off
 /// the normal path.
@@ -19,18 +41,8 @@ use crate::{
 pub fn note_refusal(b4: &[u8; 16], cfg: &AftrConfig) {
     let sub = subscriber_of(b4, &cfg.subscriber_mask);
     let b4 = &sub;
-    if SOFTWIRES.get_ptr(b4).is_none() {
-        let fresh = SoftwireState {
-            sessions: 0,
-            tokens: cfg.new_per_sec,
-            _pad: 0,
-            // SAFETY: plain helper call.
-            refill_ns: unsafe { bpf_ktime_get_ns() },
-            refused: 0,
-        };
-        let _ = SOFTWIRES.insert(b4, &fresh, BPF_NOEXIST as u64);
-    }
-    if let Some(st) = SOFTWIRES.get_ptr_mut(b4) {
+    // SAFETY: plain helper call.
+    if let Some(st) = state(b4, cfg, || unsafe { bpf_ktime_get_ns() }) {
         // SAFETY: map value pointer from the kernel.
         unsafe { (*st).refused += 1 };
     }
@@ -45,17 +57,7 @@ pub fn note_refusal(b4: &[u8; 16], cfg: &AftrConfig) {
 pub fn admit(b4: &[u8; 16], cfg: &AftrConfig, now: u64) -> u32 {
     let sub = subscriber_of(b4, &cfg.subscriber_mask);
     let b4 = &sub;
-    if SOFTWIRES.get_ptr(b4).is_none() {
-        let fresh = SoftwireState {
-            sessions: 0,
-            tokens: cfg.new_per_sec,
-            _pad: 0,
-            refill_ns: now,
-            refused: 0,
-        };
-        let _ = SOFTWIRES.insert(b4, &fresh, BPF_NOEXIST as u64);
-    }
-    let Some(st) = SOFTWIRES.get_ptr_mut(b4) else {
+    let Some(st) = state(b4, cfg, || now) else {
         return TABLE_FULL;
     };
     // SAFETY: map value pointer from the kernel.
@@ -66,16 +68,10 @@ pub fn admit(b4: &[u8; 16], cfg: &AftrConfig, now: u64) -> u32 {
     }
     let rate = cfg.new_per_sec as u64;
     if rate != 0 {
-        let add = now.saturating_sub(st.refill_ns) * rate / 1_000_000_000;
-        if add > 0 {
-            st.tokens = (st.tokens as u64 + add).min(rate) as u32;
-            st.refill_ns = now;
-        }
-        if st.tokens == 0 {
+        if !bucket::take(&mut st.tokens, &mut st.refill_ns, rate, now) {
             st.refused += 1;
             return RATE_LIMIT;
         }
-        st.tokens -= 1;
     }
     st.sessions += 1;
     FOUND

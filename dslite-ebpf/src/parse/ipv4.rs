@@ -61,10 +61,10 @@ pub fn decrement_ttl(ctx: &XdpContext, ip: &Ipv4) -> Res<()> {
     let h: *mut [u8; IPV4_MIN_HLEN] = at(ctx, ip.off, Counter::DropBadIpv4)?;
     // SAFETY: bounds-checked by `at`.
     let h = unsafe { &mut *h };
-    let check = read16(h[10..].as_ptr());
-    h[8] = ip.ttl - 1;
+    let check = read16(h[IPV4_CSUM_OFF..].as_ptr());
+    h[IPV4_TTL_OFF] = ip.ttl - 1;
     let new = dslite_common::csum::ttl_decrement(check, ip.ttl, ip.proto);
-    crate::packet::write16(h[10..].as_mut_ptr(), new);
+    crate::packet::write16(h[IPV4_CSUM_OFF..].as_mut_ptr(), new);
     Ok(())
 }
 
@@ -74,13 +74,20 @@ pub fn restore_ttl(ctx: &XdpContext) -> Res<()> {
     let h: *mut [u8; IPV4_MIN_HLEN] = at(ctx, ETH_HLEN, Counter::DropBadIpv4)?;
     // SAFETY: bounds-checked by `at`.
     let h = unsafe { &mut *h };
-    let old = u16::from_ne_bytes([h[8], h[9]]);
-    h[8] = h[8].wrapping_add(1);
-    let c = dslite_common::csum::replace2(
-        crate::packet::read16(h[10..].as_ptr()),
-        old,
-        u16::from_ne_bytes([h[8], h[9]]),
-    );
-    crate::packet::write16(h[10..].as_mut_ptr(), c);
+    set_ttl(h, h[IPV4_TTL_OFF].wrapping_add(1));
     Ok(())
+}
+
+/// Set the TTL of the IPv4 header `h` to `ttl`, updating the header checksum incrementally
+/// (RFC 1624).
+#[inline(always)]
+pub fn set_ttl(h: &mut [u8; IPV4_MIN_HLEN], ttl: u8) {
+    let old = u16::from_ne_bytes([h[IPV4_TTL_OFF], h[IPV4_TTL_OFF + 1]]);
+    h[IPV4_TTL_OFF] = ttl;
+    let c = dslite_common::csum::replace2(
+        read16(h[IPV4_CSUM_OFF..].as_ptr()),
+        old,
+        u16::from_ne_bytes([h[IPV4_TTL_OFF], h[IPV4_TTL_OFF + 1]]),
+    );
+    crate::packet::write16(h[IPV4_CSUM_OFF..].as_mut_ptr(), c);
 }
