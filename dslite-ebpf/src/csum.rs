@@ -38,7 +38,7 @@ pub const MAX_ICMP_LEN: usize = 1480;
 
 /// State of a checksum run over packet bytes, shared with [`sum_chunk`].
 #[repr(C)]
-pub struct SumLoop {
+struct SumLoop {
     xdp: *mut xdp_md,
     off: u64,
     n: u64,
@@ -49,7 +49,7 @@ pub struct SumLoop {
 /// `bpf_loop` callback: add the `i`-th 64-byte chunk (the last one zero-padded, which is
 /// also the odd-length rule) to the sum, as 64-bit words folded later (RFC 1071 §2(C)).
 /// 1 stops the loop.
-pub unsafe extern "C" fn sum_chunk(i: u32, c: *mut c_void) -> i64 {
+unsafe extern "C" fn sum_chunk(i: u32, c: *mut c_void) -> i64 {
     // SAFETY: `c` is the `SumLoop` on the caller's stack (bpf_loop passes it through).
     let c = unsafe { &mut *(c as *mut SumLoop) };
     let done = i as u64 * 64;

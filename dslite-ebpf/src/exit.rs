@@ -233,7 +233,7 @@ impl Endpoint {
 pub const LOOP_CONTINUE: i64 = 0;
 pub const LOOP_BREAK: i64 = 1;
 
-/// The NAT allocator's results (`nat.rs`), one scalar per BPF call.
+/// The NAT allocator's results (`nat/`), one scalar per BPF call.
 pub mod nat {
     /// A port search's (and an admission's) outcome.
     pub const FOUND: u32 = 0;

@@ -107,7 +107,7 @@ pub static SLOW_CONFIG: Array<SlowConfig> =
 #[map(name = "SLOW_DEV")]
 pub static SLOW_DEV: DevMap = DevMap::pinned(spec::SLOW_DEV.max_entries, spec::SLOW_DEV.flags);
 
-/// The FIB's answers, per CPU (see `forward::fib_redirect`).
+/// The FIB's answers, per CPU (see `route::fib_redirect`).
 #[map(name = "NEXT_HOPS")]
 pub static NEXT_HOPS: LruPerCpuHashMap<NextHopKey, NextHop> =
     LruPerCpuHashMap::pinned(spec::NEXT_HOPS.max_entries, spec::NEXT_HOPS.flags);

@@ -20,13 +20,13 @@ use crate::{
 
 /// Most fragments one chain from the internet may pass: a 64 KiB datagram in 1280-byte
 /// fragments needs 52.
-pub const MAX_FRAGMENTS_PER_CHAIN: u64 = 64;
+const MAX_FRAGMENTS_PER_CHAIN: u64 = 64;
 
 /// Take one token from `key`'s fragment bucket (`frag_per_sec` per second, that burst);
 /// 1 if the fragment may go on. A BPF call: the bucket's temporaries stay off the callers'
 /// frames.
 #[inline(never)]
-pub fn fragment_budget(key: &[u8; 16], cfg: &AftrConfig) -> u32 {
+fn fragment_budget(key: &[u8; 16], cfg: &AftrConfig) -> u32 {
     let rate = cfg.frag_per_sec as u64;
     if rate == 0 {
         return 1;

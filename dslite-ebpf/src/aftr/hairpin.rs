@@ -27,12 +27,7 @@ bpf_call! {
 }
 
 #[inline(always)]
-pub fn hairpin_inner(
-    ctx: &XdpContext,
-    cfg: &AftrConfig,
-    p: &FromB4,
-    out_port: HighPort,
-) -> Res<u32> {
+fn hairpin_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: HighPort) -> Res<u32> {
     let out_port = out_port.port();
     // Only TCP and UDP name a destination port; an echo request has no owner to find.
     if p.ip.proto != IPPROTO_TCP && p.ip.proto != IPPROTO_UDP {

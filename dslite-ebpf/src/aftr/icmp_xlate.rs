@@ -22,20 +22,20 @@ use crate::{
 
 /// Raw 16-bit word at `off`.
 #[inline(always)]
-pub fn word(ctx: &XdpContext, off: usize) -> Res<u16> {
+fn word(ctx: &XdpContext, off: usize) -> Res<u16> {
     let p: *mut [u8; 2] = at(ctx, off, Counter::DropBadIcmpError)?;
     Ok(read16(p as *const u8))
 }
 
 #[inline(always)]
-pub fn set_word(ctx: &XdpContext, off: usize, v: u16) -> Res<()> {
+fn set_word(ctx: &XdpContext, off: usize, v: u16) -> Res<()> {
     let p: *mut [u8; 2] = at(ctx, off, Counter::DropBadIcmpError)?;
     write16(p as *mut u8, v);
     Ok(())
 }
 
 /// Where an ICMP error's quoted packet is, and what it says.
-pub struct Quote {
+struct Quote {
     icmp: usize,
     icmp_len: usize,
     emb: usize,
@@ -54,7 +54,7 @@ pub struct Quote {
 /// plus 8 bytes, whose own checksum holds, in a message whose ICMP checksum holds
 /// (RFC 5508 REQ-3a).
 #[inline(always)]
-pub fn quoted(ctx: &XdpContext, ip: &Ipv4) -> Res<Quote> {
+fn quoted(ctx: &XdpContext, ip: &Ipv4) -> Res<Quote> {
     let icmp = ip.off + ip.hlen;
     let icmp_len = ip.tot_len - ip.hlen;
     if !(ICMP_MIN_LEN + IPV4_MIN_HLEN + 8..=MAX_ICMP_LEN).contains(&icmp_len) {
@@ -107,7 +107,7 @@ pub fn quoted(ctx: &XdpContext, ip: &Ipv4) -> Res<Quote> {
 /// when the quote is not ICMP. An error about our echo request quotes a request; a host's
 /// error about an inbound echo quotes a reply.
 #[inline(always)]
-pub fn quoted_icmp_type(ctx: &XdpContext, q: &Quote) -> Option<u8> {
+fn quoted_icmp_type(ctx: &XdpContext, q: &Quote) -> Option<u8> {
     if q.proto != IPPROTO_ICMP {
         return None;
     }
@@ -118,7 +118,7 @@ pub fn quoted_icmp_type(ctx: &XdpContext, q: &Quote) -> Option<u8> {
 
 /// One ICMP error translation: an outer address and the matching quoted address become
 /// `addr`, the quoted port or identifier becomes `port`.
-pub struct Xlate {
+struct Xlate {
     /// Offsets of the addresses in the outer and the quoted IPv4 headers (12 src, 16 dst).
     outer_field: usize,
     outer_old: [u8; 4],
@@ -133,7 +133,7 @@ pub struct Xlate {
 }
 
 #[inline(always)]
-pub fn set_addr(ctx: &XdpContext, off: usize, a: [u8; 4]) -> Res<()> {
+fn set_addr(ctx: &XdpContext, off: usize, a: [u8; 4]) -> Res<()> {
     set_word(ctx, off, u16::from_ne_bytes([a[0], a[1]]))?;
     set_word(ctx, off + 2, u16::from_ne_bytes([a[2], a[3]]))
 }
@@ -143,7 +143,7 @@ pub fn set_addr(ctx: &XdpContext, off: usize, a: [u8; 4]) -> Res<()> {
 /// checksum, its port, and its L4 checksum when the quote holds it. Every word changed
 /// inside the ICMP message is folded into the ICMP checksum as well.
 #[inline(always)]
-pub fn translate(ctx: &XdpContext, ip: &Ipv4, q: &Quote, x: &Xlate) -> Res<()> {
+fn translate(ctx: &XdpContext, ip: &Ipv4, q: &Quote, x: &Xlate) -> Res<()> {
     let outer_sum = word(ctx, ip.off + IPV4_CSUM_OFF)?;
     set_word(
         ctx,
@@ -187,7 +187,7 @@ bpf_call! {
 }
 
 #[inline(always)]
-pub fn error_inbound_inner(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> Res<u32> {
+fn error_inbound_inner(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> Res<u32> {
     let q = quoted(ctx, ip)?;
     let (emb, ehlen, eproto) = (q.emb, q.ehlen, q.proto);
     // Ours, so the quoted source is the outside endpoint, and the error is addressed to it:
@@ -256,7 +256,7 @@ bpf_call! {
 }
 
 #[inline(always)]
-pub fn error_outbound_inner(ctx: &XdpContext, p: &FromB4) -> Res<[u8; 4]> {
+fn error_outbound_inner(ctx: &XdpContext, p: &FromB4) -> Res<[u8; 4]> {
     let ip = &p.ip;
     let q = quoted(ctx, ip)?;
     let (emb, ehlen, eproto) = (q.emb, q.ehlen, q.proto);

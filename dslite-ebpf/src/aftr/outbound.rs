@@ -35,12 +35,12 @@ use crate::{
 /// Parse and check a softwire packet from a B4 into `p`. A BPF call of its own: its
 /// temporaries are off the stack while the NAT search runs.
 #[inline(never)]
-pub fn parse_from_b4(ctx: &XdpContext, cfg: &AftrConfig, p: &mut FromB4) -> Code {
+fn parse_from_b4(ctx: &XdpContext, cfg: &AftrConfig, p: &mut FromB4) -> Code {
     parse_from_b4_inner(ctx, cfg, p).into()
 }
 
 #[inline(always)]
-pub fn parse_from_b4_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &mut FromB4) -> Res<()> {
+fn parse_from_b4_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &mut FromB4) -> Res<()> {
     let mut sw = Softwire::default();
     let parsed = ipv6(ctx, &mut sw);
     if let Err(Exit::Pass(Counter::PassIpv6Fragment)) = parsed {
@@ -199,7 +199,7 @@ pub fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
 /// NAT log (`--log-sessions`): the mapping this packet created, with its destination under
 /// `--log-destinations` (RFC 6888 REQ-12).
 #[inline(never)]
-pub fn log_mapping(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u32) {
+fn log_mapping(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u32) {
     let out = Endpoint::new(p.out_addr, u16::from_be(out_port as u16));
     let mut dst = Endpoint::NONE;
     if cfg.flags & AFTR_LOG_DESTINATIONS != 0 {

@@ -24,10 +24,10 @@ use crate::{
 pub const AFTR_V4: [u8; 4] = [192, 0, 0, 1];
 
 /// Outer IPv6 + new IPv4 + ICMP header: where the quoted packet starts.
-pub const QUOTE_OFF: usize = ETH_HLEN + IPV6_HLEN + IPV4_MIN_HLEN + ICMP_MIN_LEN;
+const QUOTE_OFF: usize = ETH_HLEN + IPV6_HLEN + IPV4_MIN_HLEN + ICMP_MIN_LEN;
 
 /// What a refusal quotes and where it goes.
-pub struct Refusal {
+struct Refusal {
     pub b4: [u8; 16],
     pub inside: [u8; 4],
     /// Offset of the refused packet's IPv4 header in the frame, and its header length.
@@ -41,7 +41,7 @@ pub struct Refusal {
 
 /// One token from this CPU's ICMP bucket (`icmp_per_sec`, burst of the same size).
 #[inline(always)]
-pub fn take_token(cfg: &AftrConfig) -> bool {
+fn take_token(cfg: &AftrConfig) -> bool {
     let rate = cfg.icmp_per_sec as u64;
     if rate == 0 {
         return false;
@@ -61,7 +61,7 @@ pub fn take_token(cfg: &AftrConfig) -> bool {
 /// caller routes it. Rate limited: the packet is just dropped. The refusal itself is
 /// counted under `why` (a counter index) either way.
 #[inline(never)]
-pub fn send_unreachable(ctx: &XdpContext, cfg: &AftrConfig, r: &Refusal, why: u32) -> Code {
+fn send_unreachable(ctx: &XdpContext, cfg: &AftrConfig, r: &Refusal, why: u32) -> Code {
     let reason = Counter::from_index(why);
     if !take_token(cfg) {
         count(Counter::IcmpRateLimited);
@@ -78,7 +78,7 @@ pub fn send_unreachable(ctx: &XdpContext, cfg: &AftrConfig, r: &Refusal, why: u3
 }
 
 #[inline(always)]
-pub fn build(ctx: &XdpContext, cfg: &AftrConfig, r: &Refusal) -> Res<()> {
+fn build(ctx: &XdpContext, cfg: &AftrConfig, r: &Refusal) -> Res<()> {
     let eth: *mut [u8; ETH_HLEN] = at(ctx, 0, Counter::DropTruncatedEth)?;
     // SAFETY: bounds-checked by `at`.
     let mut saved = unsafe { *eth };
@@ -168,7 +168,7 @@ bpf_call! {
 }
 
 #[inline(always)]
-pub fn echo_reply_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4) -> Res<u32> {
+fn echo_reply_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4) -> Res<u32> {
     if p.ip.proto != IPPROTO_ICMP {
         return Err(Exit::Drop(Counter::DropUnsupportedProto));
     }

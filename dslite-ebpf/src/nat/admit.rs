@@ -67,11 +67,9 @@ pub fn admit(b4: &[u8; 16], cfg: &AftrConfig, now: u64) -> u32 {
         return SESSION_LIMIT;
     }
     let rate = cfg.new_per_sec as u64;
-    if rate != 0 {
-        if !bucket::take(&mut st.tokens, &mut st.refill_ns, rate, now) {
-            st.refused += 1;
-            return RATE_LIMIT;
-        }
+    if rate != 0 && !bucket::take(&mut st.tokens, &mut st.refill_ns, rate, now) {
+        st.refused += 1;
+        return RATE_LIMIT;
     }
     st.sessions += 1;
     FOUND

@@ -26,7 +26,7 @@ use crate::{
 /// The pool index of any block this softwire already holds (blocks are released
 /// independently, so any slot may be the one left); `u32::MAX` if none.
 #[inline(never)]
-pub fn held_address(sk: &SlotKey) -> u32 {
+fn held_address(sk: &SlotKey) -> u32 {
     let mut slot = 0u32;
     while slot < MAX_BLOCKS {
         if slot != sk.slot as u32 {
@@ -49,7 +49,7 @@ pub fn held_address(sk: &SlotKey) -> u32 {
 /// range, logged as allocated again (its release was logged). `FOUND`, or `NOT_FOUND` after
 /// removing a slot whose block is no longer the subscriber's.
 #[inline(never)]
-pub fn reclaim(sk: &SlotKey, s: &Slot, cfg: &AftrConfig, now: u64) -> u32 {
+fn reclaim(sk: &SlotKey, s: &Slot, cfg: &AftrConfig, now: u64) -> u32 {
     let bk = BlockKey {
         addr: s.addr,
         block: s.block,
@@ -79,7 +79,7 @@ pub fn reclaim(sk: &SlotKey, s: &Slot, cfg: &AftrConfig, now: u64) -> u32 {
 /// to `n`, so `n` steps visit every block once), stop at the first block with no `BLOCKS`
 /// entry.
 #[repr(C)]
-pub struct Scan {
+struct Scan {
     addr: [u8; 4],
     start: u32,
     stride: u32,
@@ -87,7 +87,7 @@ pub struct Scan {
     found: u32,
 }
 
-pub unsafe extern "C" fn scan_block(i: u32, c: *mut c_void) -> i64 {
+unsafe extern "C" fn scan_block(i: u32, c: *mut c_void) -> i64 {
     // SAFETY: `c` is the `Scan` on the caller's stack (bpf_loop passes it through).
     let c = unsafe { &mut *(c as *mut Scan) };
     if c.n == 0 {
@@ -107,13 +107,13 @@ pub unsafe extern "C" fn scan_block(i: u32, c: *mut c_void) -> i64 {
 }
 
 /// Largest block count per address the search covers (65536 ports / the smallest block).
-pub const MAX_BLOCKS_PER_ADDR: u32 = 65536 / dslite_common::nat::MIN_BLOCK_SIZE as u32;
+const MAX_BLOCKS_PER_ADDR: u32 = 65536 / dslite_common::nat::MIN_BLOCK_SIZE as u32;
 
 /// The `a`-th address to try for a subscriber's first block: its hashed address while the
 /// last sweep saw free blocks there, then addresses from the sweep's list of addresses with
 /// free blocks. `u32::MAX` when there is none (the pool is full: a cheap refusal).
 #[inline(always)]
-pub fn first_block_address(h: u32, a: u32, cfg: &AftrConfig) -> u32 {
+fn first_block_address(h: u32, a: u32, cfg: &AftrConfig) -> u32 {
     let hashed = h % cfg.pool_len;
     if a == 0 && ADDR_FREE.get(hashed).is_some_and(|f| *f != 0) {
         return hashed;
@@ -178,7 +178,7 @@ pub fn claim_block(sk: &SlotKey, cfg: &AftrConfig, now: u64) -> u32 {
 /// (its hint is then cleared until the next sweep), `BLOCK_NONE` when there is no address
 /// left to try.
 #[inline(never)]
-pub fn claim_on_address(
+fn claim_on_address(
     sk: &SlotKey,
     owner: &BlockValue,
     cfg: &AftrConfig,
@@ -245,7 +245,7 @@ pub fn claim_on_address(
 /// Keep the free-block hint of an address honest after a search: one fewer after a claim,
 /// none left when the search found nothing.
 #[inline(never)]
-pub fn note_free(addr_index: u32, r: u32, found: u32) {
+fn note_free(addr_index: u32, r: u32, found: u32) {
     if let Some(f) = ADDR_FREE.get_ptr_mut(addr_index) {
         // SAFETY: map value pointer; a hint, so a lost update is harmless.
         unsafe {
@@ -261,7 +261,7 @@ pub fn note_free(addr_index: u32, r: u32, found: u32) {
 /// Claim one block (`where_`: pool index and block) for slot `sk`. `BLOCK_OURS` also when
 /// another CPU filled the slot first: the caller reads the slot back either way.
 #[inline(never)]
-pub fn try_block(sk: &SlotKey, owner: &BlockValue, cfg: &AftrConfig, where_: BlockAt) -> u32 {
+fn try_block(sk: &SlotKey, owner: &BlockValue, cfg: &AftrConfig, where_: BlockAt) -> u32 {
     let addr_index = where_.addr_index();
     let addr = match POOL.get(addr_index) {
         Some(a) => *a,

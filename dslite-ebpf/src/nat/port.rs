@@ -23,7 +23,7 @@ pub struct Outside {
 }
 
 /// What a port search needs besides the key (bundled: BPF calls take five arguments).
-pub struct Search {
+struct Search {
     now: u64,
     hash: u32,
     parity: u16,
@@ -65,13 +65,7 @@ pub fn give_block(key: &NatOutKey, cfg: &AftrConfig, slot: u32) -> u32 {
 /// Try the block in slot `sk`: [`need_block`] when the slot is empty (or its
 /// held block is gone), else what the port search in it found.
 #[inline(always)]
-pub fn use_slot(
-    key: &NatOutKey,
-    sk: &SlotKey,
-    cfg: &AftrConfig,
-    q: &Search,
-    out: &mut Outside,
-) -> u32 {
+fn use_slot(key: &NatOutKey, sk: &SlotKey, cfg: &AftrConfig, q: &Search, out: &mut Outside) -> u32 {
     let need = need_block(sk.slot as u32);
     let s = match SW_BLOCKS.get_ptr(sk) {
         // SAFETY: map value pointer from the kernel; copied out.
@@ -89,13 +83,7 @@ pub fn use_slot(
 /// Try `PORT_SEARCH_TRIES` ports of the block: `FOUND` (with `out` set), `NOT_FOUND` when
 /// all were taken, or `TABLE_FULL`.
 #[inline(never)]
-pub fn claim_port(
-    key: &NatOutKey,
-    s: &Slot,
-    cfg: &AftrConfig,
-    q: &Search,
-    out: &mut Outside,
-) -> u32 {
+fn claim_port(key: &NatOutKey, s: &Slot, cfg: &AftrConfig, q: &Search, out: &mut Outside) -> u32 {
     let first = block_first_port(s.block, cfg.port_lo, cfg.block_size);
     let back = key.inbound_value();
     let mut attempt = 0;
@@ -115,7 +103,7 @@ pub fn claim_port(
 /// Publish the mapping whose outside endpoint `kin` this CPU just claimed. If another CPU
 /// published one for the same key first, release ours and adopt theirs.
 #[inline(never)]
-pub fn publish(key: &NatOutKey, kin: &NatInKey, q: &Search, out: &mut Outside) -> u32 {
+fn publish(key: &NatOutKey, kin: &NatInKey, q: &Search, out: &mut Outside) -> u32 {
     let v = NatOutValue {
         outside_addr: kin.outside_addr,
         outside_port: kin.outside_port,
