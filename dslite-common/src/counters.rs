@@ -126,7 +126,7 @@ counters! {
     /// AFTR: a generated ICMP error was suppressed by its rate limit.
     IcmpRateLimited = "icmp_rate_limited", Event;
     /// An encapsulated packet larger than the softwire MTU, handed to the slow path to be
-    /// sent as IPv6 fragments (checklist 10-11).
+    /// sent as IPv6 fragments (RFC 6333 §5.3/§6.3).
     SlowEncapFragment = "slow_encap_fragment", Event;
     /// AFTR: an IPv4 fragment for the NAT, handed to the slow path for reassembly (15).
     SlowV4Fragment = "slow_v4_fragment", Event;
@@ -143,7 +143,7 @@ counters! {
     /// IPv6 not addressed to the softwire endpoint, or not IPv4-in-IPv6 (ND, ping6, ...).
     PassNotSoftwire = "pass_not_softwire", Pass;
     /// IPv6 carrying a Fragment header: the kernel reassembles it and the slow path brings
-    /// the whole packet back to XDP (checklist 12).
+    /// the whole packet back to XDP (RFC 6333 §5.3/§6.3).
     PassIpv6Fragment = "pass_ipv6_fragment", Pass;
     /// IPv6 extension header the fast path does not walk (routing, too long, too many).
     PassIpv6ExtHeader = "pass_ipv6_ext_header", Pass;
@@ -154,7 +154,7 @@ counters! {
     /// FIB says "not forwarded" (local destination, no route): the kernel decides.
     PassFibNotForwarded = "pass_fib_not_forwarded", Pass;
     /// IPv4 with DF=0 larger than the egress MTU: the kernel forwards and fragments it
-    /// (RFC 4787 REQ-13a, checklist 14).
+    /// (RFC 4787 REQ-13a).
     PassV4FragmentNeeded = "pass_v4_fragment_needed", Pass;
 
     // ---- drops ------------------------------------------------------------------------
@@ -168,7 +168,7 @@ counters! {
     DropBadIpv4 = "drop_bad_ipv4", Drop;
     /// Upper-layer (TCP/UDP/ICMP) header cut short.
     DropBadL4 = "drop_bad_l4", Drop;
-    /// AFTR: softwire from a source outside every configured B4 prefix (checklist 6).
+    /// AFTR: softwire from a source outside every configured B4 prefix (RFC 6333 §11).
     DropB4NotAllowed = "drop_b4_not_allowed", Drop;
     /// B4: softwire packet whose outer source is not the configured AFTR.
     DropNotFromAftr = "drop_not_from_aftr", Drop;
@@ -205,7 +205,7 @@ counters! {
     /// FIB lookup: blackhole, unreachable or prohibit route.
     DropFibUnreachable = "drop_fib_unreachable", Drop;
     /// IPv4 with DF=1 larger than the egress MTU. The AFTR answers it with an ICMP 3/4
-    /// carrying the MTU down the softwire (RFC 4787 REQ-13, checklist 14).
+    /// carrying the MTU down the softwire (RFC 4787 REQ-13).
     DropV4TooBig = "drop_v4_too_big", Drop;
     /// A packet for the slow path while there is none (no TAP device, or it refused it).
     DropSlowPathUnavailable = "drop_slow_path_unavailable", Drop;

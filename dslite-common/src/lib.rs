@@ -5,8 +5,10 @@
 //! `#![no_std]` so the BPF side can use it; the `user` feature adds `aya::Pod` impls.
 #![no_std]
 
+pub mod bucket;
 pub mod counters;
 pub mod csum;
+pub mod map_list;
 pub mod maps;
 pub mod nat;
 pub mod proto;

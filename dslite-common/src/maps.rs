@@ -17,7 +17,7 @@ pub const B4_CONFIG: &str = "B4_CONFIG";
 pub const POOL: &str = "POOL";
 /// `HashMap<[u8; 4], u32>`: pool address -> index, to recognise inbound traffic.
 pub const POOL_INDEX: &str = "POOL_INDEX";
-/// `LpmTrie<[u8; 16], u32>`: B4 prefixes allowed to open softwires (checklist 6).
+/// `LpmTrie<[u8; 16], u32>`: B4 prefixes allowed to open softwires (RFC 6333 §11).
 pub const B4_ALLOW: &str = "B4_ALLOW";
 /// `LpmTrie<[u8; 4], u32>`: IPv4 prefixes that stay on the B4's LAN side.
 pub const LOCAL_V4: &str = "LOCAL_V4";
@@ -182,7 +182,7 @@ pub const SOFTWIRES: &str = "SOFTWIRES";
 /// `PerCpuArray<IcmpBucket>` (one entry): rate limit of generated ICMP errors.
 pub const ICMP_BUCKET: &str = "ICMP_BUCKET";
 
-/// Per-softwire limit state (RFC 6888 REQ-4/5, checklist 44-45).
+/// Per-softwire limit state (RFC 6888 REQ-4/5).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SoftwireState {
@@ -233,7 +233,7 @@ pub struct B4Config {
     pub mss: u16,
 }
 
-/// Key of [`NAT_OUT`]: the softwire plus the inside endpoint (RFC 6333 §6.6, checklist 2).
+/// Key of [`NAT_OUT`]: the softwire plus the inside endpoint (RFC 6333 §6.6).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NatOutKey {
@@ -327,7 +327,7 @@ pub struct BlockValue {
     /// The softwire that holds (or last held) the block.
     pub b4: [u8; 16],
     pub allocated_ns: u64,
-    /// 0 while in use; the release time while held down (RFC 6888 REQ-8, checklist 35).
+    /// 0 while in use; the release time while held down (RFC 6888 REQ-8).
     pub released_ns: u64,
 }
 

@@ -39,7 +39,7 @@ pub const fn filter_modes(udp: u8, tcp: u8, icmp: u8) -> u8 {
     (udp & 3) | (tcp & 3) << 2 | (icmp & 3) << 4
 }
 
-// TCP flags seen on a mapping (RFC 7857 §2 state, checklist 33).
+// TCP flags seen on a mapping (RFC 7857 §2 state).
 pub const TCP_SYN_OUT: u8 = 1;
 pub const TCP_SYN_IN: u8 = 2;
 pub const TCP_FIN_OUT: u8 = 4;
@@ -230,7 +230,7 @@ const fn word(b: &[u8], i: usize) -> u32 {
 
 /// Hash of the softwire and inside address only: selects the pool address, so every flow of
 /// one inside host on one softwire uses the same public address ("paired" pooling,
-/// RFC 4787 REQ-2, checklist 18).
+/// RFC 4787 REQ-2).
 #[inline(always)]
 pub const fn pool_hash(b4: &[u8; 16], inside_addr: &[u8; 4], seed: u32) -> u32 {
     let mut h = seed ^ 0x9e37_79b9;
@@ -242,7 +242,7 @@ pub const fn pool_hash(b4: &[u8; 16], inside_addr: &[u8; 4], seed: u32) -> u32 {
 }
 
 /// Starting point of the port search for a full mapping key (keyed by a secret seed, so
-/// outside ports are not predictable from inside ports: RFC 6056, checklist 47).
+/// outside ports are not predictable from inside ports: RFC 6056, RFC 6888 REQ-15).
 #[inline(always)]
 pub const fn port_hash(key: &NatOutKey, seed: u32) -> u32 {
     let h = pool_hash(&key.b4, &key.inside_addr, seed);

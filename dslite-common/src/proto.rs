@@ -8,6 +8,12 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88A8;
 
 pub const IPV4_MIN_HLEN: usize = 20;
+/// Offsets in the IPv4 header: the TTL (and the protocol after it), the header checksum,
+/// the source and the destination address.
+pub const IPV4_TTL_OFF: usize = 8;
+pub const IPV4_CSUM_OFF: usize = 10;
+pub const IPV4_SRC_OFF: usize = 12;
+pub const IPV4_DST_OFF: usize = 16;
 pub const IPV6_HLEN: usize = 40;
 
 pub const IPPROTO_HOPOPTS: u8 = 0;
@@ -29,7 +35,7 @@ pub const ICMP_PARAM_PROBLEM: u8 = 12;
 pub const ICMP_FRAG_NEEDED: u8 = 4;
 
 /// The TCP MSS that fits a softwire over a link of `link_mtu` bytes: the IPv6 header, then
-/// the IPv4 and TCP headers, come off (RFC 6908 §2.3, checklist 13).
+/// the IPv4 and TCP headers, come off (RFC 6908 §2.3).
 pub const fn mss_for_link_mtu(link_mtu: u32) -> u16 {
     let m = link_mtu.saturating_sub((IPV6_HLEN + IPV4_MIN_HLEN + TCP_MIN_LEN) as u32);
     if m > u16::MAX as u32 {
@@ -40,11 +46,11 @@ pub const fn mss_for_link_mtu(link_mtu: u32) -> u16 {
 }
 
 /// Outer hop limit for encapsulated packets: configured, never copied from the inner TTL
-/// (RFC 2473 §3, checklist item 9).
+/// (RFC 2473 §3).
 pub const DEFAULT_HOP_LIMIT: u8 = 64;
 
 /// At most this many IPv6 extension headers are walked before the upper-layer header
-/// (hop-by-hop + destination options, as Linux ip6tnl/OpenWrt B4s send: checklist item 5).
+/// (hop-by-hop + destination options, as Linux ip6tnl/OpenWrt B4s send: RFC 2473 §4.1.1).
 pub const MAX_EXT_HEADERS: usize = 2;
 /// A single extension header longer than this is not walked (counted pass to the kernel).
 /// A Tunnel Encapsulation Limit destination option header is 8 bytes.
@@ -76,7 +82,7 @@ pub const fn protocol_name(proto: u8) -> &'static str {
 
 /// Fill a 40-byte IPv6 header for a softwire packet (RFC 6333 §5.2): version 6, traffic
 /// class copied from the inner IPv4 TOS (DSCP and ECN, RFC 6908 §2.10 / RFC 6040 normal
-/// mode, checklist items 7-8), next header 4, configured hop limit.
+/// mode, RFC 6908 §2.10 and RFC 6040), next header 4, configured hop limit.
 #[inline(always)]
 pub fn write_softwire_ipv6_header(
     hdr: &mut [u8; IPV6_HLEN],

@@ -14,16 +14,16 @@ pub const SLOW_MAGIC: [u8; 4] = *b"DSL1";
 
 /// The frame after the meta is Ethernet + IPv6 + IPv4: an encapsulated packet larger than
 /// the softwire's MTU. The controller sends the IPv6 payload (the IPv4 packet, never split)
-/// with the kernel's IPv6 fragmentation at `mtu` (RFC 6333 §5.3/§6.3, checklist 10-11).
+/// with the kernel's IPv6 fragmentation at `mtu` (RFC 6333 §5.3/§6.3).
 pub const SLOW_ENCAP_FRAGMENT: u8 = 1;
 /// The frame after the meta is Ethernet [+ IPv6 from a B4] + an IPv4 fragment that must go
 /// through the NAT: the controller reassembles the datagram (keyed by softwire too, so two
-/// subscribers' fragments never mix, checklist 15-16) and writes it back whole.
+/// subscribers' fragments never mix, RFC 4787 REQ-14, RFC 6864) and writes it back whole.
 pub const SLOW_V4_FRAGMENT: u8 = 2;
 
 /// B4: the frame after the meta is Ethernet + an IPv4 packet from the LAN whose TTL ran out
 /// here: the controller answers the host with a Time Exceeded from 192.0.0.2, so traceroute
-/// shows the B4 at hop 1 (checklist 4, 9).
+/// shows the B4 at hop 1 (RFC 6333 §5.7, RFC 2473 §3).
 pub const SLOW_TTL_EXPIRED: u8 = 3;
 
 /// Prepended by XDP to every frame it hands to the controller.

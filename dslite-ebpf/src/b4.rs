@@ -5,11 +5,13 @@ use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key, programs::XdpContext};
 use dslite_common::{maps::B4Config, proto::*, slow::SLOW_TTL_EXPIRED, Counter};
 
 use crate::{
-    forward::{decapsulate, encapsulate_and_send, redirect_v4},
-    headers::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, Softwire, L3},
+    exit::{Exit, Res},
     maps::{count, count_n, B4_CONFIG, LOCAL_V4},
-    packet::{len, Exit, Res},
+    packet::len,
+    parse::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, Softwire, L3},
+    route::redirect_v4,
     slow::{from_slow_path, to_controller},
+    softwire::{decapsulate, encapsulate_and_send},
 };
 
 #[inline(always)]

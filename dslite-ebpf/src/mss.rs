@@ -1,5 +1,5 @@
 //! TCP MSS clamping on SYN and SYN-ACK, in both elements, so TCP fits the softwire without
-//! fragmentation (RFC 6908 §2.3 / RFC 8513, checklist 13).
+//! fragmentation (RFC 6908 §2.3 / RFC 8513).
 
 use aya_ebpf::programs::XdpContext;
 use dslite_common::{csum, proto::*, Counter};

@@ -7,43 +7,11 @@ use core::mem::size_of;
 use aya_ebpf::programs::XdpContext;
 use dslite_common::Counter;
 
+use crate::exit::{Exit, Res};
+
 /// Largest offset the programs ever read at: Ethernet 14 + IPv6 40 + extension headers
 /// 2 x 64 + IPv4 60 + TCP 20 = 262. Bounding it keeps packet-pointer arithmetic verifiable.
 const MAX_OFFSET: usize = 512;
-
-/// Why a packet leaves the program without being forwarded by XDP.
-#[derive(Clone, Copy)]
-pub enum Exit {
-    /// Drop, counted under this reason.
-    Drop(Counter),
-    /// Hand to the kernel stack untouched (or as far as it is useful), counted.
-    Pass(Counter),
-}
-
-pub type Res<T> = Result<T, Exit>;
-
-impl Exit {
-    /// As a non-zero integer, to cross a BPF call (enums returned from BPF calls can carry
-    /// uninitialised padding that the verifier rejects).
-    #[inline(always)]
-    pub fn code(self) -> u32 {
-        match self {
-            Exit::Drop(c) => c as u32 + 1,
-            Exit::Pass(c) => (c as u32 + 1) | 0x8000_0000,
-        }
-    }
-
-    /// Inverse of [`Exit::code`].
-    #[inline(always)]
-    pub fn from_code(code: u32) -> Exit {
-        let c = Counter::from_index((code & 0x7fff_ffff).wrapping_sub(1));
-        if code & 0x8000_0000 != 0 {
-            Exit::Pass(c)
-        } else {
-            Exit::Drop(c)
-        }
-    }
-}
 
 /// Bounds-checked pointer to a `T` at `off` bytes from the start of the packet.
 ///

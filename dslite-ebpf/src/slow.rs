@@ -11,8 +11,9 @@ use dslite_common::{
 };
 
 use crate::{
+    exit::{Exit, Res},
     maps::{count, SLOW_CONFIG, SLOW_DEV},
-    packet::{at, Exit, Res},
+    packet::at,
 };
 
 /// The controller's TAP device, or 0.

@@ -77,7 +77,7 @@ fn run() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::BuildEbpf { .. } => {
             toolchain::ensure()?;
-            build_ebpf()?;
+            build_ebpf(Features::Production)?;
         }
         Cmd::Test { filter } => test(filter)?,
         Cmd::Lint => lint::lint()?,
@@ -114,30 +114,49 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn build_ebpf() -> Result<()> {
-    println!("xtask: building the XDP programs (dslite-ebpf, bpfel-unknown-none, release)");
-    run_cmd(
-        Command::new("cargo")
-            .current_dir(root())
-            .env_remove("RUSTUP_TOOLCHAIN")
-            .env_remove("RUSTC")
-            // BTF with func_info: the kernel needs it for bpf_loop callbacks (the same
-            // flags aya-build uses).
-            .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
-            .args([
-                "+nightly",
-                "build",
-                "-p",
-                "dslite-ebpf",
-                "--bin",
-                "dslite",
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-                "--release",
-            ]),
-    )?;
+/// Which programs the kernel object holds.
+#[derive(Clone, Copy, PartialEq)]
+enum Features {
+    /// The programs the controller attaches (what test, demo and CI use).
+    Production,
+    /// Those plus the benchmark baseline and probes (dslite-ebpf feature `bench`).
+    Bench,
+}
+
+fn build_ebpf(features: Features) -> Result<()> {
+    let bench = features == Features::Bench;
+    println!(
+        "xtask: building the XDP programs (dslite-ebpf, bpfel-unknown-none, release{})",
+        if bench {
+            ", with the benchmark programs"
+        } else {
+            ""
+        }
+    );
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root())
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        // BTF with func_info: the kernel needs it for bpf_loop callbacks (the same
+        // flags aya-build uses).
+        .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
+        .args([
+            "+nightly",
+            "build",
+            "-p",
+            "dslite-ebpf",
+            "--bin",
+            "dslite",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+        ]);
+    if bench {
+        cmd.args(["--features", "bench"]);
+    }
+    run_cmd(&mut cmd)?;
     println!("xtask: kernel object at {}", object_path().display());
     Ok(())
 }
@@ -191,7 +210,7 @@ fn test(filter: Option<String>) -> Result<()> {
         "--exclude",
         "dslite-tests",
     ]))?;
-    build_ebpf()?;
+    build_ebpf(Features::Production)?;
     build_host()?;
     println!(
         "xtask: privileged tests (BPF_PROG_TEST_RUN fixtures, veth end-to-end), one at a time"
@@ -229,7 +248,7 @@ fn fuzz(
     }
     toolchain::ensure()?;
     require_privileges()?;
-    build_ebpf()?;
+    build_ebpf(Features::Production)?;
     let filter = match program.as_deref() {
         None => "fuzz_",
         Some("aftr") => "fuzz_aftr",
@@ -269,7 +288,7 @@ fn fuzz(
 fn demo() -> Result<()> {
     toolchain::ensure()?;
     require_privileges()?;
-    build_ebpf()?;
+    build_ebpf(Features::Production)?;
     build_host()?;
     run_cmd(
         Command::new(root().join("target/release/dslite-demo"))
@@ -281,7 +300,7 @@ fn bench() -> Result<()> {
     toolchain::ensure()?;
     require_privileges()?;
     toolchain::ensure_bench_tools()?;
-    build_ebpf()?;
+    build_ebpf(Features::Bench)?;
     build_host()?;
     println!("xtask: benchmarks (a few minutes; keep the machine otherwise idle)");
     run_cmd(

@@ -455,24 +455,10 @@ pub fn map_sizes(aftr: Option<&AftrSettings>) -> Vec<(&'static str, u32)> {
                 (m::LOCAL_V4, 1),
             ]
         }
-        None => [
-            m::NAT_OUT,
-            m::NAT_IN,
-            m::BLOCKS,
-            m::SW_BLOCKS,
-            m::SOFTWIRES,
-            m::PEERS,
-            m::POOL,
-            m::POOL_INDEX,
-            m::B4_ALLOW,
-            m::DENY_V4,
-            m::FRAG_CHAINS,
-            m::FRAG_BUDGET,
-            m::ADDR_FREE,
-            m::FREE_ADDRS,
-        ]
-        .iter()
-        .map(|n| (*n, 1))
-        .collect(),
+        None => dslite_common::map_list::MAPS
+            .iter()
+            .filter(|s| s.shrinks_on_b4())
+            .map(|s| (s.name, 1))
+            .collect(),
     }
 }

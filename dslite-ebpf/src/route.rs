@@ -1,21 +1,22 @@
-//! Moving packets between the IPv4 and IPv6 worlds (encapsulation, decapsulation) and
-//! sending them on with `bpf_fib_lookup` + `bpf_redirect`.
+//! Routing: `bpf_fib_lookup` (with a per-CPU next-hop cache) and `bpf_redirect`, and the
+//! route MTU a "fragmentation needed" reports.
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::generated::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
 use dslite_common::{
     maps::{NextHop, NextHopKey},
     proto::*,
-    slow::SLOW_ENCAP_FRAGMENT,
     Counter,
 };
 
 use crate::{
+    exit::{too_big, too_big_mtu, Exit, Res},
     maps::{count, NEXT_HOPS, NH_GEN},
-    packet::{at, len, Exit, Res},
+    packet::{at, len},
+    parse::restore_ttl,
 };
 
 const AF_INET: u8 = 2;
@@ -52,91 +53,6 @@ struct FibParams {
 
 const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
 
-/// Strip `hdr_len` bytes of outer headers that follow the Ethernet header (IPv6 + extension
-/// headers), keeping the Ethernet addresses and setting the EtherType to IPv4.
-///
-/// The functions here are real BPF calls (`inline(never)`): they run after the NAT decision,
-/// so their stack frames never add to the NAT search's (the verifier allows 512 bytes for
-/// the deepest call chain).
-#[inline(never)]
-pub fn decapsulate(ctx: &XdpContext, hdr_len: usize) -> Res<()> {
-    let eth: *mut [u8; ETH_HLEN] = at(ctx, 0, Counter::DropTruncatedEth)?;
-    // SAFETY: bounds-checked by `at`.
-    let mut saved = unsafe { *eth };
-    // SAFETY: the helper checks the new head against the frame itself.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, hdr_len as i32) } != 0 {
-        return Err(Exit::Drop(Counter::DropAdjustHead));
-    }
-    let eth: *mut [u8; ETH_HLEN] = at(ctx, 0, Counter::DropAdjustHead)?;
-    saved[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
-    // SAFETY: re-checked after the head moved.
-    unsafe { *eth = saved };
-    Ok(())
-}
-
-/// What the outer IPv6 header takes from the inner packet and the configuration.
-pub struct Outer {
-    pub inner_tos: u8,
-    pub inner_len: u16,
-    pub hop_limit: u8,
-}
-
-/// Prepend an IPv6 header (RFC 6333 §5.2/§6.2) in front of the IPv4 packet that starts
-/// right after the Ethernet header; the Ethernet addresses are kept for now and the
-/// EtherType becomes IPv6.
-#[inline(never)]
-pub fn encapsulate(ctx: &XdpContext, o: &Outer, src: &[u8; 16], dst: &[u8; 16]) -> Res<()> {
-    let eth: *mut [u8; ETH_HLEN] = at(ctx, 0, Counter::DropTruncatedEth)?;
-    // SAFETY: bounds-checked by `at`.
-    let mut saved = unsafe { *eth };
-    // SAFETY: the helper checks the headroom itself.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV6_HLEN as i32)) } != 0 {
-        return Err(Exit::Drop(Counter::DropAdjustHead));
-    }
-    let eth: *mut [u8; ETH_HLEN] = at(ctx, 0, Counter::DropAdjustHead)?;
-    let ip6: *mut [u8; IPV6_HLEN] = at(ctx, ETH_HLEN, Counter::DropAdjustHead)?;
-    saved[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
-    // SAFETY: re-checked after the head moved.
-    unsafe {
-        *eth = saved;
-        write_softwire_ipv6_header(&mut *ip6, o.inner_tos, o.inner_len, o.hop_limit, src, dst);
-    }
-    Ok(())
-}
-
-/// Encapsulate the IPv4 packet `ip` (right after Ethernet) toward `dst` and send it: the
-/// common tail of every path into a softwire. An outer packet larger than the tunnel MTU or
-/// the route's MTU goes to the slow path, which sends it as IPv6 fragments: the inner IPv4
-/// packet is never fragmented (RFC 6333 §5.3/§6.3, checklist 10-11).
-#[inline(always)]
-pub fn encapsulate_and_send(
-    ctx: &XdpContext,
-    ip: &crate::headers::Ipv4,
-    hop_limit: u8,
-    src: &[u8; 16],
-    dst: &[u8; 16],
-) -> Res<u32> {
-    let o = Outer {
-        inner_tos: ip.tos,
-        inner_len: ip.tot_len as u16,
-        hop_limit,
-    };
-    encapsulate(ctx, &o, src, dst)?;
-    let tunnel_mtu = crate::slow::tunnel_mtu();
-    if tunnel_mtu != 0 && (IPV6_HLEN + ip.tot_len) as u32 > tunnel_mtu {
-        return crate::slow::to_controller(ctx, SLOW_ENCAP_FRAGMENT, tunnel_mtu);
-    }
-    let action = redirect_v6(ctx, src, dst)?;
-    if action & TOO_BIG != 0 {
-        return crate::slow::to_controller(ctx, SLOW_ENCAP_FRAGMENT, action & !TOO_BIG);
-    }
-    Ok(action)
-}
-
-/// Set in what [`redirect_v6`] returns when the route's MTU is smaller than the packet; the
-/// low bits carry that MTU. Never a valid XDP action.
-pub const TOO_BIG: u32 = 1 << 31;
-
 fn fib_params(ctx: &XdpContext, family: u8) -> FibParams {
     FibParams {
         family,
@@ -162,7 +78,7 @@ pub fn redirect_v4(ctx: &XdpContext, src: &[u8; 4], dst: &[u8; 4]) -> Res<u32> {
     p.src[..4].copy_from_slice(src);
     p.dst[..4].copy_from_slice(dst);
     let mut action = fib_redirect(ctx, &mut p)?;
-    if action & TOO_BIG != 0 {
+    if too_big_mtu(action).is_some() {
         // Larger than the egress MTU. DF=0: the kernel forwards it and fragments it (RFC 4787
         // REQ-13a); DF=1 was answered before translation where an answer is due (AFTR).
         let h: *mut [u8; IPV4_MIN_HLEN] = at(ctx, ETH_HLEN, Counter::DropBadIpv4)?;
@@ -181,25 +97,9 @@ pub fn redirect_v4(ctx: &XdpContext, src: &[u8; 4], dst: &[u8; 4]) -> Res<u32> {
     Ok(action)
 }
 
-/// Add one to the TTL of the IPv4 header after Ethernet (checksum updated incrementally).
-#[inline(always)]
-fn restore_ttl(ctx: &XdpContext) -> Res<()> {
-    let h: *mut [u8; IPV4_MIN_HLEN] = at(ctx, ETH_HLEN, Counter::DropBadIpv4)?;
-    // SAFETY: bounds-checked by `at`.
-    let h = unsafe { &mut *h };
-    let old = u16::from_ne_bytes([h[8], h[9]]);
-    h[8] = h[8].wrapping_add(1);
-    let c = dslite_common::csum::replace2(
-        crate::packet::read16(h[10..].as_ptr()),
-        old,
-        u16::from_ne_bytes([h[8], h[9]]),
-    );
-    crate::packet::write16(h[10..].as_mut_ptr(), c);
-    Ok(())
-}
-
 /// Benchmarks only: one FIB lookup for this frame's addresses (IPv4 if `v6` is false), as
 /// the forwarding paths do it; returns the helper's result code.
+#[cfg(feature = "bench")]
 #[inline(always)]
 pub fn fib_probe(ctx: &XdpContext, v6: bool, src: &[u8; 16], dst: &[u8; 16]) -> i64 {
     let mut p = fib_params(ctx, if v6 { AF_INET6 } else { AF_INET });
@@ -239,7 +139,7 @@ pub fn v4_route_mtu(ctx: &XdpContext, dst: &[u8; 4], tot_len: u32) -> u32 {
 }
 
 /// Route an IPv6 frame and redirect it; see [`fib_redirect`]. A packet larger than the
-/// route's MTU is not sent: the result is [`TOO_BIG`] with the MTU.
+/// route's MTU is not sent: the result is [`too_big`] with the MTU.
 #[inline(never)]
 pub fn redirect_v6(ctx: &XdpContext, src: &[u8; 16], dst: &[u8; 16]) -> Res<u32> {
     let mut p = fib_params(ctx, AF_INET6);
@@ -251,7 +151,7 @@ pub fn redirect_v6(ctx: &XdpContext, src: &[u8; 16], dst: &[u8; 16]) -> Res<u32>
 /// Route the frame with the kernel FIB and redirect it out of the egress interface. A
 /// missing neighbour entry hands the packet to the kernel, which resolves the neighbour and
 /// forwards it: later packets take the fast path. A packet larger than the egress MTU gives
-/// [`TOO_BIG`] | MTU for the caller to decide.
+/// [`too_big`] with the MTU for the caller to decide.
 ///
 /// The FIB's answers are cached per CPU (`NEXT_HOPS`): a lookup costs ~230 ns, most of a
 /// path (docs/benchmarks.md). An entry is used while `NH_GEN` (bumped by the controller on
@@ -326,7 +226,7 @@ fn fib_redirect(ctx: &XdpContext, p: &mut FibParams) -> Res<u32> {
             Err(Exit::Drop(Counter::DropFibUnreachable))
         }
         // `tot_len` now holds the MTU (`mtu_result` in the kernel's union).
-        FIB_FRAG_NEEDED => Ok(TOO_BIG | p.tot_len as u32),
+        FIB_FRAG_NEEDED => Ok(too_big(p.tot_len as u32)),
         _ => Err(Exit::Drop(Counter::DropFibOther)),
     }
 }

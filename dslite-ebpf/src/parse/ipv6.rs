@@ -1,30 +1,13 @@
-//! Header parsing shared by both roles: Ethernet dispatch, IPv6 (with the extension-header
-//! walk a softwire needs), and IPv4 validation.
+//! IPv6, with the extension-header walk a softwire needs (RFC 2473 §4.1.1): finds the
+//! inner IPv4 packet of a softwire.
 
 use aya_ebpf::programs::XdpContext;
 use dslite_common::{proto::*, Counter};
 
-use crate::packet::{at, len, read16, Exit, Res};
-
-/// What the Ethernet header says.
-pub enum L3 {
-    V4,
-    V6,
-}
-
-/// Classify the frame; everything that is not plain IPv4/IPv6 goes to the kernel, counted.
-#[inline(always)]
-pub fn ethernet(ctx: &XdpContext) -> Res<L3> {
-    let eth: *mut [u8; ETH_HLEN] = at(ctx, 0, Counter::DropTruncatedEth)?;
-    // SAFETY: bounds-checked by `at`.
-    let ty = u16::from_be(read16(unsafe { (*eth).as_ptr().add(12) }));
-    match ty {
-        ETH_P_IP => Ok(L3::V4),
-        ETH_P_IPV6 => Ok(L3::V6),
-        ETH_P_8021Q | ETH_P_8021AD => Err(Exit::Pass(Counter::PassVlan)),
-        _ => Err(Exit::Pass(Counter::PassNotIp)),
-    }
-}
+use crate::{
+    exit::{Exit, Res},
+    packet::{at, len},
+};
 
 /// An IPv6 packet after the extension-header walk. Parsers fill caller-owned structs
 /// (out-parameters) rather than returning them: that keeps copies off the 512-byte stack.
@@ -44,7 +27,7 @@ pub struct Softwire {
 
 /// Parse the IPv6 header at offset 14 and walk at most `MAX_EXT_HEADERS` hop-by-hop or
 /// destination-options headers (RFC 2473 §4.1.1: a Tunnel Encapsulation Limit option, as
-/// Linux ip6tnl and OpenWrt B4s send by default, checklist item 5).
+/// Linux ip6tnl and OpenWrt B4s send by default).
 #[inline(always)]
 pub fn ipv6(ctx: &XdpContext, sw: &mut Softwire) -> Res<()> {
     let ip6: *mut [u8; IPV6_HLEN] = at(ctx, ETH_HLEN, Counter::DropBadIpv6)?;
@@ -107,64 +90,4 @@ pub fn ipv6(ctx: &XdpContext, sw: &mut Softwire) -> Res<()> {
         }
         _ => Ok(()),
     }
-}
-
-/// The fields of a validated IPv4 header that the programs use.
-#[derive(Default)]
-pub struct Ipv4 {
-    pub off: usize,
-    pub hlen: usize,
-    pub tot_len: usize,
-    pub tos: u8,
-    pub ttl: u8,
-    pub proto: u8,
-    /// More-fragments set or a non-zero fragment offset.
-    pub fragment: bool,
-    /// Don't Fragment.
-    pub df: bool,
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
-}
-
-/// Validate the IPv4 header at `off`: version 4, IHL >= 5, total length covering the header
-/// and within the `avail` bytes that enclose it (the frame, or the outer IPv6 payload).
-#[inline(always)]
-pub fn ipv4(ctx: &XdpContext, off: usize, avail: usize, ip: &mut Ipv4) -> Res<()> {
-    let hdr: *mut [u8; IPV4_MIN_HLEN] = at(ctx, off, Counter::DropBadIpv4)?;
-    // SAFETY: bounds-checked by `at`.
-    let h = unsafe { &*hdr };
-    let hlen = ((h[0] & 0x0f) as usize) * 4;
-    let tot_len = u16::from_be_bytes([h[2], h[3]]) as usize;
-    if h[0] >> 4 != 4 || hlen < IPV4_MIN_HLEN || tot_len < hlen || tot_len > avail {
-        return Err(Exit::Drop(Counter::DropBadIpv4));
-    }
-    let frag = u16::from_be_bytes([h[6], h[7]]);
-    ip.off = off;
-    ip.hlen = hlen;
-    ip.tot_len = tot_len;
-    ip.tos = h[1];
-    ip.ttl = h[8];
-    ip.proto = h[9];
-    ip.fragment = frag & (IPV4_MF | IPV4_OFFSET_MASK) != 0;
-    ip.df = frag & IPV4_DF != 0;
-    ip.src = [h[12], h[13], h[14], h[15]];
-    ip.dst = [h[16], h[17], h[18], h[19]];
-    Ok(())
-}
-
-/// Decrement the IPv4 TTL (the B4 and the AFTR each act as a router: RFC 2473 §3,
-/// checklist item 9), updating the header checksum incrementally.
-#[inline(always)]
-pub fn decrement_ttl(ctx: &XdpContext, ip: &Ipv4) -> Res<()> {
-    if ip.ttl <= 1 {
-        return Err(Exit::Drop(Counter::DropTtlExceeded));
-    }
-    let h: *mut [u8; IPV4_MIN_HLEN] = at(ctx, ip.off, Counter::DropBadIpv4)?;
-    // SAFETY: bounds-checked by `at`.
-    let h = unsafe { &mut *h };
-    let check = read16(h[10..].as_ptr());
-    h[8] = ip.ttl - 1;
-    let new = dslite_common::csum::ttl_decrement(check, ip.ttl, ip.proto);
-    crate::packet::write16(h[10..].as_mut_ptr(), new);
-    Ok(())
 }

@@ -1,0 +1,18 @@
+//! What the B4 -> internet path keeps from parsing, read by each step after it.
+
+use dslite_common::maps::NatOutKey;
+
+use crate::parse::{Ipv4, L4};
+
+/// What the B4 -> internet path keeps from parsing.
+pub struct FromB4 {
+    pub key: NatOutKey,
+    /// The source's outside address once mapped (for hairpinning).
+    pub out_addr: [u8; 4],
+    pub ip: Ipv4,
+    pub l4: L4,
+    pub inner_off: usize,
+    pub outer_len: usize,
+    /// For an ICMP 3/4 refusal: the next-hop MTU it reports.
+    pub mtu: u32,
+}

@@ -1,0 +1,93 @@
+//! IPv4: header validation, and the TTL edits (the B4 and the AFTR are router hops).
+
+use aya_ebpf::programs::XdpContext;
+use dslite_common::{proto::*, Counter};
+
+use crate::{
+    exit::{Exit, Res},
+    packet::{at, read16},
+};
+
+/// The fields of a validated IPv4 header that the programs use.
+#[derive(Default)]
+pub struct Ipv4 {
+    pub off: usize,
+    pub hlen: usize,
+    pub tot_len: usize,
+    pub tos: u8,
+    pub ttl: u8,
+    pub proto: u8,
+    /// More-fragments set or a non-zero fragment offset.
+    pub fragment: bool,
+    /// Don't Fragment.
+    pub df: bool,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+/// Validate the IPv4 header at `off`: version 4, IHL >= 5, total length covering the header
+/// and within the `avail` bytes that enclose it (the frame, or the outer IPv6 payload).
+#[inline(always)]
+pub fn ipv4(ctx: &XdpContext, off: usize, avail: usize, ip: &mut Ipv4) -> Res<()> {
+    let hdr: *mut [u8; IPV4_MIN_HLEN] = at(ctx, off, Counter::DropBadIpv4)?;
+    // SAFETY: bounds-checked by `at`.
+    let h = unsafe { &*hdr };
+    let hlen = ((h[0] & 0x0f) as usize) * 4;
+    let tot_len = u16::from_be_bytes([h[2], h[3]]) as usize;
+    if h[0] >> 4 != 4 || hlen < IPV4_MIN_HLEN || tot_len < hlen || tot_len > avail {
+        return Err(Exit::Drop(Counter::DropBadIpv4));
+    }
+    let frag = u16::from_be_bytes([h[6], h[7]]);
+    ip.off = off;
+    ip.hlen = hlen;
+    ip.tot_len = tot_len;
+    ip.tos = h[1];
+    ip.ttl = h[8];
+    ip.proto = h[9];
+    ip.fragment = frag & (IPV4_MF | IPV4_OFFSET_MASK) != 0;
+    ip.df = frag & IPV4_DF != 0;
+    ip.src = [h[12], h[13], h[14], h[15]];
+    ip.dst = [h[16], h[17], h[18], h[19]];
+    Ok(())
+}
+
+/// Decrement the IPv4 TTL (the B4 and the AFTR each act as a router: RFC 2473 §3,
+/// RFC 4213 §3.3), updating the header checksum incrementally.
+#[inline(always)]
+pub fn decrement_ttl(ctx: &XdpContext, ip: &Ipv4) -> Res<()> {
+    if ip.ttl <= 1 {
+        return Err(Exit::Drop(Counter::DropTtlExceeded));
+    }
+    let h: *mut [u8; IPV4_MIN_HLEN] = at(ctx, ip.off, Counter::DropBadIpv4)?;
+    // SAFETY: bounds-checked by `at`.
+    let h = unsafe { &mut *h };
+    let check = read16(h[IPV4_CSUM_OFF..].as_ptr());
+    h[IPV4_TTL_OFF] = ip.ttl - 1;
+    let new = dslite_common::csum::ttl_decrement(check, ip.ttl, ip.proto);
+    crate::packet::write16(h[IPV4_CSUM_OFF..].as_mut_ptr(), new);
+    Ok(())
+}
+
+/// Add one to the TTL of the IPv4 header after Ethernet (checksum updated incrementally).
+#[inline(always)]
+pub fn restore_ttl(ctx: &XdpContext) -> Res<()> {
+    let h: *mut [u8; IPV4_MIN_HLEN] = at(ctx, ETH_HLEN, Counter::DropBadIpv4)?;
+    // SAFETY: bounds-checked by `at`.
+    let h = unsafe { &mut *h };
+    set_ttl(h, h[IPV4_TTL_OFF].wrapping_add(1));
+    Ok(())
+}
+
+/// Set the TTL of the IPv4 header `h` to `ttl`, updating the header checksum incrementally
+/// (RFC 1624).
+#[inline(always)]
+pub fn set_ttl(h: &mut [u8; IPV4_MIN_HLEN], ttl: u8) {
+    let old = u16::from_ne_bytes([h[IPV4_TTL_OFF], h[IPV4_TTL_OFF + 1]]);
+    h[IPV4_TTL_OFF] = ttl;
+    let c = dslite_common::csum::replace2(
+        read16(h[IPV4_CSUM_OFF..].as_ptr()),
+        old,
+        u16::from_ne_bytes([h[IPV4_TTL_OFF], h[IPV4_TTL_OFF + 1]]),
+    );
+    crate::packet::write16(h[IPV4_CSUM_OFF..].as_mut_ptr(), c);
+}
