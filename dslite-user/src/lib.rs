@@ -19,8 +19,6 @@
 //! - [`sweep`]: expiry of idle mappings and the port-block hold-down.
 //! - [`sysctl`]: setting sysctls under /proc/sys.
 //! - [`usage`]: bad input as its own error (exit code 2).
-//! - [`views`]: reading counters and NAT mappings from pinned maps (the readers of
-//!   [`commands::inspect`], under their old name).
 pub mod cli;
 pub mod clock;
 pub mod commands;
@@ -36,5 +34,3 @@ pub mod slowpath;
 pub mod sweep;
 pub mod sysctl;
 pub mod usage;
-
-pub use commands::inspect as views;

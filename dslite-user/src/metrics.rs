@@ -218,7 +218,7 @@ pub async fn serve(
         .with_context(|| format!("--metrics {addr}: cannot listen"))?;
     log::info!("metrics on http://{addr}/metrics");
     let source: Source = Arc::new(move || {
-        let c = crate::views::read_counters(&pin)?;
+        let c = crate::commands::inspect::read_counters(&pin)?;
         let g = gauges.lock().ok().and_then(|g| g.clone());
         Ok(render(&c, g.as_ref()))
     });

@@ -9,9 +9,6 @@ use netlink_packet_route::{
     link::LinkAttribute,
 };
 
-/// Where the slow path still looks for it (it is not netlink).
-pub use crate::sysctl::ensure_sysctl;
-
 /// An interface as the controller needs it.
 #[derive(Clone, Debug)]
 pub struct Link {

@@ -12,7 +12,7 @@ use std::{
 
 use aya::{programs::Xdp, Ebpf, TestRun as _, TestRunOptions};
 use dslite_common::maps::B4Config;
-use dslite_user::{config, dataplane, views};
+use dslite_user::{commands::inspect, config, dataplane};
 
 use crate::{
     netns::Netns,
@@ -124,7 +124,7 @@ impl Rig {
     }
 
     pub fn counters(&self) -> HashMap<&'static str, u64> {
-        views::read_counters(&self.pin)
+        inspect::read_counters(&self.pin)
             .unwrap()
             .into_iter()
             .map(|(c, v)| (c.name(), v))

@@ -17,7 +17,9 @@ fn forwarded(v: u32, out: &[u8]) -> bool {
 }
 
 fn mappings(rig: &Rig) -> usize {
-    dslite_user::views::read_sessions(&rig.pin).unwrap().len()
+    dslite_user::commands::inspect::read_sessions(&rig.pin)
+        .unwrap()
+        .len()
 }
 
 fn slots(rig: &Rig) -> Vec<(SlotKey, Slot)> {
@@ -69,7 +71,7 @@ fn a_subscriber_rotating_addresses_gains_nothing() {
             assert!(rig.counter("drop_session_limit") >= 47);
             assert_eq!(slots(rig).len(), 1, "one block: the subscriber's");
             // Replies still go to the /128 that made each mapping.
-            let sessions = dslite_user::views::read_sessions(&rig.pin).unwrap();
+            let sessions = dslite_user::commands::inspect::read_sessions(&rig.pin).unwrap();
             let mut b4s: Vec<_> = sessions.iter().map(|s| s.b4.clone()).collect();
             b4s.sort();
             assert_eq!(
@@ -225,7 +227,7 @@ fn denied_destinations_are_dropped_before_any_mapping() {
 }
 
 fn tcp_state(rig: &Rig, inside_port: u16) -> String {
-    dslite_user::views::read_sessions(&rig.pin)
+    dslite_user::commands::inspect::read_sessions(&rig.pin)
         .unwrap()
         .into_iter()
         .find(|s| s.inside.ends_with(&format!(":{inside_port}")))
@@ -452,10 +454,7 @@ fn the_last_free_block_is_found() {
 #[test]
 fn a_subscriber_takes_its_held_block_back() {
     with_aftr(|rig| {
-        use dslite_user::{
-            config::Timeouts,
-            sweep::{monotonic_ns, Sweeper},
-        };
+        use dslite_user::{clock::monotonic_ns, config::Timeouts, sweep::Sweeper};
         let inner = udp4(HOST, SERVER, 5000, 7777, 64, b"x");
         let (_, out) = rig.run("tun", &from_b4(rig, b4(2), &inner, &[]));
         let (addr, port) = outside_of(&out);

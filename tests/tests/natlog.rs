@@ -158,7 +158,7 @@ fn a_stalled_syslog_and_an_absent_collector_cost_counted_losses_not_the_controll
         dslite_user::natlog::NatRecord::from_json(line).unwrap_or_else(|e| panic!("{e}: {line}"));
     }
     // whois names nobody after the stop.
-    let now = dslite_user::natlog::rfc3339_ms(dslite_user::natlog::now_unix_ms());
+    let now = dslite_user::clock::rfc3339_ms(dslite_user::clock::now_unix_ms());
     let last = seen[0];
     let holders = whois(last, &now, &[log.as_path()]);
     assert!(holders.is_empty(), "{holders:?}");
@@ -187,7 +187,7 @@ fn refusal_records(
     s: &AftrSettings,
     send: impl FnOnce(),
 ) -> Vec<dslite_user::natlog::NatRecord> {
-    use dslite_user::sweep::{monotonic_ns, Sweeper};
+    use dslite_user::{clock::monotonic_ns, sweep::Sweeper};
     let cfg = dslite_user::dataplane::aftr_config(s, 0x5eed);
     let mut sw = Sweeper::open(&rig.pin, cfg, s.timeouts).unwrap();
     sw.max_mappings = s.max_mappings;

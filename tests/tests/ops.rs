@@ -38,7 +38,7 @@ fn now_rfc3339() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i128;
-    dslite_user::natlog::rfc3339_ms(ms)
+    dslite_user::clock::rfc3339_ms(ms)
 }
 
 /// Two subscribers, both 192.168.1.10, share one public address. The NAT log (file, syslog

@@ -27,7 +27,7 @@ pub struct WhoisArgs {
 /// Answer from the records of that address and port.
 pub fn run(w: &WhoisArgs) -> Result<()> {
     use std::fmt::Write as _;
-    let at = crate::natlog::parse_rfc3339_ms(&w.at).map_err(usage)?;
+    let at = crate::clock::parse_rfc3339_ms(&w.at).map_err(usage)?;
     let (ip, port) = (*w.endpoint.ip(), w.endpoint.port());
     // Only records of this address and port are kept: memory follows the answer, not the log.
     let logs = crate::natlog::read_logs(&w.nat_log, |r| {
@@ -42,7 +42,7 @@ pub fn run(w: &WhoisArgs) -> Result<()> {
         );
     }
     let holders = crate::natlog::whois(&logs.records, ip, port, at);
-    let at_s = crate::natlog::rfc3339_ms(at);
+    let at_s = crate::clock::rfc3339_ms(at);
     let mut out = String::new();
     if w.json {
         let doc = serde_json::json!({ "endpoint": w.endpoint.to_string(), "at": at_s, "holders": holders });

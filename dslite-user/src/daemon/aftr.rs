@@ -36,7 +36,7 @@ pub async fn run(o: AftrOptions) -> Result<()> {
     )?;
     // An adopted dataplane keeps its port-search secret.
     let adopted = dataplane::running_seed(&mut ebpf);
-    let seed = adopted.unwrap_or_else(dataplane::random_seed);
+    let seed = adopted.unwrap_or_else(crate::rand::random_seed);
     if adopted.is_some() {
         dataplane::check_adopted_aftr(&s.pin_path, &s, seed).map_err(usage)?;
     }
@@ -186,7 +186,7 @@ fn reconcile_tables(
     natlog: &mut crate::natlog::NatLog,
     s: &crate::config::AftrSettings,
 ) -> Result<()> {
-    let r = sweeper.reconcile(crate::sweep::monotonic_ns(), &s.pool, &s.b4_prefixes)?;
+    let r = sweeper.reconcile(crate::clock::monotonic_ns(), &s.pool, &s.b4_prefixes)?;
     for rec in &r.records {
         natlog.emit(rec);
     }
@@ -320,7 +320,7 @@ async fn aftr_loop(
                     }
                     st.events_lost = n;
                 }
-                let now = crate::sweep::monotonic_ns();
+                let now = crate::clock::monotonic_ns();
                 let swept = st.sweeper.sweep(now);
                 if let Ok(r) = &swept {
                     for rec in &r.records {
@@ -373,7 +373,7 @@ fn log_the_stop(pin: &std::path::Path, st: &mut AftrState) {
         }
         Err(e) => warn!("NAT log: reading the last events at exit: {e:#}"),
     }
-    match st.sweeper.release_all(crate::sweep::monotonic_ns()) {
+    match st.sweeper.release_all(crate::clock::monotonic_ns()) {
         Ok(records) => {
             let blocks = records
                 .iter()

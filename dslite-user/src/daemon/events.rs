@@ -19,7 +19,7 @@ pub(super) fn drain<T: std::borrow::BorrowMut<aya::maps::MapData>>(
     ring: &mut aya::maps::RingBuf<T>,
     natlog: &mut crate::natlog::NatLog,
 ) -> usize {
-    let offset = crate::natlog::realtime_offset_ns();
+    let offset = crate::clock::realtime_offset_ns();
     let mut n = 0;
     while let Some(item) = ring.next() {
         if item.len() >= std::mem::size_of::<dslite_common::maps::NatEvent>() {

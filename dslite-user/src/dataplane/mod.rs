@@ -28,8 +28,6 @@ use log::{info, warn};
 
 use crate::config::XdpModeOpt;
 
-/// Kept for callers not yet switched to [`crate::rand::random_seed`].
-pub use crate::rand::random_seed;
 pub use aftr::{
     aftr_config, apply_aftr, check_adopted_aftr, configure_aftr, denied_destinations, map_sizes,
     plan_aftr, reset_block_hints, AftrMaps, AftrPlan,

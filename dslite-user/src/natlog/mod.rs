@@ -29,8 +29,6 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-/// The NAT log's clock, kept here for callers of `natlog::rfc3339_ms` and the like.
-pub use crate::clock::{now_unix_ms, parse_rfc3339_ms, realtime_offset_ns, rfc3339_ms};
 pub use json::BadRecord;
 pub use record::{event_name, Limit, NatRecord};
 pub use sink::SinkStats;

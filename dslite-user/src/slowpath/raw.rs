@@ -44,7 +44,7 @@ pub fn set_kernel_reassembly(s: &Settings) {
         ("net/ipv6/ip6frag_low_thresh", (high / 4 * 3).to_string()),
     ] {
         // high must stay above low while both change: raise high first, then low.
-        if let Err(e) = crate::netlink::ensure_sysctl(path, &v) {
+        if let Err(e) = crate::sysctl::ensure_sysctl(path, &v) {
             warn!("could not set {path} = {v}: {e:#}");
         }
     }

@@ -120,9 +120,6 @@ fn proto_slot(proto: u8) -> usize {
     }
 }
 
-/// Kept for callers not yet switched to [`crate::clock::monotonic_ns`].
-pub use crate::clock::monotonic_ns;
-
 impl Sweeper {
     pub fn open(pin: &Path, cfg: AftrConfig, timeouts: Timeouts) -> Result<Sweeper> {
         let pinned = Pinned::new(pin);

@@ -37,7 +37,7 @@ pub fn nat_tables(rig: &mut Rig, p: &AftrPaths) -> serde_json::Value {
         );
         let cfg = dslite_user::dataplane::aftr_config(&aftr_settings(), 0);
         let mut sw = dslite_user::sweep::Sweeper::open(&rig.pin, cfg, Default::default()).unwrap();
-        let sweep = sw.sweep(dslite_user::sweep::monotonic_ns()).unwrap();
+        let sweep = sw.sweep(dslite_user::clock::monotonic_ns()).unwrap();
         scale_rows.push(serde_json::json!({
             "mappings": target,
             "outbound_ns": out_ns - noop,
