@@ -232,7 +232,7 @@ const KNOWN: &[Known] = &[
     },
 ];
 
-const IPV4_HEADER_CHECKSUM: &str = "headers::ipv4 checks version, IHL and total length, not \
+const IPV4_HEADER_CHECKSUM: &str = "parse::ipv4 checks version, IHL and total length, not \
     the header checksum (RFC 1812 §5.2.2: a router verifies it; Linux drops such packets in \
     ip_rcv_core); decrement_ttl's incremental update carries the error on. Corrupted headers \
     are forwarded, and on the AFTR they make mappings.";
