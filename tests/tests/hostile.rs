@@ -287,7 +287,20 @@ fn outsiders_cannot_flip_tcp_state() {
         assert_eq!(tcp_state(rig, 40000), "established");
         let _ = rig.run("inet", &from_internet(rig, &inbound(0x04)));
         assert_eq!(tcp_state(rig, 40000), "reset", "a RST: transitory for now");
-        let _ = rig.run("tun", &from_b4(rig, b4(2), &ack, &[]));
+        // The mapping still translates in both directions while transitory (RFC 7857 §2.2:
+        // the RST starts a timer, it does not end the mapping): a retransmission from the
+        // server, then the host's next segment, on the same outside endpoint.
+        assert_eq!(
+            rig.run("inet", &from_internet(rig, &inbound(0x10))).0,
+            XDP_REDIRECT,
+            "an inbound segment after the RST is still translated"
+        );
+        let (v, after) = rig.run("tun", &from_b4(rig, b4(2), &ack, &[]));
+        assert_eq!(
+            v, XDP_REDIRECT,
+            "the host's segment after the RST is translated"
+        );
+        assert_eq!(outside_of(&after), (addr, port), "on the same mapping");
         assert_eq!(
             tcp_state(rig, 40000),
             "established",

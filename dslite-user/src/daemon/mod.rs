@@ -40,20 +40,29 @@ fn ensure_forwarding() {
 /// RFC 6908 §2: the IPv6 path should carry a 1500-byte IPv4 packet plus the
 /// 40-byte softwire header; below that, full-sized packets leave as IPv6 fragments.
 fn warn_tunnel_mtu(link: &netlink::Link, tunnel_mtu: Option<u32>) {
-    let mtu = tunnel_mtu.map_or(link.mtu, |t| t.min(link.mtu));
+    for w in tunnel_mtu_warnings(&link.name, link.mtu, tunnel_mtu) {
+        warn!("{w}");
+    }
+}
+
+/// What the softwire's MTU means for the operator: RFC 6908 §2 asks for an IPv6 path that
+/// carries a 1500-byte IPv4 packet plus the 40-byte IPv6 header; below that, IPv4 packets
+/// over MTU-40 bytes are fragmented by the slow path (RFC 6333 §5.3/§6.3).
+fn tunnel_mtu_warnings(link: &str, link_mtu: u32, tunnel_mtu: Option<u32>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mtu = tunnel_mtu.map_or(link_mtu, |t| t.min(link_mtu));
     if mtu < 1540 {
-        warn!(
-            "softwire MTU {mtu} (on {}) is below 1540: IPv4 packets over {} bytes will be sent as IPv6 fragments through the slow path",
-            link.name,
+        out.push(format!(
+            "softwire MTU {mtu} (on {link}) is below 1540: IPv4 packets over {} bytes will be sent as IPv6 fragments through the slow path",
             mtu.saturating_sub(40)
-        );
+        ));
     }
-    if let Some(t) = tunnel_mtu.filter(|t| *t > link.mtu) {
-        warn!(
-            "--tunnel-mtu {t} is above {}'s MTU {}: the interface's wins",
-            link.name, link.mtu
-        );
+    if let Some(t) = tunnel_mtu.filter(|t| *t > link_mtu) {
+        out.push(format!(
+            "--tunnel-mtu {t} is above {link}'s MTU {link_mtu}: the interface's wins"
+        ));
     }
+    out
 }
 
 /// Turn on XDP's next-hop cache and keep it true: every route, neighbour, address or link
@@ -275,5 +284,34 @@ fn stopped(role: &str, persist: bool, pin: &Path) {
     } else {
         dataplane::unpin(pin);
         info!("{role} stopped and detached");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tunnel_mtu_warnings;
+
+    #[test]
+    fn tunnel_mtu_below_1540_is_warned_about() {
+        assert!(tunnel_mtu_warnings("wan", 1540, None).is_empty());
+        assert!(tunnel_mtu_warnings("wan", 9000, Some(1540)).is_empty());
+        let w = tunnel_mtu_warnings("wan", 1500, None);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("softwire MTU 1500 (on wan) is below 1540"),
+            "{w:?}"
+        );
+        assert!(w[0].contains("over 1460 bytes"), "{w:?}");
+        // --tunnel-mtu lowers the softwire's MTU below the link's.
+        let w = tunnel_mtu_warnings("wan", 9000, Some(1480));
+        assert!(w[0].contains("softwire MTU 1480"), "{w:?}");
+        // Above the link's MTU: the link's wins, and both are said.
+        let w = tunnel_mtu_warnings("tun", 1500, Some(1600));
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("softwire MTU 1500 (on tun)"), "{w:?}");
+        assert!(
+            w[1].contains("--tunnel-mtu 1600 is above tun's MTU 1500"),
+            "{w:?}"
+        );
     }
 }
