@@ -44,8 +44,9 @@ impl ViewArgs {
 }
 
 fn open(pin_path: &Path, name: &str) -> Result<MapData> {
-    let p = pin_path.join(name);
-    MapData::from_pin(&p).with_context(|| {
+    let pinned = crate::dataplane::Pinned::new(pin_path);
+    let p = pinned.path(name);
+    pinned.data(name).with_context(|| {
         format!(
             "no pinned map at {} (is the dataplane running with this --pin-path?)",
             p.display()

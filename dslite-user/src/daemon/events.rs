@@ -7,9 +7,8 @@ use aya::maps::{Map, MapData, RingBuf};
 
 /// The pinned event ring buffer.
 pub(super) fn open(pin: &Path) -> Result<RingBuf<MapData>> {
-    Ok(RingBuf::try_from(Map::RingBuf(MapData::from_pin(
-        pin.join(dslite_common::maps::EVENTS),
-    )?))?)
+    let ring = crate::dataplane::Pinned::new(pin).data(dslite_common::maps::EVENTS)?;
+    Ok(RingBuf::try_from(Map::RingBuf(ring))?)
 }
 
 /// Every event the kernel has put in the ring buffer, into the NAT log. Each is handed to
