@@ -2,19 +2,33 @@
 
 /// Ethernet header length (no VLAN tag).
 pub const ETH_HLEN: usize = 14;
+/// Offset of the EtherType in the Ethernet header.
+pub const ETH_TYPE_OFF: usize = 12;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88A8;
 
 pub const IPV4_MIN_HLEN: usize = 20;
-/// Offsets in the IPv4 header: the TTL (and the protocol after it), the header checksum,
-/// the source and the destination address.
+/// Offsets in the IPv4 header (RFC 791 §3.1): total length, identification, flags and
+/// fragment offset, the TTL (and the protocol after it), the header checksum, the source
+/// and the destination address.
+pub const IPV4_TOT_LEN_OFF: usize = 2;
+pub const IPV4_ID_OFF: usize = 4;
+pub const IPV4_FRAG_OFF: usize = 6;
 pub const IPV4_TTL_OFF: usize = 8;
+pub const IPV4_PROTO_OFF: usize = 9;
 pub const IPV4_CSUM_OFF: usize = 10;
 pub const IPV4_SRC_OFF: usize = 12;
 pub const IPV4_DST_OFF: usize = 16;
 pub const IPV6_HLEN: usize = 40;
+/// Offsets in the IPv6 header (RFC 8200 §3): payload length, next header, hop limit, the
+/// source and the destination address.
+pub const IPV6_PLEN_OFF: usize = 4;
+pub const IPV6_NEXT_OFF: usize = 6;
+pub const IPV6_HOP_OFF: usize = 7;
+pub const IPV6_SRC_OFF: usize = 8;
+pub const IPV6_DST_OFF: usize = 24;
 
 pub const IPPROTO_HOPOPTS: u8 = 0;
 pub const IPPROTO_ICMP: u8 = 1;
@@ -60,6 +74,10 @@ pub const MAX_EXT_HEADER_LEN: usize = 64;
 pub const TCP_CSUM_OFF: usize = 16;
 pub const UDP_CSUM_OFF: usize = 6;
 pub const ICMP_CSUM_OFF: usize = 2;
+/// TCP's data offset (high nibble) and flags bytes (RFC 9293 §3.1); UDP's length field.
+pub const TCP_DOFF_OFF: usize = 12;
+pub const TCP_FLAGS_OFF: usize = 13;
+pub const UDP_LEN_OFF: usize = 4;
 /// Minimum bytes of each upper-layer header that the NAT reads or writes.
 pub const TCP_MIN_LEN: usize = 20;
 pub const UDP_LEN: usize = 8;

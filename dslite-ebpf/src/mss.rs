@@ -26,7 +26,12 @@ pub fn clamp(ctx: &XdpContext, l4: usize, mss: u16) -> u32 {
         return 0;
     };
     // SAFETY: bounds-checked by `ptr_at`.
-    let (hlen, flags) = unsafe { ((((*t)[12] >> 4) as usize) * 4, (*t)[13]) };
+    let (hlen, flags) = unsafe {
+        (
+            (((*t)[TCP_DOFF_OFF] >> 4) as usize) * 4,
+            (*t)[TCP_FLAGS_OFF],
+        )
+    };
     if flags & 0x02 == 0 || mss == 0 || hlen < TCP_MIN_LEN + 4 {
         return 0;
     }

@@ -83,7 +83,7 @@ pub fn redirect_v4(ctx: &XdpContext, src: &[u8; 4], dst: &[u8; 4]) -> Res<u32> {
         // REQ-13a); DF=1 was answered before translation where an answer is due (AFTR).
         let h: *mut [u8; IPV4_MIN_HLEN] = at(ctx, ETH_HLEN, Counter::DropBadIpv4)?;
         // SAFETY: bounds-checked by `at`.
-        if unsafe { (*h)[6] } & 0x40 != 0 {
+        if unsafe { (*h)[IPV4_FRAG_OFF] } & (IPV4_DF >> 8) as u8 != 0 {
             return Err(Exit::Drop(Counter::DropV4TooBig));
         }
         count(Counter::PassV4FragmentNeeded);

@@ -66,7 +66,10 @@ pub fn inbound_fragment(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> Code {
     };
     // SAFETY: bounds-checked by `ptr_at`.
     let h = unsafe { &*h };
-    let (id, frag) = (read16(h[4..].as_ptr()), u16::from_be_bytes([h[6], h[7]]));
+    let (id, frag) = (
+        read16(h[IPV4_ID_OFF..].as_ptr()),
+        u16::from_be_bytes([h[IPV4_FRAG_OFF], h[IPV4_FRAG_OFF + 1]]),
+    );
     let key = FragKey {
         src: ip.src,
         dst: ip.dst,

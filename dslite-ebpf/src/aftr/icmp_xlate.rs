@@ -16,7 +16,7 @@ use crate::{
     exit::{bpf_call, Exit, Res},
     maps::{count, NAT_IN, NAT_OUT},
     packet::{at, ptr_at, read16, write16},
-    parse::{decrement_ttl, Ipv4},
+    parse::{addr4, decrement_ttl, Ipv4},
     softwire::encapsulate_and_send,
 };
 
@@ -93,9 +93,9 @@ fn quoted(ctx: &XdpContext, ip: &Ipv4) -> Res<Quote> {
         sport_off,
         dport_off,
         l4sum_off,
-        proto: eh[9],
-        src: [eh[12], eh[13], eh[14], eh[15]],
-        dst: [eh[16], eh[17], eh[18], eh[19]],
+        proto: eh[IPV4_PROTO_OFF],
+        src: addr4!(eh, IPV4_SRC_OFF),
+        dst: addr4!(eh, IPV4_DST_OFF),
     };
     if header_ok(ctx, emb, ehlen) == 0 || checksum_ok(ctx, icmp, icmp_len) == 0 {
         return Err(Exit::Drop(Counter::DropBadIcmpError));

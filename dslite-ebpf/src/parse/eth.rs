@@ -19,7 +19,7 @@ pub enum L3 {
 pub fn ethernet(ctx: &XdpContext) -> Res<L3> {
     let eth: *mut [u8; ETH_HLEN] = at(ctx, 0, Counter::DropTruncatedEth)?;
     // SAFETY: bounds-checked by `at`.
-    let ty = u16::from_be(read16(unsafe { (*eth).as_ptr().add(12) }));
+    let ty = u16::from_be(read16(unsafe { (*eth).as_ptr().add(ETH_TYPE_OFF) }));
     match ty {
         ETH_P_IP => Ok(L3::V4),
         ETH_P_IPV6 => Ok(L3::V6),

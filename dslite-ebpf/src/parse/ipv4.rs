@@ -25,6 +25,16 @@ pub struct Ipv4 {
     pub dst: [u8; 4],
 }
 
+/// The IPv4 address at constant offset `$off` of a header array already read: a macro, so
+/// the bytes are read exactly as if written out (a function returning the array changed
+/// the generated code).
+macro_rules! addr4 {
+    ($h:expr, $off:expr) => {
+        [$h[$off], $h[$off + 1], $h[$off + 2], $h[$off + 3]]
+    };
+}
+pub(crate) use addr4;
+
 /// Validate the IPv4 header at `off`: version 4, IHL >= 5, total length covering the header
 /// and within the `avail` bytes that enclose it (the frame, or the outer IPv6 payload).
 #[inline(always)]
@@ -33,21 +43,21 @@ pub fn ipv4(ctx: &XdpContext, off: usize, avail: usize, ip: &mut Ipv4) -> Res<()
     // SAFETY: bounds-checked by `at`.
     let h = unsafe { &*hdr };
     let hlen = ((h[0] & 0x0f) as usize) * 4;
-    let tot_len = u16::from_be_bytes([h[2], h[3]]) as usize;
+    let tot_len = u16::from_be_bytes([h[IPV4_TOT_LEN_OFF], h[IPV4_TOT_LEN_OFF + 1]]) as usize;
     if h[0] >> 4 != 4 || hlen < IPV4_MIN_HLEN || tot_len < hlen || tot_len > avail {
         return Err(Exit::Drop(Counter::DropBadIpv4));
     }
-    let frag = u16::from_be_bytes([h[6], h[7]]);
+    let frag = u16::from_be_bytes([h[IPV4_FRAG_OFF], h[IPV4_FRAG_OFF + 1]]);
     ip.off = off;
     ip.hlen = hlen;
     ip.tot_len = tot_len;
     ip.tos = h[1];
-    ip.ttl = h[8];
-    ip.proto = h[9];
+    ip.ttl = h[IPV4_TTL_OFF];
+    ip.proto = h[IPV4_PROTO_OFF];
     ip.fragment = frag & (IPV4_MF | IPV4_OFFSET_MASK) != 0;
     ip.df = frag & IPV4_DF != 0;
-    ip.src = [h[12], h[13], h[14], h[15]];
-    ip.dst = [h[16], h[17], h[18], h[19]];
+    ip.src = addr4!(h, IPV4_SRC_OFF);
+    ip.dst = addr4!(h, IPV4_DST_OFF);
     Ok(())
 }
 

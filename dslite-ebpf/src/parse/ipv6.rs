@@ -36,7 +36,7 @@ pub fn ipv6(ctx: &XdpContext, sw: &mut Softwire) -> Res<()> {
     if h[0] >> 4 != 6 {
         return Err(Exit::Drop(Counter::DropBadIpv6));
     }
-    let payload_len = u16::from_be_bytes([h[4], h[5]]) as usize;
+    let payload_len = u16::from_be_bytes([h[IPV6_PLEN_OFF], h[IPV6_PLEN_OFF + 1]]) as usize;
     let outer_len = IPV6_HLEN + payload_len;
     // Jumbograms (payload length 0) are not softwire traffic; a payload longer than the frame
     // is malformed. Trailing bytes (Ethernet padding) are allowed.
@@ -44,7 +44,7 @@ pub fn ipv6(ctx: &XdpContext, sw: &mut Softwire) -> Res<()> {
         return Err(Exit::Drop(Counter::DropBadIpv6));
     }
     sw.outer_len = outer_len;
-    let mut next = h[6];
+    let mut next = h[IPV6_NEXT_OFF];
     let mut off = ETH_HLEN + IPV6_HLEN;
     let mut i = 0;
     while i < MAX_EXT_HEADERS {
@@ -74,8 +74,8 @@ pub fn ipv6(ctx: &XdpContext, sw: &mut Softwire) -> Res<()> {
     // SAFETY: bounds-checked by `at`; the source and destination do not overlap.
     unsafe {
         let base = ip6 as *const u8;
-        core::ptr::copy_nonoverlapping(base.add(8), sw.src.as_mut_ptr(), 16);
-        core::ptr::copy_nonoverlapping(base.add(24), sw.dst.as_mut_ptr(), 16);
+        core::ptr::copy_nonoverlapping(base.add(IPV6_SRC_OFF), sw.src.as_mut_ptr(), 16);
+        core::ptr::copy_nonoverlapping(base.add(IPV6_DST_OFF), sw.dst.as_mut_ptr(), 16);
     }
     match next {
         IPPROTO_IPIP => {

@@ -42,7 +42,12 @@ pub fn l4(ctx: &XdpContext, ip: &Ipv4, outbound: bool, l: &mut L4) -> Res<()> {
     if ip.proto == IPPROTO_TCP {
         let t: *mut [u8; TCP_MIN_LEN] = at(ctx, off, Counter::DropBadL4)?;
         // SAFETY: bounds-checked by `at`.
-        let (flags, data_off) = unsafe { ((*t)[13], (((*t)[12] >> 4) as usize) * 4) };
+        let (flags, data_off) = unsafe {
+            (
+                (*t)[TCP_FLAGS_OFF],
+                (((*t)[TCP_DOFF_OFF] >> 4) as usize) * 4,
+            )
+        };
         // The header must be a header (RFC 9293 §3.1): no mapping for garbage.
         if data_off < TCP_MIN_LEN || data_off > l4_len {
             return Err(Exit::Drop(Counter::DropBadL4));
@@ -50,7 +55,8 @@ pub fn l4(ctx: &XdpContext, ip: &Ipv4, outbound: bool, l: &mut L4) -> Res<()> {
         tcp_flags = flags;
     } else if ip.proto == IPPROTO_UDP {
         // SAFETY: bounds-checked by `at` (8 bytes).
-        let udp_len = unsafe { u16::from_be_bytes([(*h)[4], (*h)[5]]) } as usize;
+        let udp_len =
+            unsafe { u16::from_be_bytes([(*h)[UDP_LEN_OFF], (*h)[UDP_LEN_OFF + 1]]) } as usize;
         // A first fragment carries only part of the datagram its length counts.
         if udp_len < UDP_LEN || (udp_len > l4_len && !ip.fragment) {
             return Err(Exit::Drop(Counter::DropBadL4));
