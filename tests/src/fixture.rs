@@ -200,8 +200,8 @@ fn with_rig(
     // bpf_fib_lookup answers FWD_DISABLED unless forwarding is on.
     ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
     ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
-    let pin = PathBuf::from("/sys/fs/bpf").join(unique("fx"));
-    let pin2 = pin.clone();
+    let pin = crate::topo::PinDir::new(PathBuf::from("/sys/fs/bpf").join(unique("fx")));
+    let pin2 = pin.0.clone();
     let r = ns
         .run(move || {
             let ifindex: HashMap<&'static str, u32> = ifaces
@@ -226,7 +226,7 @@ fn with_rig(
             f(&mut rig);
         })
         .join();
-    let _ = std::fs::remove_dir_all(&pin);
+    drop(pin);
     drop(ns);
     if let Err(p) = r {
         std::panic::resume_unwind(p);

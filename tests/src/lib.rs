@@ -10,6 +10,7 @@ pub mod ctl;
 pub mod fixture;
 pub mod fuzz;
 pub mod ipfix;
+pub mod leftovers;
 pub mod mapdump;
 pub mod netns;
 pub mod observe;

@@ -1,5 +1,6 @@
-//! Network namespaces that are deleted when dropped (also when a test panics), and ways to
-//! run code or processes inside them.
+//! Network namespaces that are deleted when dropped (also when a test panics; after a
+//! killed run, by the next one: [`crate::leftovers`]), and ways to run code or processes
+//! inside them.
 
 use std::{
     fs::File,
@@ -33,6 +34,7 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(name: &str) -> Result<Netns> {
+        crate::leftovers::claim("netns", name);
         ip(&["netns", "add", name])?;
         let ns = Netns {
             name: name.to_string(),
@@ -112,6 +114,7 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = ip(&["netns", "del", &self.name]);
+        crate::leftovers::release("netns", &self.name);
     }
 }
 

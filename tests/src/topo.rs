@@ -64,9 +64,19 @@ pub struct DsLite {
 /// A directory of pinned maps, removed when dropped.
 pub struct PinDir(pub PathBuf);
 
+impl PinDir {
+    /// A pin directory for this test, recorded so that a killed run's is removed too
+    /// ([`crate::leftovers`]).
+    pub fn new(path: PathBuf) -> PinDir {
+        crate::leftovers::claim("pin", &path.to_string_lossy());
+        PinDir(path)
+    }
+}
+
 impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        crate::leftovers::release("pin", &self.0.to_string_lossy());
     }
 }
 
@@ -285,7 +295,7 @@ impl DsLite {
         router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         let pin_root = PathBuf::from("/sys/fs/bpf").join(unique("pins"));
         // Declared before everything that pins, so an early return removes the pins last.
-        let pins = PinDir(pin_root.clone());
+        let pins = PinDir::new(pin_root.clone());
         let router_xdp = attach_pass(
             &router,
             &["to-a", "to-b", "to-c", "to-aftr"],
