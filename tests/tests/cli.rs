@@ -119,8 +119,7 @@ fn missing_interfaces_are_named() {
 
 #[test]
 fn config_file_errors_name_key_and_line() {
-    let dir = std::env::temp_dir().join(dslite_tests::unique("cfg"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dslite_tests::ScratchDir::new("cfg");
     let f = dir.join("b4.toml");
     std::fs::write(
         &f,
@@ -130,15 +129,13 @@ fn config_file_errors_name_key_and_line() {
     assert_usage_error(&["b4", "--config", f.to_str().unwrap()], "line 3");
     std::fs::write(&f, "lan-iface = \"lo\"\nmtu = 1500\n").unwrap();
     assert_usage_error(&["b4", "--config", f.to_str().unwrap()], "'mtu'");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `dslite check-config`: a good file of either role passes (exit 0); a bad key, value or
 /// syntax fails with exit 2, naming the key and its line.
 #[test]
 fn check_config_names_key_and_line() {
-    let dir = std::env::temp_dir().join(format!("dslite-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dslite_tests::ScratchDir::new("check");
     let file = dir.join("c.toml");
     let check = |text: &str| {
         std::fs::write(&file, text).unwrap();
@@ -176,7 +173,6 @@ fn check_config_names_key_and_line() {
     let (code, out) = check("tunnel-iface = \"eth0\"\naddress = \n");
     assert_eq!(code, 2);
     assert!(out.contains("line 2"), "{out}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The shipped example configurations are valid, and the odhcp6c hook writes the AFTR name
@@ -197,8 +193,9 @@ fn contrib_configs_and_dhcpv6_hook_work() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let dir = std::env::temp_dir().join(format!("dslite-hook-{}", std::process::id()));
-    let file = dir.join("aftr");
+    let dir = dslite_tests::ScratchDir::new("hook");
+    // In a directory that does not exist yet: the hook creates it.
+    let file = dir.join("run/aftr");
     let hook = root.join("contrib/odhcp6c/dslite-aftr-name.sh");
     let run = |state: &str, aftr: &str| {
         let st = Command::new("sh")
@@ -220,7 +217,6 @@ fn contrib_configs_and_dhcpv6_hook_work() {
     );
     run("updated", "aftr2.example");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "aftr2.example\n");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Run `dslite ARGS` with its standard output a pipe whose reader is already gone (as in
@@ -250,8 +246,7 @@ fn run_into_closed_pipe(args: &[&str], close_stderr: bool) -> (i32, String) {
 /// command with stderr closed too still exits 1.
 #[test]
 fn output_cut_short_exits_quietly() {
-    let dir = std::env::temp_dir().join(dslite_tests::unique("pipe"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dslite_tests::ScratchDir::new("pipe");
     let log = dir.join("nat.log");
     let mut text = String::new();
     for i in 0..2000u32 {
@@ -307,5 +302,4 @@ fn output_cut_short_exits_quietly() {
         err.contains("/nonexistent/pins") && !err.contains("panicked"),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

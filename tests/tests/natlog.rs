@@ -3,7 +3,6 @@
 
 use std::{
     os::unix::net::UnixDatagram,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -28,9 +27,7 @@ fn subscriber(b4: std::net::Ipv6Addr) -> std::net::Ipv6Addr {
 /// mapping, so that whois names nobody after the stop.
 #[test]
 fn a_stalled_syslog_and_an_absent_collector_cost_counted_losses_not_the_controller() {
-    let dir = PathBuf::from(format!("/tmp/dslite-natlog-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dslite_tests::ScratchDir::new("natlog");
     let log = dir.join("nat.log");
     let log_s = log.to_str().unwrap().to_string();
     // Bound and never read: its queue (net.unix.max_dgram_qlen) fills after a few records.
@@ -162,7 +159,6 @@ fn a_stalled_syslog_and_an_absent_collector_cost_counted_losses_not_the_controll
     let last = seen[0];
     let holders = whois(last, &now, &[log.as_path()]);
     assert!(holders.is_empty(), "{holders:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Refusals in the dataplane (BPF_PROG_TEST_RUN), as the sweep logs them: `n` UDP flows

@@ -3,7 +3,6 @@
 
 use std::{
     net::UdpSocket,
-    path::PathBuf,
     process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -48,9 +47,7 @@ fn now_rfc3339() -> String {
 /// logging, REQ-12; RFC 8158; RFC 6333 §8.4).
 #[test]
 fn whois_names_each_subscriber_on_a_shared_address() {
-    let dir = PathBuf::from(format!("/tmp/dslite-ops-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dslite_tests::ScratchDir::new("ops");
     let log = dir.join("nat.log");
     let log_s = log.to_str().unwrap().to_string();
     let before = now_rfc3339();
@@ -145,7 +142,6 @@ fn whois_names_each_subscriber_on_a_shared_address() {
             .any(|e| e.b4 == a && e.post_nat_port == Some(seen_a.port())),
         "{mappings:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `--metrics` on both elements: Prometheus text with every counter, drops by reason, and on
@@ -202,9 +198,7 @@ fn metrics_are_served_for_prometheus() {
 /// softwires view shows the subscriber's block and mappings.
 #[test]
 fn sighup_reloads_limits_without_dropping_a_mapping() {
-    let dir = PathBuf::from(format!("/tmp/dslite-reload-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dslite_tests::ScratchDir::new("reload");
     let conf = dir.join("aftr.toml");
     std::fs::write(&conf, "max-sessions = 1\nudp-timeout = 300\n").unwrap();
     let conf_s = conf.to_str().unwrap().to_string();
@@ -242,7 +236,6 @@ fn sighup_reloads_limits_without_dropping_a_mapping() {
     });
     let third = udp_request(&t.a.host, sa(HOST_ADDR, 5002), sa(SERVER1, 7777), "3");
     assert!(third.is_ok(), "the running limit (5) still applies");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Restart without loss: with --persist, the AFTR's controller is killed
@@ -252,9 +245,7 @@ fn sighup_reloads_limits_without_dropping_a_mapping() {
 /// including those created while no controller ran.
 #[test]
 fn restart_under_traffic_loses_no_mapping_and_no_log_event() {
-    let dir = PathBuf::from(format!("/tmp/dslite-persist-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dslite_tests::ScratchDir::new("persist");
     let log = dir.join("nat.log");
     let log_s = log.to_str().unwrap().to_string();
     let mut t = DsLite::start(&["--persist", "--nat-log", &log_s, "--log-sessions"]).unwrap();
@@ -325,7 +316,6 @@ fn restart_under_traffic_loses_no_mapping_and_no_log_event() {
         2,
         "one block each, logged once"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// B4 provisioning (RFC 6334 §3): the B4 reads its AFTR from a file that a
@@ -335,9 +325,7 @@ fn restart_under_traffic_loses_no_mapping_and_no_log_event() {
 /// follows without a restart.
 #[test]
 fn the_b4_finds_its_aftr_and_follows_its_wan_address() {
-    let dir = PathBuf::from(format!("/tmp/dslite-prov-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dslite_tests::ScratchDir::new("prov");
     let file = dir.join("aftr");
     std::fs::write(&file, "2001:db8:f::99\n").unwrap();
     let file_s = file.to_str().unwrap().to_string();
@@ -385,7 +373,6 @@ fn the_b4_finds_its_aftr_and_follows_its_wan_address() {
             .any(|s| s["b4"] == "2001:db8:a::3" && s["inside"] == "192.168.1.10:5001"),
         "{sessions:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A reload applies all of a file or none of it, and says which (docs/operations.md,
@@ -395,9 +382,7 @@ fn the_b4_finds_its_aftr_and_follows_its_wan_address() {
 #[test]
 fn a_reload_applies_all_or_nothing_and_says_which() {
     use aya::maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData};
-    let dir = PathBuf::from(format!("/tmp/dslite-atomic-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dslite_tests::ScratchDir::new("atomic");
     let conf = dir.join("aftr.toml");
     std::fs::write(&conf, "max-sessions = 1\n").unwrap();
     let conf_s = conf.to_str().unwrap().to_string();
@@ -510,7 +495,6 @@ fn a_reload_applies_all_or_nothing_and_says_which() {
     }
     assert_eq!(keys().len(), held);
     udp_request(&t.a.host, sa(HOST_ADDR, 5002), sa(SERVER1, 7777), "3").unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A `--persist` restart brings adopted maps to the new configuration (docs/operations.md,
@@ -522,9 +506,7 @@ fn a_reload_applies_all_or_nothing_and_says_which() {
 /// the dataplane running.
 #[test]
 fn a_persist_restart_reconciles_prefixes_and_pool() {
-    let dir = PathBuf::from(format!("/tmp/dslite-reconcile-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dslite_tests::ScratchDir::new("reconcile");
     let log = dir.join("nat.log");
     let log_s = log.to_str().unwrap().to_string();
     let mut t = DsLite::start_with(Options {
@@ -652,7 +634,6 @@ fn a_persist_restart_reconciles_prefixes_and_pool() {
             "{l}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `dslite stats|sessions|softwires`, text and JSON, into a pipe whose reader is gone (as in
