@@ -132,6 +132,8 @@ counters! {
     SlowV4Fragment = "slow_v4_fragment", Event;
     /// B4: a LAN packet whose TTL ran out, handed to the slow path to be answered.
     SlowTtlExpired = "slow_ttl_expired", Event;
+    /// AFTR, tc hook: a refused packet handed to the slow path, which sends its ICMP error.
+    SlowIcmpRefusal = "slow_icmp_refusal", Event;
 
     // ---- passes to the kernel stack -------------------------------------------------------
     /// Not IPv4 or IPv6 (ARP, LLDP, ...).
@@ -202,6 +204,14 @@ counters! {
     DropNotConfigured = "drop_not_configured", Drop;
     /// bpf_xdp_adjust_head failed (no headroom).
     DropAdjustHead = "drop_adjust_head", Drop;
+    /// tc: bpf_skb_adjust_room, bpf_skb_change_proto or bpf_skb_change_head refused the
+    /// packet (for instance an skb already marked as tunnelled).
+    DropAdjustRoom = "drop_adjust_room", Drop;
+    /// tc: the headers could not be pulled into the skb's linear area.
+    DropPull = "drop_pull", Drop;
+    /// tc: a GSO aggregate that would need the slow path (fragmentation, ICMP), which
+    /// works on single packets.
+    DropGsoSlowPath = "drop_gso_slow_path", Drop;
     /// FIB lookup: blackhole, unreachable or prohibit route.
     DropFibUnreachable = "drop_fib_unreachable", Drop;
     /// IPv4 with DF=1 larger than the egress MTU. The AFTR answers it with an ICMP 3/4
@@ -258,6 +268,12 @@ counters! {
     SlowIcmp6Ignored = "slow_icmp6_ignored", Slow;
     /// B4: Time Exceeded messages sent to LAN hosts from 192.0.0.2 (rate limited).
     SlowTimeExceededSent = "slow_time_exceeded_sent", Slow;
+    /// AFTR, tc hook: ICMP errors for refused packets sent by the slow path.
+    SlowIcmpRefusalSent = "slow_icmp_refusal_sent", Slow;
+    /// ICMPv6 Packet Too Big about softwire packets: the kernel lowered its path MTU, the
+    /// next-hop cache was invalidated, and nothing was relayed to the IPv4 host
+    /// (RFC 6333 §5.3, §6.3).
+    SlowPacketTooBig = "slow_packet_too_big", Slow;
     /// B4: the router's own IPv4 packets (from 192.0.0.2) sent into the softwire.
     SlowOwnV4Packets = "slow_own_v4_packets", Slow;
     /// Frames read from the TAP that made no sense (unknown reason, truncated).

@@ -1,5 +1,8 @@
 //! Wire constants and fixed header offsets used by both sides.
 
+/// The AFTR's own IPv4 address, the source of the ICMP it originates (RFC 6333 §6.5).
+pub const AFTR_V4: [u8; 4] = [192, 0, 0, 1];
+
 /// Ethernet header length (no VLAN tag).
 pub const ETH_HLEN: usize = 14;
 /// Offset of the EtherType in the Ethernet header.

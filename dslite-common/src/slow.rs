@@ -26,6 +26,13 @@ pub const SLOW_V4_FRAGMENT: u8 = 2;
 /// shows the B4 at hop 1 (RFC 6333 §5.7, RFC 2473 §3).
 pub const SLOW_TTL_EXPIRED: u8 = 3;
 
+/// AFTR, tc hook: the frame after the meta is a softwire packet from a B4 that the AFTR
+/// refuses with an ICMP error (`icmp_type`, `icmp_code`, next-hop `mtu`): the controller
+/// sends the error from 192.0.0.1 down that softwire (RFC 5508 REQ-8, RFC 4787 REQ-13,
+/// RFC 2473 §3). On tc the refused skb may carry its sender's checksum offload state
+/// (CHECKSUM_PARTIAL), which an error built in place would inherit; XDP builds it in place.
+pub const SLOW_ICMP_REFUSAL: u8 = 4;
+
 /// Prepended by XDP to every frame it hands to the controller.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,12 +40,16 @@ pub struct SlowMeta {
     pub magic: [u8; 4],
     /// `SLOW_*`.
     pub reason: u8,
-    pub _pad: u8,
-    /// For [`SLOW_ENCAP_FRAGMENT`]: the largest IPv6 packet toward the peer, host order.
+    /// For [`SLOW_ICMP_REFUSAL`]: the ICMP type.
+    pub icmp_type: u8,
+    /// For [`SLOW_ENCAP_FRAGMENT`]: the largest IPv6 packet toward the peer; for
+    /// [`SLOW_ICMP_REFUSAL`], the next-hop MTU to report. Host order.
     pub mtu: u16,
     /// Interface the packet arrived on.
     pub ingress: u32,
-    pub _pad2: u32,
+    /// For [`SLOW_ICMP_REFUSAL`]: the ICMP code.
+    pub icmp_code: u8,
+    pub _pad: [u8; 3],
 }
 
 pub const SLOW_META_LEN: usize = core::mem::size_of::<SlowMeta>();
@@ -54,10 +65,11 @@ impl SlowMeta {
         Some(SlowMeta {
             magic: SLOW_MAGIC,
             reason: frame[4],
-            _pad: 0,
+            icmp_type: frame[5],
             mtu: u16::from_ne_bytes([frame[6], frame[7]]),
             ingress: u32::from_ne_bytes([frame[8], frame[9], frame[10], frame[11]]),
-            _pad2: 0,
+            icmp_code: frame[12],
+            _pad: [0; 3],
         })
     }
 }
@@ -82,11 +94,12 @@ mod tests {
     fn meta_parses_what_xdp_writes() {
         let m = SlowMeta {
             magic: SLOW_MAGIC,
-            reason: SLOW_ENCAP_FRAGMENT,
-            _pad: 0,
+            reason: SLOW_ICMP_REFUSAL,
+            icmp_type: 3,
             mtu: 1280,
             ingress: 7,
-            _pad2: 0,
+            icmp_code: 4,
+            _pad: [0; 3],
         };
         // SAFETY: repr(C), no padding (asserted size), plain integers.
         let bytes: [u8; SLOW_META_LEN] = unsafe { core::mem::transmute(m) };

@@ -1,10 +1,11 @@
 //! B4 (RFC 6333 §5): IPv4 from the LAN goes into the softwire toward the AFTR; softwire
 //! packets from the AFTR come out toward the LAN. No NAT here (RFC 6333 §4).
 
-use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, maps::lpm_trie::Key};
 use dslite_common::{maps::B4Config, proto::*, slow::SLOW_TTL_EXPIRED, Counter};
 
 use crate::{
+    ctx::Pkt,
     exit::{Exit, Res},
     maps::{count, count_n, B4_CONFIG, LOCAL_V4},
     packet::len,
@@ -15,7 +16,7 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn run(ctx: &XdpContext) -> Res<u32> {
+pub fn run<C: Pkt>(ctx: &C) -> Res<u32> {
     let cfg = match B4_CONFIG.get(0) {
         Some(c) if c.enabled != 0 => *c,
         _ => {
@@ -24,8 +25,7 @@ pub fn run(ctx: &XdpContext) -> Res<u32> {
             return Err(Exit::Drop(Counter::DropNotConfigured));
         }
     };
-    // SAFETY: reading the ingress ifindex from the context.
-    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    let ingress = ctx.ingress_ifindex();
     // The slow path's TAP plays both sides: it writes back reassembled softwire packets
     // (IPv6, as from the WAN) and the router's own IPv4 from 192.0.0.2 (as from the LAN).
     match ethernet(ctx)? {
@@ -43,7 +43,7 @@ pub fn run(ctx: &XdpContext) -> Res<u32> {
 
 /// LAN -> softwire (RFC 6333 §5.2).
 #[inline(always)]
-fn from_lan(ctx: &XdpContext, cfg: &B4Config) -> Res<u32> {
+fn from_lan<C: Pkt>(ctx: &C, cfg: &B4Config) -> Res<u32> {
     let mut ip = Ipv4::default();
     ipv4(ctx, ETH_HLEN, len(ctx) - ETH_HLEN, &mut ip)?;
     if LOCAL_V4.get(Key::new(32, ip.dst)).is_some() {
@@ -66,7 +66,7 @@ fn from_lan(ctx: &XdpContext, cfg: &B4Config) -> Res<u32> {
 
 /// Softwire -> LAN (RFC 6333 §5.2), and native IPv6 accounting.
 #[inline(always)]
-fn from_wan(ctx: &XdpContext, cfg: &B4Config) -> Res<u32> {
+fn from_wan<C: Pkt>(ctx: &C, cfg: &B4Config) -> Res<u32> {
     let mut sw = Softwire::default();
     let parsed = ipv6(ctx, &mut sw);
     if let Err(Exit::Pass(Counter::PassIpv6Fragment)) = parsed {
@@ -95,7 +95,7 @@ fn from_wan(ctx: &XdpContext, cfg: &B4Config) -> Res<u32> {
     if ip.proto == IPPROTO_TCP && cfg.mss != 0 {
         crate::mss::clamp(ctx, ip.off + ip.hlen, cfg.mss);
     }
-    decapsulate(ctx, sw.inner_off - ETH_HLEN)?;
+    decapsulate(ctx, sw.inner_off - ETH_HLEN, ip.tot_len)?;
     let action = redirect_v4(ctx, &ip.src, &ip.dst)?;
     count(Counter::B4DecapPackets);
     count_n(Counter::B4DecapBytes, sw.outer_len as u64);

@@ -3,28 +3,25 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::{
-    bindings::xdp_md,
-    helpers::generated::{bpf_loop, bpf_xdp_load_bytes},
-    programs::XdpContext,
-};
+use aya_ebpf::helpers::generated::bpf_loop;
 use dslite_common::{csum, proto::*};
 
 use crate::{
+    ctx::Pkt,
     exit::{LOOP_BREAK, LOOP_CONTINUE},
     packet::{ptr_at, read16},
 };
 
 /// Sum of `n` bytes (even, at most `max`) of the packet at `off`, as raw words.
 #[inline(always)]
-pub fn sum_words(ctx: &XdpContext, off: usize, n: usize) -> u32 {
+pub fn sum_words<C: Pkt>(ctx: &C, off: usize, n: usize) -> u32 {
     let mut sum = 0u32;
     let mut i = 0usize;
     while i < (ICMP_MIN_LEN + 68) / 2 {
         if i * 2 >= n {
             break;
         }
-        let Some(w) = ptr_at::<[u8; 2]>(ctx, off + i * 2) else {
+        let Some(w) = ptr_at::<[u8; 2], _>(ctx, off + i * 2) else {
             break;
         };
         sum += read16(w as *const u8) as u32;
@@ -39,7 +36,7 @@ pub const MAX_ICMP_LEN: usize = 1480;
 /// State of a checksum run over packet bytes, shared with [`sum_chunk`].
 #[repr(C)]
 struct SumLoop {
-    xdp: *mut xdp_md,
+    ctx: *mut c_void,
     off: u64,
     n: u64,
     sum: u64,
@@ -48,8 +45,8 @@ struct SumLoop {
 
 /// `bpf_loop` callback: add the `i`-th 64-byte chunk (the last one zero-padded, which is
 /// also the odd-length rule) to the sum, as 64-bit words folded later (RFC 1071 §2(C)).
-/// 1 stops the loop.
-unsafe extern "C" fn sum_chunk(i: u32, c: *mut c_void) -> i64 {
+/// 1 stops the loop. One per hook: the load goes through that hook's helper.
+unsafe extern "C" fn sum_chunk<C: Pkt>(i: u32, c: *mut c_void) -> i64 {
     // SAFETY: `c` is the `SumLoop` on the caller's stack (bpf_loop passes it through).
     let c = unsafe { &mut *(c as *mut SumLoop) };
     let done = i as u64 * 64;
@@ -66,8 +63,8 @@ unsafe extern "C" fn sum_chunk(i: u32, c: *mut c_void) -> i64 {
     let mut buf = [0u64; 8];
     // SAFETY: the helper checks the read against the frame; `chunk` fits the buffer.
     let rc = unsafe {
-        bpf_xdp_load_bytes(
-            c.xdp,
+        C::load_bytes(
+            c.ctx,
             (c.off + done) as u32,
             buf.as_mut_ptr().cast(),
             chunk as u32,
@@ -89,12 +86,12 @@ unsafe extern "C" fn sum_chunk(i: u32, c: *mut c_void) -> i64 {
 /// message (RFC 5508 REQ-3a). The chunks run under `bpf_loop`, so the verifier checks the
 /// loop body once, not once per iteration and caller state.
 #[inline(never)]
-pub fn checksum_ok(ctx: &XdpContext, off: usize, n: usize) -> u32 {
+pub fn checksum_ok<C: Pkt>(ctx: &C, off: usize, n: usize) -> u32 {
     if n > MAX_ICMP_LEN {
         return 0;
     }
     let mut st = SumLoop {
-        xdp: ctx.ctx,
+        ctx: ctx.raw(),
         off: off as u64,
         n: n as u64,
         sum: 0,
@@ -104,7 +101,7 @@ pub fn checksum_ok(ctx: &XdpContext, off: usize, n: usize) -> u32 {
     unsafe {
         bpf_loop(
             MAX_ICMP_LEN.div_ceil(64) as u32,
-            sum_chunk as *mut c_void,
+            sum_chunk::<C> as *mut c_void,
             &mut st as *mut SumLoop as *mut c_void,
             0,
         )
@@ -120,7 +117,7 @@ pub fn checksum_ok(ctx: &XdpContext, off: usize, n: usize) -> u32 {
 /// 1 if the IPv4 header of `hlen` bytes (options included) at `off` sums to 0xffff. A BPF
 /// call returning a plain integer, so its loop exits meet the caller in one state.
 #[inline(never)]
-pub fn header_ok(ctx: &XdpContext, off: usize, hlen: usize) -> u32 {
+pub fn header_ok<C: Pkt>(ctx: &C, off: usize, hlen: usize) -> u32 {
     // Fresh copies: the verifier links an argument to the caller's register it came from.
     let hlen = hlen & 0x3c;
     let off = off & 0x7ff;
@@ -130,7 +127,7 @@ pub fn header_ok(ctx: &XdpContext, off: usize, hlen: usize) -> u32 {
         if i * 2 >= hlen {
             break;
         }
-        let Some(w) = ptr_at::<[u8; 2]>(ctx, off + i * 2) else {
+        let Some(w) = ptr_at::<[u8; 2], _>(ctx, off + i * 2) else {
             return 0;
         };
         sum += read16(w as *const u8) as u32;

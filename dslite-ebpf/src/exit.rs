@@ -86,7 +86,8 @@ impl From<Res<()>> for Code {
     }
 }
 
-/// A wrapper pair: `$name`, an `#[inline(never)]` BPF call returning a [`Code`] (with its
+/// A wrapper pair, generic over the hook's context `C` (crate::ctx): `$name`, an
+/// `#[inline(never)]` BPF call returning a [`Code`] (with its
 /// `Ok` value, if any, written through a last `&mut` argument), around the `#[inline(always)]`
 /// function `$inner` returning a `Res`; and `$typed`, the `Res`-returning function callers
 /// use. `on_ok` runs inside the BPF call after a success (counting, say).
@@ -98,13 +99,13 @@ macro_rules! bpf_call {
     ) => {
         $(#[$m])*
         #[inline(never)]
-        $vis fn $name($($arg: $ty),*) -> $crate::exit::Code {
+        $vis fn $name<C: $crate::ctx::Pkt>($($arg: $ty),*) -> $crate::exit::Code {
             $inner($($arg),*).into()
         }
 
         #[inline(always)]
-        $vis fn $typed($($arg: $ty),*) -> $crate::exit::Res<()> {
-            $name($($arg),*).res()
+        $vis fn $typed<C: $crate::ctx::Pkt>($($arg: $ty),*) -> $crate::exit::Res<()> {
+            $name::<C>($($arg),*).res()
         }
     };
     (
@@ -114,7 +115,7 @@ macro_rules! bpf_call {
     ) => {
         $(#[$m])*
         #[inline(never)]
-        $vis fn $name($($arg: $ty,)* out: &mut $t) -> $crate::exit::Code {
+        $vis fn $name<C: $crate::ctx::Pkt>($($arg: $ty,)* out: &mut $t) -> $crate::exit::Code {
             match $inner($($arg),*) {
                 Ok(v) => {
                     *out = v;
@@ -126,9 +127,9 @@ macro_rules! bpf_call {
         }
 
         #[inline(always)]
-        $vis fn $typed($($arg: $ty),*) -> $crate::exit::Res<$t> {
+        $vis fn $typed<C: $crate::ctx::Pkt>($($arg: $ty),*) -> $crate::exit::Res<$t> {
             let mut out = <$t>::default();
-            $name($($arg,)* &mut out).with(out)
+            $name::<C>($($arg,)* &mut out).with(out)
         }
     };
 }

@@ -1,10 +1,13 @@
-//! dslite XDP dataplane: one program per role.
+//! dslite dataplane: one program per role and hook, all from the same code (generic over
+//! `ctx::Pkt`).
 //!
-//! - `dslite_b4`: attached to the B4's LAN and WAN interfaces.
-//! - `dslite_aftr`: attached to the AFTR's tunnel and internet interfaces (may be one).
+//! - `dslite_b4` (XDP) and `dslite_b4_tc` (tc ingress): on the B4's LAN and WAN interfaces.
+//! - `dslite_aftr` and `dslite_aftr_tc`: on the AFTR's tunnel and internet interfaces (may
+//!   be one).
 //!
 //! Each returns through [`finish`], which turns every non-forwarding outcome into a named
-//! counter plus XDP_DROP or XDP_PASS. XDP_ABORTED is never returned.
+//! counter plus a drop or a pass. XDP_ABORTED is never returned; on tc a pass is
+//! TC_ACT_UNSPEC, so a program after ours (tcx) still sees the packet.
 #![no_std]
 #![no_main]
 // Map keys are passed by reference on purpose: the BPF stack is 512 bytes and a by-value
@@ -16,6 +19,7 @@ mod b4;
 #[cfg(feature = "bench")]
 mod bench;
 mod csum;
+mod ctx;
 mod events;
 mod exit;
 mod maps;
@@ -27,19 +31,27 @@ mod route;
 mod slow;
 mod softwire;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 use dslite_common::Counter;
 
-use crate::exit::{Exit, Res};
+use crate::{
+    ctx::{Pkt, V_DROP, V_PASS, V_REDIRECT},
+    exit::{Exit, Res},
+};
 
+/// The verdict (`ctx::V_*`, XDP's numbering) of a run, every non-forwarding outcome counted.
 #[inline(always)]
-fn finish(ctx: &XdpContext, r: Res<u32>) -> u32 {
+fn finish<C: Pkt>(ctx: &C, r: Res<u32>) -> u32 {
     match r {
         Ok(action) => action,
         Err(Exit::Drop(c)) => {
             maps::count(c);
-            xdp_action::XDP_DROP
+            V_DROP
         }
         Err(Exit::Pass(_)) if slow::from_slow_path(ctx) => {
             // Whatever the kernel would deliver locally from the TAP could reach the slow
@@ -47,12 +59,22 @@ fn finish(ctx: &XdpContext, r: Res<u32>) -> u32 {
             // forwarded or dropped, never passed up (only translated packets that the
             // kernel must route, counted where they are decided, go up from the TAP).
             maps::count(Counter::DropSlowLoop);
-            xdp_action::XDP_DROP
+            V_DROP
         }
         Err(Exit::Pass(c)) => {
             maps::count(c);
-            xdp_action::XDP_PASS
+            V_PASS
         }
+    }
+}
+
+/// A verdict as tc's return code.
+#[inline(always)]
+fn tc_action(verdict: u32) -> i32 {
+    match verdict {
+        V_REDIRECT => TC_ACT_REDIRECT as i32,
+        V_PASS => TC_ACT_UNSPEC,
+        _ => TC_ACT_SHOT as i32,
     }
 }
 
@@ -64,6 +86,18 @@ pub fn dslite_b4(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn dslite_aftr(ctx: XdpContext) -> u32 {
     finish(&ctx, aftr::run(&ctx))
+}
+
+#[classifier]
+pub fn dslite_b4_tc(ctx: TcContext) -> i32 {
+    let r = ctx::tc::pull_headers(&ctx).and_then(|()| b4::run(&ctx));
+    tc_action(finish(&ctx, r))
+}
+
+#[classifier]
+pub fn dslite_aftr_tc(ctx: TcContext) -> i32 {
+    let r = ctx::tc::pull_headers(&ctx).and_then(|()| aftr::run(&ctx));
+    tc_action(finish(&ctx, r))
 }
 
 /// Passes everything. A veth only accepts frames that XDP_REDIRECT sends into it when its

@@ -1,10 +1,10 @@
 //! TCP MSS clamping on SYN and SYN-ACK, in both elements, so TCP fits the softwire without
 //! fragmentation (RFC 6908 §2.3 / RFC 8513).
 
-use aya_ebpf::programs::XdpContext;
-use dslite_common::{csum, proto::*, Counter};
+use dslite_common::{proto::*, Counter};
 
 use crate::{
+    ctx::{CsumEdit, Pkt},
     maps::count,
     packet::{ptr_at, read16, write16},
 };
@@ -19,10 +19,10 @@ const TCP_OPT_MSS: u8 = 2;
 /// branches) cost the AFTR program its verifier budget. A BPF call returning a plain
 /// integer, so its exits meet the caller in one state.
 #[inline(never)]
-pub fn clamp(ctx: &XdpContext, l4: usize, mss: u16) -> u32 {
+pub fn clamp<C: Pkt>(ctx: &C, l4: usize, mss: u16) -> u32 {
     // A fresh copy: the verifier links an argument to the caller's register it came from.
     let l4 = l4 & 0x1ff;
-    let Some(t) = ptr_at::<[u8; TCP_MIN_LEN]>(ctx, l4) else {
+    let Some(t) = ptr_at::<[u8; TCP_MIN_LEN], _>(ctx, l4) else {
         return 0;
     };
     // SAFETY: bounds-checked by `ptr_at`.
@@ -35,7 +35,7 @@ pub fn clamp(ctx: &XdpContext, l4: usize, mss: u16) -> u32 {
     if flags & 0x02 == 0 || mss == 0 || hlen < TCP_MIN_LEN + 4 {
         return 0;
     }
-    let Some(o) = ptr_at::<[u8; 4]>(ctx, l4 + TCP_MIN_LEN) else {
+    let Some(o) = ptr_at::<[u8; 4], _>(ctx, l4 + TCP_MIN_LEN) else {
         return 0;
     };
     // SAFETY: bounds-checked by `ptr_at`.
@@ -49,13 +49,13 @@ pub fn clamp(ctx: &XdpContext, l4: usize, mss: u16) -> u32 {
     }
     let new = mss.to_be();
     write16(o[2..].as_mut_ptr(), new);
-    let Some(c) = ptr_at::<[u8; 2]>(ctx, l4 + TCP_CSUM_OFF) else {
+    // Last, by offset: on tc the helper invalidates packet pointers.
+    if ctx
+        .l4_csum_replace(l4 + TCP_CSUM_OFF, old as u32, new as u32, CsumEdit::WORD)
+        .is_err()
+    {
         return 0;
-    };
-    write16(
-        c as *mut u8,
-        csum::replace2(read16(c as *const u8), old, new),
-    );
+    }
     count(Counter::MssClamped);
     1
 }

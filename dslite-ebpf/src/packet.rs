@@ -4,10 +4,12 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
 use dslite_common::Counter;
 
-use crate::exit::{Exit, Res};
+use crate::{
+    ctx::Pkt,
+    exit::{Exit, Res},
+};
 
 /// Largest offset the programs ever read at: Ethernet 14 + IPv6 40 + extension headers
 /// 2 x 64 + IPv4 60 + TCP 20 = 262. Bounding it keeps packet-pointer arithmetic verifiable.
@@ -16,9 +18,10 @@ const MAX_OFFSET: usize = 512;
 /// Bounds-checked pointer to a `T` at `off` bytes from the start of the packet.
 ///
 /// SAFETY of the returned pointer: valid for reads and writes of `size_of::<T>()` bytes until
-/// the next `bpf_xdp_adjust_head`, after which every pointer must be taken again.
+/// the next [`Pkt`] method that moves data (crate::ctx), after which every pointer must be
+/// taken again. On tc it covers only the linear head, which the entry pulls up to 320 bytes.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+pub fn ptr_at<T, C: Pkt>(ctx: &C, off: usize) -> Option<*mut T> {
     if off > MAX_OFFSET {
         return None;
     }
@@ -32,14 +35,14 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
 
 /// Like [`ptr_at`], turning a short packet into a counted drop.
 #[inline(always)]
-pub fn at<T>(ctx: &XdpContext, off: usize, short: Counter) -> Res<*mut T> {
+pub fn at<T, C: Pkt>(ctx: &C, off: usize, short: Counter) -> Res<*mut T> {
     ptr_at(ctx, off).ok_or(Exit::Drop(short))
 }
 
-/// Bytes between `data` and `data_end`.
+/// Length of the whole frame (on tc it may exceed what [`ptr_at`] reaches).
 #[inline(always)]
-pub fn len(ctx: &XdpContext) -> usize {
-    ctx.data_end() - ctx.data()
+pub fn len<C: Pkt>(ctx: &C) -> usize {
+    ctx.len()
 }
 
 /// Read a raw (memory-order) 16-bit word.

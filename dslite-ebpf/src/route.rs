@@ -1,11 +1,7 @@
 //! Routing: `bpf_fib_lookup` (with a per-CPU next-hop cache) and `bpf_redirect`, and the
 //! route MTU a "fragmentation needed" reports.
 
-use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::generated::{bpf_fib_lookup, bpf_redirect},
-    programs::XdpContext,
-};
+use aya_ebpf::helpers::generated::bpf_fib_lookup;
 use dslite_common::{
     maps::{NextHop, NextHopKey},
     proto::*,
@@ -13,6 +9,7 @@ use dslite_common::{
 };
 
 use crate::{
+    ctx::{Pkt, V_PASS},
     exit::{too_big, too_big_mtu, Exit, Res},
     maps::{count, NEXT_HOPS, NH_GEN},
     packet::{at, len},
@@ -53,15 +50,14 @@ struct FibParams {
 
 const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
 
-fn fib_params(ctx: &XdpContext, family: u8) -> FibParams {
+fn fib_params<C: Pkt>(ctx: &C, family: u8) -> FibParams {
     FibParams {
         family,
         l4_protocol: 0,
         sport: 0,
         dport: 0,
-        tot_len: (len(ctx) - ETH_HLEN) as u16,
-        // SAFETY: reading the ingress ifindex from the context.
-        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
+        tot_len: fib_len(ctx),
+        ifindex: ctx.ingress_ifindex(),
         tos_flowinfo: 0,
         src: [0; 16],
         dst: [0; 16],
@@ -71,9 +67,21 @@ fn fib_params(ctx: &XdpContext, family: u8) -> FibParams {
     }
 }
 
+/// The length the FIB checks against the route's MTU: the L3 length, or 0 for a GSO packet
+/// (tc only), for which the kernel checks only that the egress device takes GSO; its
+/// segments are checked after routing ([`Pkt::segments_fit`]).
+#[inline(always)]
+fn fib_len<C: Pkt>(ctx: &C) -> u16 {
+    if ctx.gso_size() != 0 {
+        0
+    } else {
+        (len(ctx) - ETH_HLEN) as u16
+    }
+}
+
 /// Route an IPv4 frame (IPv4 right after Ethernet) and redirect it; see [`fib_redirect`].
 #[inline(never)]
-pub fn redirect_v4(ctx: &XdpContext, src: &[u8; 4], dst: &[u8; 4]) -> Res<u32> {
+pub fn redirect_v4<C: Pkt>(ctx: &C, src: &[u8; 4], dst: &[u8; 4]) -> Res<u32> {
     let mut p = fib_params(ctx, AF_INET);
     p.src[..4].copy_from_slice(src);
     p.dst[..4].copy_from_slice(dst);
@@ -87,9 +95,9 @@ pub fn redirect_v4(ctx: &XdpContext, src: &[u8; 4], dst: &[u8; 4]) -> Res<u32> {
             return Err(Exit::Drop(Counter::DropV4TooBig));
         }
         count(Counter::PassV4FragmentNeeded);
-        action = xdp_action::XDP_PASS;
+        action = V_PASS;
     }
-    if action == xdp_action::XDP_PASS {
+    if action == V_PASS {
         // The kernel will forward it and spend a TTL itself: give back the one we spent,
         // or a packet arriving with TTL 2 would die in the kernel instead of being routed.
         restore_ttl(ctx)?;
@@ -101,14 +109,14 @@ pub fn redirect_v4(ctx: &XdpContext, src: &[u8; 4], dst: &[u8; 4]) -> Res<u32> {
 /// the forwarding paths do it; returns the helper's result code.
 #[cfg(feature = "bench")]
 #[inline(always)]
-pub fn fib_probe(ctx: &XdpContext, v6: bool, src: &[u8; 16], dst: &[u8; 16]) -> i64 {
+pub fn fib_probe<C: Pkt>(ctx: &C, v6: bool, src: &[u8; 16], dst: &[u8; 16]) -> i64 {
     let mut p = fib_params(ctx, if v6 { AF_INET6 } else { AF_INET });
     p.src = *src;
     p.dst = *dst;
     // SAFETY: `p` is a correctly sized `struct bpf_fib_lookup`.
     unsafe {
         bpf_fib_lookup(
-            ctx.ctx as *mut _,
+            ctx.raw() as *mut _,
             &mut p as *mut FibParams as *mut _,
             core::mem::size_of::<FibParams>() as i32,
             0,
@@ -118,14 +126,14 @@ pub fn fib_probe(ctx: &XdpContext, v6: bool, src: &[u8; 16], dst: &[u8; 16]) -> 
 
 /// The MTU of the IPv4 route to `dst` if a packet of `tot_len` bytes exceeds it, else 0.
 #[inline(never)]
-pub fn v4_route_mtu(ctx: &XdpContext, dst: &[u8; 4], tot_len: u32) -> u32 {
+pub fn v4_route_mtu<C: Pkt>(ctx: &C, dst: &[u8; 4], tot_len: u32) -> u32 {
     let mut p = fib_params(ctx, AF_INET);
     p.tot_len = tot_len as u16;
     p.dst[..4].copy_from_slice(dst);
     // SAFETY: `p` is a correctly sized `struct bpf_fib_lookup`.
     let rc = unsafe {
         bpf_fib_lookup(
-            ctx.ctx as *mut _,
+            ctx.raw() as *mut _,
             &mut p as *mut FibParams as *mut _,
             core::mem::size_of::<FibParams>() as i32,
             0,
@@ -141,7 +149,7 @@ pub fn v4_route_mtu(ctx: &XdpContext, dst: &[u8; 4], tot_len: u32) -> u32 {
 /// Route an IPv6 frame and redirect it; see [`fib_redirect`]. A packet larger than the
 /// route's MTU is not sent: the result is [`too_big`] with the MTU.
 #[inline(never)]
-pub fn redirect_v6(ctx: &XdpContext, src: &[u8; 16], dst: &[u8; 16]) -> Res<u32> {
+pub fn redirect_v6<C: Pkt>(ctx: &C, src: &[u8; 16], dst: &[u8; 16]) -> Res<u32> {
     let mut p = fib_params(ctx, AF_INET6);
     p.src = *src;
     p.dst = *dst;
@@ -158,7 +166,7 @@ pub fn redirect_v6(ctx: &XdpContext, src: &[u8; 16], dst: &[u8; 16]) -> Res<u32>
 /// every route, neighbour, address or link change) is unchanged and the packet is no longer
 /// than one the FIB let through.
 #[inline(always)]
-fn fib_redirect(ctx: &XdpContext, p: &mut FibParams) -> Res<u32> {
+fn fib_redirect<C: Pkt>(ctx: &C, p: &mut FibParams) -> Res<u32> {
     let gen = NH_GEN.get(0).copied().unwrap_or(0);
     let key = NextHopKey {
         dst: p.dst,
@@ -169,25 +177,28 @@ fn fib_redirect(ctx: &XdpContext, p: &mut FibParams) -> Res<u32> {
     let len = p.tot_len;
     if gen != 0 {
         if let Some(nh) = NEXT_HOPS.get_ptr(&key) {
-            // SAFETY: map value pointer from the kernel, copied at once (per-CPU: no writer
-            // but this CPU).
-            let nh = unsafe { *nh };
+            // SAFETY: map value pointer from the kernel (per-CPU: no writer but this CPU),
+            // read in place: a copy would cost this frame 24 bytes, and it is the last one
+            // of the hairpin's call chain (512 bytes for the whole chain).
+            let nh = unsafe { &*nh };
             if nh.gen == gen && len <= nh.max_len {
+                if let Err(mtu) = ctx.segments_fit(nh.ifindex) {
+                    return Ok(too_big(mtu));
+                }
                 let eth: *mut [u8; ETH_HLEN] = at(ctx, 0, Counter::DropTruncatedEth)?;
                 // SAFETY: bounds-checked by `at`.
                 let eth = unsafe { &mut *eth };
                 eth[0..6].copy_from_slice(&nh.dmac);
                 eth[6..12].copy_from_slice(&nh.smac);
                 count(Counter::NextHopCached);
-                // SAFETY: plain helper call.
-                return Ok(unsafe { bpf_redirect(nh.ifindex, 0) } as u32);
+                return Ok(ctx.redirect(nh.ifindex));
             }
         }
     }
     // SAFETY: `p` is a correctly sized `struct bpf_fib_lookup`.
     let rc = unsafe {
         bpf_fib_lookup(
-            ctx.ctx as *mut _,
+            ctx.raw() as *mut _,
             p as *mut FibParams as *mut _,
             core::mem::size_of::<FibParams>() as i32,
             0,
@@ -195,12 +206,17 @@ fn fib_redirect(ctx: &XdpContext, p: &mut FibParams) -> Res<u32> {
     };
     match rc {
         FIB_SUCCESS => {
+            if let Err(mtu) = ctx.segments_fit(p.ifindex) {
+                return Ok(too_big(mtu));
+            }
             let eth: *mut [u8; ETH_HLEN] = at(ctx, 0, Counter::DropTruncatedEth)?;
             // SAFETY: bounds-checked by `at`.
             let eth = unsafe { &mut *eth };
             eth[0..6].copy_from_slice(&p.dmac);
             eth[6..12].copy_from_slice(&p.smac);
-            if gen != 0 {
+            // A GSO packet was not checked against the route's MTU (`fib_len`): it says
+            // nothing about the length a single packet may have.
+            if gen != 0 && len != 0 {
                 let nh = NextHop {
                     ifindex: p.ifindex,
                     gen,
@@ -211,16 +227,15 @@ fn fib_redirect(ctx: &XdpContext, p: &mut FibParams) -> Res<u32> {
                 };
                 let _ = NEXT_HOPS.insert(&key, &nh, 0);
             }
-            // SAFETY: plain helper call.
-            Ok(unsafe { bpf_redirect(p.ifindex, 0) } as u32)
+            Ok(ctx.redirect(p.ifindex))
         }
         FIB_NO_NEIGH => {
             count(Counter::PassNoNeighbour);
-            Ok(xdp_action::XDP_PASS)
+            Ok(V_PASS)
         }
         FIB_NOT_FWDED | FIB_FWD_DISABLED => {
             count(Counter::PassFibNotForwarded);
-            Ok(xdp_action::XDP_PASS)
+            Ok(V_PASS)
         }
         FIB_BLACKHOLE | FIB_UNREACHABLE | FIB_PROHIBIT => {
             Err(Exit::Drop(Counter::DropFibUnreachable))

@@ -57,7 +57,7 @@ const DEFAULT_ITERATIONS: [usize; 2] = [200_000, 50_000];
 /// Kinds of unexpected finding after which a run stops (the report stays readable).
 const MAX_FINDINGS: usize = 16;
 
-const AFTR_V4: [u8; 4] = [192, 0, 0, 1];
+use dslite_common::proto::AFTR_V4;
 /// The AFTR rig's address on its internet side.
 const AFTR_OWN_V4: [u8; 4] = [203, 0, 113, 1];
 

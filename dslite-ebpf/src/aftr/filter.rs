@@ -2,7 +2,7 @@
 //! reserved sources and denied destinations, and the NAT's filtering of inbound packets by
 //! the remotes each mapping sent to (EIF/ADF/APDF, RFC 4787 REQ-8).
 
-use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key, programs::XdpContext};
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key};
 use dslite_common::{
     maps::{AftrConfig, PeerKey, B4_DENY},
     nat::{filter_mode, FILTER_APDF, FILTER_EIF},
@@ -12,6 +12,7 @@ use dslite_common::{
 
 use crate::{
     aftr::parsed::FromB4,
+    ctx::Pkt,
     exit::{Exit, Res},
     maps::{count, B4_ALLOW, DENY_V4, EEXIST, NAT_OUT, PEERS},
     packet::read16,
@@ -21,9 +22,8 @@ use crate::{
 
 /// True when the packet came in on `want` (0: any), or from the slow path's TAP.
 #[inline(always)]
-pub fn on_interface(ctx: &XdpContext, want: u32) -> bool {
-    // SAFETY: reading the ingress ifindex from the context.
-    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+pub fn on_interface<C: Pkt>(ctx: &C, want: u32) -> bool {
+    let ingress = ctx.ingress_ifindex();
     want == 0 || ingress == want || from_slow_path(ctx)
 }
 
@@ -31,7 +31,7 @@ pub fn on_interface(ctx: &XdpContext, want: u32) -> bool {
 /// addresses (the controller adds those as denying /128 entries), and the packet must have
 /// come in on the tunnel interface.
 #[inline(always)]
-pub fn source_allowed(ctx: &XdpContext, cfg: &AftrConfig, src: &[u8; 16]) -> Res<()> {
+pub fn source_allowed<C: Pkt>(ctx: &C, cfg: &AftrConfig, src: &[u8; 16]) -> Res<()> {
     if !on_interface(ctx, cfg.tunnel_ifindex) {
         return Err(Exit::Drop(Counter::DropWrongInterface));
     }
@@ -64,14 +64,14 @@ pub fn destination_allowed(dst: &[u8; 4]) -> u32 {
 /// new one is recorded only while the mapping has fewer than `max_peers`, so one mapping
 /// cannot fill the table.
 #[inline(never)]
-pub fn note_peer(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u32) {
+pub fn note_peer<C: Pkt>(ctx: &C, cfg: &AftrConfig, p: &FromB4, out_port: u32) {
     let mode = filter_mode(cfg.filter_modes, p.ip.proto);
     if mode == FILTER_EIF {
         return;
     }
     let mut remote_port = 0;
     if mode == FILTER_APDF && p.ip.proto != IPPROTO_ICMP {
-        if let Some(d) = crate::packet::ptr_at::<[u8; 4]>(ctx, p.l4.off) {
+        if let Some(d) = crate::packet::ptr_at::<[u8; 4], _>(ctx, p.l4.off) {
             remote_port = read16((d as *const u8).wrapping_add(2));
         }
     }
@@ -131,10 +131,10 @@ pub fn peer_known(cfg: &AftrConfig, key: &mut PeerKey) -> u32 {
 
 /// 1 if an inbound packet passes its protocol's filtering (see [`peer_known`]).
 #[inline(never)]
-pub fn peer_allowed(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4, l4: &L4) -> u32 {
+pub fn peer_allowed<C: Pkt>(ctx: &C, cfg: &AftrConfig, ip: &Ipv4, l4: &L4) -> u32 {
     let mut remote_port = 0;
     if ip.proto != IPPROTO_ICMP {
-        let Some(s) = crate::packet::ptr_at::<[u8; 2]>(ctx, l4.off) else {
+        let Some(s) = crate::packet::ptr_at::<[u8; 2], _>(ctx, l4.off) else {
             return 0;
         };
         remote_port = read16(s as *const u8);

@@ -1,7 +1,6 @@
 //! IPv4 fragments (RFC 4787 REQ-14): per-subscriber budgets, and the chains of fragments
 //! from the internet that a first fragment opened.
 
-use aya_ebpf::programs::XdpContext;
 use dslite_common::{
     bucket,
     maps::{AftrConfig, FragBudget, FragKey, NatInKey},
@@ -12,6 +11,7 @@ use dslite_common::{
 
 use crate::{
     aftr::filter::peer_allowed,
+    ctx::Pkt,
     exit::{Code, Exit},
     maps::{FRAG_BUDGET, FRAG_CHAINS, NAT_IN},
     packet::read16,
@@ -60,8 +60,8 @@ pub fn subscriber_fragment_budget(b4: &[u8; 16], cfg: &AftrConfig) -> u32 {
 /// one only if a first one opened its chain. Everything else is dropped here, before it
 /// costs the slow path anything.
 #[inline(never)]
-pub fn inbound_fragment(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> Code {
-    let Some(h) = crate::packet::ptr_at::<[u8; IPV4_MIN_HLEN]>(ctx, ip.off) else {
+pub fn inbound_fragment<C: Pkt>(ctx: &C, cfg: &AftrConfig, ip: &Ipv4) -> Code {
+    let Some(h) = crate::packet::ptr_at::<[u8; IPV4_MIN_HLEN], _>(ctx, ip.off) else {
         return Exit::Drop(Counter::DropBadIpv4).into();
     };
     // SAFETY: bounds-checked by `ptr_at`.

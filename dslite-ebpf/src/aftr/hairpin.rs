@@ -1,7 +1,6 @@
 //! Hairpinning: a subscriber's packet to another subscriber's public endpoint, translated
 //! both ways in XDP (RFC 4787 REQ-9).
 
-use aya_ebpf::programs::XdpContext;
 use dslite_common::{
     maps::{AftrConfig, NatInKey, PeerKey},
     proto::*,
@@ -10,11 +9,12 @@ use dslite_common::{
 
 use crate::{
     aftr::{filter::peer_known, parsed::FromB4, rewrite::rewrite},
+    ctx::Pkt,
     exit::{bpf_call, Exit, HighPort, Res},
     maps::{count, NAT_IN},
     packet::{at, read16},
     parse::L4,
-    softwire::{decapsulate, encapsulate_and_send},
+    softwire::send_back,
 };
 
 bpf_call! {
@@ -22,12 +22,12 @@ bpf_call! {
     /// subscriber to a public endpoint another subscriber holds is translated both ways here, in
     /// XDP, and sent down the owner's softwire with the sender's outside address:port as its
     /// source. `out_port` is the sender's outside port.
-    pub fn hairpin / hairpin_call(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: HighPort) -> Res<u32>
+    pub fn hairpin / hairpin_call(ctx: &C, cfg: &AftrConfig, p: &FromB4, out_port: HighPort) -> Res<u32>
     = hairpin_inner;
 }
 
 #[inline(always)]
-fn hairpin_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: HighPort) -> Res<u32> {
+fn hairpin_inner<C: Pkt>(ctx: &C, cfg: &AftrConfig, p: &FromB4, out_port: HighPort) -> Res<u32> {
     let out_port = out_port.port();
     // Only TCP and UDP name a destination port; an echo request has no owner to find.
     if p.ip.proto != IPPROTO_TCP && p.ip.proto != IPPROTO_UDP {
@@ -86,8 +86,7 @@ fn hairpin_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: HighP
         m.inside_addr,
         m.inside_port,
     )?;
-    decapsulate(ctx, p.inner_off - ETH_HLEN)?;
-    let action = encapsulate_and_send(ctx, &p.ip, cfg.hop_limit, &cfg.aftr_addr, &m.b4)?;
+    let action = send_back(ctx, &p.ip, cfg.hop_limit, &cfg.aftr_addr, &m.b4)?;
     count(Counter::HairpinPackets);
     Ok(action)
 }

@@ -2,7 +2,6 @@
 //! subscriber, a subscriber's error about an inbound packet goes out, each with the quoted
 //! packet translated and every checksum fixed.
 
-use aya_ebpf::programs::XdpContext;
 use dslite_common::{
     csum,
     maps::{AftrConfig, NatInKey, NatOutKey, PeerKey},
@@ -13,6 +12,7 @@ use dslite_common::{
 use crate::{
     aftr::{filter::peer_known, parsed::FromB4},
     csum::{checksum_ok, header_ok, MAX_ICMP_LEN},
+    ctx::Pkt,
     exit::{bpf_call, Exit, Res},
     maps::{count, NAT_IN, NAT_OUT},
     packet::{at, ptr_at, read16, write16},
@@ -22,13 +22,13 @@ use crate::{
 
 /// Raw 16-bit word at `off`.
 #[inline(always)]
-fn word(ctx: &XdpContext, off: usize) -> Res<u16> {
+fn word<C: Pkt>(ctx: &C, off: usize) -> Res<u16> {
     let p: *mut [u8; 2] = at(ctx, off, Counter::DropBadIcmpError)?;
     Ok(read16(p as *const u8))
 }
 
 #[inline(always)]
-fn set_word(ctx: &XdpContext, off: usize, v: u16) -> Res<()> {
+fn set_word<C: Pkt>(ctx: &C, off: usize, v: u16) -> Res<()> {
     let p: *mut [u8; 2] = at(ctx, off, Counter::DropBadIcmpError)?;
     write16(p as *mut u8, v);
     Ok(())
@@ -54,7 +54,7 @@ struct Quote {
 /// plus 8 bytes, whose own checksum holds, in a message whose ICMP checksum holds
 /// (RFC 5508 REQ-3a).
 #[inline(always)]
-fn quoted(ctx: &XdpContext, ip: &Ipv4) -> Res<Quote> {
+fn quoted<C: Pkt>(ctx: &C, ip: &Ipv4) -> Res<Quote> {
     let icmp = ip.off + ip.hlen;
     let icmp_len = ip.tot_len - ip.hlen;
     if !(ICMP_MIN_LEN + IPV4_MIN_HLEN + 8..=MAX_ICMP_LEN).contains(&icmp_len) {
@@ -107,11 +107,11 @@ fn quoted(ctx: &XdpContext, ip: &Ipv4) -> Res<Quote> {
 /// when the quote is not ICMP. An error about our echo request quotes a request; a host's
 /// error about an inbound echo quotes a reply.
 #[inline(always)]
-fn quoted_icmp_type(ctx: &XdpContext, q: &Quote) -> Option<u8> {
+fn quoted_icmp_type<C: Pkt>(ctx: &C, q: &Quote) -> Option<u8> {
     if q.proto != IPPROTO_ICMP {
         return None;
     }
-    let t = ptr_at::<[u8; 2]>(ctx, q.emb + q.ehlen)?;
+    let t = ptr_at::<[u8; 2], _>(ctx, q.emb + q.ehlen)?;
     // SAFETY: bounds-checked by `ptr_at`.
     Some(unsafe { (*t)[0] })
 }
@@ -133,7 +133,7 @@ struct Xlate {
 }
 
 #[inline(always)]
-fn set_addr(ctx: &XdpContext, off: usize, a: [u8; 4]) -> Res<()> {
+fn set_addr<C: Pkt>(ctx: &C, off: usize, a: [u8; 4]) -> Res<()> {
     set_word(ctx, off, u16::from_ne_bytes([a[0], a[1]]))?;
     set_word(ctx, off + 2, u16::from_ne_bytes([a[2], a[3]]))
 }
@@ -143,7 +143,7 @@ fn set_addr(ctx: &XdpContext, off: usize, a: [u8; 4]) -> Res<()> {
 /// checksum, its port, and its L4 checksum when the quote holds it. Every word changed
 /// inside the ICMP message is folded into the ICMP checksum as well.
 #[inline(always)]
-fn translate(ctx: &XdpContext, ip: &Ipv4, q: &Quote, x: &Xlate) -> Res<()> {
+fn translate<C: Pkt>(ctx: &C, ip: &Ipv4, q: &Quote, x: &Xlate) -> Res<()> {
     let outer_sum = word(ctx, ip.off + IPV4_CSUM_OFF)?;
     set_word(
         ctx,
@@ -182,12 +182,12 @@ bpf_call! {
     /// REQ-3 to REQ-7): checked (the embedded IPv4 checksum, REQ-3), the embedded packet and the
     /// outer destination restored to the inside endpoint with every checksum fixed, and sent
     /// down the owning softwire. Errors never create, refresh or delete a mapping.
-    pub fn error_inbound / error_inbound_call(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> Res<u32>
+    pub fn error_inbound / error_inbound_call(ctx: &C, cfg: &AftrConfig, ip: &Ipv4) -> Res<u32>
         = error_inbound_inner, on_ok { count(Counter::IcmpErrorTranslated); };
 }
 
 #[inline(always)]
-fn error_inbound_inner(ctx: &XdpContext, cfg: &AftrConfig, ip: &Ipv4) -> Res<u32> {
+fn error_inbound_inner<C: Pkt>(ctx: &C, cfg: &AftrConfig, ip: &Ipv4) -> Res<u32> {
     let q = quoted(ctx, ip)?;
     let (emb, ehlen, eproto) = (q.emb, q.ehlen, q.proto);
     // Ours, so the quoted source is the outside endpoint, and the error is addressed to it:
@@ -251,12 +251,12 @@ bpf_call! {
     /// is ready to go to the internet (the caller decapsulates and routes it, so the routing
     /// frame does not stack on this one). It never refreshes the mapping (REQ-6). Gives
     /// the new outer source.
-    pub fn error_outbound / error_outbound_call(ctx: &XdpContext, p: &FromB4) -> Res<[u8; 4]>
+    pub fn error_outbound / error_outbound_call(ctx: &C, p: &FromB4) -> Res<[u8; 4]>
         = error_outbound_inner, on_ok { count(Counter::IcmpErrorTranslated); };
 }
 
 #[inline(always)]
-fn error_outbound_inner(ctx: &XdpContext, p: &FromB4) -> Res<[u8; 4]> {
+fn error_outbound_inner<C: Pkt>(ctx: &C, p: &FromB4) -> Res<[u8; 4]> {
     let ip = &p.ip;
     let q = quoted(ctx, ip)?;
     let (emb, ehlen, eproto) = (q.emb, q.ehlen, q.proto);

@@ -1,7 +1,6 @@
 //! Internet -> B4 (RFC 6333 §6.2): reverse-translate a packet to a pool address and
 //! encapsulate it to the softwire that owns the mapping.
 
-use aya_ebpf::programs::XdpContext;
 use dslite_common::{
     maps::{AftrConfig, NatInKey, AFTR_INBOUND_REFRESH},
     nat::tcp_bits,
@@ -16,6 +15,7 @@ use crate::{
         fragment::inbound_fragment,
         rewrite::rewrite,
     },
+    ctx::Pkt,
     exit::{Exit, Res, ICMP_ERROR},
     maps::{count, count_n, NAT_IN, POOL_INDEX},
     packet::{at, len},
@@ -28,7 +28,7 @@ use crate::{
 /// softwire that owns the mapping. Filtering is endpoint-independent by default
 /// (RFC 4787 REQ-8); see [`peer_allowed`].
 #[inline(never)]
-pub fn from_internet(ctx: &XdpContext, cfg: &AftrConfig, ip: &mut Ipv4) -> Res<u32> {
+pub fn from_internet<C: Pkt>(ctx: &C, cfg: &AftrConfig, ip: &mut Ipv4) -> Res<u32> {
     ipv4(ctx, ETH_HLEN, len(ctx) - ETH_HLEN, ip)?;
     if POOL_INDEX.get_ptr(ip.dst).is_none() {
         return Err(Exit::Pass(Counter::PassNotPool));

@@ -16,18 +16,18 @@ mod parsed;
 mod reply;
 mod rewrite;
 
-use aya_ebpf::programs::XdpContext;
 use dslite_common::Counter;
 
 use self::{inbound::from_internet, outbound::from_b4};
 use crate::{
+    ctx::Pkt,
     exit::{Exit, Res, ICMP_ERROR},
     maps::AFTR_CONFIG,
     parse::{ethernet, Ipv4, L3},
 };
 
 #[inline(always)]
-pub fn run(ctx: &XdpContext) -> Res<u32> {
+pub fn run<C: Pkt>(ctx: &C) -> Res<u32> {
     // A reference into the map value: copying the config would cost main's stack frame.
     let cfg = match AFTR_CONFIG.get(0) {
         Some(c) if c.pool_len != 0 => c,

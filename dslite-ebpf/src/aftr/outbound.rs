@@ -2,7 +2,6 @@
 //! its mapping, source-translate it, decapsulate and route it, or hand it to the step that
 //! answers it instead (echo, refusal, hairpin, ICMP error).
 
-use aya_ebpf::programs::XdpContext;
 use dslite_common::{
     maps::{AftrConfig, NatOutKey, AFTR_LOG_DESTINATIONS, AFTR_LOG_SESSIONS},
     nat::tcp_bits,
@@ -18,11 +17,12 @@ use crate::{
         hairpin::hairpin_call,
         icmp_xlate::error_outbound_call,
         parsed::FromB4,
-        reply::{echo_reply_call, refuse, AFTR_V4},
+        reply::{echo_reply_call, refuse},
         rewrite::rewrite,
     },
+    ctx::Pkt,
     events::mapping_event,
-    exit::{Code, Endpoint, Exit, HighPort, Res, Why},
+    exit::{bpf_call, Code, Endpoint, Exit, HighPort, Res, Why},
     maps::{count, count_n, POOL_INDEX},
     nat::lookup_or_create,
     packet::{at, read16},
@@ -35,12 +35,12 @@ use crate::{
 /// Parse and check a softwire packet from a B4 into `p`. A BPF call of its own: its
 /// temporaries are off the stack while the NAT search runs.
 #[inline(never)]
-fn parse_from_b4(ctx: &XdpContext, cfg: &AftrConfig, p: &mut FromB4) -> Code {
+fn parse_from_b4<C: Pkt>(ctx: &C, cfg: &AftrConfig, p: &mut FromB4) -> Code {
     parse_from_b4_inner(ctx, cfg, p).into()
 }
 
 #[inline(always)]
-fn parse_from_b4_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &mut FromB4) -> Res<()> {
+fn parse_from_b4_inner<C: Pkt>(ctx: &C, cfg: &AftrConfig, p: &mut FromB4) -> Res<()> {
     let mut sw = Softwire::default();
     let parsed = ipv6(ctx, &mut sw);
     if let Err(Exit::Pass(Counter::PassIpv6Fragment)) = parsed {
@@ -69,7 +69,6 @@ fn parse_from_b4_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &mut FromB4) -> Re
         return Err(Exit::Pass(Counter::SlowV4Fragment));
     }
     p.key.b4 = sw.src;
-    p.inner_off = sw.inner_off;
     if p.ip.proto == IPPROTO_ICMP {
         let t: *mut [u8; 2] = at(ctx, p.ip.off + p.ip.hlen, Counter::DropBadL4)?;
         // SAFETY: bounds-checked by `at`.
@@ -83,21 +82,19 @@ fn parse_from_b4_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &mut FromB4) -> Re
     p.key.inside_addr = p.ip.src;
     p.key.inside_port = p.l4.port;
     p.key.proto = p.ip.proto;
-    p.inner_off = sw.inner_off;
-    p.outer_len = sw.outer_len;
+    p.outer_len = sw.outer_len as u32;
     Ok(())
 }
 
 /// B4 -> internet: decapsulate, map, source-translate, route. A BPF call of its own, so
 /// the two directions do not share (and add up) one stack frame.
 #[inline(never)]
-pub fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
+pub fn from_b4<C: Pkt>(ctx: &C, cfg: &AftrConfig) -> Res<u32> {
     let mut p = FromB4 {
         key: NatOutKey::default(),
         out_addr: [0; 4],
         ip: Ipv4::default(),
         l4: L4::default(),
-        inner_off: 0,
         outer_len: 0,
         mtu: 0,
     };
@@ -120,7 +117,7 @@ pub fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
     if code == icmp_error {
         // A host's ICMP error about an inbound packet (RFC 5508 REQ-5).
         let outside = error_outbound_call(ctx, &p)?;
-        decapsulate(ctx, p.inner_off - ETH_HLEN)?;
+        decapsulate(ctx, p.ip.off - ETH_HLEN, p.ip.tot_len)?;
         return redirect_v4(ctx, &outside, &p.ip.dst);
     }
     if p.ip.dst == AFTR_V4 {
@@ -180,32 +177,45 @@ pub fn from_b4(ctx: &XdpContext, cfg: &AftrConfig) -> Res<u32> {
         // To another subscriber's public endpoint: hairpin it here (RFC 4787 REQ-9).
         return hairpin_call(ctx, cfg, &p, HighPort::new(out_port));
     }
-    rewrite(
-        ctx,
-        &p.ip,
-        &p.l4,
-        IPV4_SRC_OFF,
-        p.ip.src,
-        out_addr,
-        out_port,
-    )?;
-    decapsulate(ctx, p.inner_off - ETH_HLEN)?;
+    translate_source_call(ctx, &p, HighPort::new(out_port))?;
+    decapsulate(ctx, p.ip.off - ETH_HLEN, p.ip.tot_len)?;
     let action = redirect_v4(ctx, &out_addr, &p.ip.dst)?;
     count(Counter::AftrOutPackets);
     count_n(Counter::AftrOutBytes, p.outer_len as u64);
     Ok(action)
 }
 
+bpf_call! {
+    /// The source translation to the mapping in `p.out_addr` and `out_port`. A BPF call of
+    /// its own: its temporaries stay off `from_b4`'s frame, which is on the NAT search's
+    /// call chain (512 bytes of stack for the whole chain).
+    fn translate_source / translate_source_call(ctx: &C, p: &FromB4, out_port: HighPort) -> Res<()>
+        = translate_source_inner;
+}
+
+#[inline(always)]
+fn translate_source_inner<C: Pkt>(ctx: &C, p: &FromB4, out_port: HighPort) -> Res<()> {
+    rewrite(
+        ctx,
+        &p.ip,
+        &p.l4,
+        IPV4_SRC_OFF,
+        p.ip.src,
+        p.out_addr,
+        out_port.port(),
+    )
+}
+
 /// NAT log (`--log-sessions`): the mapping this packet created, with its destination under
 /// `--log-destinations` (RFC 6888 REQ-12).
 #[inline(never)]
-fn log_mapping(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, out_port: u32) {
+fn log_mapping<C: Pkt>(ctx: &C, cfg: &AftrConfig, p: &FromB4, out_port: u32) {
     let out = Endpoint::new(p.out_addr, u16::from_be(out_port as u16));
     let mut dst = Endpoint::NONE;
     if cfg.flags & AFTR_LOG_DESTINATIONS != 0 {
         let mut dport = 0u16;
         if p.ip.proto != IPPROTO_ICMP {
-            if let Some(d) = crate::packet::ptr_at::<[u8; 4]>(ctx, p.l4.off) {
+            if let Some(d) = crate::packet::ptr_at::<[u8; 4], _>(ctx, p.l4.off) {
                 dport = u16::from_be(read16((d as *const u8).wrapping_add(2)));
             }
         }

@@ -11,8 +11,8 @@ pub struct FromB4 {
     pub out_addr: [u8; 4],
     pub ip: Ipv4,
     pub l4: L4,
-    pub inner_off: usize,
-    pub outer_len: usize,
+    /// The outer IPv6 packet's length (the inner IPv4 header is at `ip.off`).
+    pub outer_len: u32,
     /// For an ICMP 3/4 refusal: the next-hop MTU it reports.
     pub mtu: u32,
 }

@@ -3,25 +3,21 @@
 //! is refused (RFC 5508 REQ-8 / RFC 6888 REQ-11), fragmentation needed (RFC 4787 REQ-13)
 //! and time exceeded when the inner TTL runs out here (RFC 2473 §3).
 
-use aya_ebpf::{
-    helpers::generated::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
-    programs::XdpContext,
-};
+use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 use dslite_common::{bucket, csum, maps::AftrConfig, proto::*, Counter};
 
 use crate::{
     aftr::parsed::FromB4,
     csum::sum_words,
+    ctx::{Pkt, V_REDIRECT},
     exit::{bpf_call, too_big_mtu, Code, Exit, Res, Why},
     maps::{count, ICMP_BUCKET},
     packet::{at, len, read16, write16},
     parse::set_ttl,
     route::redirect_v6,
-    softwire::{decapsulate, encapsulate_and_send},
+    slow::to_controller_icmp,
+    softwire::send_back,
 };
-
-/// The AFTR's own IPv4 address (RFC 6333 §6.5).
-pub const AFTR_V4: [u8; 4] = [192, 0, 0, 1];
 
 /// Outer IPv6 + new IPv4 + ICMP header: where the quoted packet starts.
 const QUOTE_OFF: usize = ETH_HLEN + IPV6_HLEN + IPV4_MIN_HLEN + ICMP_MIN_LEN;
@@ -61,14 +57,22 @@ fn take_token(cfg: &AftrConfig) -> bool {
 /// caller routes it. Rate limited: the packet is just dropped. The refusal itself is
 /// counted under `why` (a counter index) either way.
 #[inline(never)]
-fn send_unreachable(ctx: &XdpContext, cfg: &AftrConfig, r: &Refusal, why: u32) -> Code {
+fn send_unreachable<C: Pkt>(ctx: &C, cfg: &AftrConfig, r: &Refusal, why: u32) -> Code {
     let reason = Counter::from_index(why);
     if !take_token(cfg) {
         count(Counter::IcmpRateLimited);
         return Exit::Drop(reason).into();
     }
     count(reason);
-    match build(ctx, cfg, r) {
+    // On tc, the slow path builds it: the refused skb may carry its sender's checksum
+    // offload state (CHECKSUM_PARTIAL), which an error built in place would inherit and the
+    // kernel would then "complete" over the ICMP message.
+    let built = if C::TC {
+        to_controller_icmp(ctx, r.icmp_type, r.icmp_code, r.mtu).map(|_| ())
+    } else {
+        build(ctx, cfg, r)
+    };
+    match built {
         Ok(()) => {
             count(Counter::IcmpErrorSent);
             Code::OK
@@ -78,7 +82,7 @@ fn send_unreachable(ctx: &XdpContext, cfg: &AftrConfig, r: &Refusal, why: u32) -
 }
 
 #[inline(always)]
-fn build(ctx: &XdpContext, cfg: &AftrConfig, r: &Refusal) -> Res<()> {
+fn build<C: Pkt>(ctx: &C, cfg: &AftrConfig, r: &Refusal) -> Res<()> {
     let eth: *mut [u8; ETH_HLEN] = at(ctx, 0, Counter::DropTruncatedEth)?;
     // SAFETY: bounds-checked by `at`.
     let mut saved = unsafe { *eth };
@@ -86,19 +90,13 @@ fn build(ctx: &XdpContext, cfg: &AftrConfig, r: &Refusal) -> Res<()> {
     let quote_len = r.hlen + 8;
     // Move the head so that the refused IPv4 header lands right after the new headers.
     let delta = r.inner_off as i32 - QUOTE_OFF as i32;
-    // SAFETY: the helper checks the new head against the frame.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) } != 0 {
-        return Err(Exit::Drop(Counter::DropAdjustHead));
-    }
+    ctx.resize(delta, 0)?;
     let want = QUOTE_OFF + quote_len;
     let have = len(ctx);
     if have < want {
         return Err(Exit::Drop(Counter::DropBadL4));
     }
-    // SAFETY: the helper checks the new tail against the frame.
-    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, want as i32 - have as i32) } != 0 {
-        return Err(Exit::Drop(Counter::DropAdjustHead));
-    }
+    ctx.resize(0, want as i32 - have as i32)?;
     let hdr: *mut [u8; QUOTE_OFF] = at(ctx, 0, Counter::DropAdjustHead)?;
     // SAFETY: bounds-checked by `at` after both adjustments. Written in place: stack copies
     // of these headers would not fit next to the NAT path's frames.
@@ -136,7 +134,7 @@ fn build(ctx: &XdpContext, cfg: &AftrConfig, r: &Refusal) -> Res<()> {
 /// the counter, ICMP type and code). Its own BPF call: the quote's bookkeeping stays off
 /// `from_b4`'s stack.
 #[inline(never)]
-pub fn refuse(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, why: Why, action: &mut u32) -> Code {
+pub fn refuse<C: Pkt>(ctx: &C, cfg: &AftrConfig, p: &FromB4, why: Why, action: &mut u32) -> Code {
     let r = Refusal {
         b4: p.key.b4,
         inside: p.key.inside_addr,
@@ -149,6 +147,11 @@ pub fn refuse(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, why: Why, action: 
     let code = send_unreachable(ctx, cfg, &r, why.counter());
     if !code.is_ok() {
         return code;
+    }
+    if C::TC {
+        // In the slow path's TAP already.
+        *action = V_REDIRECT;
+        return Code::OK;
     }
     match redirect_v6(ctx, &cfg.aftr_addr, &r.b4) {
         // A quote is far below any IPv6 MTU; should a route say otherwise, drop it.
@@ -163,12 +166,12 @@ pub fn refuse(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4, why: Why, action: 
 
 bpf_call! {
     /// Answer an echo request to 192.0.0.1 down the softwire it came from.
-    pub fn echo_reply / echo_reply_call(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4) -> Res<u32>
+    pub fn echo_reply / echo_reply_call(ctx: &C, cfg: &AftrConfig, p: &FromB4) -> Res<u32>
         = echo_reply_inner, on_ok { count(Counter::IcmpEchoAnswered); };
 }
 
 #[inline(always)]
-fn echo_reply_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4) -> Res<u32> {
+fn echo_reply_inner<C: Pkt>(ctx: &C, cfg: &AftrConfig, p: &FromB4) -> Res<u32> {
     if p.ip.proto != IPPROTO_ICMP {
         return Err(Exit::Drop(Counter::DropUnsupportedProto));
     }
@@ -192,6 +195,5 @@ fn echo_reply_inner(ctx: &XdpContext, cfg: &AftrConfig, p: &FromB4) -> Res<u32> 
     set_ttl(h, 64);
     h[IPV4_SRC_OFF..IPV4_SRC_OFF + 4].copy_from_slice(&AFTR_V4);
     h[IPV4_DST_OFF..IPV4_DST_OFF + 4].copy_from_slice(&p.key.inside_addr);
-    decapsulate(ctx, p.inner_off - ETH_HLEN)?;
-    encapsulate_and_send(ctx, &p.ip, cfg.hop_limit, &cfg.aftr_addr, &p.key.b4)
+    send_back(ctx, &p.ip, cfg.hop_limit, &cfg.aftr_addr, &p.key.b4)
 }

@@ -1,10 +1,10 @@
 //! The NAT rewrite: one address and one port or identifier, with the IPv4 and upper-layer
 //! checksums fixed incrementally.
 
-use aya_ebpf::programs::XdpContext;
 use dslite_common::{csum, proto::*, Counter};
 
 use crate::{
+    ctx::{CsumEdit, Pkt},
     exit::Res,
     packet::{at, read16, write16},
     parse::{Ipv4, L4},
@@ -12,9 +12,13 @@ use crate::{
 
 /// Rewrite one address (source or destination, at `addr_field` in the IPv4 header) and the
 /// port/identifier, fixing the IPv4 and upper-layer checksums incrementally (RFC 1624).
+///
+/// The bytes are written first and the upper-layer checksum last, by offset: on tc the
+/// checksum goes through `bpf_l4_csum_replace` (crate::ctx), after which no packet pointer
+/// is valid.
 #[inline(always)]
-pub fn rewrite(
-    ctx: &XdpContext,
+pub fn rewrite<C: Pkt>(
+    ctx: &C,
     ip: &Ipv4,
     l4: &L4,
     addr_field: usize,
@@ -32,24 +36,21 @@ pub fn rewrite(
     );
     h[addr_field..addr_field + 4].copy_from_slice(&new_addr);
 
-    let t: *mut [u8; ICMP_MIN_LEN] = at(ctx, l4.off, Counter::DropBadL4)?;
-    // SAFETY: bounds-checked by `at`.
-    let t = unsafe { &mut *t };
-    write16(t[l4.port_off..].as_mut_ptr(), new_port);
-    let sum_p: *mut [u8; 2] = at(ctx, l4.off + l4.csum_off, Counter::DropBadL4)?;
-    // SAFETY: bounds-checked by `at`.
-    let sum_p = unsafe { &mut *sum_p };
-    let old = read16(sum_p.as_ptr());
-    let new = match ip.proto {
+    let port: *mut [u8; 2] = at(ctx, l4.off + l4.port_off as usize, Counter::DropBadL4)?;
+    write16(port as *mut u8, new_port);
+    let sum = l4.off + l4.csum_off as usize;
+    let (from, to) = (u32::from_ne_bytes(old_addr), u32::from_ne_bytes(new_addr));
+    let (old_port, new_port) = (l4.port as u32, new_port as u32);
+    match ip.proto {
         // ICMP has no pseudo-header: only the identifier changes its checksum.
-        IPPROTO_ICMP => csum::replace2(old, l4.port, new_port),
-        IPPROTO_UDP => csum::udp_replace2(
-            csum::udp_replace4(old, old_addr, new_addr),
-            l4.port,
-            new_port,
-        ),
-        _ => csum::replace2(csum::replace4(old, old_addr, new_addr), l4.port, new_port),
-    };
-    write16(sum_p.as_mut_ptr(), new);
-    Ok(())
+        IPPROTO_ICMP => ctx.l4_csum_replace(sum, old_port, new_port, CsumEdit::WORD),
+        IPPROTO_UDP => {
+            ctx.l4_csum_replace(sum, from, to, CsumEdit::ADDR.udp())?;
+            ctx.l4_csum_replace(sum, old_port, new_port, CsumEdit::WORD.udp())
+        }
+        _ => {
+            ctx.l4_csum_replace(sum, from, to, CsumEdit::ADDR)?;
+            ctx.l4_csum_replace(sum, old_port, new_port, CsumEdit::WORD)
+        }
+    }
 }

@@ -1,9 +1,9 @@
 //! Ethernet: which network layer the frame carries; anything else goes to the kernel.
 
-use aya_ebpf::programs::XdpContext;
 use dslite_common::{proto::*, Counter};
 
 use crate::{
+    ctx::Pkt,
     exit::{Exit, Res},
     packet::{at, read16},
 };
@@ -16,7 +16,7 @@ pub enum L3 {
 
 /// Classify the frame; everything that is not plain IPv4/IPv6 goes to the kernel, counted.
 #[inline(always)]
-pub fn ethernet(ctx: &XdpContext) -> Res<L3> {
+pub fn ethernet<C: Pkt>(ctx: &C) -> Res<L3> {
     let eth: *mut [u8; ETH_HLEN] = at(ctx, 0, Counter::DropTruncatedEth)?;
     // SAFETY: bounds-checked by `at`.
     let ty = u16::from_be(read16(unsafe { (*eth).as_ptr().add(ETH_TYPE_OFF) }));

@@ -1,9 +1,9 @@
 //! IPv4: header validation, and the TTL edits (the B4 and the AFTR are router hops).
 
-use aya_ebpf::programs::XdpContext;
 use dslite_common::{proto::*, Counter};
 
 use crate::{
+    ctx::Pkt,
     exit::{Exit, Res},
     packet::{at, read16},
 };
@@ -38,7 +38,7 @@ pub(crate) use addr4;
 /// Validate the IPv4 header at `off`: version 4, IHL >= 5, total length covering the header
 /// and within the `avail` bytes that enclose it (the frame, or the outer IPv6 payload).
 #[inline(always)]
-pub fn ipv4(ctx: &XdpContext, off: usize, avail: usize, ip: &mut Ipv4) -> Res<()> {
+pub fn ipv4<C: Pkt>(ctx: &C, off: usize, avail: usize, ip: &mut Ipv4) -> Res<()> {
     let hdr: *mut [u8; IPV4_MIN_HLEN] = at(ctx, off, Counter::DropBadIpv4)?;
     // SAFETY: bounds-checked by `at`.
     let h = unsafe { &*hdr };
@@ -64,7 +64,7 @@ pub fn ipv4(ctx: &XdpContext, off: usize, avail: usize, ip: &mut Ipv4) -> Res<()
 /// Decrement the IPv4 TTL (the B4 and the AFTR each act as a router: RFC 2473 §3,
 /// RFC 4213 §3.3), updating the header checksum incrementally.
 #[inline(always)]
-pub fn decrement_ttl(ctx: &XdpContext, ip: &Ipv4) -> Res<()> {
+pub fn decrement_ttl<C: Pkt>(ctx: &C, ip: &Ipv4) -> Res<()> {
     if ip.ttl <= 1 {
         return Err(Exit::Drop(Counter::DropTtlExceeded));
     }
@@ -80,7 +80,7 @@ pub fn decrement_ttl(ctx: &XdpContext, ip: &Ipv4) -> Res<()> {
 
 /// Add one to the TTL of the IPv4 header after Ethernet (checksum updated incrementally).
 #[inline(always)]
-pub fn restore_ttl(ctx: &XdpContext) -> Res<()> {
+pub fn restore_ttl<C: Pkt>(ctx: &C) -> Res<()> {
     let h: *mut [u8; IPV4_MIN_HLEN] = at(ctx, ETH_HLEN, Counter::DropBadIpv4)?;
     // SAFETY: bounds-checked by `at`.
     let h = unsafe { &mut *h };

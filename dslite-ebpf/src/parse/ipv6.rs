@@ -1,10 +1,10 @@
 //! IPv6, with the extension-header walk a softwire needs (RFC 2473 §4.1.1): finds the
 //! inner IPv4 packet of a softwire.
 
-use aya_ebpf::programs::XdpContext;
 use dslite_common::{proto::*, Counter};
 
 use crate::{
+    ctx::Pkt,
     exit::{Exit, Res},
     packet::{at, len},
 };
@@ -29,7 +29,7 @@ pub struct Softwire {
 /// destination-options headers (RFC 2473 §4.1.1: a Tunnel Encapsulation Limit option, as
 /// Linux ip6tnl and OpenWrt B4s send by default).
 #[inline(always)]
-pub fn ipv6(ctx: &XdpContext, sw: &mut Softwire) -> Res<()> {
+pub fn ipv6<C: Pkt>(ctx: &C, sw: &mut Softwire) -> Res<()> {
     let ip6: *mut [u8; IPV6_HLEN] = at(ctx, ETH_HLEN, Counter::DropBadIpv6)?;
     // SAFETY: bounds-checked by `at`.
     let h = unsafe { &*ip6 };

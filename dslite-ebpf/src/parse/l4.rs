@@ -1,22 +1,23 @@
 //! The upper-layer field the NAT translates: a TCP or UDP port, or an ICMP echo
 //! identifier (RFC 5508 §3.1), checked before any mapping is made for it.
 
-use aya_ebpf::programs::XdpContext;
 use dslite_common::{proto::*, Counter};
 
 use crate::{
+    ctx::Pkt,
     exit::{Exit, Res},
     packet::{at, read16},
     parse::Ipv4,
 };
 
-/// Where the NAT reads and writes in the upper-layer header.
+/// Where the NAT reads and writes in the upper-layer header. The offsets inside the header
+/// are bytes: this struct lives in `from_b4`'s frame, on the NAT search's call chain.
 #[derive(Clone, Copy, Default)]
 pub struct L4 {
     pub off: usize,
     /// Offset of the port (or ICMP identifier) the NAT rewrites, from `off`.
-    pub port_off: usize,
-    pub csum_off: usize,
+    pub port_off: u8,
+    pub csum_off: u8,
     pub port: u16,
     /// TCP flags byte (0 for UDP and ICMP).
     pub tcp_flags: u8,
@@ -25,7 +26,7 @@ pub struct L4 {
 /// Locate the translatable field: the source port (outbound) or destination port (inbound)
 /// of TCP/UDP, or the ICMP echo identifier (RFC 5508 §3.1, REQ-1).
 #[inline(always)]
-pub fn l4(ctx: &XdpContext, ip: &Ipv4, outbound: bool, l: &mut L4) -> Res<()> {
+pub fn l4<C: Pkt>(ctx: &C, ip: &Ipv4, outbound: bool, l: &mut L4) -> Res<()> {
     let off = ip.off + ip.hlen;
     let (need, port_off, csum_off) = match ip.proto {
         IPPROTO_TCP => (TCP_MIN_LEN, if outbound { 0 } else { 2 }, TCP_CSUM_OFF),
@@ -75,8 +76,8 @@ pub fn l4(ctx: &XdpContext, ip: &Ipv4, outbound: bool, l: &mut L4) -> Res<()> {
         }
     }
     l.off = off;
-    l.port_off = port_off;
-    l.csum_off = csum_off;
+    l.port_off = port_off as u8;
+    l.csum_off = csum_off as u8;
     l.port = read16(h[port_off..].as_ptr());
     l.tcp_flags = tcp_flags;
     Ok(())
