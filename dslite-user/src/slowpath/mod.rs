@@ -12,10 +12,13 @@
 //!   whose XDP program (the same one) decapsulates, translates and forwards them.
 //! - IPv4 fragments bound for the NAT (RFC 4787 REQ-14) are reassembled here ([`reasm`])
 //!   and written back whole.
-//! - ICMPv6 errors about softwire packets reach the raw socket's error queue (the kernel
-//!   also lowers its path MTU on a Packet Too Big, which XDP's FIB lookups then see); we
-//!   relay them to the inner source as ICMPv4 errors, written back into the TAP as softwire
-//!   packets so the same XDP code delivers (and, on the AFTR, translates) them (RFC 2473 §8).
+//! - ICMPv6 errors about softwire packets reach the raw socket's error queue. A Packet Too
+//!   Big lowers the kernel's path MTU toward that peer, which the dataplane's FIB lookups
+//!   then see (we invalidate the next-hop cache so they happen): from then on the outer
+//!   IPv6 packet is fragmented and the IPv4 host hears nothing (RFC 6333 §5.3, §6.3). Other
+//!   errors are relayed to the inner source as ICMPv4 errors, written back into the TAP as
+//!   softwire packets so the same dataplane code delivers (and, on the AFTR, translates)
+//!   them (RFC 2473 §8).
 //! - B4: the router's own IPv4 (from 192.0.0.2, RFC 6333 §5.7) is routed into the TAP by the
 //!   kernel; we write it back so XDP encapsulates it like LAN traffic.
 //!
@@ -56,7 +59,9 @@ use tap::handle_tap_frame;
 
 pub use frames::softwire_frame;
 pub use raw::set_kernel_reassembly;
-pub use relay::{icmp4_error, icmp4_for_icmp6, RELAY_PER_SEC, RELAY_PER_SOURCE_PER_SEC};
+pub use relay::{
+    icmp4_error, icmp4_for_icmp6, refusal_packet, RELAY_PER_SEC, RELAY_PER_SOURCE_PER_SEC,
+};
 pub use tap::create_tap;
 
 /// The B4's own IPv4 address (RFC 6333 §5.7).
@@ -188,6 +193,7 @@ pub fn start(
         role: std::sync::Mutex::new(role),
         b4_prefixes: std::sync::Mutex::new(Vec::new()),
         nat_out,
+        pin: pin.to_path_buf(),
     });
     let limits = Limits {
         max_chains: Settings::chains_for(s.reassembly_memory) as usize,
@@ -231,6 +237,8 @@ struct Shared {
     /// AFTR: the NAT table, to check that a relayed error quotes a live mapping.
     nat_out:
         Option<std::sync::Mutex<aya::maps::HashMap<aya::maps::MapData, NatOutKey, NatOutValue>>>,
+    /// The pinned maps: a Packet Too Big invalidates the next-hop cache (NH_GEN).
+    pin: std::path::PathBuf,
 }
 
 impl SlowPath {

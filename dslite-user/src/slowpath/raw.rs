@@ -86,7 +86,6 @@ pub(super) struct IcmpErr {
     pub(super) offender: [u8; 16],
     pub(super) icmp_type: u8,
     pub(super) icmp_code: u8,
-    pub(super) info: u32,
 }
 
 fn setsockopt_int(fd: i32, level: i32, name: i32, v: i32) -> std::io::Result<()> {
@@ -310,7 +309,6 @@ impl RawSock {
                     offender,
                     icmp_type: e.ee_type,
                     icmp_code: e.ee_code,
-                    info: e.ee_info,
                 });
             }
         }

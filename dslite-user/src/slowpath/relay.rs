@@ -6,7 +6,11 @@ use std::net::Ipv4Addr;
 
 use dslite_common::{csum, maps::NatOutKey, proto::*, Counter};
 
-use super::{frames::softwire_frame, raw::IcmpErr, Role, Shared, B4_V4};
+use super::{
+    frames::{parse_v6, skip_options, softwire_frame},
+    raw::IcmpErr,
+    Role, Shared, B4_V4,
+};
 
 impl Shared {
     /// AFTR: a mapping for `key` exists (a relayed error must quote live state).
@@ -55,6 +59,50 @@ pub(super) fn time_exceeded(sh: &Shared, budget: &mut RelayBudget, frame: &[u8])
     true
 }
 
+/// AFTR, tc hook: a softwire packet the dataplane refused, to be answered with the ICMP
+/// error it chose (`ty`, `code`, next-hop `mtu`): from 192.0.0.1 to the inner source,
+/// quoting the inner header and 8 bytes, down the softwire it came from (RFC 5508 REQ-8,
+/// RFC 4787 REQ-13, RFC 2473 §3). The dataplane has already counted the refusal and taken
+/// the ICMP rate limit's token; XDP builds the same error in place.
+pub(super) fn refusal(sh: &Shared, frame: &[u8], ty: u8, code: u8, mtu: u16) -> bool {
+    if !matches!(sh.role(), Role::Aftr { .. }) {
+        return false;
+    }
+    let Some((src, dst, icmp)) = refusal_packet(frame, ty, code, mtu) else {
+        return false;
+    };
+    match sh.raw.send(&icmp, &src, &dst, 0, DEFAULT_HOP_LIMIT, 0) {
+        Ok(()) => sh.stats.inc(Counter::SlowIcmpRefusalSent),
+        Err(e) => {
+            sh.stats.inc(Counter::SlowSendErrors);
+            log::debug!("slow path: sending an ICMP refusal: {e}");
+        }
+    }
+    true
+}
+
+/// The answer to a refused softwire packet `frame` (Ethernet, IPv6 from a B4, IPv4): the
+/// outer source and destination (back from the address the B4 sent to) and the ICMPv4
+/// error from 192.0.0.1 quoting the inner header and 8 bytes; None if the frame is not
+/// such a packet.
+pub fn refusal_packet(
+    frame: &[u8],
+    ty: u8,
+    code: u8,
+    mtu: u16,
+) -> Option<([u8; 16], [u8; 16], Vec<u8>)> {
+    let v6 = parse_v6(frame)?;
+    let off = skip_options(frame, ETH_HLEN + IPV6_HLEN, v6.next)?;
+    let ip = frame.get(off..v6.payload.end)?;
+    let hlen = ip.first().map_or(0, |b| ((b & 0x0f) as usize) * 4);
+    if hlen < IPV4_MIN_HLEN || ip.len() < hlen + 8 {
+        return None;
+    }
+    let inside: [u8; 4] = ip[12..16].try_into().ok()?;
+    let icmp = icmp4_error(AFTR_V4, inside, ty, code, mtu, &ip[..hlen + 8]);
+    Some((v6.dst, v6.src, icmp))
+}
+
 /// Relayed ICMP errors per second: spoofed ICMPv6 must not turn into a flood.
 pub const RELAY_PER_SEC: u32 = 100;
 
@@ -83,7 +131,16 @@ impl RelayBudget {
 /// An ICMPv6 error about a softwire packet we sent, with the start of that packet's IPv4
 /// payload (`quoted`): tell the inner source (RFC 2473 §8, RFC 4213 §3.4).
 pub(super) fn relay_icmp6(sh: &Shared, budget: &mut RelayBudgets, e: &IcmpErr, quoted: &[u8]) {
-    let Some((ty, code, mtu)) = icmp4_for_icmp6(e.icmp_type, e.icmp_code, e.info, quoted) else {
+    if e.icmp_type == ICMP6_PACKET_TOO_BIG {
+        // The kernel has lowered its path MTU toward `e.peer`; the dataplane's cached next
+        // hops still hold the longer length the FIB let through: make them ask again.
+        if let Err(err) = crate::dataplane::bump_next_hops(&sh.pin, true) {
+            log::warn!("Packet Too Big: invalidating the next-hop cache: {err:#}");
+        }
+        sh.stats.inc(Counter::SlowPacketTooBig);
+        return;
+    }
+    let Some((ty, code, mtu)) = icmp4_for_icmp6(e.icmp_type, e.icmp_code) else {
         return;
     };
     // An error about a later fragment quotes the middle of the IPv4 packet: only a quote
@@ -191,18 +248,14 @@ impl RelayBudgets {
 }
 
 /// The ICMPv4 error (type, code, next-hop MTU) matching an ICMPv6 error about a softwire
-/// packet (RFC 2473 §8.1), or None when nothing is due. A Packet Too Big only matters to a
-/// source that set DF: the kernel has already lowered its path MTU, and later packets are
-/// sent as IPv6 fragments.
-pub fn icmp4_for_icmp6(ty: u8, code: u8, info: u32, quoted: &[u8]) -> Option<(u8, u8, u16)> {
+/// packet (RFC 2473 §8.1), or None when nothing is due. A Packet Too Big is not relayed: the
+/// softwire absorbs it by fragmenting the outer IPv6 packet from then on (RFC 6333 §5.3,
+/// §6.3: the inner IPv4 packet is never the one made smaller), so telling the host to
+/// shrink, or failing a connected UDP socket with EMSGSIZE, would be wrong.
+pub fn icmp4_for_icmp6(ty: u8, code: u8) -> Option<(u8, u8, u16)> {
     match ty {
         // Destination unreachable: the host behind the tunnel is unreachable.
         1 => Some((ICMP_DEST_UNREACH, 1, 0)),
-        2 => {
-            let df = quoted.get(6).is_some_and(|b| b & 0x40 != 0);
-            let mtu = info.saturating_sub(IPV6_HLEN as u32).clamp(68, 65535) as u16;
-            df.then_some((ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu))
-        }
         // Hop limit exceeded in transit, or reassembly time exceeded.
         3 => Some((ICMP_TIME_EXCEEDED, code.min(1), 0)),
         // Parameter problem with the outer header: RFC 2473 §8.1 says host unreachable.
@@ -210,6 +263,9 @@ pub fn icmp4_for_icmp6(ty: u8, code: u8, info: u32, quoted: &[u8]) -> Option<(u8
         _ => None,
     }
 }
+
+/// ICMPv6 Packet Too Big.
+const ICMP6_PACKET_TOO_BIG: u8 = 2;
 
 /// An IPv4 ICMP error from `src` to `dst` quoting `quote` (header + 8 bytes).
 pub fn icmp4_error(
@@ -245,17 +301,12 @@ mod tests {
 
     #[test]
     fn icmp6_errors_map_to_icmp4() {
-        let mut df = [0u8; 28];
-        df[0] = 0x45;
-        df[6] = 0x40;
-        let mut no_df = df;
-        no_df[6] = 0;
-        assert_eq!(icmp4_for_icmp6(3, 0, 0, &df), Some((11, 0, 0)));
-        assert_eq!(icmp4_for_icmp6(1, 3, 0, &df), Some((3, 1, 0)));
-        assert_eq!(icmp4_for_icmp6(2, 0, 1280, &df), Some((3, 4, 1240)));
-        assert_eq!(icmp4_for_icmp6(2, 0, 1280, &no_df), None);
-        assert_eq!(icmp4_for_icmp6(4, 0, 0, &df), Some((3, 1, 0)));
-        assert_eq!(icmp4_for_icmp6(137, 0, 0, &df), None);
+        assert_eq!(icmp4_for_icmp6(3, 0), Some((11, 0, 0)));
+        assert_eq!(icmp4_for_icmp6(1, 3), Some((3, 1, 0)));
+        // RFC 6333 §5.3: a Packet Too Big is absorbed by the softwire, never relayed.
+        assert_eq!(icmp4_for_icmp6(2, 0), None);
+        assert_eq!(icmp4_for_icmp6(4, 0), Some((3, 1, 0)));
+        assert_eq!(icmp4_for_icmp6(137, 0), None);
     }
 
     #[test]

@@ -6,7 +6,10 @@ use std::{fs::File, io::Write as _, os::fd::AsRawFd as _};
 use anyhow::{bail, Context as _, Result};
 use dslite_common::{
     proto::*,
-    slow::{SlowMeta, SLOW_ENCAP_FRAGMENT, SLOW_META_LEN, SLOW_TTL_EXPIRED, SLOW_V4_FRAGMENT},
+    slow::{
+        SlowMeta, SLOW_ENCAP_FRAGMENT, SLOW_ICMP_REFUSAL, SLOW_META_LEN, SLOW_TTL_EXPIRED,
+        SLOW_V4_FRAGMENT,
+    },
     Counter,
 };
 use log::debug;
@@ -14,7 +17,7 @@ use log::debug;
 use super::{
     frames::{ethertype, ipv4_frame, parse_v6, skip_options, softwire_frame},
     reasm::{Outcome, Reassembler},
-    relay::{time_exceeded, RelayBudget},
+    relay::{refusal, time_exceeded, RelayBudget},
     Role, Shared, B4_V4,
 };
 
@@ -105,6 +108,7 @@ pub(super) fn handle_tap_frame(
         SLOW_ENCAP_FRAGMENT => send_fragmented(sh, inner, meta.mtu),
         SLOW_V4_FRAGMENT => reassemble(sh, reasm, inner, now),
         SLOW_TTL_EXPIRED => time_exceeded(sh, budget, inner),
+        SLOW_ICMP_REFUSAL => refusal(sh, inner, meta.icmp_type, meta.icmp_code, meta.mtu),
         _ => false,
     };
     if !ok {
