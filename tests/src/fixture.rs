@@ -10,7 +10,10 @@ use std::{
     path::PathBuf,
 };
 
-use aya::{programs::Xdp, Ebpf, TestRun as _, TestRunOptions};
+use aya::{
+    programs::{SchedClassifier, Xdp},
+    Ebpf, TestRun as _, TestRunOptions,
+};
 use dslite_common::maps::B4Config;
 use dslite_user::{commands::inspect, config, dataplane};
 
@@ -33,9 +36,80 @@ pub const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xf1];
 /// MAC of the LAN host 192.168.1.10 (static neighbour on the B4's LAN).
 pub const HOST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x10];
 
+/// The hook a rig runs its program on: the same packet logic, built for each (the kernel's
+/// `ctx::Pkt`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Xdp,
+    Tc,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 2] = [Hook::Xdp, Hook::Tc];
+
+    /// The object's program for role program `prog` (`dslite_aftr` or `dslite_aftr_tc`).
+    pub fn program(self, prog: &str) -> String {
+        match self {
+            Hook::Xdp => prog.to_string(),
+            Hook::Tc => format!("{prog}_tc"),
+        }
+    }
+}
+
+/// The hooks a fixture runs on: both, unless `DSLITE_FIXTURE_HOOKS` names one (`xdp` or
+/// `tc`, for a quicker look while debugging; CI never sets it).
+pub fn hooks() -> Vec<Hook> {
+    match std::env::var("DSLITE_FIXTURE_HOOKS").as_deref() {
+        Ok("xdp") => vec![Hook::Xdp],
+        Ok("tc") => vec![Hook::Tc],
+        _ => Hook::ALL.to_vec(),
+    }
+}
+
+// tc's return codes (include/uapi/linux/pkt_cls.h).
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// A tc verdict in XDP's numbering, so one fixture checks both hooks; a code the programs
+/// never return is a failure.
+fn tc_as_xdp(v: u32) -> u32 {
+    match v {
+        TC_ACT_UNSPEC | TC_ACT_OK => XDP_PASS,
+        TC_ACT_SHOT => XDP_DROP,
+        TC_ACT_REDIRECT => XDP_REDIRECT,
+        other => panic!("the tc programs return only UNSPEC, OK, SHOT or REDIRECT, not {other}"),
+    }
+}
+
+/// A frame whose network header is shorter than its minimum (see
+/// [`Rig::run_unless_refused`]).
+fn short_network_header(frame: &[u8]) -> bool {
+    let l3 = frame.len().saturating_sub(14);
+    match frame.get(12..14) {
+        Some([0x08, 0x00]) => l3 < 20,
+        Some([0x86, 0xdd]) => l3 < 40,
+        _ => l3 == 0,
+    }
+}
+
+/// `struct __sk_buff` for BPF_PROG_TEST_RUN: only a few fields may be set; the kernel
+/// takes `ingress_ifindex` (offset 36) as the arrival interface and `ifindex` (40) as the
+/// device (its namespace is the FIB's).
+fn sk_buff_ctx(ifindex: u32) -> [u8; 192] {
+    let mut ctx = [0u8; 192];
+    ctx[36..40].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
 pub struct Rig {
     pub ebpf: Ebpf,
     prog: &'static str,
+    pub hook: Hook,
+    /// The tunnel MTU once [`Rig::enable_slow_path`] pointed the dataplane at `slow`.
+    slow: Option<u32>,
     pub pin: PathBuf,
     pub ifindex: HashMap<&'static str, u32>,
 }
@@ -43,7 +117,71 @@ pub struct Rig {
 impl Rig {
     /// Run the program on `frame` as if it arrived on `iface`. Returns verdict and output.
     pub fn run(&self, iface: &str, frame: &[u8]) -> (u32, Vec<u8>) {
-        self.try_run(iface, frame).expect("BPF_PROG_TEST_RUN")
+        self.try_run(iface, frame).unwrap_or_else(|e| {
+            panic!(
+                "BPF_PROG_TEST_RUN of a {}-byte frame on {iface} ({:?} hook): {e:?}",
+                frame.len(),
+                self.hook
+            )
+        })
+    }
+
+    /// As [`Rig::run`], or None when this hook's BPF_PROG_TEST_RUN refuses the frame before
+    /// the program runs: on tc the kernel turns the frame into an skb and rejects (EINVAL)
+    /// one whose network header is shorter than its minimum (nothing after Ethernet, IPv4
+    /// under 20 bytes, IPv6 under 40). Any other refusal fails the test.
+    pub fn run_unless_refused(&self, iface: &str, frame: &[u8]) -> Option<(u32, Vec<u8>)> {
+        match self.try_run(iface, frame) {
+            Ok(r) => Some(r),
+            Err(e) if self.hook == Hook::Tc && short_network_header(frame) => {
+                let _ = e;
+                None
+            }
+            Err(e) => panic!(
+                "BPF_PROG_TEST_RUN of a {}-byte frame on {iface} ({:?} hook): {e:?}",
+                frame.len(),
+                self.hook
+            ),
+        }
+    }
+
+    /// Run a packet the AFTR refuses with an ICMP error (RFC 5508 REQ-8, RFC 4787 REQ-13,
+    /// RFC 2473 §3): the verdict, and the error as the softwire carries it. XDP builds the
+    /// error in place. On tc the program hands the refused packet to the slow path
+    /// (`SLOW_ICMP_REFUSAL`, pointed for this run at the rig's `slow` interface): the frame
+    /// it leaves is checked, and the error is the one the controller's own
+    /// `slowpath::refusal_packet` makes of it, behind the frame's Ethernet header.
+    pub fn run_refused(&mut self, iface: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        if self.hook == Hook::Xdp {
+            return self.run(iface, frame);
+        }
+        let restore = self.slow;
+        self.enable_slow_path(restore.unwrap_or(0));
+        let (v, out) = self.run(iface, frame);
+        match restore {
+            Some(mtu) => self.enable_slow_path(mtu),
+            None => {
+                dataplane::set_slow_config(&mut self.ebpf, Default::default()).unwrap();
+                self.slow = None;
+            }
+        }
+        let Some(meta) = dslite_common::slow::SlowMeta::parse(&out) else {
+            return (v, out);
+        };
+        assert_eq!(
+            meta.reason,
+            dslite_common::slow::SLOW_ICMP_REFUSAL,
+            "handed over as a refusal"
+        );
+        let inner = &out[dslite_common::slow::SLOW_META_LEN..];
+        let (src, dst, icmp) =
+            dslite_user::slowpath::refusal_packet(inner, meta.icmp_type, meta.icmp_code, meta.mtu)
+                .expect("the slow path answers the refused packet");
+        let mut reply = inner[..12].to_vec();
+        reply.extend_from_slice(
+            &dslite_user::slowpath::softwire_frame(0, 64, &src, &dst, &icmp)[12..],
+        );
+        (v, reply)
     }
 
     /// Load another program of the object (for benchmarks: the baseline, the no-op).
@@ -108,17 +246,35 @@ impl Rig {
         iface: &str,
         frame: &[u8],
     ) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
-        let prog: &Xdp = self.ebpf.program(prog).unwrap().try_into().unwrap();
         // Room for everything a program may prepend: IPv6 (40) and the slow-path meta (16).
         let mut out = vec![0u8; frame.len() + 256];
-        let ctx = self.xdp_md(iface, frame);
-        let r = prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            repeat: 1,
-            ..Default::default()
-        })?;
+        let r = match self.hook {
+            Hook::Xdp => {
+                let prog: &Xdp = self.ebpf.program(prog).unwrap().try_into().unwrap();
+                let ctx = self.xdp_md(iface, frame);
+                prog.test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&ctx),
+                    repeat: 1,
+                    ..Default::default()
+                })?
+            }
+            Hook::Tc => {
+                let name = Hook::Tc.program(prog);
+                let prog: &SchedClassifier = self.ebpf.program(&name).unwrap().try_into().unwrap();
+                let ctx = sk_buff_ctx(self.ifindex[iface]);
+                let mut r = prog.test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&ctx),
+                    repeat: 1,
+                    ..Default::default()
+                })?;
+                r.return_value = tc_as_xdp(r.return_value);
+                r
+            }
+        };
         out.truncate(r.data_size_out as usize);
         Ok((r.return_value, out))
     }
@@ -146,6 +302,7 @@ impl Rig {
             tunnel_mtu,
         };
         dataplane::set_slow_config(&mut self.ebpf, cfg).unwrap();
+        self.slow = Some(tunnel_mtu);
     }
 
     /// Run `ip ARGS` in the rig's namespace (the rig's closure runs on a thread inside it,
@@ -182,7 +339,40 @@ fn veth(ns: &Netns, a: &str) {
     );
 }
 
+/// Run `f` on a fresh rig for each hook ([`hooks`]): a namespace with `ifaces` (veth pairs)
+/// set up by `net`, the object loaded with `sizes` and configured by `configure`, and the
+/// role's program for that hook verified. The hook is printed first, so a failure says
+/// which one it was.
 fn with_rig(
+    tag: &str,
+    ifaces: &'static [&'static str],
+    net: &[&str],
+    prog: &'static str,
+    sizes: Vec<(&'static str, u32)>,
+    configure: impl Fn(&mut Ebpf, &HashMap<&'static str, u32>) + Send + Sync + 'static,
+    f: impl Fn(&mut Rig) + Send + Sync + 'static,
+) {
+    crate::require_root();
+    let configure = std::sync::Arc::new(configure);
+    let f = std::sync::Arc::new(f);
+    for hook in hooks() {
+        eprintln!("-- {tag}: {} on the {hook:?} hook", hook.program(prog));
+        let (configure, f) = (configure.clone(), f.clone());
+        with_rig_on(
+            hook,
+            tag,
+            ifaces,
+            net,
+            prog,
+            sizes.clone(),
+            move |e, i| configure(e, i),
+            move |r| f(r),
+        );
+    }
+}
+
+fn with_rig_on(
+    hook: Hook,
     tag: &str,
     ifaces: &'static [&'static str],
     net: &[&str],
@@ -191,7 +381,6 @@ fn with_rig(
     configure: impl FnOnce(&mut Ebpf, &HashMap<&'static str, u32>) + Send + 'static,
     f: impl FnOnce(&mut Rig) + Send + 'static,
 ) {
-    crate::require_root();
     let ns = Netns::new(&unique(tag)).unwrap();
     for i in ifaces {
         veth(&ns, i);
@@ -216,10 +405,17 @@ fn with_rig(
                 std::fs::read(crate::bpf_object()).expect("kernel object (cargo xtask build-ebpf)");
             let mut ebpf = dataplane::load(&object, &pin2, &sizes, false).unwrap();
             configure(&mut ebpf, &ifindex);
-            dataplane::load_program(&mut ebpf, prog).unwrap();
+            match hook {
+                Hook::Xdp => {
+                    dataplane::load_program(&mut ebpf, prog).unwrap();
+                }
+                Hook::Tc => load_tc(&mut ebpf, &Hook::Tc.program(prog)),
+            }
             let mut rig = Rig {
                 ebpf,
                 prog,
+                hook,
+                slow: None,
                 pin: pin2,
                 ifindex,
             };
@@ -230,6 +426,18 @@ fn with_rig(
     drop(ns);
     if let Err(p) = r {
         std::panic::resume_unwind(p);
+    }
+}
+
+/// Load (verify) tc program `name`.
+fn load_tc(ebpf: &mut Ebpf, name: &str) {
+    let p: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .unwrap_or_else(|| panic!("program {name} missing from the object"))
+        .try_into()
+        .unwrap();
+    if let Err(e) = p.load() {
+        panic!("verifying {name}: {e:?}");
     }
 }
 
@@ -360,7 +568,7 @@ pub fn aftr_settings() -> config::AftrSettings {
 /// [`aftr_settings`] as changed by `tweak`.
 pub fn with_aftr_cfg(
     tweak: impl FnOnce(&mut config::AftrSettings),
-    f: impl FnOnce(&mut Rig) + Send + 'static,
+    f: impl Fn(&mut Rig) + Send + Sync + 'static,
 ) {
     let mut s = aftr_settings();
     tweak(&mut s);
@@ -384,12 +592,12 @@ pub fn with_aftr_cfg(
 }
 
 /// [`with_aftr_cfg`] with the default settings.
-pub fn with_aftr(f: impl FnOnce(&mut Rig) + Send + 'static) {
+pub fn with_aftr(f: impl Fn(&mut Rig) + Send + Sync + 'static) {
     with_aftr_cfg(|_| {}, f);
 }
 
 /// AFTR rig whose controller never wrote a configuration.
-pub fn with_unconfigured_aftr(f: impl FnOnce(&mut Rig) + Send + 'static) {
+pub fn with_unconfigured_aftr(f: impl Fn(&mut Rig) + Send + Sync + 'static) {
     with_rig(
         "fxu",
         &["tun", "inet"],
@@ -403,12 +611,12 @@ pub fn with_unconfigured_aftr(f: impl FnOnce(&mut Rig) + Send + 'static) {
 
 /// B4 rig: `lan` (192.168.1.1/24, host 192.168.1.10) and `wan` (2001:db8:a::2/64, default
 /// via 2001:db8:a::1); AFTR 2001:db8:f::2; no MSS clamping.
-pub fn with_b4(f: impl FnOnce(&mut Rig) + Send + 'static) {
+pub fn with_b4(f: impl Fn(&mut Rig) + Send + Sync + 'static) {
     with_b4_mss(0, f);
 }
 
 /// [`with_b4`] clamping SYNs to `mss` (0: off).
-pub fn with_b4_mss(mss: u16, f: impl FnOnce(&mut Rig) + Send + 'static) {
+pub fn with_b4_mss(mss: u16, f: impl Fn(&mut Rig) + Send + Sync + 'static) {
     with_rig(
         "fxb",
         &["lan", "wan", "slow"],

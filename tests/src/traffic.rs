@@ -598,6 +598,50 @@ pub fn udp_mirror_exchange(
     .map_err(|_| anyhow::anyhow!("udp client panicked"))?
 }
 
+/// Like [`udp_mirror_exchange`] from a *connected* socket: any error it reports (EMSGSIZE
+/// once an ICMP lowered the path MTU under DF=1, ECONNREFUSED or EHOSTUNREACH from an ICMP
+/// error) fails at once, as it would fail the application. Returns how many sends it took.
+pub fn udp_connected_exchange(
+    ns: &Netns,
+    bind: SocketAddrV4,
+    to: SocketAddrV4,
+    payload: Vec<u8>,
+    df: Df,
+    tries: usize,
+) -> Result<usize> {
+    ns.run(move || -> Result<usize> {
+        use std::os::fd::AsRawFd as _;
+        let sock = UdpSocket::bind(bind).with_context(|| format!("bind {bind}"))?;
+        set_df(sock.as_raw_fd(), df)?;
+        sock.connect(to)?;
+        sock.set_read_timeout(Some(Duration::from_millis(700)))?;
+        let mut buf = vec![0u8; 65536];
+        for i in 1..=tries {
+            sock.send(&payload)
+                .with_context(|| format!("send {} #{i}", payload.len()))?;
+            match sock.recv(&mut buf) {
+                Ok(n) if buf[..n] == payload[..] => return Ok(i),
+                Ok(n) => bail!("mirror returned {n} different bytes"),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => bail!("recv after send #{i}: {e}"),
+            }
+        }
+        bail!(
+            "no intact mirror of {} bytes from {to} after {tries} sends",
+            payload.len()
+        )
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("udp client panicked"))?
+}
+
 /// Every datagram that reaches `bind` within `wait`.
 pub fn udp_collect(
     ns: &Netns,
