@@ -1,6 +1,6 @@
 //! `dslite stats`, `dslite sessions` and `dslite softwires`: read the pinned maps of a
 //! running dataplane (the readers serve the metrics endpoint too); `stats` also shows which
-//! hook runs on each interface, from the controller's `hooks.json`.
+//! hook runs on each interface, as the controller recorded it (`dataplane::hook`).
 
 use std::{
     io::Write,

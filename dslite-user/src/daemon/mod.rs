@@ -249,7 +249,7 @@ struct Attach {
 }
 
 /// Attach `prog` (or its tc twin) to `links`, start the next-hop cache and the slow path,
-/// and record which hook runs where (`<pin>/hooks.json`, for `dslite stats`).
+/// and record which hook runs where (for `dslite stats`).
 #[allow(clippy::too_many_arguments)]
 async fn bring_up(
     ebpf: &mut aya::Ebpf,

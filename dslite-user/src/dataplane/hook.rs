@@ -1,7 +1,7 @@
 //! Which kernel hook runs the dataplane on each interface, and why: the choice (a pure
 //! function of the link kind, the veth peer's TX checksumming and `--hook`), attaching the
-//! tc programs (tcx, or clsact through netlink), and the `hooks.json` record `dslite stats`
-//! reads (docs/operations.md, "Hooks: XDP or tc").
+//! tc programs (tcx, or clsact through netlink), and the record `dslite stats` reads
+//! (under [`RECORDS_DIR`]; docs/operations.md, "Hooks: XDP or tc").
 //!
 //! Why not XDP everywhere: a neighbour with TX checksum offload (a veth's peer, any Linux
 //! router behind a virtual link) hands over CHECKSUM_PARTIAL packets and GRO aggregates.
@@ -24,9 +24,6 @@ use crate::{config::HookOpt, ethtool::PeerTxCsum};
 /// Internal switch: attach tc through a clsact qdisc and netlink instead of tcx, so a test
 /// covers the fallback that kernels before 6.6 take.
 pub const TC_NETLINK_ENV: &str = "DSLITE_TC_NETLINK";
-
-/// The file in the pin path that says which hook runs where.
-pub const HOOKS_FILE: &str = "hooks.json";
 
 /// The tc twin of an XDP program (`dslite_b4` → `dslite_b4_tc`).
 pub fn tc_program(xdp_program: &str) -> String {
@@ -123,20 +120,46 @@ impl HookRecord {
     }
 }
 
-/// Write the records to `<pin>/hooks.json`, atomically (a reader sees the old file or the
-/// new one).
-pub fn write_records(pin: &Path, records: &[HookRecord]) -> Result<()> {
-    let path = pin.join(HOOKS_FILE);
-    let tmp = pin.join(format!(".{HOOKS_FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec(records)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+/// Where controllers record their hooks: bpffs holds only BPF objects, so the record sits
+/// beside the pins, in a file named after the pin path.
+pub const RECORDS_DIR: &str = "/run/dslite/hooks";
+
+/// The record file of the controller pinned at `pin`: the path with `%` and `/` escaped
+/// (`/sys/fs/bpf/dslite/b4` → `%2Fsys%2Ffs%2Fbpf%2Fdslite%2Fb4.json`), one file per pin path.
+pub fn records_file(dir: &Path, pin: &Path) -> PathBuf {
+    let name = pin
+        .to_string_lossy()
+        .replace('%', "%25")
+        .replace('/', "%2F");
+    dir.join(format!("{name}.json"))
 }
 
-/// The records a running controller wrote (None: no controller wrote any here).
+/// Record which hook runs where for the controller pinned at `pin` (`dslite stats`).
+pub fn write_records(pin: &Path, records: &[HookRecord]) -> Result<()> {
+    std::fs::create_dir_all(RECORDS_DIR).with_context(|| format!("creating {RECORDS_DIR}"))?;
+    write_to(&records_file(Path::new(RECORDS_DIR), pin), records)
+}
+
+/// The records of the controller pinned at `pin` (None: none is recorded).
 pub fn read_records(pin: &Path) -> Option<Vec<HookRecord>> {
-    let b = std::fs::read(pin.join(HOOKS_FILE)).ok()?;
-    serde_json::from_slice(&b).ok()
+    read_from(&records_file(Path::new(RECORDS_DIR), pin))
+}
+
+/// Remove the record (a clean stop without `--persist`).
+pub fn remove_records(pin: &Path) {
+    let _ = std::fs::remove_file(records_file(Path::new(RECORDS_DIR), pin));
+}
+
+/// Write atomically: a reader sees the old file or the new one (tmp + rename).
+fn write_to(path: &Path, records: &[HookRecord]) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(records)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+fn read_from(path: &Path) -> Option<Vec<HookRecord>> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 /// Where the tcx link of `ifname` is pinned with `--persist`.
@@ -311,10 +334,15 @@ mod tests {
     }
 
     #[test]
-    fn records_round_trip_through_the_pin_dir() {
+    fn records_round_trip_through_their_file() {
+        assert_eq!(
+            records_file(Path::new("/run/x"), Path::new("/sys/fs/bpf/dslite/b4%1")),
+            Path::new("/run/x/%2Fsys%2Ffs%2Fbpf%2Fdslite%2Fb4%251.json")
+        );
         let dir = std::env::temp_dir().join(format!("dslite-hooks-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        assert_eq!(read_records(&dir), None);
+        let f = records_file(&dir, Path::new("/sys/fs/bpf/t"));
+        assert_eq!(read_from(&f), None);
         let r = HookRecord {
             interface: "veth0".into(),
             ifindex: 5,
@@ -327,9 +355,13 @@ mod tests {
             r.log_line(),
             "dslite_b4_tc on veth0 (ifindex 5): tc (tcx), virtual device: veth"
         );
-        write_records(&dir, std::slice::from_ref(&r)).unwrap();
-        assert_eq!(read_records(&dir), Some(vec![r]));
-        assert!(!dir.join(format!(".{HOOKS_FILE}.tmp")).exists());
+        write_to(&f, std::slice::from_ref(&r)).unwrap();
+        assert_eq!(read_from(&f), Some(vec![r]));
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no tmp file left"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -9,7 +9,7 @@
 //!   all or nothing.
 //! - [`batch`]: reading a whole map with BPF_MAP_LOOKUP_BATCH.
 //! - [`hook`]: which hook (XDP or tc) runs on each interface and why, tc attachment, and
-//!   the `hooks.json` record `dslite stats` shows.
+//!   the record of it `dslite stats` shows.
 
 pub mod aftr;
 pub mod batch;
@@ -157,8 +157,9 @@ pub fn load(
     loader.load(object).context("loading the XDP programs")
 }
 
-/// Remove the pinned maps (clean shutdown).
+/// Remove the pinned maps and the hook record (clean shutdown).
 pub fn unpin(pin_path: &Path) {
+    hook::remove_records(pin_path);
     if let Ok(dir) = std::fs::read_dir(pin_path) {
         for e in dir.flatten() {
             let _ = std::fs::remove_file(e.path());
