@@ -335,7 +335,9 @@ impl Signals {
 /// `persist` everything stays for the next controller, else the maps go.
 fn stopped(role: &str, persist: bool, pin: &Path) {
     if persist {
-        info!("{role} controller stopped; XDP stays attached and the maps pinned (--persist)");
+        info!(
+            "{role} controller stopped; XDP and tc stay attached and the maps pinned (--persist)"
+        );
     } else {
         dataplane::unpin(pin);
         info!("{role} stopped and detached");

@@ -304,25 +304,20 @@ pub fn attach_hooks(
                 hook::Plan::Xdp("physical device, --xdp-mode skb".into())
             } else {
                 let prog = load_program(ebpf, name)?;
-                match prog.attach_to_if_index(t.index, XdpMode::Driver) {
-                    Ok(id) => {
+                let native = XdpModeOpt::Native;
+                match attach_xdp(prog, name, &t.name, t.index, native, persist) {
+                    Ok(took) => {
                         if let Some(pin) = persist {
-                            let fd: aya::programs::links::FdLink =
-                                prog.take_link(id)?.try_into()?;
-                            fd.pin(link_pin(pin, &t.name))
-                                .with_context(|| format!("pinning the XDP link of {}", t.name))?;
                             hook::unpin_other(&hook::tc_link_pin(pin, &t.name));
                         }
                         let hook::Plan::Xdp(reason) = hook::after_native(Ok(())) else {
                             unreachable!("after_native(Ok) is XDP")
                         };
-                        records.push(record(name, "xdp", "native", reason));
+                        records.push(record(name, "xdp", took, reason));
                         continue;
                     }
-                    Err(e) if mode == XdpModeOpt::Native => {
-                        bail!("attaching {name} to {} in native mode: {e}", t.name)
-                    }
-                    Err(e) => hook::after_native(Err(e.to_string())),
+                    Err(e) if mode == XdpModeOpt::Native => return Err(e),
+                    Err(e) => hook::after_native(Err(e.root_cause().to_string())),
                 }
             };
         }
