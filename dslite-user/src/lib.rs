@@ -9,6 +9,7 @@
 //! - [`daemon`]: the AFTR and B4 daemons, on one shared skeleton.
 //! - [`dataplane`]: loading, pinning, attach/detach; the pinned maps and what is written
 //!   into them; batch reads.
+//! - [`ethtool`]: a veth peer's TX checksumming, read in the peer's namespace.
 //! - [`metrics`]: Prometheus text exposition of the counters and the sweep's gauges.
 //! - [`natlog`]: the NAT log (file, syslog, IPFIX) and `whois`.
 //! - [`netlink`]: interface indexes and addresses via rtnetlink.
@@ -25,6 +26,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod ethtool;
 pub mod metrics;
 pub mod natlog;
 pub mod netlink;

@@ -6,7 +6,7 @@ use anyhow::{bail, Context as _, Result};
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressScope},
-    link::LinkAttribute,
+    link::{InfoKind, LinkAttribute, LinkInfo},
 };
 
 /// An interface as the controller needs it.
@@ -16,6 +16,11 @@ pub struct Link {
     pub index: u32,
     pub mac: Option<[u8; 6]>,
     pub mtu: u32,
+    /// `IFLA_INFO_KIND` (veth, bridge, tun...): virtual devices have one, NICs none.
+    pub kind: Option<String>,
+    /// `IFLA_LINK`, for a veth its peer's ifindex, with `IFLA_LINK_NETNSID`, the peer's
+    /// namespace as this one numbers it (None: this namespace).
+    pub peer: Option<(u32, Option<i32>)>,
 }
 
 /// An address configured on an interface.
@@ -52,11 +57,29 @@ pub async fn link(name: &str) -> Result<Link> {
             _ => None,
         })
         .unwrap_or(1500);
+    let kind = msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(InfoKind::Other(k)) => Some(k.clone()),
+            LinkInfo::Kind(k) => Some(k.to_string()),
+            _ => None,
+        }),
+        _ => None,
+    });
+    let link = msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Link(i) => Some(*i),
+        _ => None,
+    });
+    let nsid = msg.attributes.iter().find_map(|a| match a {
+        LinkAttribute::NetnsId(n) => Some(*n),
+        _ => None,
+    });
     Ok(Link {
         name: name.to_string(),
         index: msg.header.index,
         mac,
         mtu,
+        kind,
+        peer: link.map(|l| (l, nsid)),
     })
 }
 

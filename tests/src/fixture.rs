@@ -558,6 +558,7 @@ pub fn aftr_settings() -> config::AftrSettings {
         v4_mtu: 1500,
         mss: 0,
         pin_path: PathBuf::new(),
+        hook: config::HookOpt::Xdp,
         xdp_mode: config::XdpModeOpt::Skb,
         bpf_object: None,
     }

@@ -1,5 +1,6 @@
 //! `dslite stats`, `dslite sessions` and `dslite softwires`: read the pinned maps of a
-//! running dataplane (the readers serve the metrics endpoint too).
+//! running dataplane (the readers serve the metrics endpoint too); `stats` also shows which
+//! hook runs on each interface, as the controller recorded it (`dataplane::hook`).
 
 use std::{
     io::Write,
@@ -17,7 +18,11 @@ use dslite_common::{
 };
 use serde::Serialize;
 
-use crate::{clock::monotonic_ns, config::DEFAULT_PIN_ROOT};
+use crate::{
+    clock::monotonic_ns,
+    config::DEFAULT_PIN_ROOT,
+    dataplane::hook::{self, HookRecord},
+};
 
 #[derive(clap::Args)]
 pub struct ViewArgs {
@@ -98,16 +103,52 @@ pub fn to_stdout(f: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Resul
     write_quietly(std::io::stdout().lock(), f)
 }
 
+/// What `stats` says of the hooks when no controller recorded them.
+const HOOKS_UNKNOWN: &str = "unknown (controller not running)";
+
+/// The hooks a controller recorded in the pin path, as `stats` prints them: JSON under the
+/// key `hooks` (an array, or the "unknown" string), text as an `interface hook mode reason`
+/// table.
+fn hooks_json(records: Option<&[HookRecord]>) -> serde_json::Value {
+    match records {
+        Some(r) => serde_json::to_value(r).unwrap_or_default(),
+        None => HOOKS_UNKNOWN.into(),
+    }
+}
+
+fn write_hooks(w: &mut dyn Write, records: Option<&[HookRecord]>) -> std::io::Result<()> {
+    writeln!(w, "hooks:")?;
+    let Some(records) = records else {
+        return writeln!(w, "  {HOOKS_UNKNOWN}");
+    };
+    writeln!(
+        w,
+        "  {:<16} {:<4} {:<8} reason",
+        "interface", "hook", "mode"
+    )?;
+    for r in records {
+        writeln!(
+            w,
+            "  {:<16} {:<4} {:<8} {}",
+            r.interface, r.hook, r.mode, r.reason
+        )?;
+    }
+    Ok(())
+}
+
 pub fn print_stats(pin_path: &Path, json: bool) -> Result<()> {
     let counters = read_counters(pin_path)?;
+    let hooks = hook::read_records(pin_path);
     to_stdout(|w| {
         if json {
-            let obj: serde_json::Map<String, serde_json::Value> = counters
+            let mut obj: serde_json::Map<String, serde_json::Value> = counters
                 .iter()
                 .map(|(c, v)| (c.name().to_string(), (*v).into()))
                 .collect();
+            obj.insert("hooks".into(), hooks_json(hooks.as_deref()));
             return writeln!(w, "{}", serde_json::Value::Object(obj));
         }
+        write_hooks(w, hooks.as_deref())?;
         for kind in [
             CounterKind::Traffic,
             CounterKind::Event,
@@ -445,5 +486,34 @@ mod tests {
         assert_eq!(s.outside, "198.51.100.1:40000");
         assert_eq!(s.age_seconds, 4);
         assert_eq!(s.idle_seconds, 2);
+    }
+
+    #[test]
+    fn stats_shows_the_hooks_or_that_they_are_unknown() {
+        let r = vec![HookRecord {
+            interface: "veth0".into(),
+            ifindex: 5,
+            program: "dslite_b4_tc".into(),
+            hook: "tc".into(),
+            mode: "tcx".into(),
+            reason: "virtual device: veth".into(),
+        }];
+        let mut out = Vec::new();
+        write_hooks(&mut out, Some(&r)).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("interface"), "{text}");
+        assert!(
+            text.contains("veth0            tc   tcx      virtual device: veth"),
+            "{text}"
+        );
+        let mut out = Vec::new();
+        write_hooks(&mut out, None).unwrap();
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("unknown (controller not running)"));
+        let j = hooks_json(Some(&r));
+        assert_eq!(j[0]["hook"], "tc");
+        assert_eq!(j[0]["reason"], "virtual device: veth");
+        assert_eq!(hooks_json(None), "unknown (controller not running)");
     }
 }

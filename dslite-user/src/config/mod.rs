@@ -23,7 +23,9 @@ pub use settings::{
     DEFAULT_REASSEMBLY_MEMORY, DEFAULT_REASSEMBLY_SECS, DEFAULT_TAP, QUEUE_RANGE,
 };
 pub use timeouts::Timeouts;
-pub use values::{AftrSource, Cidr, Cidr4, Cidr6, Filtering, MssClamp, PortRange, XdpModeOpt};
+pub use values::{
+    AftrSource, Cidr, Cidr4, Cidr6, Filtering, HookOpt, MssClamp, PortRange, XdpModeOpt,
+};
 
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::values::{
     de_dns_servers, de_opt_aftr, de_opt_ipv6, de_opt_mss, parse_cidr4, parse_cidr6,
     parse_dns_server, parse_ipv6, parse_mss, parse_ports, AftrSource, Cidr4, Cidr6, Filtering,
-    MssClamp, PortRange, XdpModeOpt,
+    HookOpt, MssClamp, PortRange, XdpModeOpt,
 };
 
 /// Flags over the file: a value given as a flag wins; a list given as flags replaces the
@@ -232,7 +232,10 @@ options! {
         /// Where maps are pinned (default /sys/fs/bpf/dslite/<role>).
         #[arg(long, value_name = "DIR")]
         pub pin_path: Option<PathBuf>,
-        /// XDP attach mode.
+        /// Kernel hook: auto (tc on virtual devices, native XDP on NICs), xdp or tc.
+        #[arg(long, value_enum)]
+        pub hook: Option<HookOpt>,
+        /// XDP attach mode, where the hook is XDP.
         #[arg(long, value_enum)]
         pub xdp_mode: Option<XdpModeOpt>,
         /// Kernel object to load instead of the one built in.

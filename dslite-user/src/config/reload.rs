@@ -60,6 +60,7 @@ impl AftrSettings {
             persist,
             nexthop_cache,
             pin_path,
+            hook,
             xdp_mode,
             bpf_object,
             // Resolved at start from the interfaces, not from the file.
@@ -77,6 +78,7 @@ impl AftrSettings {
             (*max_blocks != self.max_blocks, "max-blocks"),
             (*max_mappings != self.max_mappings, "max-mappings"),
             (*pin_path != self.pin_path, "pin-path"),
+            (*hook != self.hook, "hook"),
             (*xdp_mode != self.xdp_mode, "xdp-mode"),
             (*bpf_object != self.bpf_object, "bpf-object"),
             (*metrics != self.metrics, "metrics"),

@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _, Result};
 use super::{
     options::{AftrOptions, B4Options, CommonOptions},
     timeouts::Timeouts,
-    values::{AftrSource, Cidr4, Cidr6, Filtering, MssClamp, PortRange, XdpModeOpt},
+    values::{AftrSource, Cidr4, Cidr6, Filtering, HookOpt, MssClamp, PortRange, XdpModeOpt},
 };
 
 /// Slow path settings (from the command line or TOML).
@@ -78,6 +78,24 @@ impl Default for Sinks {
 }
 
 impl CommonOptions {
+    /// The hook, checked against `--xdp-mode`: an XDP attach mode means nothing where tc
+    /// runs everywhere.
+    pub(super) fn hook(&self) -> Result<HookOpt> {
+        let hook = self.hook.unwrap_or_default();
+        match (hook, self.xdp_mode) {
+            (HookOpt::Tc, Some(m @ (XdpModeOpt::Native | XdpModeOpt::Skb))) => bail!(
+                "--xdp-mode {} applies only where the hook is XDP, and --hook tc runs tc on \
+                 every interface: drop --xdp-mode, or use --hook xdp or auto",
+                if m == XdpModeOpt::Native {
+                    "native"
+                } else {
+                    "skb"
+                }
+            ),
+            _ => Ok(hook),
+        }
+    }
+
     /// The slow path's settings, checked.
     pub(super) fn slow(&self) -> Result<SlowSettings> {
         if let Some(m) = self.tunnel_mtu {
@@ -182,6 +200,7 @@ halves! {
         /// are dropped without an ICMP 3/4).
         v4_mtu: u16,
         pin_path: PathBuf,
+        hook: HookOpt,
         xdp_mode: XdpModeOpt,
         bpf_object: Option<PathBuf>,
     }
@@ -391,6 +410,7 @@ impl AftrOptions {
             nexthop_cache: !self.common.no_nexthop_cache,
             v4_mtu: 0,
             mss: 0,
+            hook: self.common.hook()?,
             pin_path: self
                 .common
                 .pin_path
@@ -434,6 +454,7 @@ pub struct B4Settings {
     pub persist: bool,
     pub nexthop_cache: bool,
     pub pin_path: PathBuf,
+    pub hook: HookOpt,
     pub xdp_mode: XdpModeOpt,
     pub bpf_object: Option<PathBuf>,
 }
@@ -472,6 +493,7 @@ impl B4Options {
             metrics: self.common.metrics,
             persist: self.common.persist,
             nexthop_cache: !self.common.no_nexthop_cache,
+            hook: self.common.hook()?,
             pin_path: self
                 .common
                 .pin_path

@@ -281,3 +281,99 @@ fn missing_required_values_are_named() {
     .to_string();
     assert!(e.contains("must differ"), "{e}");
 }
+
+#[test]
+fn hook_parses_from_flags_and_toml_and_is_checked_against_xdp_mode() {
+    use clap::Parser as _;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: CommonOptions,
+    }
+    let parse = |args: &[&str]| {
+        let mut v = vec!["dslite"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).map(|c| c.common)
+    };
+    let hook = |args: &[&str]| {
+        let common = parse(args).unwrap();
+        aftr(AftrOptions {
+            common,
+            ..Default::default()
+        })
+        .map(|s| (s.hook, s.xdp_mode))
+    };
+    assert_eq!(hook(&[]).unwrap(), (HookOpt::Auto, XdpModeOpt::Auto));
+    assert_eq!(hook(&["--hook", "tc"]).unwrap().0, HookOpt::Tc);
+    assert_eq!(
+        hook(&["--hook", "xdp", "--xdp-mode", "native"]).unwrap(),
+        (HookOpt::Xdp, XdpModeOpt::Native)
+    );
+    assert_eq!(
+        hook(&["--hook", "auto", "--xdp-mode", "skb"]).unwrap(),
+        (HookOpt::Auto, XdpModeOpt::Skb)
+    );
+    assert_eq!(
+        hook(&["--hook", "tc", "--xdp-mode", "auto"]).unwrap().0,
+        HookOpt::Tc
+    );
+    assert!(parse(&["--hook", "ebpf"]).is_err());
+    for m in ["native", "skb"] {
+        let e = hook(&["--hook", "tc", "--xdp-mode", m])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!(
+                "--xdp-mode {m} applies only where the hook is XDP"
+            )) && e.contains("--hook tc"),
+            "{e}"
+        );
+    }
+
+    // The TOML key is `hook`, and a flag overrides it; the B4 checks the same way.
+    let dir = std::env::temp_dir().join(format!("dslite-hook-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("b4.toml");
+    std::fs::write(
+        &f,
+        "lan-iface = \"lan\"\nwan-iface = \"wan\"\naftr = \"2001:db8::1\"\nhook = \"tc\"\n",
+    )
+    .unwrap();
+    let b4 = |common: CommonOptions| {
+        B4Options {
+            common: CommonOptions {
+                config: Some(f.clone()),
+                ..common
+            },
+            ..Default::default()
+        }
+        .merged()
+        .unwrap()
+        .validate(Vec::new)
+    };
+    assert_eq!(b4(CommonOptions::default()).unwrap().hook, HookOpt::Tc);
+    let flag = CommonOptions {
+        hook: Some(HookOpt::Xdp),
+        ..Default::default()
+    };
+    assert_eq!(b4(flag).unwrap().hook, HookOpt::Xdp);
+    let bad = CommonOptions {
+        xdp_mode: Some(XdpModeOpt::Native),
+        ..Default::default()
+    };
+    let e = b4(bad).unwrap_err().to_string();
+    assert!(e.contains("--xdp-mode native applies only"), "{e}");
+    std::fs::write(&f, "hook = \"bpf\"\n").unwrap();
+    let e = B4Options {
+        common: CommonOptions {
+            config: Some(f.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .merged()
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("line 1") && e.contains("bpf"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

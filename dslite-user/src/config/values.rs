@@ -148,6 +148,17 @@ impl Filtering {
     }
 }
 
+/// Which kernel hook runs the dataplane on an interface (docs/operations.md, "Hooks"):
+/// `auto` picks tc on virtual devices and native XDP on NICs whose driver has it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum HookOpt {
+    #[default]
+    Auto,
+    Xdp,
+    Tc,
+}
+
 /// How to attach XDP: `auto` tries native (driver) mode and falls back to generic (skb).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

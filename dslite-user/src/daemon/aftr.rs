@@ -74,8 +74,11 @@ pub async fn run(o: AftrOptions) -> Result<()> {
             &mut ebpf,
             dataplane::PROG_AFTR,
             &[&tunnel, &internet],
-            s.xdp_mode,
-            s.persist,
+            super::Attach {
+                hook: s.hook,
+                xdp_mode: s.xdp_mode,
+                persist: s.persist,
+            },
             &s.pin_path,
             s.nexthop_cache,
             slowpath::Role::Aftr { aftr: s.address },

@@ -78,8 +78,11 @@ pub async fn run(o: B4Options) -> Result<()> {
             &mut ebpf,
             dataplane::PROG_B4,
             &[&lan, &wan],
-            s.xdp_mode,
-            s.persist,
+            super::Attach {
+                hook: s.hook,
+                xdp_mode: s.xdp_mode,
+                persist: s.persist,
+            },
             &s.pin_path,
             s.nexthop_cache,
             role,

@@ -8,7 +8,12 @@ use std::{net::SocketAddr, path::Path};
 use anyhow::{Context as _, Result};
 use log::{info, warn};
 
-use crate::{config::XdpModeOpt, dataplane, netlink, slowpath, sysctl, usage::usage};
+use crate::{
+    config::{HookOpt, XdpModeOpt},
+    dataplane::{self, hook},
+    ethtool, netlink, slowpath, sysctl,
+    usage::usage,
+};
 
 pub mod aftr;
 pub mod b4;
@@ -93,10 +98,11 @@ const TAP_MTU: u32 = 65000;
 async fn start_slow_path(
     ebpf: &mut aya::Ebpf,
     prog: &str,
+    tc: bool,
     role: slowpath::Role,
     s: &slowpath::Settings,
     pin: &std::path::Path,
-) -> Result<slowpath::SlowPath> {
+) -> Result<(slowpath::SlowPath, hook::HookRecord)> {
     let (tap, index) = slowpath::create_tap(&s.tap_name)?;
     netlink::configure_tap(index, slowpath::TAP_MAC, TAP_MTU).await?;
     let name = &s.tap_name;
@@ -128,7 +134,7 @@ async fn start_slow_path(
             tunnel_mtu: s.tunnel_mtu.unwrap_or(0),
         },
     )?;
-    dataplane::attach_tap(ebpf, prog, name, index)?;
+    let record = dataplane::attach_tap(ebpf, prog, name, index, tc)?;
     let slow = slowpath::start(tap, index, role, s, pin)?;
     info!(
         "slow path on {name}: tunnel MTU {}, reassembly {} s / {} bytes",
@@ -137,7 +143,7 @@ async fn start_slow_path(
         s.reassembly_timeout.as_secs(),
         s.reassembly_memory
     );
-    Ok(slow)
+    Ok((slow, record))
 }
 
 /// Publish the slow path's counters next to the kernel's.
@@ -204,23 +210,72 @@ struct Running {
     _next_hops: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Attach `prog` to `links`, start the next-hop cache and the slow path.
+/// The hook each link gets ([`hook::plan`]); a refusal is a usage error. The veth peer's
+/// TX checksumming is read only where it decides (`--hook xdp`).
+fn plan_hooks(links: &[&netlink::Link], opt: HookOpt) -> Result<Vec<dataplane::Target>> {
+    links
+        .iter()
+        .map(|l| {
+            let peer = match (opt, l.kind.as_deref(), l.peer) {
+                (HookOpt::Xdp, Some("veth"), Some((index, nsid))) => {
+                    Some(ethtool::peer_tx_csum(index, nsid))
+                }
+                (HookOpt::Xdp, Some("veth"), None) => Some(ethtool::PeerTxCsum::Unknown(
+                    "rtnetlink names no peer".into(),
+                )),
+                _ => None,
+            };
+            let facts = hook::Facts {
+                name: &l.name,
+                kind: l.kind.as_deref(),
+                peer: peer.as_ref(),
+            };
+            let plan = hook::plan(&facts, opt).map_err(|e| usage(anyhow::anyhow!(e)))?;
+            Ok(dataplane::Target {
+                name: l.name.clone(),
+                index: l.index,
+                plan,
+            })
+        })
+        .collect()
+}
+
+/// How the role attaches: the hook option, the XDP mode, `--persist`.
+#[derive(Clone, Copy)]
+struct Attach {
+    hook: HookOpt,
+    xdp_mode: XdpModeOpt,
+    persist: bool,
+}
+
+/// Attach `prog` (or its tc twin) to `links`, start the next-hop cache and the slow path,
+/// and record which hook runs where (for `dslite stats`).
 #[allow(clippy::too_many_arguments)]
 async fn bring_up(
     ebpf: &mut aya::Ebpf,
     prog: &str,
     links: &[&netlink::Link],
-    xdp_mode: XdpModeOpt,
-    persist: bool,
+    how: Attach,
     pin: &Path,
     nexthop_cache: bool,
     role: slowpath::Role,
     slow: &slowpath::Settings,
 ) -> Result<Running> {
-    let ifaces: Vec<(String, u32)> = links.iter().map(|l| (l.name.clone(), l.index)).collect();
-    dataplane::attach(ebpf, prog, &ifaces, xdp_mode, persist.then_some(pin))?;
+    let targets = plan_hooks(links, how.hook)?;
+    let mut records = dataplane::attach_hooks(
+        ebpf,
+        prog,
+        &targets,
+        how.xdp_mode,
+        how.persist.then_some(pin),
+    )?;
+    let tc = records.iter().any(|r| r.hook == "tc");
     let next_hops = start_next_hop_cache(pin, nexthop_cache)?;
-    let slow = start_slow_path(ebpf, prog, role, slow, pin).await?;
+    let (slow, tap) = start_slow_path(ebpf, prog, tc, role, slow, pin).await?;
+    records.push(tap);
+    if let Err(e) = hook::write_records(pin, &records) {
+        warn!("recording the hooks for dslite stats: {e:#}");
+    }
     Ok(Running {
         slow,
         _next_hops: next_hops,
@@ -280,7 +335,9 @@ impl Signals {
 /// `persist` everything stays for the next controller, else the maps go.
 fn stopped(role: &str, persist: bool, pin: &Path) {
     if persist {
-        info!("{role} controller stopped; XDP stays attached and the maps pinned (--persist)");
+        info!(
+            "{role} controller stopped; XDP and tc stay attached and the maps pinned (--persist)"
+        );
     } else {
         dataplane::unpin(pin);
         info!("{role} stopped and detached");

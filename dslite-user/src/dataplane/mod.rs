@@ -1,4 +1,4 @@
-//! Loading the kernel object, pinning its maps, attaching XDP, unpinning.
+//! Loading the kernel object, pinning its maps, attaching XDP or tc, unpinning.
 //!
 //! The same functions serve the controller and the tests (BPF_PROG_TEST_RUN fixtures load
 //! the object and configure it through here), so map setup exists once.
@@ -8,9 +8,12 @@
 //! - [`aftr`]: the map sizes of a role, and the AFTR's configuration planned and applied
 //!   all or nothing.
 //! - [`batch`]: reading a whole map with BPF_MAP_LOOKUP_BATCH.
+//! - [`hook`]: which hook (XDP or tc) runs on each interface and why, tc attachment, and
+//!   the record of it `dslite stats` shows.
 
 pub mod aftr;
 pub mod batch;
+pub mod hook;
 pub mod maps;
 
 use std::{
@@ -154,8 +157,9 @@ pub fn load(
     loader.load(object).context("loading the XDP programs")
 }
 
-/// Remove the pinned maps (clean shutdown).
+/// Remove the pinned maps and the hook record (clean shutdown).
 pub fn unpin(pin_path: &Path) {
+    hook::remove_records(pin_path);
     if let Ok(dir) = std::fs::read_dir(pin_path) {
         for e in dir.flatten() {
             let _ = std::fs::remove_file(e.path());
@@ -177,13 +181,15 @@ pub const ALWAYS_DENIED: &[&str] = &[
     "255.255.255.255/32",
 ];
 
-/// Load program `name` into the kernel (verifier) without attaching it.
+/// Load program `name` into the kernel (verifier) without attaching it (once).
 pub fn load_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     let prog: &mut Xdp = ebpf
         .program_mut(name)
         .with_context(|| format!("program {name} missing from the object"))?
         .try_into()?;
-    prog.load().with_context(|| format!("verifying {name}"))?;
+    if prog.fd().is_err() {
+        prog.load().with_context(|| format!("verifying {name}"))?;
+    }
     Ok(prog)
 }
 
@@ -192,9 +198,10 @@ pub fn link_pin(pin_path: &Path, ifname: &str) -> PathBuf {
     pin_path.join(format!("link-{ifname}"))
 }
 
-/// Attach program `name` to every interface index (each once). With `persist`, each link is
-/// pinned under the pin path, so XDP stays attached when the controller exits or is killed;
-/// an interface whose link is already pinned there keeps its running program (adopted).
+/// Attach program `name` by XDP to every interface index (each once). With `persist`, each
+/// link is pinned under the pin path, so XDP stays attached when the controller exits or is
+/// killed; an interface whose link is already pinned there keeps its running program
+/// (adopted). The daemons choose a hook per interface with [`attach_hooks`] instead.
 pub fn attach(
     ebpf: &mut Ebpf,
     name: &str,
@@ -215,44 +222,182 @@ pub fn attach(
                 continue;
             }
         }
-        let r = match mode {
-            XdpModeOpt::Native => prog.attach_to_if_index(*index, XdpMode::Driver),
-            XdpModeOpt::Skb => prog.attach_to_if_index(*index, XdpMode::Skb),
-            XdpModeOpt::Auto => prog
-                .attach_to_if_index(*index, XdpMode::Driver)
-                .or_else(|e| {
-                    warn!(
-                        "native XDP on {ifname} failed ({e}); falling back to generic (skb) mode"
-                    );
-                    prog.attach_to_if_index(*index, XdpMode::Skb)
-                }),
-        };
-        let id = r.with_context(|| format!("attaching {name} to {ifname}"))?;
-        if let Some(pin) = persist {
-            let link = prog.take_link(id)?;
-            let fd: aya::programs::links::FdLink = link
-                .try_into()
-                .with_context(|| format!("{ifname}: --persist needs bpf_link XDP (Linux 5.9+)"))?;
-            fd.pin(link_pin(pin, ifname))
-                .with_context(|| format!("pinning the XDP link of {ifname}"))?;
-        }
+        attach_xdp(prog, name, ifname, *index, mode, persist)?;
         info!("{name} attached to {ifname} (ifindex {index})");
         done.push(*index);
     }
     Ok(())
 }
 
-/// Attach the (already loaded) program `name` to the slow path's TAP in generic mode: the
-/// frames the controller writes back run through the same code as the wire's.
-pub fn attach_tap(ebpf: &mut Ebpf, name: &str, ifname: &str, index: u32) -> Result<()> {
-    let prog: &mut Xdp = ebpf
-        .program_mut(name)
-        .with_context(|| format!("program {name} missing from the object"))?
-        .try_into()?;
-    prog.attach_to_if_index(index, XdpMode::Skb)
-        .with_context(|| format!("attaching {name} to the slow path's {ifname}"))?;
-    info!("{name} attached to the slow path's {ifname} (ifindex {index}, generic mode)");
-    Ok(())
+/// Attach `prog` to one interface in `mode`, pinning the link with `persist`. Returns the
+/// mode that took (`native` or `skb`).
+fn attach_xdp(
+    prog: &mut Xdp,
+    name: &str,
+    ifname: &str,
+    index: u32,
+    mode: XdpModeOpt,
+    persist: Option<&Path>,
+) -> Result<&'static str> {
+    let (r, took) = match mode {
+        XdpModeOpt::Native => (prog.attach_to_if_index(index, XdpMode::Driver), "native"),
+        XdpModeOpt::Skb => (prog.attach_to_if_index(index, XdpMode::Skb), "skb"),
+        XdpModeOpt::Auto => match prog.attach_to_if_index(index, XdpMode::Driver) {
+            Ok(id) => (Ok(id), "native"),
+            Err(e) => {
+                warn!("native XDP on {ifname} failed ({e}); falling back to generic (skb) mode");
+                (prog.attach_to_if_index(index, XdpMode::Skb), "skb")
+            }
+        },
+    };
+    let id = r.with_context(|| format!("attaching {name} to {ifname}"))?;
+    if let Some(pin) = persist {
+        let link = prog.take_link(id)?;
+        let fd: aya::programs::links::FdLink = link
+            .try_into()
+            .with_context(|| format!("{ifname}: --persist needs bpf_link XDP (Linux 5.9+)"))?;
+        fd.pin(link_pin(pin, ifname))
+            .with_context(|| format!("pinning the XDP link of {ifname}"))?;
+    }
+    Ok(took)
+}
+
+/// An interface the daemon attaches to, with its planned hook ([`hook::plan`]).
+pub struct Target {
+    pub name: String,
+    pub index: u32,
+    pub plan: hook::Plan,
+}
+
+/// Attach the XDP program `name`, or its tc twin ([`hook::tc_program`]), to each target
+/// (each once) as planned. `auto` on a NIC tries native XDP and takes tc if the driver
+/// refuses. With `persist`, links are pinned (`link-<if>` for XDP, `link-tc-<if>` for tc),
+/// a link already pinned for the planned hook is adopted, and one pinned for the other hook
+/// is removed, so that dslite never runs on both hooks of an interface.
+pub fn attach_hooks(
+    ebpf: &mut Ebpf,
+    name: &str,
+    targets: &[Target],
+    mode: XdpModeOpt,
+    persist: Option<&Path>,
+) -> Result<Vec<hook::HookRecord>> {
+    let tc_name = hook::tc_program(name);
+    let mut records: Vec<hook::HookRecord> = Vec::new();
+    for t in targets {
+        if records.iter().any(|r| r.ifindex == t.index) {
+            continue;
+        }
+        let record = |program: &str, hook: &str, mode: &str, reason: String| hook::HookRecord {
+            interface: t.name.clone(),
+            ifindex: t.index,
+            program: program.to_string(),
+            hook: hook.to_string(),
+            mode: mode.to_string(),
+            reason,
+        };
+        let mut plan = t.plan.clone();
+        if plan == hook::Plan::NativeElseTc {
+            let adopted = persist.is_some_and(|p| link_pin(p, &t.name).exists());
+            plan = if adopted {
+                hook::Plan::Xdp("driver has native XDP".into())
+            } else if mode == XdpModeOpt::Skb {
+                hook::Plan::Xdp("physical device, --xdp-mode skb".into())
+            } else {
+                let prog = load_program(ebpf, name)?;
+                let native = XdpModeOpt::Native;
+                match attach_xdp(prog, name, &t.name, t.index, native, persist) {
+                    Ok(took) => {
+                        if let Some(pin) = persist {
+                            hook::unpin_other(&hook::tc_link_pin(pin, &t.name));
+                        }
+                        let hook::Plan::Xdp(reason) = hook::after_native(Ok(())) else {
+                            unreachable!("after_native(Ok) is XDP")
+                        };
+                        records.push(record(name, "xdp", took, reason));
+                        continue;
+                    }
+                    Err(e) if mode == XdpModeOpt::Native => return Err(e),
+                    Err(e) => hook::after_native(Err(e.root_cause().to_string())),
+                }
+            };
+        }
+        let r = match plan {
+            hook::Plan::Tc(reason) => {
+                if let Some(pin) = persist {
+                    hook::unpin_other(&link_pin(pin, &t.name));
+                }
+                let adopt = persist.map(|p| hook::tc_link_pin(p, &t.name));
+                if adopt.as_ref().is_some_and(|p| p.exists()) {
+                    hook::loaded_tc(ebpf, &tc_name)?;
+                    record(
+                        &tc_name,
+                        "tc",
+                        "adopted",
+                        format!("{reason}; adopted (--persist)"),
+                    )
+                } else {
+                    let m = hook::attach_tc(ebpf, &tc_name, &t.name, persist)?;
+                    record(&tc_name, "tc", m, reason)
+                }
+            }
+            hook::Plan::Xdp(reason) => {
+                if let Some(pin) = persist {
+                    hook::unpin_other(&hook::tc_link_pin(pin, &t.name));
+                }
+                let prog = load_program(ebpf, name)?;
+                if persist.is_some_and(|p| link_pin(p, &t.name).exists()) {
+                    record(
+                        name,
+                        "xdp",
+                        "adopted",
+                        format!("{reason}; adopted (--persist)"),
+                    )
+                } else {
+                    let m = attach_xdp(prog, name, &t.name, t.index, mode, persist)?;
+                    record(name, "xdp", m, reason)
+                }
+            }
+            hook::Plan::NativeElseTc => unreachable!("resolved above"),
+        };
+        records.push(r);
+    }
+    for r in &records {
+        info!("{}", r.log_line());
+    }
+    Ok(records)
+}
+
+/// Attach the program `name` to the slow path's TAP, on the hook the role's interfaces use:
+/// the frames the controller writes back run through the same code as the wire's. XDP goes
+/// on in generic mode; tc (when any interface runs tc) on the TAP's ingress.
+pub fn attach_tap(
+    ebpf: &mut Ebpf,
+    name: &str,
+    ifname: &str,
+    index: u32,
+    tc: bool,
+) -> Result<hook::HookRecord> {
+    let (program, hook, mode) = if tc {
+        let tc_name = hook::tc_program(name);
+        let m = hook::attach_tc(ebpf, &tc_name, ifname, None)
+            .with_context(|| format!("the slow path's {ifname}"))?;
+        (tc_name, "tc", m)
+    } else {
+        let prog = load_program(ebpf, name)?;
+        prog.attach_to_if_index(index, XdpMode::Skb)
+            .with_context(|| format!("attaching {name} to the slow path's {ifname}"))?;
+        (name.to_string(), "xdp", "skb")
+    };
+    let r = hook::HookRecord {
+        interface: ifname.to_string(),
+        ifindex: index,
+        program,
+        hook: hook.to_string(),
+        mode: mode.to_string(),
+        reason: "the slow path's TAP, on the hook the interfaces use".into(),
+    };
+    info!("{}", r.log_line());
+    Ok(r)
 }
 
 /// Format helper used in logs.
