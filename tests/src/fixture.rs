@@ -85,7 +85,7 @@ fn tc_as_xdp(v: u32) -> u32 {
 
 /// A frame whose network header is shorter than its minimum (see
 /// [`Rig::run_unless_refused`]).
-fn short_network_header(frame: &[u8]) -> bool {
+pub fn short_network_header(frame: &[u8]) -> bool {
     let l3 = frame.len().saturating_sub(14);
     match frame.get(12..14) {
         Some([0x08, 0x00]) => l3 < 20,
