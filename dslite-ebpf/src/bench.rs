@@ -11,14 +11,14 @@ use crate::packet;
 /// per-path costs are reported against it.
 #[xdp]
 pub fn dslite_bench_baseline(ctx: XdpContext) -> u32 {
-    let Some(eth) = packet::ptr_at::<[u8; 14]>(&ctx, 0) else {
+    let Some(eth) = packet::ptr_at::<[u8; 14], _>(&ctx, 0) else {
         return xdp_action::XDP_DROP;
     };
     // SAFETY: bounds-checked by `ptr_at`.
     let eth = unsafe { &mut *eth };
     let ok = match u16::from_be_bytes([eth[12], eth[13]]) {
-        0x0800 => packet::ptr_at::<[u8; 20]>(&ctx, 14).is_some(),
-        0x86dd => packet::ptr_at::<[u8; 40]>(&ctx, 14).is_some(),
+        0x0800 => packet::ptr_at::<[u8; 20], _>(&ctx, 14).is_some(),
+        0x86dd => packet::ptr_at::<[u8; 40], _>(&ctx, 14).is_some(),
         _ => false,
     };
     if !ok {
@@ -41,7 +41,7 @@ mod probes {
     /// One IPv6 FIB lookup (with the MTU check) for the frame's IPv6 addresses.
     #[xdp]
     pub fn dslite_probe_fib6(ctx: XdpContext) -> u32 {
-        let Some(h) = ptr_at::<[u8; 40]>(&ctx, 14) else {
+        let Some(h) = ptr_at::<[u8; 40], _>(&ctx, 14) else {
             return xdp_action::XDP_PASS;
         };
         let mut src = [0u8; 16];
@@ -58,7 +58,7 @@ mod probes {
     /// One IPv4 FIB lookup for the frame's IPv4 addresses.
     #[xdp]
     pub fn dslite_probe_fib4(ctx: XdpContext) -> u32 {
-        let Some(h) = ptr_at::<[u8; 20]>(&ctx, 14) else {
+        let Some(h) = ptr_at::<[u8; 20], _>(&ctx, 14) else {
             return xdp_action::XDP_PASS;
         };
         let mut src = [0u8; 16];
@@ -78,7 +78,7 @@ mod probes {
     pub fn dslite_probe_lookups(ctx: XdpContext) -> u32 {
         let _ = maps::AFTR_CONFIG.get(0);
         let _ = maps::SLOW_CONFIG.get(0);
-        if let Some(h) = ptr_at::<[u8; 40]>(&ctx, 14) {
+        if let Some(h) = ptr_at::<[u8; 40], _>(&ctx, 14) {
             let mut src = [0u8; 16];
             // SAFETY: bounds-checked by `ptr_at`.
             unsafe { src.copy_from_slice(&(&*h)[8..24]) };

@@ -72,9 +72,9 @@ fn finish<C: Pkt>(ctx: &C, r: Res<u32>) -> u32 {
 #[inline(always)]
 fn tc_action(verdict: u32) -> i32 {
     match verdict {
-        V_REDIRECT => TC_ACT_REDIRECT as i32,
+        V_REDIRECT => TC_ACT_REDIRECT,
         V_PASS => TC_ACT_UNSPEC,
-        _ => TC_ACT_SHOT as i32,
+        _ => TC_ACT_SHOT,
     }
 }
 

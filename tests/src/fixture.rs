@@ -353,39 +353,43 @@ fn with_rig(
     f: impl Fn(&mut Rig) + Send + Sync + 'static,
 ) {
     crate::require_root();
+    let spec = RigSpec {
+        tag,
+        ifaces,
+        net,
+        prog,
+        sizes,
+    };
     let configure = std::sync::Arc::new(configure);
     let f = std::sync::Arc::new(f);
     for hook in hooks() {
         eprintln!("-- {tag}: {} on the {hook:?} hook", hook.program(prog));
         let (configure, f) = (configure.clone(), f.clone());
-        with_rig_on(
-            hook,
-            tag,
-            ifaces,
-            net,
-            prog,
-            sizes.clone(),
-            move |e, i| configure(e, i),
-            move |r| f(r),
-        );
+        with_rig_on(hook, &spec, move |e, i| configure(e, i), move |r| f(r));
     }
+}
+
+/// What a rig is made of (see [`with_rig`]).
+struct RigSpec<'a> {
+    tag: &'a str,
+    ifaces: &'static [&'static str],
+    net: &'a [&'a str],
+    prog: &'static str,
+    sizes: Vec<(&'static str, u32)>,
 }
 
 fn with_rig_on(
     hook: Hook,
-    tag: &str,
-    ifaces: &'static [&'static str],
-    net: &[&str],
-    prog: &'static str,
-    sizes: Vec<(&'static str, u32)>,
+    spec: &RigSpec,
     configure: impl FnOnce(&mut Ebpf, &HashMap<&'static str, u32>) + Send + 'static,
     f: impl FnOnce(&mut Rig) + Send + 'static,
 ) {
-    let ns = Netns::new(&unique(tag)).unwrap();
+    let (ifaces, prog, sizes) = (spec.ifaces, spec.prog, spec.sizes.clone());
+    let ns = Netns::new(&unique(spec.tag)).unwrap();
     for i in ifaces {
         veth(&ns, i);
     }
-    setup(&ns, net);
+    setup(&ns, spec.net);
     // bpf_fib_lookup answers FWD_DISABLED unless forwarding is on.
     ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
     ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
