@@ -57,7 +57,7 @@ impl Hook {
 }
 
 /// The hooks a fixture runs on: both, unless `DSLITE_FIXTURE_HOOKS` names one (`xdp` or
-/// `tc`, for a quicker look while debugging; CI never sets it).
+/// `tc`): the benchmarks' per-path timings take XDP only; the tests never set it.
 pub fn hooks() -> Vec<Hook> {
     match std::env::var("DSLITE_FIXTURE_HOOKS").as_deref() {
         Ok("xdp") => vec![Hook::Xdp],

@@ -144,7 +144,7 @@ struct KernelNat {
 }
 
 fn kernel_nat() -> KernelNat {
-    let ns: Vec<Netns> = ["kh", "kb", "kr", "ka", "ks"]
+    let ns: Vec<Netns> = ["kh", "kb", "kr", "ka", "k4", "ks"]
         .iter()
         .map(|t| Netns::new(&dslite_tests::unique(t)).unwrap())
         .collect();
@@ -160,11 +160,12 @@ fn kernel_nat() -> KernelNat {
         ip(a, &format!("link set {an} up"));
         ip(b, &format!("link set {bn} up"));
     };
-    let (h, b, r, a, s) = (&ns[0], &ns[1], &ns[2], &ns[3], &ns[4]);
+    let (h, b, r, a, r4, s) = (&ns[0], &ns[1], &ns[2], &ns[3], &ns[4], &ns[5]);
     link(h, "eth0", b, "lan");
     link(b, "wan", r, "to-b");
     link(r, "to-a", a, "tun");
-    link(a, "inet", s, "eth0");
+    link(a, "inet", r4, "to-aftr");
+    link(r4, "to-server", s, "eth0");
     ip(h, "addr add 192.168.1.10/24 dev eth0");
     ip(h, "route add default via 192.168.1.1");
     ip(b, "addr add 192.168.1.1/24 dev lan");
@@ -175,10 +176,14 @@ fn kernel_nat() -> KernelNat {
     ip(r, "route add default via 10.2.0.2");
     ip(r, "route add 192.168.1.0/24 via 10.1.0.1");
     ip(a, "addr add 10.2.0.2/30 dev tun");
-    ip(a, "addr add 203.0.113.1/24 dev inet");
+    ip(a, "addr add 10.3.0.1/30 dev inet");
+    ip(a, "route add default via 10.3.0.2");
     ip(a, "route add 192.168.1.0/24 via 10.2.0.1");
+    ip(r4, "addr add 10.3.0.2/30 dev to-aftr");
+    ip(r4, "addr add 203.0.113.1/24 dev to-server");
     ip(s, "addr add 203.0.113.2/24 dev eth0");
-    for n in [b, r, a] {
+    ip(s, "route add default via 203.0.113.1");
+    for n in [b, r, a, r4] {
         n.sysctl("net.ipv4.ip_forward", "1").unwrap();
         n.sysctl("net.ipv4.conf.all.rp_filter", "0").unwrap();
     }
@@ -231,20 +236,32 @@ fn prog_stats(name: &str) -> (u64, u64) {
     t
 }
 
-/// The dslite topology against the kernel's IPv4 forwarding and nftables masquerade on the
-/// same chain of namespaces: delivered packets per second per frame size, and the programs'
-/// in-situ cost (bpf_stats). Prints its table; returns its JSON.
-pub fn run() -> serde_json::Value {
-    println!("end to end: dslite topology");
-    let mode = std::env::var("DSLITE_BENCH_XDP_MODE").unwrap_or_else(|_| "native".into());
+/// One hook's run of the dslite chain: delivered packets per second per frame size, and the
+/// programs' in-situ cost (bpf_stats).
+struct HookRun {
+    name: &'static str,
+    rows: Vec<(String, f64, f64, f64)>,
+    b4_ns: f64,
+    aftr_ns: f64,
+    created: u64,
+}
+
+/// The dslite chain with plain Linux neighbours (topo::Options::plain: no program on the
+/// routers, an IPv4 router before the server) on one hook. XDP on veth needs its peers'
+/// TX checksumming off (the controller refuses it otherwise) and GRO on the routers (a veth
+/// takes XDP_REDIRECTed frames only then).
+fn dslite_on(name: &'static str, hook: &[&str], xdp: bool) -> HookRun {
+    println!("end to end: dslite, {name}");
     let t = topo::DsLite::start_with(topo::Options {
-        aftr_extra: &["--xdp-mode", &mode],
-        b4_extra: &["--xdp-mode", &mode],
+        plain: true,
+        plain_gro: xdp,
+        peers_tx_csum_off: xdp,
+        hook,
         ..Default::default()
     })
     .unwrap();
-    // Real traffic first, so every element has resolved its next hop (XDP hands packets
-    // without a neighbour entry to the kernel, which resolves it for later ones).
+    // Real traffic first, so every element has resolved its next hop (the dataplane hands
+    // packets without a neighbour entry to the kernel, which resolves it for later ones).
     let _echo = dslite_tests::traffic::udp_echo_server(
         &t.server,
         std::net::SocketAddrV4::new(topo::SERVER1, 7777),
@@ -257,55 +274,102 @@ pub fn run() -> serde_json::Value {
     )
     .unwrap();
     let lan_mac = t.a.b4.mac_of("lan").unwrap();
+    let (b4, aftr) = if xdp {
+        ("dslite_b4", "dslite_aftr")
+    } else {
+        ("dslite_b4_tc", "dslite_aftr_tc")
+    };
     // The kernel's own accounting of our programs on this real traffic (bpf_stats).
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").unwrap();
-    let (b0, a0) = (prog_stats("dslite_b4"), prog_stats("dslite_aftr"));
-    let dslite = measure(&t.a.host, &t.server, lan_mac);
-    let (b1, a1) = (prog_stats("dslite_b4"), prog_stats("dslite_aftr"));
+    let (b0, a0) = (prog_stats(b4), prog_stats(aftr));
+    let rows = measure(&t.a.host, &t.server, lan_mac);
+    let (b1, a1) = (prog_stats(b4), prog_stats(aftr));
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0").unwrap();
     let in_situ =
         |(t0, n0): (u64, u64), (t1, n1): (u64, u64)| (t1 - t0) as f64 / (n1 - n0).max(1) as f64;
-    let (b4_ns, aftr_ns) = (in_situ(b0, b1), in_situ(a0, a1));
-    let created = t.aftr.counter("nat_mapping_created");
-    drop(t);
+    HookRun {
+        name,
+        rows,
+        b4_ns: in_situ(b0, b1),
+        aftr_ns: in_situ(a0, a1),
+        created: t.aftr.counter("nat_mapping_created"),
+    }
+}
+
+/// The dslite chain on each hook against the kernel's IPv4 forwarding and nftables
+/// masquerade on the same chain of namespaces (the same number of forwarding hops):
+/// delivered packets per second per frame size, and the programs' in-situ cost
+/// (bpf_stats). Prints its table; returns its JSON.
+pub fn run() -> serde_json::Value {
+    let runs = [
+        dslite_on("tc", &["--hook", "tc"], false),
+        dslite_on(
+            "xdp native",
+            &["--hook", "xdp", "--xdp-mode", "native"],
+            true,
+        ),
+        dslite_on("xdp skb", &["--hook", "xdp", "--xdp-mode", "skb"], true),
+    ];
     println!("end to end: kernel IPv4 forwarding + nftables masquerade");
     let k = kernel_nat();
     let kernel = measure(&k.host, &k.server, k.first_hop_mac);
+    drop(k);
     println!(
         "\nEnd to end, one UDP flow, host -> server ({FRAMES} frames per size; one core does it all)"
     );
     println!(
-        "{:<8} {:>14} {:>10} {:>9} {:>14} {:>10} {:>9} {:>7}",
-        "size", "dslite pps", "Mbit/s", "deliv.", "kernel pps", "Mbit/s", "deliv.", "ratio"
+        "{:<11} {:<8} {:>12} {:>9} {:>7} {:>12} {:>9} {:>7} {:>9} {:>9}",
+        "hook",
+        "size",
+        "dslite pps",
+        "Mbit/s",
+        "deliv.",
+        "kernel pps",
+        "Mbit/s",
+        "deliv.",
+        "pps x",
+        "bit/s x"
     );
-    let mut rows = Vec::new();
-    for (d, k) in dslite.iter().zip(&kernel) {
+    let mut hooks = Vec::new();
+    for r in &runs {
+        let mut rows = Vec::new();
+        for (d, k) in r.rows.iter().zip(&kernel) {
+            let (pps_x, bps_x) = (d.1 / k.1.max(1.0), d.2 / k.2.max(1.0));
+            println!(
+                "{:<11} {:<8} {:>12.0} {:>9.0} {:>6.0}% {:>12.0} {:>9.0} {:>6.0}% {:>9.2} {:>9.2}",
+                r.name,
+                d.0,
+                d.1,
+                d.2 / 1e6,
+                d.3 * 100.0,
+                k.1,
+                k.2 / 1e6,
+                k.3 * 100.0,
+                pps_x,
+                bps_x
+            );
+            rows.push(serde_json::json!({
+                "size": d.0,
+                "dslite_pps": d.1, "dslite_bps": d.2, "dslite_delivered": d.3,
+                "kernel_pps": k.1, "kernel_bps": k.2, "kernel_delivered": k.3,
+                "ratio": pps_x, "bits_ratio": bps_x,
+            }));
+        }
+        let per_packet_ns = 1e9 / r.rows[0].1.max(1.0);
         println!(
-            "{:<8} {:>14.0} {:>10.0} {:>8.0}% {:>14.0} {:>10.0} {:>8.0}% {:>7.2}",
-            d.0,
-            d.1,
-            d.2 / 1e6,
-            d.3 * 100.0,
-            k.1,
-            k.2 / 1e6,
-            k.3 * 100.0,
-            d.1 / k.1.max(1.0)
+            "{:<11} in situ (bpf_stats, all sizes): B4 {:.0} ns and AFTR {:.0} ns per packet; end to end {per_packet_ns:.0} ns per 64 B packet",
+            r.name, r.b4_ns, r.aftr_ns
         );
-        rows.push(serde_json::json!({
-            "size": d.0,
-            "dslite_pps": d.1, "dslite_bps": d.2, "dslite_delivered": d.3,
-            "kernel_pps": k.1, "kernel_bps": k.2, "kernel_delivered": k.3,
-            "ratio": d.1 / k.1.max(1.0),
+        hooks.push(serde_json::json!({
+            "hook": r.name,
+            "dslite_mappings_created": r.created,
+            "in_situ_ns": { "b4": r.b4_ns, "aftr": r.aftr_ns, "end_to_end_per_64b_packet": per_packet_ns },
+            "rows": rows,
         }));
     }
-    let per_packet_ns = 1e9 / dslite[0].1.max(1.0);
-    println!(
-        "in situ (kernel bpf_stats, all sizes): dslite_b4 {b4_ns:.0} ns and dslite_aftr {aftr_ns:.0} ns per packet; end to end {per_packet_ns:.0} ns per 64 B packet"
-    );
     serde_json::json!({
         "frames_per_size": FRAMES,
-        "dslite_mappings_created": created,
-        "in_situ_ns": { "dslite_b4": b4_ns, "dslite_aftr": aftr_ns, "end_to_end_per_64b_packet": per_packet_ns },
-        "rows": rows,
+        "topology": "plain Linux neighbours; the kernel chain has the same forwarding hops",
+        "hooks": hooks,
     })
 }

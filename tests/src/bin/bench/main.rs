@@ -68,6 +68,10 @@ const PAYLOAD: usize = 22;
 
 fn main() {
     dslite_tests::require_root();
+    // The per-path timings are BPF_PROG_TEST_RUN of the XDP programs (and their no-op and
+    // baseline programs, which exist for XDP only); the tc hook is measured end to end, on
+    // real traffic, with bpf_stats (end_to_end.rs).
+    std::env::set_var("DSLITE_FIXTURE_HOOKS", "xdp");
     let mut rows = per_path::b4_paths();
     let (aftr_rows, scale) = aftr();
     rows.extend(aftr_rows);
