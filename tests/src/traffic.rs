@@ -1,5 +1,6 @@
 //! Traffic of our own, run on threads inside namespaces: UDP and TCP echo servers, a UDP
-//! request/response client, a verified TCP bulk transfer, and ping over a raw ICMP socket.
+//! request/response client, verified TCP bulk transfers (echoed, or one way), and ping over
+//! a raw ICMP socket.
 
 use std::{
     io::{Read as _, Write as _},
@@ -157,6 +158,140 @@ pub fn tcp_echo_server(ns: &Netns, addr: impl Into<SocketAddr>) -> Server {
     })
 }
 
+/// A server for one-way transfers of pattern bytes. A client sends `D` or `U` and a
+/// length (8 bytes, big-endian): for `D` the server sends that many bytes and closes; for
+/// `U` it reads and verifies them, then answers `ok` or what went wrong.
+pub fn tcp_pattern_server(ns: &Netns, addr: impl Into<SocketAddr>) -> Server {
+    tcp_server(ns, addr.into(), |mut c| {
+        let mut head = [0u8; 9];
+        if c.read_exact(&mut head).is_err() {
+            return;
+        }
+        let len = u64::from_be_bytes(head[1..].try_into().unwrap()) as usize;
+        let _ = match head[0] {
+            b'D' => {
+                send_pattern(&mut c, len, None).and_then(|()| c.shutdown(std::net::Shutdown::Write))
+            }
+            b'U' => {
+                let answer = match read_pattern(&mut c, len, None) {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) => format!("{e:#}"),
+                };
+                c.write_all(answer.as_bytes())
+                    .and_then(|()| c.shutdown(std::net::Shutdown::Write))
+            }
+            _ => Ok(()),
+        };
+    })
+}
+
+/// Write `len` pattern bytes to `w`, by `deadline` if one is given.
+fn send_pattern(
+    w: &mut impl std::io::Write,
+    len: usize,
+    deadline: Option<Instant>,
+) -> std::io::Result<()> {
+    let mut sent = 0;
+    let mut buf = vec![0u8; 65536];
+    while sent < len {
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("only {sent} of {len} bytes sent in time"),
+            ));
+        }
+        let n = (len - sent).min(buf.len());
+        for (j, b) in buf[..n].iter_mut().enumerate() {
+            *b = pattern(sent + j);
+        }
+        w.write_all(&buf[..n])?;
+        sent += n;
+    }
+    Ok(())
+}
+
+/// Read exactly `len` pattern bytes from `r` up to its end, verifying each, by `deadline`
+/// if one is given.
+fn read_pattern(r: &mut impl std::io::Read, len: usize, deadline: Option<Instant>) -> Result<()> {
+    let mut got = 0;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            bail!("only {got} of {len} bytes received in time");
+        }
+        let n = r
+            .read(&mut buf)
+            .with_context(|| format!("reading after {got} bytes"))?;
+        if n == 0 {
+            break;
+        }
+        for (j, b) in buf[..n].iter().enumerate() {
+            if *b != pattern(got + j) {
+                bail!("byte {} corrupted: {} != {}", got + j, b, pattern(got + j));
+            }
+        }
+        got += n;
+        if got > len {
+            bail!("{got} bytes, more than the {len} expected");
+        }
+    }
+    if got != len {
+        bail!("received {got} of {len} bytes");
+    }
+    Ok(())
+}
+
+/// Which way a one-way transfer goes.
+#[derive(Clone, Copy, Debug)]
+pub enum Direction {
+    /// From the server to the client.
+    Download,
+    /// From the client to the server.
+    Upload,
+}
+
+/// `len` pattern bytes one way between `ns` and a [`tcp_pattern_server`] at `to`, every byte
+/// verified by its receiver, within `limit` (a stalled transfer that still trickles would
+/// otherwise outlast every socket timeout). Returns the seconds it took.
+pub fn tcp_one_way(
+    ns: &Netns,
+    to: impl Into<SocketAddr>,
+    dir: Direction,
+    len: usize,
+    limit: Duration,
+) -> JoinHandle<Result<f64>> {
+    let to: SocketAddr = to.into();
+    ns.run(move || -> Result<f64> {
+        let start = Instant::now();
+        let deadline = Some(start + limit);
+        let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(10))
+            .with_context(|| format!("connect {to}"))?;
+        c.set_read_timeout(Some(Duration::from_secs(20)))?;
+        c.set_write_timeout(Some(Duration::from_secs(20)))?;
+        let op = match dir {
+            Direction::Download => b'D',
+            Direction::Upload => b'U',
+        };
+        let mut head = vec![op];
+        head.extend_from_slice(&(len as u64).to_be_bytes());
+        c.write_all(&head)?;
+        match dir {
+            Direction::Download => read_pattern(&mut c, len, deadline)?,
+            Direction::Upload => {
+                send_pattern(&mut c, len, deadline).context("sending")?;
+                c.shutdown(std::net::Shutdown::Write)?;
+                let mut answer = String::new();
+                c.read_to_string(&mut answer)
+                    .context("waiting for the server's verdict")?;
+                if answer != "ok" {
+                    bail!("the server received: {answer:?}");
+                }
+            }
+        }
+        Ok(start.elapsed().as_secs_f64())
+    })
+}
+
 /// Byte `i` of the test stream (not periodic in any small power of two).
 pub fn pattern(i: usize) -> u8 {
     ((i * 7 + i / 251) % 256) as u8
@@ -177,40 +312,16 @@ pub fn tcp_transfer(
         c.set_write_timeout(Some(Duration::from_secs(20)))?;
         let mut w = c.try_clone()?;
         let writer = std::thread::spawn(move || -> std::io::Result<()> {
-            let mut sent = 0;
-            let mut buf = vec![0u8; 65536];
-            while sent < len {
-                let n = (len - sent).min(buf.len());
-                for (j, b) in buf[..n].iter_mut().enumerate() {
-                    *b = pattern(sent + j);
-                }
-                w.write_all(&buf[..n])?;
-                sent += n;
-            }
+            send_pattern(&mut w, len, None)?;
             w.shutdown(std::net::Shutdown::Write)
         });
         let mut r = c;
-        let mut got = 0;
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let n = r.read(&mut buf).context("reading echo")?;
-            if n == 0 {
-                break;
-            }
-            for (j, b) in buf[..n].iter().enumerate() {
-                if *b != pattern(got + j) {
-                    bail!("byte {} corrupted: {} != {}", got + j, b, pattern(got + j));
-                }
-            }
-            got += n;
-        }
+        // On a failed read the writer is left to its timeout, as the test fails anyway.
+        read_pattern(&mut r, len, None).context("the echo")?;
         writer
             .join()
             .map_err(|_| anyhow::anyhow!("writer panicked"))??;
-        if got != len {
-            bail!("echoed {got} of {len} bytes");
-        }
-        Ok(got)
+        Ok(len)
     })
 }
 
@@ -734,22 +845,28 @@ pub fn syn_mss_seen(ns: &Netns, port: u16, wait: Duration) -> JoinHandle<Result<
 
 /// A counter of the IPv4 MIB (/proc/net/snmp "Ip:" line, e.g. ReasmOKs) in `ns`.
 pub fn ip_mib(ns: &Netns, key: &str) -> Result<u64> {
-    let key = key.to_string();
+    snmp(ns, "Ip", key)
+}
+
+/// A counter of /proc/net/snmp in `ns`: `section` is the line's prefix without the colon
+/// (`Ip`, `Tcp`, `Udp`...), `key` the counter (`InCsumErrors`).
+pub fn snmp(ns: &Netns, section: &str, key: &str) -> Result<u64> {
+    let (section, key) = (format!("{section}:"), key.to_string());
     ns.run(move || -> Result<u64> {
         let text = std::fs::read_to_string("/proc/thread-self/net/snmp")?;
-        let mut lines = text.lines().filter(|l| l.starts_with("Ip:"));
+        let mut lines = text.lines().filter(|l| l.starts_with(&section));
         let (names, values) = (
-            lines.next().context("Ip header")?,
-            lines.next().context("Ip values")?,
+            lines.next().context("snmp header")?,
+            lines.next().context("snmp values")?,
         );
         let i = names
             .split_whitespace()
             .position(|n| n == key)
-            .with_context(|| format!("no Ip counter {key}"))?;
+            .with_context(|| format!("no {section} counter {key}"))?;
         Ok(values
             .split_whitespace()
             .nth(i)
-            .context("short Ip line")?
+            .context("short snmp line")?
             .parse()?)
     })
     .join()
