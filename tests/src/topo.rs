@@ -9,6 +9,17 @@
 //! b4c's prefix is not in the AFTR's `--b4-prefix` list. Each host also has native IPv6
 //! (2001:db8:a1::10 behind b4a, ...), routed by the B4's kernel to the router
 //! (2001:db8:f::1). Everything is deleted on drop.
+//!
+//! By default the router runs an XDP_PASS program and test traffic leaves with real
+//! checksums (TX checksum offload off on the hosts and the server). With [`Options::plain`]
+//! the neighbours are plain Linux instead, as next to an operator's router: no program on the
+//! router, the kernel's default veth offloads everywhere (TX checksumming and TSO on, so
+//! packets arrive with partial checksums and as GSO aggregates), and an IPv4 router
+//! between the AFTR and the server:
+//!
+//! ```text
+//! aftr inet 192.0.2.1 -- 192.0.2.2 router4 203.0.113.1 -- server 203.0.113.2 .3
+//! ```
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -47,13 +58,16 @@ pub struct DsLite {
     pub b4a: Controller,
     pub b4b: Controller,
     pub b4c: Controller,
-    /// XDP_PASS on the router's interfaces (so redirects into them are delivered).
-    pub router_xdp: aya::Ebpf,
+    /// XDP_PASS on the router's interfaces (so redirects into them are delivered); None
+    /// with [`Options::plain`].
+    pub router_xdp: Option<aya::Ebpf>,
     pub a: Customer,
     pub b: Customer,
     pub c: Customer,
     pub router: Netns,
     pub aftr_ns: Netns,
+    /// The IPv4 router between the AFTR and the server, with [`Options::plain`].
+    pub router4: Option<Netns>,
     pub server: Netns,
     /// The AFTR's command line, for [`DsLite::restart_aftr`].
     pub aftr_args: Vec<String>,
@@ -96,6 +110,18 @@ pub struct Options<'a> {
     pub inet_mtu: &'a str,
     /// The AFTR's pool (a subset of [`POOL`], which the server routes to the AFTR).
     pub pool: &'a str,
+    /// Flags choosing the hook, given to the AFTR and every B4 (`--hook tc`, `--hook xdp
+    /// --xdp-mode skb`...).
+    pub hook: &'a [&'a str],
+    /// Plain Linux neighbours (module docs): no program on the router, default offloads on
+    /// every veth, an IPv4 router before the server.
+    pub plain: bool,
+    /// With `plain`: GRO on on the neighbours' interfaces (veth has it off by default), so
+    /// the routers also merge what they forward.
+    pub plain_gro: bool,
+    /// With `plain`: TX checksumming off on the veth peers of the AFTR's and B4s'
+    /// interfaces (the hosts, the routers), which `--hook xdp` needs on veth.
+    pub peers_tx_csum_off: bool,
 }
 
 impl Default for Options<'_> {
@@ -108,11 +134,16 @@ impl Default for Options<'_> {
             aftr_link_mtu: None,
             inet_mtu: "1500",
             pool: POOL,
+            hook: &[],
+            plain: false,
+            plain_gro: false,
+            peers_tx_csum_off: false,
         }
     }
 }
 
-fn customer(tag: char, router: &Netns, v6_mtu: &str) -> Result<Customer> {
+fn customer(tag: char, router: &Netns, o: &Options) -> Result<Customer> {
+    let v6_mtu = o.v6_mtu;
     let host = Netns::new(&unique(&format!("h{tag}")))?;
     let b4 = Netns::new(&unique(&format!("b{tag}")))?;
     host.ip(&[
@@ -192,7 +223,12 @@ fn customer(tag: char, router: &Netns, v6_mtu: &str) -> Result<Customer> {
         "via",
         &wan,
     ])?;
-    tune(&host, &["eth0"], true)?;
+    if o.plain {
+        neighbour(&host, &["eth0"], o)?;
+        neighbour(router, &[&to], o)?;
+    } else {
+        tune(&host, &["eth0"], true)?;
+    }
     tune(&b4, &[], false)?;
     Ok(Customer {
         host,
@@ -257,6 +293,26 @@ fn tune(ns: &Netns, ifaces: &[&str], origin: bool) -> Result<()> {
     Ok(())
 }
 
+/// A plain neighbour's interfaces facing dslite: default offloads, except what
+/// [`Options::plain_gro`] and [`Options::peers_tx_csum_off`] change.
+fn neighbour(ns: &Netns, ifaces: &[&str], o: &Options) -> Result<()> {
+    let ifaces: Vec<String> = ifaces.iter().map(|s| s.to_string()).collect();
+    let (gro, tx_off) = (o.plain_gro, o.peers_tx_csum_off);
+    ns.run(move || -> Result<()> {
+        for i in &ifaces {
+            if gro {
+                crate::netns::gro_on(i)?;
+            }
+            if tx_off {
+                crate::netns::tx_csum_off(i)?;
+            }
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("offload thread panicked"))?
+}
+
 impl DsLite {
     /// Build the topology and start the AFTR and three B4s. `aftr_extra` adds AFTR flags.
     pub fn start(aftr_extra: &[&str]) -> Result<DsLite> {
@@ -273,9 +329,9 @@ impl DsLite {
         let router = Netns::new(&unique("rt"))?;
         let aftr_ns = Netns::new(&unique("af"))?;
         let server = Netns::new(&unique("sv"))?;
-        let a = customer('a', &router, o.v6_mtu)?;
-        let b = customer('b', &router, o.v6_mtu)?;
-        let c = customer('c', &router, o.v6_mtu)?;
+        let a = customer('a', &router, &o)?;
+        let b = customer('b', &router, &o)?;
+        let c = customer('c', &router, &o)?;
         router.ip(&[
             "link",
             "add",
@@ -296,11 +352,17 @@ impl DsLite {
         let pin_root = PathBuf::from("/sys/fs/bpf").join(unique("pins"));
         // Declared before everything that pins, so an early return removes the pins last.
         let pins = PinDir::new(pin_root.clone());
-        let router_xdp = attach_pass(
-            &router,
-            &["to-a", "to-b", "to-c", "to-aftr"],
-            pin_root.join("router"),
-        )?;
+        let router_xdp = if o.plain {
+            tune(&router, &[], false)?;
+            neighbour(&router, &["to-aftr"], &o)?;
+            None
+        } else {
+            Some(attach_pass(
+                &router,
+                &["to-a", "to-b", "to-c", "to-aftr"],
+                pin_root.join("router"),
+            )?)
+        };
 
         aftr_ns.ip(&[
             "addr",
@@ -313,6 +375,16 @@ impl DsLite {
         aftr_ns.ip(&["link", "set", "tun", "mtu", aftr_link_mtu])?;
         aftr_ns.ip(&["link", "set", "tun", "up"])?;
         aftr_ns.ip(&["-6", "route", "add", "default", "via", "2001:db8:f::1"])?;
+        let router4 = if o.plain {
+            Some(Netns::new(&unique("r4"))?)
+        } else {
+            None
+        };
+        // The AFTR's internet link: to the server, or to router4 with `plain`.
+        let (inet_peer, inet_addr) = match &router4 {
+            Some(r4) => ((r4, "to-aftr"), "192.0.2.1/24"),
+            None => ((&server, "eth0"), "203.0.113.1/24"),
+        };
         aftr_ns.ip(&[
             "link",
             "add",
@@ -322,21 +394,54 @@ impl DsLite {
             "veth",
             "peer",
             "name",
-            "eth0",
+            inet_peer.1,
             "netns",
-            &server.name,
+            &inet_peer.0.name,
         ])?;
-        aftr_ns.ip(&["addr", "add", "203.0.113.1/24", "dev", "inet"])?;
+        aftr_ns.ip(&["addr", "add", inet_addr, "dev", "inet"])?;
         aftr_ns.ip(&["link", "set", "inet", "mtu", o.inet_mtu])?;
         aftr_ns.ip(&["link", "set", "inet", "up"])?;
         tune(&aftr_ns, &[], false)?;
+        if let Some(r4) = &router4 {
+            aftr_ns.ip(&["route", "add", "default", "via", "192.0.2.2"])?;
+            r4.ip(&[
+                "link",
+                "add",
+                "name",
+                "to-sv",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &server.name,
+            ])?;
+            r4.ip(&["addr", "add", "192.0.2.2/24", "dev", "to-aftr"])?;
+            r4.ip(&["addr", "add", "203.0.113.1/24", "dev", "to-sv"])?;
+            for i in ["to-aftr", "to-sv"] {
+                r4.ip(&["link", "set", i, "mtu", o.inet_mtu])?;
+                r4.ip(&["link", "set", i, "up"])?;
+            }
+            r4.ip(&["route", "add", POOL, "via", "192.0.2.1"])?;
+            r4.sysctl("net.ipv4.ip_forward", "1")?;
+            tune(r4, &[], false)?;
+            neighbour(r4, &["to-aftr"], &o)?;
+            if o.plain_gro {
+                r4.run(|| crate::netns::gro_on("to-sv"))
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("offload thread panicked"))??;
+            }
+        }
 
         server.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"])?;
         server.ip(&["addr", "add", "203.0.113.3/24", "dev", "eth0"])?;
         server.ip(&["link", "set", "eth0", "mtu", o.inet_mtu])?;
         server.ip(&["link", "set", "eth0", "up"])?;
         server.ip(&["route", "add", POOL, "via", "203.0.113.1"])?;
-        tune(&server, &["eth0"], true)?;
+        if !o.plain {
+            tune(&server, &["eth0"], true)?;
+        }
 
         let mut aftr_args = vec![
             "aftr",
@@ -352,12 +457,14 @@ impl DsLite {
             "2001:db8:a::/64",
             "2001:db8:b::/64",
         ];
+        aftr_args.extend_from_slice(o.hook);
         aftr_args.extend_from_slice(o.aftr_extra);
         let aftr = Controller::start(&aftr_ns, &aftr_args, pin_root.join("aftr"))?;
         let aftr_args: Vec<String> = aftr_args.iter().map(|a| a.to_string()).collect();
         let b4 = |c: &Customer, name: &str| {
             let mut args = vec!["b4", "--lan-iface", "lan", "--wan-iface", "wan"];
             args.extend_from_slice(o.b4_aftr);
+            args.extend_from_slice(o.hook);
             args.extend_from_slice(o.b4_extra);
             Controller::start(&c.b4, &args, pin_root.join(name))
         };
@@ -375,6 +482,7 @@ impl DsLite {
             c,
             router,
             aftr_ns,
+            router4,
             server,
             aftr_args,
             pins,
