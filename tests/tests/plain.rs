@@ -189,22 +189,18 @@ fn each_mtu(label: &str, case: impl Fn(&str) -> Result<(), String>) {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-/// A plain topology with `hook` at `mtu`, its traffic checked, and `check` run on it first.
-fn plain_case(
-    hook: &[&str],
-    mtu: &str,
-    peers_tx_csum_off: bool,
-    check: impl Fn(&DsLite) -> Result<(), String>,
-) -> Result<(), String> {
-    let case = format!("{} at IPv6 MTU {mtu}", hook.join(" "));
-    let t = DsLite::start_with(Options {
-        plain: true,
-        hook,
-        v6_mtu: mtu,
-        peers_tx_csum_off,
-        ..Default::default()
-    })
-    .map_err(|e| format!("{case}: start: {e:#}"))?;
+/// A plain topology with `o`'s hook, MTU and offloads, its traffic checked, and `check`
+/// run on it first.
+fn plain_case(o: Options, check: impl Fn(&DsLite) -> Result<(), String>) -> Result<(), String> {
+    let mut case = format!("{} at IPv6 MTU {}", o.hook.join(" "), o.v6_mtu);
+    if o.plain_gro {
+        case.push_str(", GRO on the neighbours");
+    }
+    if o.peers_tx_csum_off {
+        case.push_str(", TX checksumming off on the peers");
+    }
+    let t = DsLite::start_with(Options { plain: true, ..o })
+        .map_err(|e| format!("{case}: start: {e:#}"))?;
     check(&t).map_err(|e| format!("{case}: {e}"))?;
     traffic_is_correct(&t, &case)
 }
@@ -227,8 +223,28 @@ fn runs(t: &DsLite, hook: &str) -> Result<(), String> {
 
 #[test]
 fn tc_is_correct_behind_plain_neighbours() {
+    let hook = &["--hook", "tc"][..];
     each_mtu("--hook tc", |mtu| {
-        plain_case(&["--hook", "tc"], mtu, false, |t| runs(t, "tc"))
+        plain_case(
+            Options {
+                hook,
+                v6_mtu: mtu,
+                ..Default::default()
+            },
+            |t| runs(t, "tc"),
+        )
+    });
+    // Routers that also merge what they forward (GRO), as many do.
+    each_mtu("--hook tc, GRO on the neighbours", |mtu| {
+        plain_case(
+            Options {
+                hook,
+                v6_mtu: mtu,
+                plain_gro: true,
+                ..Default::default()
+            },
+            |t| runs(t, "tc"),
+        )
     });
 }
 
@@ -236,7 +252,14 @@ fn tc_is_correct_behind_plain_neighbours() {
 #[test]
 fn auto_chooses_tc_and_is_correct_behind_plain_neighbours() {
     each_mtu("--hook auto", |mtu| {
-        plain_case(&["--hook", "auto"], mtu, false, |t| runs(t, "tc"))
+        plain_case(
+            Options {
+                hook: &["--hook", "auto"],
+                v6_mtu: mtu,
+                ..Default::default()
+            },
+            |t| runs(t, "tc"),
+        )
     });
 }
 
@@ -265,21 +288,61 @@ fn xdp_is_refused(hook: &[&str]) {
     }
 }
 
-fn xdp_case(mode: &str) {
-    let hook = ["--hook", "xdp", "--xdp-mode", mode];
-    xdp_is_refused(&hook);
+#[test]
+fn generic_xdp_is_refused_behind_plain_neighbours_and_correct_behind_tx_off_peers() {
+    let hook = &["--hook", "xdp", "--xdp-mode", "skb"][..];
+    xdp_is_refused(hook);
     // The positive control: the same neighbours with TX checksumming off.
-    each_mtu(&format!("{} behind tx-off peers", hook.join(" ")), |mtu| {
-        plain_case(&hook, mtu, true, |t| runs(t, "xdp"))
+    each_mtu("--hook xdp --xdp-mode skb, TX checksumming off", |mtu| {
+        plain_case(
+            Options {
+                hook,
+                v6_mtu: mtu,
+                peers_tx_csum_off: true,
+                ..Default::default()
+            },
+            |t| runs(t, "xdp"),
+        )
     });
 }
 
+/// The positive control has GRO on the neighbours too: a veth delivers what native XDP
+/// redirects into it only when its peer has GRO or an XDP program (platform.md).
 #[test]
 fn native_xdp_is_refused_behind_plain_neighbours_and_correct_behind_tx_off_peers() {
-    xdp_case("native");
+    let hook = &["--hook", "xdp", "--xdp-mode", "native"][..];
+    xdp_is_refused(hook);
+    each_mtu("--hook xdp --xdp-mode native, TX checksumming off", |mtu| {
+        plain_case(
+            Options {
+                hook,
+                v6_mtu: mtu,
+                peers_tx_csum_off: true,
+                plain_gro: true,
+                ..Default::default()
+            },
+            |t| runs(t, "xdp"),
+        )
+    });
 }
 
+/// Native XDP on a veth whose peer has neither GRO nor an XDP program: every frame it
+/// redirects there is dropped (platform.md), so the controller must refuse to start.
 #[test]
-fn generic_xdp_is_refused_behind_plain_neighbours_and_correct_behind_tx_off_peers() {
-    xdp_case("skb");
+fn native_xdp_is_refused_toward_a_veth_peer_without_gro() {
+    let r = DsLite::start_with(Options {
+        plain: true,
+        hook: &["--hook", "xdp", "--xdp-mode", "native"],
+        peers_tx_csum_off: true,
+        ..Default::default()
+    });
+    let e = match r {
+        Ok(t) => panic!(
+            "started; what it redirects is dropped:\n{}",
+            t.diagnostics()
+        ),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("exited with exit status: 2"), "{e}");
+    assert!(e.to_lowercase().contains("gro"), "no word of GRO in {e}");
 }
