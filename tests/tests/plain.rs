@@ -171,10 +171,9 @@ fn traffic_is_correct(t: &DsLite, case: &str) -> Result<(), String> {
     ))
 }
 
-/// Run `case` at every IPv6 MTU, then fail with every case's failure.
-fn each_mtu(label: &str, case: impl Fn(&str) -> Result<(), String>) {
-    let failures: Vec<String> = MTUS
-        .iter()
+/// Run `case` at every IPv6 MTU; returns every case's failure.
+fn each_mtu(label: &str, case: impl Fn(&str) -> Result<(), String>) -> Vec<String> {
+    MTUS.iter()
         .filter_map(|mtu| {
             let start = Instant::now();
             let r = case(mtu);
@@ -185,7 +184,10 @@ fn each_mtu(label: &str, case: impl Fn(&str) -> Result<(), String>) {
             );
             r.err()
         })
-        .collect();
+        .collect()
+}
+
+fn assert_none(failures: Vec<String>) {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
@@ -224,7 +226,7 @@ fn runs(t: &DsLite, hook: &str) -> Result<(), String> {
 #[test]
 fn tc_is_correct_behind_plain_neighbours() {
     let hook = &["--hook", "tc"][..];
-    each_mtu("--hook tc", |mtu| {
+    let mut failures = each_mtu("--hook tc", |mtu| {
         plain_case(
             Options {
                 hook,
@@ -235,7 +237,7 @@ fn tc_is_correct_behind_plain_neighbours() {
         )
     });
     // Routers that also merge what they forward (GRO), as many do.
-    each_mtu("--hook tc, GRO on the neighbours", |mtu| {
+    failures.extend(each_mtu("--hook tc, GRO on the neighbours", |mtu| {
         plain_case(
             Options {
                 hook,
@@ -245,13 +247,14 @@ fn tc_is_correct_behind_plain_neighbours() {
             },
             |t| runs(t, "tc"),
         )
-    });
+    }));
+    assert_none(failures);
 }
 
 /// `auto` must choose tc on veth, and so be correct there.
 #[test]
 fn auto_chooses_tc_and_is_correct_behind_plain_neighbours() {
-    each_mtu("--hook auto", |mtu| {
+    assert_none(each_mtu("--hook auto", |mtu| {
         plain_case(
             Options {
                 hook: &["--hook", "auto"],
@@ -260,7 +263,7 @@ fn auto_chooses_tc_and_is_correct_behind_plain_neighbours() {
             },
             |t| runs(t, "tc"),
         )
-    });
+    }));
 }
 
 /// `--hook xdp` behind neighbours with TX checksumming on: the AFTR and the B4 refuse to
@@ -293,17 +296,20 @@ fn generic_xdp_is_refused_behind_plain_neighbours_and_correct_behind_tx_off_peer
     let hook = &["--hook", "xdp", "--xdp-mode", "skb"][..];
     xdp_is_refused(hook);
     // The positive control: the same neighbours with TX checksumming off.
-    each_mtu("--hook xdp --xdp-mode skb, TX checksumming off", |mtu| {
-        plain_case(
-            Options {
-                hook,
-                v6_mtu: mtu,
-                peers_tx_csum_off: true,
-                ..Default::default()
-            },
-            |t| runs(t, "xdp"),
-        )
-    });
+    assert_none(each_mtu(
+        "--hook xdp --xdp-mode skb, TX checksumming off",
+        |mtu| {
+            plain_case(
+                Options {
+                    hook,
+                    v6_mtu: mtu,
+                    peers_tx_csum_off: true,
+                    ..Default::default()
+                },
+                |t| runs(t, "xdp"),
+            )
+        },
+    ));
 }
 
 /// The positive control has GRO on the neighbours too: a veth delivers what native XDP
@@ -312,18 +318,21 @@ fn generic_xdp_is_refused_behind_plain_neighbours_and_correct_behind_tx_off_peer
 fn native_xdp_is_refused_behind_plain_neighbours_and_correct_behind_tx_off_peers() {
     let hook = &["--hook", "xdp", "--xdp-mode", "native"][..];
     xdp_is_refused(hook);
-    each_mtu("--hook xdp --xdp-mode native, TX checksumming off", |mtu| {
-        plain_case(
-            Options {
-                hook,
-                v6_mtu: mtu,
-                peers_tx_csum_off: true,
-                plain_gro: true,
-                ..Default::default()
-            },
-            |t| runs(t, "xdp"),
-        )
-    });
+    assert_none(each_mtu(
+        "--hook xdp --xdp-mode native, TX checksumming off",
+        |mtu| {
+            plain_case(
+                Options {
+                    hook,
+                    v6_mtu: mtu,
+                    peers_tx_csum_off: true,
+                    plain_gro: true,
+                    ..Default::default()
+                },
+                |t| runs(t, "xdp"),
+            )
+        },
+    ));
 }
 
 /// Native XDP on a veth whose peer has neither GRO nor an XDP program: every frame it
