@@ -6,8 +6,8 @@ use dslite_common::{proto::*, slow::SLOW_ENCAP_FRAGMENT, Counter};
 use crate::{
     ctx::Pkt,
     exit::{too_big_mtu, Res},
-    packet::{at, ptr_at},
-    parse::Ipv4,
+    packet::at,
+    parse::{wire_len, Ipv4},
     route::redirect_v6,
 };
 
@@ -98,28 +98,6 @@ pub fn encapsulate_and_send<C: Pkt>(
     send(ctx, ip, src, dst)
 }
 
-/// The length of the outer IPv6 packet that will be on the wire: for a GSO packet (tc only)
-/// that of one segment, its headers and `gso_size` bytes of payload (the kernel cuts the
-/// aggregate after us; the aggregate as a whole is not what the tunnel MTU limits).
-#[inline(always)]
-fn outer_len<C: Pkt>(ctx: &C, ip: &Ipv4) -> u32 {
-    let gso = ctx.gso_size();
-    if gso == 0 {
-        return (IPV6_HLEN + ip.tot_len) as u32;
-    }
-    let l4 = ETH_HLEN + IPV6_HLEN + ip.hlen;
-    let l4_hlen = match ip.proto {
-        IPPROTO_TCP => match ptr_at::<[u8; TCP_MIN_LEN], _>(ctx, l4) {
-            // SAFETY: bounds-checked by `ptr_at`.
-            Some(t) => ((unsafe { (*t)[TCP_DOFF_OFF] } >> 4) as u32) * 4,
-            None => TCP_MIN_LEN as u32,
-        },
-        IPPROTO_UDP => UDP_LEN as u32,
-        _ => 0,
-    };
-    (IPV6_HLEN + ip.hlen) as u32 + l4_hlen + gso
-}
-
 /// Send the IPv4 packet `ip` of a softwire packet (already rewritten) back down a softwire,
 /// from `src` to `dst`: the outer header rewritten in place when it has no extension headers
 /// ([`re_address`]), else replaced.
@@ -145,7 +123,9 @@ pub fn send_back<C: Pkt>(
 #[inline(always)]
 pub fn send<C: Pkt>(ctx: &C, ip: &Ipv4, src: &[u8; 16], dst: &[u8; 16]) -> Res<u32> {
     let tunnel_mtu = crate::slow::tunnel_mtu();
-    if tunnel_mtu != 0 && outer_len(ctx, ip) > tunnel_mtu {
+    // The IPv4 header is right after the outer one by now.
+    if tunnel_mtu != 0 && (IPV6_HLEN + wire_len(ctx, ip, ETH_HLEN + IPV6_HLEN)) as u32 > tunnel_mtu
+    {
         return crate::slow::to_controller(ctx, SLOW_ENCAP_FRAGMENT, tunnel_mtu);
     }
     let action = redirect_v6(ctx, src, dst)?;

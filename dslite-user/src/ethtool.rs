@@ -17,8 +17,9 @@ use std::{
 };
 
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
-/// `ETHTOOL_GTXCSUM` (include/uapi/linux/ethtool.h).
+/// `ETHTOOL_GTXCSUM` and `ETHTOOL_GGRO` (include/uapi/linux/ethtool.h).
 const ETHTOOL_GTXCSUM: u32 = 0x16;
+const ETHTOOL_GGRO: u32 = 0x2b;
 const RTM_NEWNSID: u16 = 88;
 const RTM_GETNSID: u16 = 90;
 const NETNSA_NSID: u16 = 1;
@@ -27,8 +28,9 @@ const NETNSA_FD: u16 = 3;
 /// What is known of a veth peer's TX checksumming.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerTxCsum {
-    /// Off: the peer sends complete checksums.
-    Off { peer: String },
+    /// Off: the peer sends complete checksums. `gro`: whether it has GRO on, without which
+    /// (or an XDP program of its own) a veth drops the frames native XDP redirects into it.
+    Off { peer: String, gro: bool },
     /// On: the peer may send partial checksums.
     On { peer: String },
     /// It could not be read (why): taken as "may send partial checksums".
@@ -51,13 +53,14 @@ pub fn peer_tx_csum(peer_index: u32, nsid: Option<i32>) -> PeerTxCsum {
             Err(e) => return PeerTxCsum::Unknown(format!("finding nsid {id}: {e}")),
         },
     };
-    let read = move || -> io::Result<(String, bool)> {
+    let read = move || -> io::Result<(String, bool, bool)> {
         if let Some(p) = &netns {
             enter(p)?;
         }
         let name = if_name(peer_index)?;
         let on = tx_csum(&name)?;
-        Ok((name, on))
+        let gro = ethtool_value(&name, ETHTOOL_GGRO)?;
+        Ok((name, on, gro))
     };
     let r = match nsid {
         // setns changes only the calling thread: a thread of its own keeps the controller
@@ -68,8 +71,8 @@ pub fn peer_tx_csum(peer_index: u32, nsid: Option<i32>) -> PeerTxCsum {
         None => read(),
     };
     match r {
-        Ok((peer, false)) => PeerTxCsum::Off { peer },
-        Ok((peer, true)) => PeerTxCsum::On { peer },
+        Ok((peer, false, gro)) => PeerTxCsum::Off { peer, gro },
+        Ok((peer, true, _)) => PeerTxCsum::On { peer },
         Err(e) => PeerTxCsum::Unknown(format!("reading the peer's TX checksumming: {e}")),
     }
 }
@@ -155,6 +158,11 @@ struct IfReq {
 
 /// `ETHTOOL_GTXCSUM` on `name` in the current namespace: whether TX checksumming is on.
 pub fn tx_csum(name: &str) -> io::Result<bool> {
+    ethtool_value(name, ETHTOOL_GTXCSUM)
+}
+
+/// A `struct ethtool_value` getter (`cmd`) on `name` in the current namespace: on or off.
+fn ethtool_value(name: &str, cmd: u32) -> io::Result<bool> {
     if name.len() >= libc::IF_NAMESIZE {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "name too long"));
     }
@@ -165,10 +173,7 @@ pub fn tx_csum(name: &str) -> io::Result<bool> {
     }
     // SAFETY: fd was just returned by socket(2) and is owned here only.
     let _owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let mut value = EthtoolValue {
-        cmd: ETHTOOL_GTXCSUM,
-        data: 0,
-    };
+    let mut value = EthtoolValue { cmd, data: 0 };
     let mut req = IfReq {
         name: [0; libc::IF_NAMESIZE],
         data: &mut value,

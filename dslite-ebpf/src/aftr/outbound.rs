@@ -26,7 +26,7 @@ use crate::{
     maps::{count, count_n, POOL_INDEX},
     nat::lookup_or_create,
     packet::{at, read16},
-    parse::{decrement_ttl, ipv4, ipv6, l4, Ipv4, Softwire, L4},
+    parse::{decrement_ttl, ipv4, ipv6, l4, wire_len, Ipv4, Softwire, L4},
     route::{redirect_v4, v4_route_mtu},
     slow::to_controller,
     softwire::decapsulate,
@@ -132,11 +132,13 @@ pub fn from_b4<C: Pkt>(ctx: &C, cfg: &AftrConfig) -> Res<u32> {
         let why = Why::new(Counter::DropTtlExceeded, ICMP_TIME_EXCEEDED, 0);
         return refuse(ctx, cfg, &p, why, &mut action).with(action);
     }
-    if p.ip.df && p.ip.tot_len > cfg.v4_mtu as usize {
+    // One packet's length (a GSO packet's segments are what the MTU limits).
+    let len = wire_len(ctx, &p.ip, p.ip.off);
+    if p.ip.df && len > cfg.v4_mtu as usize {
         // Larger than the internet side allows and not to be fragmented: an ICMP 3/4 with
         // the route's MTU goes back down the softwire (RFC 4787 REQ-13), and
         // no mapping is made for it.
-        let mtu = v4_route_mtu(ctx, &p.ip.dst, p.ip.tot_len as u32);
+        let mtu = v4_route_mtu(ctx, &p.ip.dst, len as u32);
         if mtu != 0 {
             p.mtu = mtu;
             let mut action = 0;

@@ -5,7 +5,7 @@ use dslite_common::{proto::*, Counter};
 use crate::{
     ctx::Pkt,
     exit::{Exit, Res},
-    packet::{at, read16},
+    packet::{at, ptr_at, read16},
 };
 
 /// The fields of a validated IPv4 header that the programs use.
@@ -59,6 +59,28 @@ pub fn ipv4<C: Pkt>(ctx: &C, off: usize, avail: usize, ip: &mut Ipv4) -> Res<()>
     ip.src = addr4!(h, IPV4_SRC_OFF);
     ip.dst = addr4!(h, IPV4_DST_OFF);
     Ok(())
+}
+
+/// The length one IPv4 packet of `ip` (whose header is now at `at`) has on the wire: its
+/// total length, or for a GSO packet (tc only) that of one segment, its headers and
+/// `gso_size` bytes of payload: the kernel cuts the aggregate after us, and MTUs limit the
+/// segments, not the aggregate.
+#[inline(always)]
+pub fn wire_len<C: Pkt>(ctx: &C, ip: &Ipv4, at: usize) -> usize {
+    let gso = ctx.gso_size() as usize;
+    if gso == 0 {
+        return ip.tot_len;
+    }
+    let l4_hlen = match ip.proto {
+        IPPROTO_TCP => match ptr_at::<[u8; TCP_MIN_LEN], _>(ctx, at + ip.hlen) {
+            // SAFETY: bounds-checked by `ptr_at`.
+            Some(t) => ((unsafe { (*t)[TCP_DOFF_OFF] } >> 4) as usize) * 4,
+            None => TCP_MIN_LEN,
+        },
+        IPPROTO_UDP => UDP_LEN,
+        _ => 0,
+    };
+    ip.hlen + l4_hlen + gso
 }
 
 /// Decrement the IPv4 TTL (the B4 and the AFTR each act as a router: RFC 2473 §3,

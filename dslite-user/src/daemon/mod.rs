@@ -212,7 +212,11 @@ struct Running {
 
 /// The hook each link gets ([`hook::plan`]); a refusal is a usage error. The veth peer's
 /// TX checksumming is read only where it decides (`--hook xdp`).
-fn plan_hooks(links: &[&netlink::Link], opt: HookOpt) -> Result<Vec<dataplane::Target>> {
+fn plan_hooks(
+    links: &[&netlink::Link],
+    opt: HookOpt,
+    xdp_mode: XdpModeOpt,
+) -> Result<Vec<dataplane::Target>> {
     links
         .iter()
         .map(|l| {
@@ -230,7 +234,7 @@ fn plan_hooks(links: &[&netlink::Link], opt: HookOpt) -> Result<Vec<dataplane::T
                 kind: l.kind.as_deref(),
                 peer: peer.as_ref(),
             };
-            let plan = hook::plan(&facts, opt).map_err(|e| usage(anyhow::anyhow!(e)))?;
+            let plan = hook::plan(&facts, opt, xdp_mode).map_err(|e| usage(anyhow::anyhow!(e)))?;
             Ok(dataplane::Target {
                 name: l.name.clone(),
                 index: l.index,
@@ -261,7 +265,7 @@ async fn bring_up(
     role: slowpath::Role,
     slow: &slowpath::Settings,
 ) -> Result<Running> {
-    let targets = plan_hooks(links, how.hook)?;
+    let targets = plan_hooks(links, how.hook, how.xdp_mode)?;
     let mut records = dataplane::attach_hooks(
         ebpf,
         prog,

@@ -19,7 +19,10 @@ use aya::programs::{
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
 
-use crate::{config::HookOpt, ethtool::PeerTxCsum};
+use crate::{
+    config::{HookOpt, XdpModeOpt},
+    ethtool::PeerTxCsum,
+};
 
 /// Internal switch: attach tc through a clsact qdisc and netlink instead of tcx, so a test
 /// covers the fallback that kernels before 6.6 take.
@@ -51,7 +54,7 @@ pub enum Plan {
 
 /// The choice table of docs/operations.md, "Hooks: XDP or tc". An error is a refusal to
 /// start, saying why and what to do.
-pub fn plan(f: &Facts, opt: HookOpt) -> Result<Plan, String> {
+pub fn plan(f: &Facts, opt: HookOpt, xdp_mode: XdpModeOpt) -> Result<Plan, String> {
     match (opt, f.kind) {
         (HookOpt::Tc, _) => Ok(Plan::Tc("--hook tc".into())),
         (HookOpt::Auto, Some(kind)) => Ok(Plan::Tc(format!("virtual device: {kind}"))),
@@ -59,6 +62,18 @@ pub fn plan(f: &Facts, opt: HookOpt) -> Result<Plan, String> {
         (HookOpt::Xdp, None) => Ok(Plan::Xdp("--hook xdp, physical device".into())),
         (HookOpt::Xdp, Some(kind)) => {
             let why = match (kind, f.peer) {
+                ("veth", Some(PeerTxCsum::Off { peer, gro: false }))
+                    if xdp_mode != XdpModeOpt::Skb =>
+                {
+                    return Err(format!(
+                        "--hook xdp on {}: its veth peer {peer} has GRO off, and a veth drops \
+                         the frames native XDP redirects into it unless its peer has GRO on \
+                         (or an XDP program): nothing would be forwarded. Use --hook tc (or \
+                         auto), --xdp-mode skb, or turn GRO on at the peer: ethtool -K {peer} \
+                         gro on",
+                        f.name
+                    ));
+                }
                 ("veth", Some(PeerTxCsum::Off { .. })) => {
                     return Ok(Plan::Xdp(
                         "--hook xdp, veth peer has tx-checksumming off".into(),
@@ -261,6 +276,11 @@ mod tests {
         };
         let off = PeerTxCsum::Off {
             peer: "veth1".into(),
+            gro: true,
+        };
+        let off_no_gro = PeerTxCsum::Off {
+            peer: "veth1".into(),
+            gro: false,
         };
         let unknown = PeerTxCsum::Unknown("nsid 3 not found".into());
         // auto: every virtual kind is tc, a NIC tries native XDP.
@@ -279,16 +299,20 @@ mod tests {
             "netkit",
         ] {
             assert_eq!(
-                plan(&facts(Some(kind), Some(&off)), HookOpt::Auto),
+                plan(
+                    &facts(Some(kind), Some(&off)),
+                    HookOpt::Auto,
+                    XdpModeOpt::Auto
+                ),
                 Ok(Plan::Tc(format!("virtual device: {kind}")))
             );
             assert_eq!(
-                plan(&facts(Some(kind), None), HookOpt::Tc),
+                plan(&facts(Some(kind), None), HookOpt::Tc, XdpModeOpt::Auto),
                 Ok(Plan::Tc("--hook tc".into()))
             );
         }
         assert_eq!(
-            plan(&facts(None, None), HookOpt::Auto),
+            plan(&facts(None, None), HookOpt::Auto, XdpModeOpt::Auto),
             Ok(Plan::NativeElseTc)
         );
         assert_eq!(
@@ -301,22 +325,50 @@ mod tests {
         );
         // tc: everywhere.
         assert_eq!(
-            plan(&facts(None, None), HookOpt::Tc),
+            plan(&facts(None, None), HookOpt::Tc, XdpModeOpt::Auto),
             Ok(Plan::Tc("--hook tc".into()))
         );
         // xdp: a NIC, or a veth whose peer computes its checksums.
         assert!(matches!(
-            plan(&facts(None, None), HookOpt::Xdp),
+            plan(&facts(None, None), HookOpt::Xdp, XdpModeOpt::Auto),
             Ok(Plan::Xdp(_))
         ));
         assert_eq!(
-            plan(&facts(Some("veth"), Some(&off)), HookOpt::Xdp),
+            plan(
+                &facts(Some("veth"), Some(&off)),
+                HookOpt::Xdp,
+                XdpModeOpt::Auto
+            ),
             Ok(Plan::Xdp(
                 "--hook xdp, veth peer has tx-checksumming off".into()
             ))
         );
+        // Native XDP toward a veth peer without GRO forwards nothing: refused; generic is fine.
+        for mode in [XdpModeOpt::Auto, XdpModeOpt::Native] {
+            let e = plan(&facts(Some("veth"), Some(&off_no_gro)), HookOpt::Xdp, mode).unwrap_err();
+            for s in [
+                "veth peer veth1 has GRO off",
+                "--xdp-mode skb",
+                "ethtool -K veth1 gro on",
+            ] {
+                assert!(e.contains(s), "{s:?} not in {e}");
+            }
+        }
+        assert!(matches!(
+            plan(
+                &facts(Some("veth"), Some(&off_no_gro)),
+                HookOpt::Xdp,
+                XdpModeOpt::Skb
+            ),
+            Ok(Plan::Xdp(_))
+        ));
         // ...and refused where partial checksums may arrive.
-        let e = plan(&facts(Some("veth"), Some(&on)), HookOpt::Xdp).unwrap_err();
+        let e = plan(
+            &facts(Some("veth"), Some(&on)),
+            HookOpt::Xdp,
+            XdpModeOpt::Auto,
+        )
+        .unwrap_err();
         for s in [
             "--hook xdp on veth0",
             "veth peer veth1 has tx-checksumming on",
@@ -327,9 +379,14 @@ mod tests {
         ] {
             assert!(e.contains(s), "{s:?} not in {e}");
         }
-        let e = plan(&facts(Some("veth"), Some(&unknown)), HookOpt::Xdp).unwrap_err();
+        let e = plan(
+            &facts(Some("veth"), Some(&unknown)),
+            HookOpt::Xdp,
+            XdpModeOpt::Auto,
+        )
+        .unwrap_err();
         assert!(e.contains("unknown (nsid 3 not found)"), "{e}");
-        let e = plan(&facts(Some("bridge"), None), HookOpt::Xdp).unwrap_err();
+        let e = plan(&facts(Some("bridge"), None), HookOpt::Xdp, XdpModeOpt::Auto).unwrap_err();
         assert!(e.contains("a bridge device cannot be inspected"), "{e}");
     }
 
