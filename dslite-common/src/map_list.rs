@@ -116,6 +116,7 @@ pub const SLOW_CONFIG: MapSpec = spec::<u32, SlowConfig>(m::SLOW_CONFIG, Array, 
 pub const SLOW_DEV: MapSpec = spec::<u32, [u32; 2]>(m::SLOW_DEV, DevMap, 1, Both);
 pub const NEXT_HOPS: MapSpec = spec::<NextHopKey, NextHop>(m::NEXT_HOPS, LruPerCpuHash, 4096, Both);
 pub const NH_GEN: MapSpec = spec::<u32, u32>(m::NH_GEN, Array, 1, Both);
+pub const PEER_REDIRECT: MapSpec = spec::<u32, u32>(m::PEER_REDIRECT, Hash, 64, Both);
 pub const DENY_V4: MapSpec = lpm(m::DENY_V4, 4, Aftr);
 /// Chains of IPv4 fragments from the internet tracked at once.
 pub const FRAG_CHAINS: MapSpec = spec::<FragKey, u64>(m::FRAG_CHAINS, LruHash, 4096, Aftr);
@@ -146,6 +147,7 @@ pub const MAPS: &[MapSpec] = &[
     SLOW_DEV,
     NEXT_HOPS,
     NH_GEN,
+    PEER_REDIRECT,
     DENY_V4,
     FRAG_CHAINS,
     FRAG_BUDGET,

@@ -39,6 +39,9 @@ pub const NEXT_HOPS: &str = "NEXT_HOPS";
 /// `Array<u32>`, one entry: the next-hop cache's generation. 0 disables the cache; the
 /// controller starts it at 1 and bumps it on every route, neighbour, address or link change.
 pub const NH_GEN: &str = "NH_GEN";
+/// tc: interfaces (veth) whose peer is in another namespace: redirected with
+/// `bpf_redirect_peer`.
+pub const PEER_REDIRECT: &str = "PEER_REDIRECT";
 /// `DevMap`, one entry: the slow path's TAP, the redirect target for hand-overs.
 pub const SLOW_DEV: &str = "SLOW_DEV";
 

@@ -116,6 +116,12 @@ pub static NEXT_HOPS: LruPerCpuHashMap<NextHopKey, NextHop> =
 #[map(name = "NH_GEN")]
 pub static NH_GEN: Array<u32> = Array::pinned(spec::NH_GEN.max_entries, spec::NH_GEN.flags);
 
+/// tc: the interfaces to redirect into with `bpf_redirect_peer` (veths whose peer is in
+/// another namespace; key: ifindex). Written by the controller at attach.
+#[map(name = "PEER_REDIRECT")]
+pub static PEER_REDIRECT: HashMap<u32, u32> =
+    HashMap::pinned(spec::PEER_REDIRECT.max_entries, spec::PEER_REDIRECT.flags);
+
 /// AFTR: IPv4 destinations subscribers may not reach (longest match; any entry denies).
 #[map(name = "DENY_V4")]
 pub static DENY_V4: LpmTrie<[u8; 4], u32> =

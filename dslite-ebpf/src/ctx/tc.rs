@@ -12,8 +12,8 @@ use aya_ebpf::{
         TC_ACT_REDIRECT,
     },
     helpers::generated::{
-        bpf_check_mtu, bpf_l4_csum_replace, bpf_redirect, bpf_skb_adjust_room, bpf_skb_change_head,
-        bpf_skb_change_proto, bpf_skb_load_bytes, bpf_skb_pull_data,
+        bpf_check_mtu, bpf_l4_csum_replace, bpf_redirect, bpf_redirect_peer, bpf_skb_adjust_room,
+        bpf_skb_change_head, bpf_skb_change_proto, bpf_skb_load_bytes, bpf_skb_pull_data,
     },
     programs::TcContext,
 };
@@ -23,7 +23,10 @@ use dslite_common::{
 };
 
 use super::{CsumEdit, Pkt, V_DROP, V_REDIRECT};
-use crate::exit::{Exit, Res};
+use crate::{
+    exit::{Exit, Res},
+    maps::PEER_REDIRECT,
+};
 
 /// Bytes made directly accessible at entry: more than the deepest header read (Ethernet 14
 /// + IPv6 40 + extension headers 2 x 64 + IPv4 60 + TCP 20 = 262, packet.rs).
@@ -166,8 +169,18 @@ impl Pkt for TcContext {
 
     #[inline(always)]
     fn redirect(&self, ifindex: u32) -> u32 {
-        // SAFETY: plain helper call.
-        if unsafe { bpf_redirect(ifindex, 0) } == TC_ACT_REDIRECT as i64 {
+        // Into a veth whose peer is in another namespace (the controller lists those):
+        // straight into the peer's receive path, without the per-CPU backlog and its softirq
+        // round that a transmit on the veth costs. Only the controller knows the peer is
+        // elsewhere; toward a peer in this namespace the helper would drop the packet.
+        let rc = if PEER_REDIRECT.get_ptr(&ifindex).is_some() {
+            // SAFETY: plain helper call (tc ingress).
+            unsafe { bpf_redirect_peer(ifindex, 0) }
+        } else {
+            // SAFETY: plain helper call.
+            unsafe { bpf_redirect(ifindex, 0) }
+        };
+        if rc == TC_ACT_REDIRECT as i64 {
             V_REDIRECT
         } else {
             V_DROP
@@ -192,7 +205,12 @@ impl Pkt for TcContext {
 
     #[inline(always)]
     fn to_tap(&self, tap: u32) -> u32 {
-        Pkt::redirect(self, tap)
+        // SAFETY: plain helper call.
+        if unsafe { bpf_redirect(tap, 0) } == TC_ACT_REDIRECT as i64 {
+            V_REDIRECT
+        } else {
+            V_DROP
+        }
     }
 }
 

@@ -274,6 +274,19 @@ async fn bring_up(
         how.persist.then_some(pin),
     )?;
     let tc = records.iter().any(|r| r.hook == "tc");
+    // tc into a veth whose peer lives in another namespace: bpf_redirect_peer.
+    let peers: Vec<u32> = links
+        .iter()
+        .filter(|l| l.kind.as_deref() == Some("veth"))
+        .filter(|l| matches!(l.peer, Some((_, Some(_)))))
+        .filter(|l| {
+            records
+                .iter()
+                .any(|r| r.ifindex == l.index && r.hook == "tc")
+        })
+        .map(|l| l.index)
+        .collect();
+    dataplane::set_peer_redirects(ebpf, &peers)?;
     let next_hops = start_next_hop_cache(pin, nexthop_cache)?;
     let (slow, tap) = start_slow_path(ebpf, prog, tc, role, slow, pin).await?;
     records.push(tap);

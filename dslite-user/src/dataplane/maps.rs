@@ -194,6 +194,21 @@ pub fn set_slow_config(ebpf: &mut Ebpf, cfg: SlowConfig) -> Result<()> {
     Ok(())
 }
 
+/// The interfaces tc redirects into with `bpf_redirect_peer` (veths whose peer is in
+/// another namespace), replacing any set before.
+pub fn set_peer_redirects(ebpf: &mut Ebpf, ifindexes: &[u32]) -> Result<()> {
+    let mut map: aya::maps::HashMap<&mut MapData, u32, u32> =
+        aya::maps::HashMap::try_from(map_mut(ebpf, m::PEER_REDIRECT)?)?;
+    let old: Vec<u32> = map.keys().filter_map(|k| k.ok()).collect();
+    for k in old {
+        let _ = map.remove(&k);
+    }
+    for i in ifindexes {
+        map.insert(i, 1, 0)?;
+    }
+    Ok(())
+}
+
 /// Write controller-side counters into STATS (CPU 0's slot; the others stay 0), so that
 /// `dslite stats` shows one set of counters.
 pub fn publish_counters(pin_path: &Path, values: &[(Counter, u64)]) -> Result<()> {

@@ -36,8 +36,8 @@ pub use aftr::{
     plan_aftr, reset_block_hints, AftrMaps, AftrPlan,
 };
 pub use maps::{
-    bump_next_hops, configure_b4, publish_counters, running_seed, set_slow_config, sync_denied,
-    sync_local_b4_denies, update_b4_config, Pinned, B4_ALWAYS_LOCAL,
+    bump_next_hops, configure_b4, publish_counters, running_seed, set_peer_redirects,
+    set_slow_config, sync_denied, sync_local_b4_denies, update_b4_config, Pinned, B4_ALWAYS_LOCAL,
 };
 
 /// The object built by `cargo xtask build-ebpf`, embedded at build time (may be empty).
