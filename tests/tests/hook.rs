@@ -247,3 +247,53 @@ fn the_netlink_fallback_attaches_through_clsact_and_detaches_on_stop() {
         assert!(!f.contains("dslite_b4_tc"), "{ifname} after stop: {f}");
     }
 }
+
+/// `--persist` with tc: the tcx links are pinned (`link-tc-<if>`) and stay attached when the
+/// controller exits; the next controller adopts them (one program per interface, `stats`
+/// says so); one that switches the interfaces to XDP removes them first, so dslite never
+/// runs on both hooks of an interface.
+#[test]
+fn persist_keeps_tcx_attached_adopts_it_and_a_hook_switch_removes_it() {
+    let bed = Bed::new();
+    let mut c = bed.start(&["--hook", "tc", "--persist"]);
+    assert!(c.stop().unwrap().success());
+    for i in ["lan", "wan"] {
+        assert_eq!(bed.tcx(i), ["dslite_b4_tc"], "{i} after a --persist stop");
+        assert!(
+            bed.pins.0.join(format!("link-tc-{i}")).exists(),
+            "{i} pinned"
+        );
+    }
+    let mut c = bed.start(&["--hook", "tc", "--persist"]);
+    let hooks = bed.hooks();
+    for i in ["lan", "wan"] {
+        let h = hooks.iter().find(|h| h.0 == i).unwrap();
+        assert_eq!((h.1.as_str(), h.2.as_str()), ("tc", "adopted"), "{hooks:?}");
+        assert_eq!(
+            bed.tcx(i),
+            ["dslite_b4_tc"],
+            "{i}: adopted, not attached twice"
+        );
+    }
+    assert!(c.stop().unwrap().success());
+    for p in ["lanp", "wanp"] {
+        bed.peers
+            .run(move || {
+                dslite_tests::netns::tx_csum_off(p)?;
+                dslite_tests::netns::gro_on(p)
+            })
+            .join()
+            .unwrap()
+            .unwrap();
+    }
+    let mut c = bed.start(&["--hook", "xdp", "--persist"]);
+    for i in ["lan", "wan"] {
+        assert!(bed.tcx(i).is_empty(), "{i} still has tc: {:?}", bed.tcx(i));
+        assert!(bed.has_xdp(i), "{i} has no XDP");
+        assert!(
+            !bed.pins.0.join(format!("link-tc-{i}")).exists(),
+            "{i}'s tc pin"
+        );
+    }
+    assert!(c.stop().unwrap().success());
+}
