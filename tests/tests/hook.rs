@@ -111,6 +111,22 @@ impl Bed {
             .unwrap()
     }
 
+    /// TX checksumming off and GRO on at the peers, which `--hook xdp` needs on veth: no
+    /// partial checksums, and a veth takes what native XDP redirects into it only when its
+    /// peer has GRO (or XDP); the controller checks both (plain.rs).
+    fn peers_ready_for_xdp(&self) {
+        for p in ["lanp", "wanp"] {
+            self.peers
+                .run(move || {
+                    dslite_tests::netns::tx_csum_off(p)?;
+                    dslite_tests::netns::gro_on(p)
+                })
+                .join()
+                .unwrap()
+                .unwrap();
+        }
+    }
+
     fn has_xdp(&self, ifname: &str) -> bool {
         let out = Command::new("ip")
             .args(["-n", &self.b4.name, "-d", "link", "show", "dev", ifname])
@@ -192,18 +208,7 @@ fn xdp_is_refused_behind_a_peer_with_tx_checksumming_and_allowed_without() {
     ] {
         assert!(err.contains(s), "{s:?} not in {err}");
     }
-    // TX checksumming off, and GRO on: a veth takes what native XDP redirects into it only
-    // when its peer has GRO (or XDP), which the controller checks too (plain.rs).
-    for p in ["lanp", "wanp"] {
-        bed.peers
-            .run(move || {
-                dslite_tests::netns::tx_csum_off(p)?;
-                dslite_tests::netns::gro_on(p)
-            })
-            .join()
-            .unwrap()
-            .unwrap();
-    }
+    bed.peers_ready_for_xdp();
     let mut c = bed.start(&["--hook", "xdp"]);
     let hooks = bed.hooks();
     for ifname in ["lan", "wan"] {
@@ -276,16 +281,7 @@ fn persist_keeps_tcx_attached_adopts_it_and_a_hook_switch_removes_it() {
         );
     }
     assert!(c.stop().unwrap().success());
-    for p in ["lanp", "wanp"] {
-        bed.peers
-            .run(move || {
-                dslite_tests::netns::tx_csum_off(p)?;
-                dslite_tests::netns::gro_on(p)
-            })
-            .join()
-            .unwrap()
-            .unwrap();
-    }
+    bed.peers_ready_for_xdp();
     let mut c = bed.start(&["--hook", "xdp", "--persist"]);
     for i in ["lan", "wan"] {
         assert!(bed.tcx(i).is_empty(), "{i} still has tc: {:?}", bed.tcx(i));

@@ -293,17 +293,23 @@ fn xdp_is_refused(hook: &[&str]) {
 
 #[test]
 fn generic_xdp_is_refused_behind_plain_neighbours_and_correct_behind_tx_off_peers() {
-    let hook = &["--hook", "xdp", "--xdp-mode", "skb"][..];
+    xdp_refused_then_correct_behind_tx_off_peers("skb", false);
+}
+
+/// `--hook xdp --xdp-mode MODE` is refused behind plain neighbours; the positive control is
+/// the same neighbours with TX checksumming off (and GRO on with `gro`).
+fn xdp_refused_then_correct_behind_tx_off_peers(mode: &'static str, gro: bool) {
+    let hook = &["--hook", "xdp", "--xdp-mode", mode][..];
     xdp_is_refused(hook);
-    // The positive control: the same neighbours with TX checksumming off.
     assert_none(each_mtu(
-        "--hook xdp --xdp-mode skb, TX checksumming off",
+        &format!("--hook xdp --xdp-mode {mode}, TX checksumming off"),
         |mtu| {
             plain_case(
                 Options {
                     hook,
                     v6_mtu: mtu,
                     peers_tx_csum_off: true,
+                    plain_gro: gro,
                     ..Default::default()
                 },
                 |t| runs(t, "xdp"),
@@ -316,23 +322,7 @@ fn generic_xdp_is_refused_behind_plain_neighbours_and_correct_behind_tx_off_peer
 /// redirects into it only when its peer has GRO or an XDP program (platform.md).
 #[test]
 fn native_xdp_is_refused_behind_plain_neighbours_and_correct_behind_tx_off_peers() {
-    let hook = &["--hook", "xdp", "--xdp-mode", "native"][..];
-    xdp_is_refused(hook);
-    assert_none(each_mtu(
-        "--hook xdp --xdp-mode native, TX checksumming off",
-        |mtu| {
-            plain_case(
-                Options {
-                    hook,
-                    v6_mtu: mtu,
-                    peers_tx_csum_off: true,
-                    plain_gro: true,
-                    ..Default::default()
-                },
-                |t| runs(t, "xdp"),
-            )
-        },
-    ));
+    xdp_refused_then_correct_behind_tx_off_peers("native", true);
 }
 
 /// Native XDP on a veth whose peer has neither GRO nor an XDP program: every frame it

@@ -249,28 +249,7 @@ pub fn udp_mirror_exchange(
     df: Df,
     tries: usize,
 ) -> Result<usize> {
-    ns.run(move || -> Result<usize> {
-        use std::os::fd::AsRawFd as _;
-        let sock = UdpSocket::bind(bind).with_context(|| format!("bind {bind}"))?;
-        set_df(sock.as_raw_fd(), df)?;
-        sock.set_read_timeout(Some(Duration::from_millis(700)))?;
-        let mut buf = vec![0u8; 65536];
-        for i in 1..=tries {
-            // EMSGSIZE after an ICMP lowered the path MTU under DF=1: try again later.
-            let _ = sock.send_to(&payload, to);
-            match sock.recv_from(&mut buf) {
-                Ok((n, _)) if buf[..n] == payload[..] => return Ok(i),
-                Ok((n, _)) => bail!("mirror returned {n} different bytes"),
-                Err(_) => continue,
-            }
-        }
-        bail!(
-            "no intact mirror of {} bytes from {to} after {tries} sends",
-            payload.len()
-        )
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("udp client panicked"))?
+    mirror_exchange(ns, bind, to, payload, df, tries, false)
 }
 
 /// Like [`udp_mirror_exchange`] from a *connected* socket: any error it reports (EMSGSIZE
@@ -284,28 +263,48 @@ pub fn udp_connected_exchange(
     df: Df,
     tries: usize,
 ) -> Result<usize> {
+    mirror_exchange(ns, bind, to, payload, df, tries, true)
+}
+
+fn mirror_exchange(
+    ns: &Netns,
+    bind: SocketAddrV4,
+    to: SocketAddrV4,
+    payload: Vec<u8>,
+    df: Df,
+    tries: usize,
+    connected: bool,
+) -> Result<usize> {
     ns.run(move || -> Result<usize> {
         use std::os::fd::AsRawFd as _;
         let sock = UdpSocket::bind(bind).with_context(|| format!("bind {bind}"))?;
         set_df(sock.as_raw_fd(), df)?;
-        sock.connect(to)?;
+        if connected {
+            sock.connect(to)?;
+        }
         sock.set_read_timeout(Some(Duration::from_millis(700)))?;
         let mut buf = vec![0u8; 65536];
         for i in 1..=tries {
-            sock.send(&payload)
-                .with_context(|| format!("send {} #{i}", payload.len()))?;
+            if connected {
+                sock.send(&payload)
+                    .with_context(|| format!("send {} #{i}", payload.len()))?;
+            } else {
+                // EMSGSIZE after an ICMP lowered the path MTU under DF=1: try again later.
+                let _ = sock.send_to(&payload, to);
+            }
             match sock.recv(&mut buf) {
                 Ok(n) if buf[..n] == payload[..] => return Ok(i),
                 Ok(n) => bail!("mirror returned {n} different bytes"),
                 Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
+                    if connected
+                        && !matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
                 {
-                    continue
+                    bail!("recv after send #{i}: {e}")
                 }
-                Err(e) => bail!("recv after send #{i}: {e}"),
+                Err(_) => continue,
             }
         }
         bail!(
