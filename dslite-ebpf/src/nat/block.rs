@@ -142,7 +142,9 @@ pub fn claim_block(sk: &SlotKey, cfg: &AftrConfig, now: u64) -> u32 {
     if let Some(p) = SW_BLOCKS.get_ptr(sk) {
         // SAFETY: map value pointer from the kernel; copied out.
         let s = unsafe { *p };
-        if reclaim(sk, &s, cfg, now) == FOUND {
+        // Not held down: another CPU filled the slot since the caller saw it empty. It is
+        // theirs to log; taking it "back" would log the block allocated twice.
+        if s.held == 0 || reclaim(sk, &s, cfg, now) == FOUND {
             return FOUND;
         }
     }
