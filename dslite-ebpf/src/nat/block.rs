@@ -194,7 +194,14 @@ fn claim_on_address(
         }
         held
     } else {
-        first_block_address(hash, a, cfg)
+        let i = first_block_address(hash, a, cfg);
+        // An address the last search (or sweep) found full is not searched again until the
+        // sweep sees a block freed there: with a full pool a refusal costs a few array
+        // reads, not a scan of every block of every address.
+        if i != u32::MAX && ADDR_FREE.get(i).is_some_and(|f| *f == 0) {
+            return BLOCK_TAKEN;
+        }
+        i
     };
     if addr_index == u32::MAX {
         return BLOCK_NONE;
