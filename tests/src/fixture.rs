@@ -649,3 +649,23 @@ pub fn with_b4_mss(mss: u16, f: impl Fn(&mut Rig) + Send + Sync + 'static) {
         f,
     );
 }
+
+/// Pin the calling thread to `cpu`: races between CPUs (tests) and per-CPU rates (bench).
+pub fn pin_to_cpu(cpu: usize) {
+    pin_to_cpus(&[cpu]);
+}
+
+/// Let the calling thread run on `cpus` only.
+pub fn pin_to_cpus(cpus: &[usize]) {
+    // SAFETY: sched_setaffinity on the calling thread with a zeroed, then filled, cpu set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
