@@ -114,7 +114,9 @@ pub const ICMP_BUCKET: MapSpec = spec::<u32, IcmpBucket>(m::ICMP_BUCKET, PerCpuA
 pub const SLOW_CONFIG: MapSpec = spec::<u32, SlowConfig>(m::SLOW_CONFIG, Array, 1, Both);
 /// The value is a `struct bpf_devmap_val`: the ifindex and a program (unused).
 pub const SLOW_DEV: MapSpec = spec::<u32, [u32; 2]>(m::SLOW_DEV, DevMap, 1, Both);
-pub const NEXT_HOPS: MapSpec = spec::<NextHopKey, NextHop>(m::NEXT_HOPS, LruPerCpuHash, 4096, Both);
+pub const NEXT_HOPS: MapSpec =
+    spec::<u32, NextHopSlot>(m::NEXT_HOPS, PerCpuArray, NEXT_HOP_SLOTS, Both);
+pub const CLOCK: MapSpec = spec::<u32, Tick>(m::CLOCK, PerCpuArray, 1, Both);
 pub const NH_GEN: MapSpec = spec::<u32, u32>(m::NH_GEN, Array, 1, Both);
 pub const PEER_REDIRECT: MapSpec = spec::<u32, u32>(m::PEER_REDIRECT, Hash, 64, Both);
 pub const DENY_V4: MapSpec = lpm(m::DENY_V4, 4, Aftr);
@@ -146,6 +148,7 @@ pub const MAPS: &[MapSpec] = &[
     SLOW_CONFIG,
     SLOW_DEV,
     NEXT_HOPS,
+    CLOCK,
     NH_GEN,
     PEER_REDIRECT,
     DENY_V4,

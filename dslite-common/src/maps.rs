@@ -34,8 +34,13 @@ pub const SW_BLOCKS: &str = "SW_BLOCKS";
 pub const EVENTS: &str = "EVENTS";
 /// `Array<SlowConfig>`, one entry: the slow path (both roles).
 pub const SLOW_CONFIG: &str = "SLOW_CONFIG";
-/// `LruPerCpuHashMap<NextHopKey, NextHop>`: the FIB's answers, cached per CPU.
+/// `PerCpuArray<NextHopSlot>` of [`NEXT_HOP_SLOTS`]: the FIB's answers, cached per CPU in
+/// a direct-mapped table (slot [`next_hop_slot`]); an array lookup is inlined by the
+/// verifier, where a hash lookup cost a third of a forwarded packet (docs/benchmarks.md).
 pub const NEXT_HOPS: &str = "NEXT_HOPS";
+/// `PerCpuArray<Tick>`, one entry: the dataplane's clock, read once per tick
+/// (`bpf_ktime_get_ns` costs more than a map lookup in a VM; docs/benchmarks.md).
+pub const CLOCK: &str = "CLOCK";
 /// `Array<u32>`, one entry: the next-hop cache's generation. 0 disables the cache; the
 /// controller starts it at 1 and bumps it on every route, neighbour, address or link change.
 pub const NH_GEN: &str = "NH_GEN";
@@ -107,6 +112,20 @@ pub struct AftrConfig {
     /// Strides coprime to `blocks_per_addr` (computed by the controller): a block search
     /// that steps by one of them visits every block of an address once.
     pub block_strides: [u16; 4],
+    /// The pool's lowest and highest address, host order: an address outside is no pool
+    /// address, without a POOL_INDEX lookup ([`AftrConfig::may_be_pool`]).
+    pub pool_lowest: u32,
+    pub pool_highest: u32,
+}
+
+impl AftrConfig {
+    /// False when `a` cannot be a pool address (a cheap test before the POOL_INDEX lookup,
+    /// which most internet destinations would miss).
+    #[inline(always)]
+    pub fn may_be_pool(&self, a: &[u8; 4]) -> bool {
+        let x = u32::from_be_bytes(*a);
+        self.pool_lowest <= x && x <= self.pool_highest
+    }
 }
 
 /// `HashMap<PeerKey, u64>`: remote endpoints each mapping has sent to, for address- and
@@ -383,8 +402,44 @@ pub struct NextHop {
     pub _pad: u16,
 }
 
+/// One entry of [`NEXT_HOPS`]: the lookup it answers and the answer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHopSlot {
+    pub key: NextHopKey,
+    pub hop: NextHop,
+}
+
+/// Entries of [`NEXT_HOPS`] per CPU (a power of two). Destinations that share a slot take
+/// turns: each is still right, only slower (a FIB lookup when the other one is cached).
+pub const NEXT_HOP_SLOTS: u32 = 1024;
+
+/// The slot of [`NEXT_HOPS`] that caches `key`: the destination's words folded, with the
+/// interface, and multiplied (Fibonacci hashing), so near addresses spread.
+#[inline(always)]
+pub const fn next_hop_slot(key: &NextHopKey) -> u32 {
+    let d = &key.dst;
+    let mut x = key.ifindex ^ (key.family as u32) << 24;
+    let mut i = 0;
+    while i < 16 {
+        x ^= u32::from_ne_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]);
+        i += 4;
+    }
+    x.wrapping_mul(0x9e37_79b9) >> (32 - NEXT_HOP_SLOTS.trailing_zeros())
+}
+
+/// Value of [`CLOCK`]: `bpf_ktime_get_ns` as read at the start of tick `jiffies`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tick {
+    pub jiffies: u64,
+    pub ns: u64,
+}
+
 const _: () = assert!(size_of::<NextHopKey>() == 24);
 const _: () = assert!(size_of::<NextHop>() == 24);
+const _: () = assert!(size_of::<NextHopSlot>() == 48);
+const _: () = assert!(NEXT_HOP_SLOTS.is_power_of_two());
 
 /// Kinds of [`NatEvent`]: RFC 8158 natEvent values (IANA "NAT Event Type").
 /// Written by the controller's sweep only (a subscriber found no address with a free block).
@@ -426,7 +481,7 @@ const _: () = assert!(size_of::<BlockValue>() == 32);
 const _: () = assert!(size_of::<SlotKey>() == 20);
 const _: () = assert!(size_of::<Slot>() == 12);
 const _: () = assert!(size_of::<NatEvent>() == 48);
-const _: () = assert!(size_of::<AftrConfig>() == 92);
+const _: () = assert!(size_of::<AftrConfig>() == 100);
 const _: () = assert!(size_of::<B4Config>() == 44);
 const _: () = assert!(size_of::<NatOutKey>() == 24);
 const _: () = assert!(size_of::<NatOutValue>() == 24);

@@ -18,6 +18,7 @@ mod aftr;
 mod b4;
 #[cfg(feature = "bench")]
 mod bench;
+mod clock;
 mod csum;
 mod ctx;
 mod events;

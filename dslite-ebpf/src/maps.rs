@@ -7,14 +7,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMap, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use dslite_common::{
     map_list as spec,
     maps::{
         AftrConfig, B4Config, BlockKey, BlockValue, FragBudget, FragKey, IcmpBucket, NatInKey,
-        NatInValue, NatOutKey, NatOutValue, NextHop, NextHopKey, PeerKey, Slot, SlotKey,
-        SoftwireState,
+        NatInValue, NatOutKey, NatOutValue, NextHopSlot, PeerKey, Slot, SlotKey, SoftwireState,
+        Tick,
     },
     slow::SlowConfig,
     Counter,
@@ -107,10 +107,15 @@ pub static SLOW_CONFIG: Array<SlowConfig> =
 #[map(name = "SLOW_DEV")]
 pub static SLOW_DEV: DevMap = DevMap::pinned(spec::SLOW_DEV.max_entries, spec::SLOW_DEV.flags);
 
-/// The FIB's answers, per CPU (see `route::fib_redirect`).
+/// The FIB's answers, per CPU, direct-mapped (see `route::fib_redirect`).
 #[map(name = "NEXT_HOPS")]
-pub static NEXT_HOPS: LruPerCpuHashMap<NextHopKey, NextHop> =
-    LruPerCpuHashMap::pinned(spec::NEXT_HOPS.max_entries, spec::NEXT_HOPS.flags);
+pub static NEXT_HOPS: PerCpuArray<NextHopSlot> =
+    PerCpuArray::pinned(spec::NEXT_HOPS.max_entries, spec::NEXT_HOPS.flags);
+
+/// The dataplane's clock, per CPU (see `clock::tick_ns`).
+#[map(name = "CLOCK")]
+pub static CLOCK: PerCpuArray<Tick> =
+    PerCpuArray::pinned(spec::CLOCK.max_entries, spec::CLOCK.flags);
 
 /// The next-hop cache's generation (0: cache off).
 #[map(name = "NH_GEN")]

@@ -3,7 +3,7 @@
 
 use aya_ebpf::helpers::generated::bpf_fib_lookup;
 use dslite_common::{
-    maps::{NextHop, NextHopKey},
+    maps::{next_hop_slot, NextHop, NextHopKey},
     proto::*,
     Counter,
 };
@@ -175,13 +175,14 @@ fn fib_redirect<C: Pkt>(ctx: &C, p: &mut FibParams) -> Res<u32> {
         _pad: [0; 3],
     };
     let len = p.tot_len;
+    let slot = NEXT_HOPS.get_ptr_mut(next_hop_slot(&key));
     if gen != 0 {
-        if let Some(nh) = NEXT_HOPS.get_ptr(&key) {
+        if let Some(e) = slot {
             // SAFETY: map value pointer from the kernel (per-CPU: no writer but this CPU),
-            // read in place: a copy would cost this frame 24 bytes, and it is the last one
+            // read in place: a copy would cost this frame 48 bytes, and it is the last one
             // of the hairpin's call chain (512 bytes for the whole chain).
-            let nh = unsafe { &*nh };
-            if nh.gen == gen && len <= nh.max_len {
+            let (k, nh) = unsafe { (&(*e).key, &(*e).hop) };
+            if nh.gen == gen && len <= nh.max_len && *k == key {
                 if let Err(mtu) = ctx.segments_fit(nh.ifindex) {
                     return Ok(too_big(mtu));
                 }
@@ -216,16 +217,20 @@ fn fib_redirect<C: Pkt>(ctx: &C, p: &mut FibParams) -> Res<u32> {
             eth[6..12].copy_from_slice(&p.smac);
             // A GSO packet was not checked against the route's MTU (`fib_len`): it says
             // nothing about the length a single packet may have.
-            if gen != 0 && len != 0 {
-                let nh = NextHop {
-                    ifindex: p.ifindex,
-                    gen,
-                    dmac: p.dmac,
-                    smac: p.smac,
-                    max_len: len,
-                    _pad: 0,
-                };
-                let _ = NEXT_HOPS.insert(&key, &nh, 0);
+            if let (Some(e), true) = (slot, gen != 0 && len != 0) {
+                // SAFETY: as above; this CPU's slot, written in place (it may have held
+                // another destination: that one asks the FIB next time).
+                unsafe {
+                    (*e).key = key;
+                    (*e).hop = NextHop {
+                        ifindex: p.ifindex,
+                        gen,
+                        dmac: p.dmac,
+                        smac: p.smac,
+                        max_len: len,
+                        _pad: 0,
+                    };
+                }
             }
             Ok(ctx.redirect(p.ifindex))
         }

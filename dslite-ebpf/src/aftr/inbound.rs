@@ -30,7 +30,7 @@ use crate::{
 #[inline(never)]
 pub fn from_internet<C: Pkt>(ctx: &C, cfg: &AftrConfig, ip: &mut Ipv4) -> Res<u32> {
     ipv4(ctx, ETH_HLEN, len(ctx) - ETH_HLEN, ip)?;
-    if POOL_INDEX.get_ptr(ip.dst).is_none() {
+    if !cfg.may_be_pool(&ip.dst) || POOL_INDEX.get_ptr(ip.dst).is_none() {
         return Err(Exit::Pass(Counter::PassNotPool));
     }
     if !on_interface(ctx, cfg.internet_ifindex) {

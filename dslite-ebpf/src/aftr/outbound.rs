@@ -175,7 +175,7 @@ pub fn from_b4<C: Pkt>(ctx: &C, cfg: &AftrConfig) -> Res<u32> {
     if cfg.filter_modes != 0 {
         note_peer(ctx, cfg, &p, out_port as u32);
     }
-    if POOL_INDEX.get_ptr(p.ip.dst).is_some() {
+    if cfg.may_be_pool(&p.ip.dst) && POOL_INDEX.get_ptr(p.ip.dst).is_some() {
         // To another subscriber's public endpoint: hairpin it here (RFC 4787 REQ-9).
         return hairpin_call(ctx, cfg, &p, HighPort::new(out_port));
     }

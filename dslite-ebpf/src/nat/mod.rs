@@ -18,7 +18,6 @@ mod admit;
 mod block;
 mod port;
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 use dslite_common::{
     maps::{AftrConfig, NatInValue, NatOutKey},
     nat::{tcp_next_state, MAX_BLOCKS},
@@ -30,6 +29,7 @@ use self::{
     port::{give_block, try_slot, Outside},
 };
 use crate::{
+    clock::tick_ns,
     exit::{
         nat::{
             outcome, SlotTry, FOUND, NEED_BLOCK, NOT_CONFIGURED, NOT_FOUND, POOL_EXHAUSTED,
@@ -52,9 +52,9 @@ pub fn lookup_or_create(
     created: &mut u32,
 ) -> Res<([u8; 4], u16)> {
     if let Some(v) = NAT_OUT.get_ptr_mut(key) {
-        // SAFETY: plain helper call; map value pointer from the kernel.
+        // SAFETY: map value pointer from the kernel.
         unsafe {
-            (*v).last_seen_ns = bpf_ktime_get_ns();
+            refresh(&mut (*v).last_seen_ns);
             if key.proto == dslite_common::proto::IPPROTO_TCP {
                 let next = tcp_next_state((*v).tcp_state, tcp, true);
                 if next != (*v).tcp_state {
@@ -71,7 +71,9 @@ pub fn lookup_or_create(
     };
     if cfg.max_sessions != 0 || cfg.new_per_sec != 0 {
         // SAFETY: plain helper call.
-        let r = admit(&key.b4, cfg, unsafe { bpf_ktime_get_ns() });
+        let r = admit(&key.b4, cfg, unsafe {
+            aya_ebpf::helpers::generated::bpf_ktime_get_ns()
+        });
         if r != FOUND {
             return Err(Exit::Drop(if r == SESSION_LIMIT {
                 Counter::DropSessionLimit
@@ -129,9 +131,9 @@ pub fn lookup_or_create(
 }
 
 /// Record TCP flags seen from outside on the mapping that `m` points back to, and refresh
-/// it when `refresh` (inbound refresh enabled).
+/// it when `refresh_it` (inbound refresh enabled).
 #[inline(always)]
-pub fn note_inbound(m: &NatInValue, proto: u8, bits: u8, refresh: bool) {
+pub fn note_inbound(m: &NatInValue, proto: u8, bits: u8, refresh_it: bool) {
     let key = NatOutKey {
         b4: m.b4,
         inside_addr: m.inside_addr,
@@ -148,9 +150,19 @@ pub fn note_inbound(m: &NatInValue, proto: u8, bits: u8, refresh: bool) {
                     (*v).tcp_state = next;
                 }
             }
-            if refresh {
-                (*v).last_seen_ns = bpf_ktime_get_ns();
+            if refresh_it {
+                refresh(&mut (*v).last_seen_ns);
             }
         }
+    }
+}
+
+/// Stamp a mapping used now: written once per tick at most, so CPUs forwarding the same
+/// mapping do not pass its cache line back and forth on every packet.
+#[inline(always)]
+fn refresh(last_seen_ns: &mut u64) {
+    let now = tick_ns();
+    if *last_seen_ns != now {
+        *last_seen_ns = now;
     }
 }

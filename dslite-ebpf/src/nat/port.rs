@@ -1,7 +1,7 @@
 //! The port search: one slot of the subscriber, a port in its block (claimed in `NAT_IN`),
 //! and the mapping published in `NAT_OUT`.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_ns};
+use aya_ebpf::bindings::BPF_NOEXIST;
 use dslite_common::{
     maps::{AftrConfig, NatInKey, NatOutKey, NatOutValue, Slot, SlotKey},
     nat::{block_first_port, candidate_in_block, port_hash, subscriber_of, PORT_SEARCH_TRIES},
@@ -9,6 +9,7 @@ use dslite_common::{
 };
 
 use crate::{
+    clock::tick_ns,
     exit::nat::{need_block, SlotTry, FOUND, NOT_FOUND, TABLE_FULL},
     maps::{count, EEXIST, NAT_IN, NAT_OUT, SW_BLOCKS},
     nat::block::claim_block,
@@ -36,8 +37,8 @@ struct Search {
 #[inline(never)]
 pub fn try_slot(key: &NatOutKey, cfg: &AftrConfig, how: SlotTry, out: &mut Outside) -> u32 {
     let q = Search {
-        // SAFETY: plain helper call.
-        now: unsafe { bpf_ktime_get_ns() },
+        // The mapping's stamps come from the same clock as its refreshes.
+        now: tick_ns(),
         hash: port_hash(key, cfg.hash_seed),
         parity: u16::from_be(key.inside_port) & 1,
         tcp: how.tcp(),
@@ -58,8 +59,7 @@ pub fn give_block(key: &NatOutKey, cfg: &AftrConfig, slot: u32) -> u32 {
         slot: slot as u8,
         _pad: [0; 3],
     };
-    // SAFETY: plain helper call.
-    claim_block(&sk, cfg, unsafe { bpf_ktime_get_ns() })
+    claim_block(&sk, cfg, tick_ns())
 }
 
 /// Try the block in slot `sk`: [`need_block`] when the slot is empty (or its

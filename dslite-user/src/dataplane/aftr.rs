@@ -428,6 +428,13 @@ pub fn aftr_config(s: &AftrSettings, hash_seed: u32) -> AftrConfig {
         internet_ifindex: s.internet_ifindex,
         frag_per_sec: s.fragment_rate,
         block_strides: dslite_common::nat::coprime_strides((span / s.block_size as u32) as u16),
+        pool_lowest: s
+            .pool
+            .iter()
+            .map(|a| u32::from(*a))
+            .min()
+            .unwrap_or(u32::MAX),
+        pool_highest: s.pool.iter().map(|a| u32::from(*a)).max().unwrap_or(0),
     }
 }
 

@@ -1,0 +1,28 @@
+//! The dataplane's clock for mapping timestamps: `bpf_ktime_get_ns` read once per tick and
+//! per CPU, and the tick's value used until the next one. The timer interrupt's counter
+//! (`bpf_jiffies64`, inlined by the verifier into one load) says when a tick passed; the
+//! clock read it saves costs more than a map lookup in a VM (docs/benchmarks.md). A stamp
+//! is at most one tick (1-4 ms) old: the sweep's timeouts are seconds.
+
+use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_ns};
+
+use crate::maps::CLOCK;
+
+/// CLOCK_MONOTONIC in ns, as of the start of the current tick on this CPU.
+#[inline(always)]
+pub fn tick_ns() -> u64 {
+    // SAFETY: plain helper calls; the per-CPU slot is only written by this CPU.
+    unsafe {
+        let j = bpf_jiffies64();
+        match CLOCK.get_ptr_mut(0) {
+            Some(t) => {
+                if (*t).jiffies != j {
+                    (*t).jiffies = j;
+                    (*t).ns = bpf_ktime_get_ns();
+                }
+                (*t).ns
+            }
+            None => bpf_ktime_get_ns(),
+        }
+    }
+}
