@@ -87,4 +87,115 @@ mod probes {
         maps::count(dslite_common::Counter::AftrOutPackets);
         xdp_action::XDP_DROP
     }
+
+    /// The offsets below are those of a softwire frame without extension headers: Ethernet,
+    /// IPv6 (source at 22), IPv4 (at 54: source at 66, destination at 70), then the ports.
+    const OUTER_SRC: usize = 22;
+    const INNER_SRC: usize = 66;
+    const INNER_DST: usize = 70;
+    const INNER_SPORT: usize = 74;
+
+    fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Option<[u8; N]> {
+        // SAFETY: bounds-checked by `ptr_at`; copied out.
+        ptr_at::<[u8; N], _>(ctx, off).map(|p| unsafe { *p })
+    }
+
+    /// One clock read, as every path that refreshes a mapping does it.
+    #[xdp]
+    pub fn dslite_probe_ktime(_ctx: XdpContext) -> u32 {
+        // SAFETY: plain helper call.
+        let t = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() };
+        core::hint::black_box(t);
+        xdp_action::XDP_DROP
+    }
+
+    /// One coarse clock read (the tick's time, no clock source access).
+    #[xdp]
+    pub fn dslite_probe_ktime_coarse(_ctx: XdpContext) -> u32 {
+        // SAFETY: plain helper call.
+        let t = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns() };
+        core::hint::black_box(t);
+        xdp_action::XDP_DROP
+    }
+
+    /// The NAT_OUT lookup of a softwire frame's mapping (a hit on the bench's frame).
+    #[xdp]
+    pub fn dslite_probe_nat_out(ctx: XdpContext) -> u32 {
+        let (Some(b4), Some(inside), Some(port)) = (
+            bytes::<16>(&ctx, OUTER_SRC),
+            bytes::<4>(&ctx, INNER_SRC),
+            bytes::<2>(&ctx, INNER_SPORT),
+        ) else {
+            return xdp_action::XDP_PASS;
+        };
+        let key = dslite_common::maps::NatOutKey {
+            b4,
+            inside_addr: inside,
+            inside_port: u16::from_ne_bytes(port),
+            proto: dslite_common::proto::IPPROTO_UDP,
+            _pad: 0,
+        };
+        if maps::NAT_OUT.get_ptr(&key).is_none() {
+            return xdp_action::XDP_PASS;
+        }
+        xdp_action::XDP_DROP
+    }
+
+    /// The next-hop cache's lookup for the inner destination (a hit once the outbound path
+    /// has run on this CPU).
+    #[xdp]
+    pub fn dslite_probe_next_hop(ctx: XdpContext) -> u32 {
+        let Some(d) = bytes::<4>(&ctx, INNER_DST) else {
+            return xdp_action::XDP_PASS;
+        };
+        let mut dst = [0u8; 16];
+        dst[..4].copy_from_slice(&d);
+        let key = dslite_common::maps::NextHopKey {
+            dst,
+            ifindex: crate::ctx::Pkt::ingress_ifindex(&ctx),
+            family: 2,
+            _pad: [0; 3],
+        };
+        match maps::NEXT_HOPS.get_ptr(dslite_common::maps::next_hop_slot(&key)) {
+            // SAFETY: map value pointer from the kernel.
+            Some(e) if unsafe { (*e).key == key } => xdp_action::XDP_DROP,
+            _ => xdp_action::XDP_PASS,
+        }
+    }
+
+    /// The per-destination lookups of an outbound packet: the denied destinations (LPM,
+    /// 32-bit) and whether it is one of the pool's addresses (hash).
+    #[xdp]
+    pub fn dslite_probe_destination(ctx: XdpContext) -> u32 {
+        let Some(d) = bytes::<4>(&ctx, INNER_DST) else {
+            return xdp_action::XDP_PASS;
+        };
+        let denied = maps::DENY_V4.get(Key::new(32, d)).is_some();
+        let pool = maps::POOL_INDEX.get_ptr(d).is_some();
+        core::hint::black_box((denied, pool));
+        xdp_action::XDP_DROP
+    }
+
+    /// Removing and restoring 40 bytes of headroom: what decapsulation and encapsulation
+    /// cost in helper calls.
+    #[xdp]
+    pub fn dslite_probe_adjust_head(ctx: XdpContext) -> u32 {
+        // SAFETY: plain helper calls on this program's own context.
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_xdp_adjust_head(ctx.ctx, 40);
+            aya_ebpf::helpers::generated::bpf_xdp_adjust_head(ctx.ctx, -40);
+        }
+        xdp_action::XDP_DROP
+    }
+
+    /// Four counter updates, as a forwarded packet makes (verdict, packets, bytes, cache).
+    #[xdp]
+    pub fn dslite_probe_counters(_ctx: XdpContext) -> u32 {
+        use dslite_common::Counter;
+        maps::count(Counter::AftrOutPackets);
+        maps::count_n(Counter::AftrOutBytes, 64);
+        maps::count(Counter::NextHopCached);
+        maps::count(Counter::AftrInPackets);
+        xdp_action::XDP_DROP
+    }
 }

@@ -55,6 +55,71 @@ fn time(rig: &Rig, prog: &str, iface: &str, frames: &[Vec<u8>], want: u32) -> f6
     median(v)
 }
 
+/// Median ns of `prog` on every CPU at once: thread `i`, pinned to CPU `i`, runs its own
+/// `frames[i]` (cycled to `RUNS` runs), checking the verdict. One figure per CPU.
+fn time_on_cpus(
+    rig: &Rig,
+    prog: &str,
+    iface: &str,
+    frames: &[Vec<Vec<u8>>],
+    want: u32,
+) -> Vec<f64> {
+    std::thread::scope(|s| {
+        let threads: Vec<_> = frames
+            .iter()
+            .enumerate()
+            .map(|(cpu, f)| {
+                s.spawn(move || {
+                    pin_to_cpu(cpu);
+                    time(rig, prog, iface, f, want)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    })
+}
+
+/// The CPUs the two-core rows run on (all of them, at most 2: the bench machine's count).
+fn cpus() -> usize {
+    online_cpus().min(2)
+}
+
+/// CPUs online (not `available_parallelism`, which is this thread's affinity: one, once
+/// the bench pinned itself).
+fn online_cpus() -> usize {
+    // SAFETY: plain libc call.
+    (unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).max(1) as usize
+}
+
+/// A path run on one CPU and on every CPU at once.
+#[derive(Clone, Debug)]
+struct CoresRow {
+    name: String,
+    one_core_net_ns: f64,
+    /// Net ns on each CPU while all of them run it.
+    per_cpu_net_ns: Vec<f64>,
+}
+
+impl CoresRow {
+    fn new(name: &str, one_core_net_ns: f64, per_cpu_raw_ns: &[f64], noop: f64) -> CoresRow {
+        CoresRow {
+            name: name.into(),
+            one_core_net_ns,
+            per_cpu_net_ns: per_cpu_raw_ns.iter().map(|r| (r - noop).max(1.0)).collect(),
+        }
+    }
+
+    /// Packets per second of all CPUs together, in millions.
+    fn aggregate_mpps(&self) -> f64 {
+        self.per_cpu_net_ns.iter().map(|ns| 1e3 / ns).sum()
+    }
+
+    /// The aggregate against one core's rate (the target is 1.8 on two).
+    fn scaling(&self) -> f64 {
+        self.aggregate_mpps() / (1e3 / self.one_core_net_ns.max(1.0))
+    }
+}
+
 /// The `i`-th B4 address of the bench: b4a's, with `i + 2` in its last 32 bits.
 fn nth_b4(i: u32) -> Ipv6Addr {
     let mut o = B4A.parse::<Ipv6Addr>().unwrap().octets();
@@ -72,17 +137,35 @@ fn main() {
     // baseline programs, which exist for XDP only); the tc hook is measured end to end, on
     // real traffic, with bpf_stats (end_to_end.rs).
     std::env::set_var("DSLITE_FIXTURE_HOOKS", "xdp");
-    let mut rows = per_path::b4_paths();
-    let (aftr_rows, scale) = aftr();
+    // One CPU for the one-core rows: a run that migrates between CPUs mixes their caches
+    // (the two-core rows pin a thread per CPU).
+    pin_to_cpu(0);
+    // DSLITE_BENCH_ONLY=per-path: the per-path rows alone (a minute), to iterate on the
+    // fast path; the full run is what docs/benchmarks.md records.
+    let only_paths = std::env::var("DSLITE_BENCH_ONLY").is_ok_and(|v| v == "per-path");
+    let (mut rows, mut cores) = per_path::b4_paths();
+    let (aftr_rows, aftr_cores, scale) = aftr(only_paths);
     rows.extend(aftr_rows);
-    let e2e = end_to_end::run();
-    report(&rows, &scale, e2e);
+    cores.extend(aftr_cores);
+    let ten_million = if only_paths {
+        serde_json::Value::Null
+    } else {
+        scale::ten_million()
+    };
+    // The end-to-end run's processes use every CPU, as they would without the bench.
+    pin_to_cpus(&(0..online_cpus()).collect::<Vec<_>>());
+    let e2e = if only_paths {
+        serde_json::Value::Null
+    } else {
+        end_to_end::run()
+    };
+    report(&rows, &cores, &scale, ten_million, e2e);
 }
 
 /// The AFTR's paths, then the NAT tables at scale, in one rig: the scale fills its tables on
 /// top of the mappings the paths made.
-fn aftr() -> (Vec<Row>, Vec<serde_json::Value>) {
-    let out = Arc::new(Mutex::new((Vec::new(), Vec::new())));
+fn aftr(only_paths: bool) -> (Vec<Row>, Vec<CoresRow>, Vec<serde_json::Value>) {
+    let out = Arc::new(Mutex::new((Vec::new(), Vec::new(), Vec::new())));
     let o = out.clone();
     with_aftr_cfg(
         |s| {
@@ -93,8 +176,15 @@ fn aftr() -> (Vec<Row>, Vec<serde_json::Value>) {
         },
         move |rig| {
             let paths = per_path::aftr_paths(rig);
-            let scale = scale::nat_tables(rig, &paths);
-            *o.lock().unwrap() = (paths.rows, vec![scale]);
+            let scale = if only_paths {
+                Vec::new()
+            } else {
+                // Last: it takes every block of the pool.
+                let mut t = scale::nat_tables(rig, &paths);
+                t["blocks_scarce"] = scale::blocks_scarce(rig, paths.noop);
+                vec![t]
+            };
+            *o.lock().unwrap() = (paths.rows, paths.cores, scale);
         },
     );
     let out = std::mem::take(&mut *out.lock().unwrap());
@@ -102,7 +192,13 @@ fn aftr() -> (Vec<Row>, Vec<serde_json::Value>) {
 }
 
 /// Prints the per-path and scale tables and writes everything, `e2e` included, as JSON.
-fn report(rows: &[Row], scale: &[serde_json::Value], e2e: serde_json::Value) {
+fn report(
+    rows: &[Row],
+    cores: &[CoresRow],
+    scale: &[serde_json::Value],
+    ten_million: serde_json::Value,
+    e2e: serde_json::Value,
+) {
     let base = rows
         .iter()
         .find(|r| r.name.starts_with("baseline"))
@@ -126,6 +222,22 @@ fn report(rows: &[Row], scale: &[serde_json::Value], e2e: serde_json::Value) {
             r.net_ns / base
         );
     }
+    println!("\nOn {} CPUs at once (each CPU its own flows)", cpus());
+    println!(
+        "{:<40} {:>12} {:>20} {:>10} {:>8}",
+        "path", "1 core ns", "per-CPU ns", "agg Mpps", "scaling"
+    );
+    for c in cores {
+        let per: Vec<String> = c.per_cpu_net_ns.iter().map(|n| format!("{n:.0}")).collect();
+        println!(
+            "{:<40} {:>12.0} {:>20} {:>10.2} {:>8.2}",
+            c.name,
+            c.one_core_net_ns,
+            per.join(" / "),
+            c.aggregate_mpps(),
+            c.scaling()
+        );
+    }
     println!("\nState scale");
     for s in scale {
         println!(
@@ -137,6 +249,12 @@ fn report(rows: &[Row], scale: &[serde_json::Value], e2e: serde_json::Value) {
             "{:>10} {:>12} {:>12} {:>10}",
             "mappings", "out net ns", "in net ns", "sweep ms"
         );
+        let b = &s["blocks_scarce"];
+        println!(
+            "new subscriber's first packet with 90% of {} blocks taken: {:.0} ns net ({} runs); refused with all taken: {:.0} ns net",
+            b["blocks"], b["new_subscriber_ns_with_90_percent_taken"].as_f64().unwrap_or(0.0),
+            b["samples_with_90_percent_taken"], b["refused_ns_with_every_block_taken"].as_f64().unwrap_or(0.0)
+        );
         for b in s["by_size"].as_array().unwrap() {
             println!(
                 "{:>10} {:>12.0} {:>12.0} {:>10.1}",
@@ -147,12 +265,27 @@ fn report(rows: &[Row], scale: &[serde_json::Value], e2e: serde_json::Value) {
             );
         }
     }
+    if !ten_million.is_null() {
+        let t = &ten_million;
+        println!(
+            "--max-mappings 10000000, filled to 100%: outbound {:.0} ns (10k: {:.0}), inbound {:.0} ns (10k: {:.0}); one sweep pass {:.0} ms; {:.0} bytes per mapping",
+            t["outbound_ns_full"].as_f64().unwrap_or(0.0), t["outbound_ns_10k"].as_f64().unwrap_or(0.0),
+            t["inbound_ns_full"].as_f64().unwrap_or(0.0), t["inbound_ns_10k"].as_f64().unwrap_or(0.0),
+            t["sweep_ms_full"].as_f64().unwrap_or(0.0), t["bytes_per_mapping"].as_f64().unwrap_or(0.0)
+        );
+    }
     let json = serde_json::json!({
+        "ten_million": ten_million,
         "machine": dslite_tests::bench_machine(),
         "per_path": rows.iter().map(|r| serde_json::json!({
             "path": r.name, "raw_ns": r.raw_ns, "net_ns": r.net_ns,
             "mpps_per_core": if r.net_ns > 0.0 { 1e3 / r.net_ns } else { 0.0 },
             "ratio_to_baseline": r.net_ns / base,
+        })).collect::<Vec<_>>(),
+        "cores": cores.iter().map(|c| serde_json::json!({
+            "path": c.name, "cpus": c.per_cpu_net_ns.len(), "one_core_net_ns": c.one_core_net_ns,
+            "per_cpu_net_ns": c.per_cpu_net_ns, "aggregate_mpps": c.aggregate_mpps(),
+            "scaling": c.scaling(),
         })).collect::<Vec<_>>(),
         "scale": scale,
         "end_to_end": e2e,

@@ -8,11 +8,12 @@ use dslite_tests::{
     packets::{self, eth, softwire, udp4},
 };
 
-use crate::{median, nth_b4, time, Row, PAYLOAD, RUNS};
+use crate::{cpus, median, nth_b4, time, time_on_cpus, CoresRow, Row, PAYLOAD, RUNS};
 
-/// The B4's rows: the harness, the baseline, encapsulation and decapsulation.
-pub fn b4_paths() -> Vec<Row> {
-    let rows = Arc::new(Mutex::new(Vec::new()));
+/// The B4's rows: the harness, the baseline, encapsulation and decapsulation; and the two
+/// paths on every CPU at once.
+pub fn b4_paths() -> (Vec<Row>, Vec<CoresRow>) {
+    let rows = Arc::new(Mutex::new((Vec::new(), Vec::new())));
     let r = rows.clone();
     with_b4(move |rig| {
         // As the controller runs it: the next-hop cache on.
@@ -40,6 +41,7 @@ pub fn b4_paths() -> Vec<Row> {
             XDP_PASS,
         );
         let mut r = r.lock().unwrap();
+        let (r, cores) = &mut *r;
         let mut push = |name: &str, ns: f64| r.push(Row::new(name, ns, noop));
         push("harness (no-op program)", noop);
         push(
@@ -52,18 +54,53 @@ pub fn b4_paths() -> Vec<Row> {
                 XDP_TX,
             ),
         );
-        push(
-            "B4 encap (LAN -> softwire)",
-            time(rig, rig.prog(), "lan", &[lan], XDP_REDIRECT),
-        );
-        push(
-            "B4 decap (softwire -> LAN)",
-            time(rig, rig.prog(), "wan", &[wan], XDP_REDIRECT),
-        );
+        // No per-flow state on the B4: every CPU may run the same frame.
+        for (name, iface, frame) in [
+            ("B4 encap (LAN -> softwire)", "lan", lan),
+            ("B4 decap (softwire -> LAN)", "wan", wan),
+        ] {
+            let one = time(
+                rig,
+                rig.prog(),
+                iface,
+                std::slice::from_ref(&frame),
+                XDP_REDIRECT,
+            );
+            push(name, one);
+            let all = time_on_cpus(
+                rig,
+                rig.prog(),
+                iface,
+                &vec![vec![frame]; cpus()],
+                XDP_REDIRECT,
+            );
+            cores.push(CoresRow::new(name, one - noop, &all, noop));
+        }
     });
     let rows = std::mem::take(&mut *rows.lock().unwrap());
     rows
 }
+
+/// One step of the paths each (bench.rs in dslite-ebpf), timed on the outbound frame after
+/// the outbound path has run (its mapping and next hop exist): what each step costs.
+const STEP_PROBES: [(&str, &str); 7] = [
+    ("dslite_probe_ktime", "probe: bpf_ktime_get_ns"),
+    (
+        "dslite_probe_ktime_coarse",
+        "probe: bpf_ktime_get_coarse_ns",
+    ),
+    ("dslite_probe_nat_out", "probe: NAT_OUT lookup (hit)"),
+    (
+        "dslite_probe_next_hop",
+        "probe: next-hop cache lookup (hit)",
+    ),
+    (
+        "dslite_probe_destination",
+        "probe: DENY_V4 LPM + POOL_INDEX",
+    ),
+    ("dslite_probe_adjust_head", "probe: adjust_head +40 and -40"),
+    ("dslite_probe_counters", "probe: four counter updates"),
+];
 
 /// What the AFTR's paths leave for the scale measurement in the same rig.
 pub struct AftrPaths {
@@ -75,6 +112,8 @@ pub struct AftrPaths {
     pub noop: f64,
     /// Median ns of an outbound packet that creates its mapping.
     pub create_ns: f64,
+    /// The established paths and mapping creation on every CPU at once.
+    pub cores: Vec<CoresRow>,
 }
 
 /// The AFTR's rows: the probes (FIB lookups, map lookups), outbound on an existing mapping
@@ -132,7 +171,10 @@ pub fn aftr_paths(rig: &mut Rig) -> AftrPaths {
         "dslite_probe_fib6",
         "dslite_probe_fib4",
         "dslite_probe_lookups",
-    ] {
+    ]
+    .iter()
+    .chain(STEP_PROBES.iter().map(|(p, _)| p))
+    {
         rig.load(probe);
     }
     let v4_to_server = eth(
@@ -171,6 +213,18 @@ pub fn aftr_paths(rig: &mut Rig) -> AftrPaths {
             XDP_DROP,
         ),
     );
+    for (probe, name) in STEP_PROBES {
+        push(
+            name,
+            time(
+                rig,
+                probe,
+                "tun",
+                std::slice::from_ref(&out_frame),
+                XDP_DROP,
+            ),
+        );
+    }
     push(
         "AFTR outbound, existing mapping",
         time(
@@ -192,12 +246,81 @@ pub fn aftr_paths(rig: &mut Rig) -> AftrPaths {
             XDP_REDIRECT,
         ),
     );
-    push("AFTR hairpin", time(rig, prog, "tun", &[hp], XDP_REDIRECT));
+    let hairpin_ns = time(rig, prog, "tun", &[hp], XDP_REDIRECT);
+    push("AFTR hairpin", hairpin_ns);
+    let one_core: std::collections::HashMap<String, f64> =
+        r.iter().map(|row| (row.name.clone(), row.net_ns)).collect();
+    let cores = aftr_on_cpus(rig, noop, &one_core);
     AftrPaths {
         rows: r,
         out_frame,
         reply,
         noop,
         create_ns,
+        cores,
     }
+}
+
+/// The AFTR's established paths and mapping creation on every CPU at once, each CPU with
+/// flows of its own (as RSS spreads them): softwire `10 + cpu` for the established paths,
+/// `20 + cpu` hairpinning to it, and new softwires for creation. `one_core`: the one-core
+/// net ns of each path by row name.
+fn aftr_on_cpus(
+    rig: &Rig,
+    noop: f64,
+    one_core: &std::collections::HashMap<String, f64>,
+) -> Vec<CoresRow> {
+    let n = cpus() as u32;
+    let (mut out, mut back, mut hairpin, mut create) = (vec![], vec![], vec![], vec![]);
+    for cpu in 0..n {
+        let f = from_b4(
+            rig,
+            nth_b4(10 + cpu),
+            &udp4(HOST, SERVER, 5000, 7777, 64, &[0; PAYLOAD]),
+            &[],
+        );
+        let (v, o) = rig.run("tun", &f);
+        assert_eq!(v, XDP_REDIRECT);
+        let (addr, port) = outside_of(&o);
+        out.push(vec![f]);
+        back.push(vec![from_internet(
+            rig,
+            &udp4(SERVER, addr, 7777, port, 64, &[0; PAYLOAD]),
+        )]);
+        hairpin.push(vec![from_b4(
+            rig,
+            nth_b4(20 + cpu),
+            &udp4(HOST, addr, 6000, port, 64, &[0; PAYLOAD]),
+            &[],
+        )]);
+        // 100 new softwires per CPU, 200 flows each: every frame makes a new mapping.
+        create.push(
+            (0..RUNS as u32)
+                .map(|i| {
+                    let inner = udp4(
+                        HOST,
+                        SERVER,
+                        10_000 + (i % 200) as u16,
+                        7777,
+                        64,
+                        &[0; PAYLOAD],
+                    );
+                    from_b4(rig, nth_b4(1000 + cpu * 100 + i / 200), &inner, &[])
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    let prog = rig.prog();
+    [
+        ("AFTR outbound, existing mapping", "tun", out),
+        ("AFTR inbound", "inet", back),
+        ("AFTR hairpin", "tun", hairpin),
+        ("AFTR outbound, creating the mapping", "tun", create),
+    ]
+    .into_iter()
+    .map(|(name, iface, frames)| {
+        let all = time_on_cpus(rig, prog, iface, &frames, XDP_REDIRECT);
+        CoresRow::new(name, one_core[name], &all, noop)
+    })
+    .collect()
 }

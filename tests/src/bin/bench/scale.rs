@@ -3,10 +3,10 @@
 
 use std::time::Instant;
 
-use dslite_common::maps::{NatInKey, NatInValue, NatOutKey, NatOutValue};
-use dslite_tests::fixture::*;
+use dslite_common::maps::{BlockKey, BlockValue, NatInKey, NatInValue, NatOutKey, NatOutValue};
+use dslite_tests::{fixture::*, packets::udp4};
 
-use crate::{nth_b4, per_path::AftrPaths, time};
+use crate::{median, nth_b4, per_path::AftrPaths, time, PAYLOAD, RUNS};
 
 /// The scale figures, measured in the rig the AFTR's paths ran in (`p`).
 pub fn nat_tables(rig: &mut Rig, p: &AftrPaths) -> serde_json::Value {
@@ -113,4 +113,179 @@ fn memlock_of(rig: &Rig, map: &str) -> u64 {
         .find_map(|l| l.strip_prefix("memlock:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Mapping creation when blocks are scarce: the first packets of new subscribers (each
+/// needs a block of its own) with 90% of the pool's blocks taken, then refused ones with
+/// every block taken (a counted drop and an ICMP error; the search must not run long).
+pub fn blocks_scarce(rig: &mut Rig, noop: f64) -> serde_json::Value {
+    let s = aftr_settings();
+    let cfg = dslite_user::dataplane::aftr_config(&s, 0);
+    let total = s.pool.len() * cfg.blocks_per_addr as usize;
+    let prog = rig.prog();
+    let first_packet = |rig: &Rig, i: u32| {
+        from_b4(
+            rig,
+            nth_b4(i),
+            &udp4(HOST, SERVER, 5000, 7777, 64, &[0; PAYLOAD]),
+            &[],
+        )
+    };
+    take_blocks(rig, &s, total * 9 / 10);
+    let free = total - blocks_taken(rig);
+    let frames: Vec<Vec<u8>> = (0..free as u32)
+        .map(|j| first_packet(rig, 3_000_000 + j))
+        .collect();
+    let before = rig.counter("block_allocated");
+    let times: Vec<u64> = frames
+        .iter()
+        .map(|f| {
+            let (v, ns) = rig.time_once(prog, "tun", f);
+            assert_eq!(v, XDP_REDIRECT, "a new subscriber with blocks left");
+            ns
+        })
+        .collect();
+    assert_eq!(rig.counter("block_allocated") - before, free as u64);
+    let at_90 = median(times) - noop;
+    take_blocks(rig, &s, total);
+    let before = rig.counter("drop_pool_exhausted");
+    let refused: Vec<u64> = (0..RUNS as u32 / 10)
+        .map(|j| {
+            let (v, ns) = rig.time_once(prog, "tun", &first_packet(rig, 4_000_000 + j));
+            assert_eq!(v, XDP_REDIRECT, "refused: the ICMP error goes back");
+            ns
+        })
+        .collect();
+    let n = refused.len() as u64;
+    assert_eq!(
+        rig.counter("drop_pool_exhausted") - before,
+        n,
+        "every refusal counted"
+    );
+    serde_json::json!({
+        "blocks": total,
+        "new_subscriber_ns_with_90_percent_taken": at_90,
+        "samples_with_90_percent_taken": free,
+        "refused_ns_with_every_block_taken": median(refused) - noop,
+        "refusals": n,
+    })
+}
+
+/// Blocks taken by stand-in subscribers, block by block across the pool's addresses (so each
+/// address keeps the same share free), until `upto` of them are taken.
+fn take_blocks(rig: &mut Rig, s: &dslite_user::config::AftrSettings, upto: usize) {
+    let per_addr = dslite_user::dataplane::aftr_config(s, 0).blocks_per_addr;
+    let mut blocks: aya::maps::HashMap<_, BlockKey, BlockValue> =
+        aya::maps::HashMap::try_from(rig.ebpf.map_mut("BLOCKS").unwrap()).unwrap();
+    let mut taken = blocks.keys().count();
+    let now = dslite_user::clock::monotonic_ns();
+    for block in 0..per_addr {
+        for addr in &s.pool {
+            if taken >= upto {
+                return;
+            }
+            let k = BlockKey {
+                addr: addr.octets(),
+                block,
+                _pad: 0,
+            };
+            if blocks.get(&k, 0).is_err() {
+                let v = BlockValue {
+                    b4: nth_b4(2_000_000 + taken as u32).octets(),
+                    allocated_ns: now,
+                    released_ns: 0,
+                };
+                blocks.insert(k, v, 0).unwrap();
+                taken += 1;
+            }
+        }
+    }
+}
+
+fn blocks_taken(rig: &Rig) -> usize {
+    aya::maps::HashMap::<_, BlockKey, BlockValue>::try_from(rig.ebpf.map("BLOCKS").unwrap())
+        .unwrap()
+        .keys()
+        .count()
+}
+
+/// `--max-mappings 10000000`: the tables loaded at that size, the established paths at 10k
+/// and at 10M mappings, one sweep pass over 10M, and the table filled to 100%: every
+/// mapping still forwarded, a new one refused with a counted drop.
+pub fn ten_million() -> serde_json::Value {
+    const CAP: usize = 10_000_000;
+    let out = std::sync::Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
+    let o = out.clone();
+    with_aftr_cfg(
+        |s| {
+            s.max_mappings = CAP as u32;
+            s.subscriber_prefix_len = 128;
+        },
+        move |rig| {
+            let t0 = Instant::now();
+            dslite_user::dataplane::bump_next_hops(&rig.pin, true).unwrap();
+            rig.load(dslite_user::dataplane::PROG_PASS);
+            let prog = rig.prog();
+            let flow = udp4(HOST, SERVER, 5000, 7777, 64, &[0; PAYLOAD]);
+            let out_frame = from_b4(rig, nth_b4(0), &flow, &[]);
+            let (v, first) = rig.run("tun", &out_frame);
+            assert_eq!(v, XDP_REDIRECT);
+            let (addr, port) = outside_of(&first);
+            let reply = from_internet(rig, &udp4(SERVER, addr, 7777, port, 64, &[0; PAYLOAD]));
+            let noop = time(
+                rig,
+                dslite_user::dataplane::PROG_PASS,
+                "tun",
+                std::slice::from_ref(&out_frame),
+                XDP_PASS,
+            );
+            let paths = |rig: &Rig| {
+                (
+                    time(
+                        rig,
+                        prog,
+                        "tun",
+                        std::slice::from_ref(&out_frame),
+                        XDP_REDIRECT,
+                    ) - noop,
+                    time(
+                        rig,
+                        prog,
+                        "inet",
+                        std::slice::from_ref(&reply),
+                        XDP_REDIRECT,
+                    ) - noop,
+                )
+            };
+            fill(rig, 1, 10_000);
+            let (out_10k, in_10k) = paths(rig);
+            let t1 = Instant::now();
+            fill(rig, 10_000, CAP);
+            let fill_s = t1.elapsed().as_secs_f64();
+            // Full: every mapping forwarded, a new one refused and counted.
+            let (out_10m, in_10m) = paths(rig);
+            let before = rig.counter("drop_mapping_table_full");
+            let new_flow = from_b4(rig, nth_b4(1), &flow, &[]);
+            let (v, _) = rig.run_refused("tun", &new_flow);
+            assert_eq!(v, XDP_REDIRECT, "refused with an ICMP error");
+            assert_eq!(rig.counter("drop_mapping_table_full"), before + 1);
+            let cfg = dslite_user::dataplane::aftr_config(&aftr_settings(), 0);
+            let mut sw =
+                dslite_user::sweep::Sweeper::open(&rig.pin, cfg, Default::default()).unwrap();
+            let sweep = sw.sweep(dslite_user::clock::monotonic_ns()).unwrap();
+            let bytes = memlock_of(rig, "NAT_OUT") + memlock_of(rig, "NAT_IN");
+            *o.lock().unwrap() = serde_json::json!({
+                "capacity": CAP,
+                "load_and_fill_seconds": t0.elapsed().as_secs_f64(),
+                "fill_seconds": fill_s,
+                "outbound_ns_10k": out_10k, "inbound_ns_10k": in_10k,
+                "outbound_ns_full": out_10m, "inbound_ns_full": in_10m,
+                "sweep_ms_full": sweep.micros as f64 / 1000.0,
+                "nat_maps_memlock_bytes": bytes,
+                "bytes_per_mapping": bytes as f64 / CAP as f64,
+            });
+        },
+    );
+    let v = out.lock().unwrap().take();
+    v
 }
