@@ -6,7 +6,7 @@ use dslite_common::{maps::B4Config, proto::*, slow::SLOW_TTL_EXPIRED, Counter};
 
 use crate::{
     ctx::Pkt,
-    exit::{Exit, Res},
+    exit::{bench_stage, Exit, Res},
     maps::{count, count_n, B4_CONFIG, LOCAL_V4},
     packet::len,
     parse::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, Softwire, L3},
@@ -46,6 +46,7 @@ pub fn run<C: Pkt>(ctx: &C) -> Res<u32> {
 fn from_lan<C: Pkt>(ctx: &C, cfg: &B4Config) -> Res<u32> {
     let mut ip = Ipv4::default();
     ipv4(ctx, ETH_HLEN, len(ctx) - ETH_HLEN, &mut ip)?;
+    bench_stage!(1);
     if LOCAL_V4.get(Key::new(32, ip.dst)).is_some() {
         return Err(Exit::Pass(Counter::PassLocalV4));
     }
@@ -53,10 +54,12 @@ fn from_lan<C: Pkt>(ctx: &C, cfg: &B4Config) -> Res<u32> {
         // The B4 is a router hop: the slow path answers with a Time Exceeded from 192.0.0.2.
         return to_controller(ctx, SLOW_TTL_EXPIRED, 0);
     }
+    bench_stage!(2);
     decrement_ttl(ctx, &ip)?;
     if ip.proto == IPPROTO_TCP && cfg.mss != 0 {
         crate::mss::clamp(ctx, ip.off + ip.hlen, cfg.mss);
     }
+    bench_stage!(3);
     let outer_len = (IPV6_HLEN + ip.tot_len) as u64;
     let action = encapsulate_and_send(ctx, &ip, cfg.hop_limit, &cfg.b4_addr, &cfg.aftr_addr)?;
     count(Counter::B4EncapPackets);

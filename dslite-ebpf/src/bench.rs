@@ -2,9 +2,27 @@
 //! that time the building blocks of the paths. The production object (`cargo xtask
 //! build-ebpf`) is built without them.
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    programs::XdpContext,
+};
+
+use aya_ebpf::maps::Array;
 
 use crate::packet;
+
+/// Where the paths stop (`bench_stage!`): 0 runs them whole; n returns XDP_DROP at stage n.
+/// Written by the bench between runs, so each stage's cost is the difference between two.
+#[map(name = "BENCH_STAGE")]
+static BENCH_STAGE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// True when the bench asked the path to stop at `stage`. A BPF call of its own: its frame
+/// is a leaf off the caller's, never on the deepest call chain.
+#[inline(never)]
+pub fn stop_at(stage: u32) -> bool {
+    BENCH_STAGE.get(0).is_some_and(|s| *s == stage)
+}
 
 /// Benchmark baseline (`cargo xtask bench`): parse Ethernet and the IP header, swap the MAC
 /// addresses and send the frame back (XDP_TX). The least a forwarding program does: the
@@ -186,6 +204,21 @@ mod probes {
             aya_ebpf::helpers::generated::bpf_xdp_adjust_head(ctx.ctx, -40);
         }
         xdp_action::XDP_DROP
+    }
+
+    /// Four BPF-to-BPF calls of a function that reads one array entry: what a call costs
+    /// (the paths make several; the stack limit is why they are calls).
+    #[xdp]
+    pub fn dslite_probe_calls(_ctx: XdpContext) -> u32 {
+        let mut n = 0;
+        for s in [901, 902, 903, 904] {
+            n += super::stop_at(core::hint::black_box(s)) as u32;
+        }
+        if n == 0 {
+            xdp_action::XDP_DROP
+        } else {
+            xdp_action::XDP_PASS
+        }
     }
 
     /// Four counter updates, as a forwarded packet makes (verdict, packets, bytes, cache).

@@ -86,6 +86,23 @@ impl From<Res<()>> for Code {
     }
 }
 
+/// Stage `n` of a path: in a bench build (cargo feature `bench`) the path returns XDP_DROP
+/// here when the bench asks (`bench::stop_at`), so each stage's cost is the difference
+/// between two runs; in the production object it is nothing.
+macro_rules! bench_stage {
+    ($n:expr) => {
+        $crate::exit::bench_stage!($n => Ok($crate::ctx::V_DROP))
+    };
+    // In a function that does not return a verdict: what to return instead.
+    ($n:expr => $ret:expr) => {
+        #[cfg(feature = "bench")]
+        if $crate::bench::stop_at($n) {
+            return $ret;
+        }
+    };
+}
+pub(crate) use bench_stage;
+
 /// A wrapper pair, generic over the hook's context `C` (crate::ctx): `$name`, an
 /// `#[inline(never)]` BPF call returning a [`Code`] (with its
 /// `Ok` value, if any, written through a last `&mut` argument), around the `#[inline(always)]`

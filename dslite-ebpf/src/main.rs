@@ -31,6 +31,7 @@ mod parse;
 mod route;
 mod slow;
 mod softwire;
+mod zeroed;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},

@@ -1,6 +1,8 @@
 //! Routing: `bpf_fib_lookup` (with a per-CPU next-hop cache) and `bpf_redirect`, and the
 //! route MTU a "fragmentation needed" reports.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::helpers::generated::bpf_fib_lookup;
 use dslite_common::{
     maps::{next_hop_slot, NextHop, NextHopKey},
@@ -30,7 +32,8 @@ const FIB_NO_NEIGH: i64 = 7;
 const FIB_FRAG_NEEDED: i64 = 8;
 
 /// `struct bpf_fib_lookup` flattened (64 bytes): the unions are written as the member we use.
-#[repr(C)]
+/// 8-byte aligned so that it is zeroed with word stores ([`crate::zeroed`]).
+#[repr(C, align(8))]
 struct FibParams {
     family: u8,
     l4_protocol: u8,
@@ -50,21 +53,22 @@ struct FibParams {
 
 const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
 
-fn fib_params<C: Pkt>(ctx: &C, family: u8) -> FibParams {
-    FibParams {
-        family,
-        l4_protocol: 0,
-        sport: 0,
-        dport: 0,
-        tot_len: fib_len(ctx),
-        ifindex: ctx.ingress_ifindex(),
-        tos_flowinfo: 0,
-        src: [0; 16],
-        dst: [0; 16],
-        vlan: 0,
-        smac: [0; 6],
-        dmac: [0; 6],
-    }
+// SAFETY: integers and byte arrays.
+unsafe impl crate::zeroed::Zeroable for FibParams {}
+
+/// The lookup's inputs for a packet of `family` that came in on this context's interface, in
+/// `slot`: zeroed, then the family, the length and the interface.
+#[inline(always)]
+fn fib_params<'a, C: Pkt>(
+    ctx: &C,
+    family: u8,
+    slot: &'a mut MaybeUninit<FibParams>,
+) -> &'a mut FibParams {
+    let p = crate::zeroed::zeroed(slot);
+    p.family = family;
+    p.tot_len = fib_len(ctx);
+    p.ifindex = ctx.ingress_ifindex();
+    p
 }
 
 /// The length the FIB checks against the route's MTU: the L3 length, or 0 for a GSO packet
@@ -82,10 +86,11 @@ fn fib_len<C: Pkt>(ctx: &C) -> u16 {
 /// Route an IPv4 frame (IPv4 right after Ethernet) and redirect it; see [`fib_redirect`].
 #[inline(never)]
 pub fn redirect_v4<C: Pkt>(ctx: &C, src: &[u8; 4], dst: &[u8; 4]) -> Res<u32> {
-    let mut p = fib_params(ctx, AF_INET);
+    let mut slot = MaybeUninit::uninit();
+    let p = fib_params(ctx, AF_INET, &mut slot);
     p.src[..4].copy_from_slice(src);
     p.dst[..4].copy_from_slice(dst);
-    let mut action = fib_redirect(ctx, &mut p)?;
+    let mut action = fib_redirect(ctx, p)?;
     if too_big_mtu(action).is_some() {
         // Larger than the egress MTU. DF=0: the kernel forwards it and fragments it (RFC 4787
         // REQ-13a); DF=1 was answered before translation where an answer is due (AFTR).
@@ -110,14 +115,15 @@ pub fn redirect_v4<C: Pkt>(ctx: &C, src: &[u8; 4], dst: &[u8; 4]) -> Res<u32> {
 #[cfg(feature = "bench")]
 #[inline(always)]
 pub fn fib_probe<C: Pkt>(ctx: &C, v6: bool, src: &[u8; 16], dst: &[u8; 16]) -> i64 {
-    let mut p = fib_params(ctx, if v6 { AF_INET6 } else { AF_INET });
+    let mut slot = MaybeUninit::uninit();
+    let p = fib_params(ctx, if v6 { AF_INET6 } else { AF_INET }, &mut slot);
     p.src = *src;
     p.dst = *dst;
     // SAFETY: `p` is a correctly sized `struct bpf_fib_lookup`.
     unsafe {
         bpf_fib_lookup(
             ctx.raw() as *mut _,
-            &mut p as *mut FibParams as *mut _,
+            p as *mut FibParams as *mut _,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )
@@ -127,14 +133,15 @@ pub fn fib_probe<C: Pkt>(ctx: &C, v6: bool, src: &[u8; 16], dst: &[u8; 16]) -> i
 /// The MTU of the IPv4 route to `dst` if a packet of `tot_len` bytes exceeds it, else 0.
 #[inline(never)]
 pub fn v4_route_mtu<C: Pkt>(ctx: &C, dst: &[u8; 4], tot_len: u32) -> u32 {
-    let mut p = fib_params(ctx, AF_INET);
+    let mut slot = MaybeUninit::uninit();
+    let p = fib_params(ctx, AF_INET, &mut slot);
     p.tot_len = tot_len as u16;
     p.dst[..4].copy_from_slice(dst);
     // SAFETY: `p` is a correctly sized `struct bpf_fib_lookup`.
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.raw() as *mut _,
-            &mut p as *mut FibParams as *mut _,
+            p as *mut FibParams as *mut _,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )
@@ -150,10 +157,11 @@ pub fn v4_route_mtu<C: Pkt>(ctx: &C, dst: &[u8; 4], tot_len: u32) -> u32 {
 /// route's MTU is not sent: the result is [`too_big`] with the MTU.
 #[inline(never)]
 pub fn redirect_v6<C: Pkt>(ctx: &C, src: &[u8; 16], dst: &[u8; 16]) -> Res<u32> {
-    let mut p = fib_params(ctx, AF_INET6);
+    let mut slot = MaybeUninit::uninit();
+    let p = fib_params(ctx, AF_INET6, &mut slot);
     p.src = *src;
     p.dst = *dst;
-    fib_redirect(ctx, &mut p)
+    fib_redirect(ctx, p)
 }
 
 /// Route the frame with the kernel FIB and redirect it out of the egress interface. A

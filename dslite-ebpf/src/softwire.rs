@@ -95,6 +95,7 @@ pub fn encapsulate_and_send<C: Pkt>(
     dst: &[u8; 16],
 ) -> Res<u32> {
     encapsulate(ctx, &Outer::of(ip, hop_limit), src, dst)?;
+    crate::exit::bench_stage!(9);
     send(ctx, ip, src, dst)
 }
 

@@ -16,7 +16,7 @@ use crate::{
         rewrite::rewrite,
     },
     ctx::Pkt,
-    exit::{Exit, Res, ICMP_ERROR},
+    exit::{bench_stage, Exit, Res, ICMP_ERROR},
     maps::{count, count_n, NAT_IN, POOL_INDEX},
     packet::{at, len},
     parse::{decrement_ttl, ipv4, l4, Ipv4, L4},
@@ -30,6 +30,7 @@ use crate::{
 #[inline(never)]
 pub fn from_internet<C: Pkt>(ctx: &C, cfg: &AftrConfig, ip: &mut Ipv4) -> Res<u32> {
     ipv4(ctx, ETH_HLEN, len(ctx) - ETH_HLEN, ip)?;
+    bench_stage!(1);
     if !cfg.may_be_pool(&ip.dst) || POOL_INDEX.get_ptr(ip.dst).is_none() {
         return Err(Exit::Pass(Counter::PassNotPool));
     }
@@ -57,6 +58,7 @@ pub fn from_internet<C: Pkt>(ctx: &C, cfg: &AftrConfig, ip: &mut Ipv4) -> Res<u3
     let mut l4v = L4::default();
     l4(ctx, ip, false, &mut l4v)?;
     let l4 = l4v;
+    bench_stage!(2);
     let kin = NatInKey {
         outside_addr: ip.dst,
         outside_port: l4.port,
@@ -68,6 +70,7 @@ pub fn from_internet<C: Pkt>(ctx: &C, cfg: &AftrConfig, ip: &mut Ipv4) -> Res<u3
         Some(v) => unsafe { *v },
         None => return Err(Exit::Drop(Counter::DropNoMapping)),
     };
+    bench_stage!(3);
     if cfg.filter_modes != 0 && peer_allowed(ctx, cfg, ip, &l4) == 0 {
         return Err(Exit::Drop(Counter::DropFiltered));
     }
@@ -81,6 +84,7 @@ pub fn from_internet<C: Pkt>(ctx: &C, cfg: &AftrConfig, ip: &mut Ipv4) -> Res<u3
         // with --inbound-refresh, inbound traffic also keeps it alive (RFC 4787 REQ-6).
         crate::nat::note_inbound(&m, kin.proto, tcp_bits(l4.tcp_flags, false), refresh);
     }
+    bench_stage!(4);
     rewrite(
         ctx,
         ip,
@@ -93,6 +97,7 @@ pub fn from_internet<C: Pkt>(ctx: &C, cfg: &AftrConfig, ip: &mut Ipv4) -> Res<u3
     // Trim nothing: the inner packet is exactly tot_len; any Ethernet padding stays outside
     // the IPv6 payload length and is ignored by the receiver.
     let outer_len = (IPV6_HLEN + ip.tot_len) as u64;
+    bench_stage!(5);
     let action = encapsulate_and_send(ctx, ip, cfg.hop_limit, &cfg.aftr_addr, &m.b4)?;
     count(Counter::AftrInPackets);
     count_n(Counter::AftrInBytes, outer_len);

@@ -38,13 +38,17 @@ pub fn run<C: Pkt>(ctx: &C) -> Res<u32> {
         }
     };
     match ethernet(ctx)? {
-        L3::V6 => from_b4(ctx, cfg),
+        L3::V6 => {
+            crate::exit::bench_stage!(10);
+            from_b4(ctx, cfg)
+        }
         L3::V4 => {
-            let mut ip = Ipv4::default();
-            match from_internet(ctx, cfg, &mut ip)? {
+            let mut slot = core::mem::MaybeUninit::uninit();
+            let ip: &mut Ipv4 = crate::zeroed::zeroed(&mut slot);
+            match from_internet(ctx, cfg, ip)? {
                 // An ICMP error: translated by a sibling call, so its frame never stacks
                 // on `from_internet`'s.
-                ICMP_ERROR => icmp_xlate::error_inbound_call(ctx, cfg, &ip),
+                ICMP_ERROR => icmp_xlate::error_inbound_call(ctx, cfg, ip),
                 action => Ok(action),
             }
         }

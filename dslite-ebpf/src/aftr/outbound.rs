@@ -3,7 +3,7 @@
 //! answers it instead (echo, refusal, hairpin, ICMP error).
 
 use dslite_common::{
-    maps::{AftrConfig, NatOutKey, AFTR_LOG_DESTINATIONS, AFTR_LOG_SESSIONS},
+    maps::{AftrConfig, AFTR_LOG_DESTINATIONS, AFTR_LOG_SESSIONS},
     nat::tcp_bits,
     proto::*,
     slow::SLOW_V4_FRAGMENT,
@@ -22,11 +22,11 @@ use crate::{
     },
     ctx::Pkt,
     events::mapping_event,
-    exit::{bpf_call, Code, Endpoint, Exit, HighPort, Res, Why},
+    exit::{bench_stage, bpf_call, Code, Endpoint, Exit, HighPort, Res, Why},
     maps::{count, count_n, POOL_INDEX},
     nat::lookup_or_create,
     packet::{at, read16},
-    parse::{decrement_ttl, ipv4, ipv6, l4, wire_len, Ipv4, Softwire, L4},
+    parse::{decrement_ttl, ipv4, ipv6, l4, wire_len, Softwire},
     route::{redirect_v4, v4_route_mtu},
     slow::to_controller,
     softwire::decapsulate,
@@ -41,8 +41,11 @@ fn parse_from_b4<C: Pkt>(ctx: &C, cfg: &AftrConfig, p: &mut FromB4) -> Code {
 
 #[inline(always)]
 fn parse_from_b4_inner<C: Pkt>(ctx: &C, cfg: &AftrConfig, p: &mut FromB4) -> Res<()> {
+    // Bench stages inside the parse end it with a drop (counted): `from_b4` ends there.
+    bench_stage!(11 => Err(Exit::Drop(Counter::DropNotConfigured)));
     let mut sw = Softwire::default();
     let parsed = ipv6(ctx, &mut sw);
+    bench_stage!(12 => Err(Exit::Drop(Counter::DropNotConfigured)));
     if let Err(Exit::Pass(Counter::PassIpv6Fragment)) = parsed {
         // The addresses are in the fixed header: a fragment for the softwire endpoint is
         // checked like a whole packet before it reaches the kernel's reassembly, and each
@@ -59,7 +62,9 @@ fn parse_from_b4_inner<C: Pkt>(ctx: &C, cfg: &AftrConfig, p: &mut FromB4) -> Res
         return Err(Exit::Pass(Counter::PassNotSoftwire));
     }
     source_allowed(ctx, cfg, &sw.src)?;
+    bench_stage!(13 => Err(Exit::Drop(Counter::DropNotConfigured)));
     ipv4(ctx, sw.inner_off, sw.inner_avail, &mut p.ip)?;
+    bench_stage!(14 => Err(Exit::Drop(Counter::DropNotConfigured)));
     if p.ip.fragment {
         // Ports are in the first fragment only: the slow path reassembles (RFC 4787
         // REQ-14), within the subscriber's budget.
@@ -90,15 +95,11 @@ fn parse_from_b4_inner<C: Pkt>(ctx: &C, cfg: &AftrConfig, p: &mut FromB4) -> Res
 /// the two directions do not share (and add up) one stack frame.
 #[inline(never)]
 pub fn from_b4<C: Pkt>(ctx: &C, cfg: &AftrConfig) -> Res<u32> {
-    let mut p = FromB4 {
-        key: NatOutKey::default(),
-        out_addr: [0; 4],
-        ip: Ipv4::default(),
-        l4: L4::default(),
-        outer_len: 0,
-        mtu: 0,
-    };
-    let code = parse_from_b4(ctx, cfg, &mut p);
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let p: &mut FromB4 = crate::zeroed::zeroed(&mut slot);
+    bench_stage!(15);
+    let code = parse_from_b4(ctx, cfg, p);
+    bench_stage!(1);
     if code == Code::from(Exit::Pass(Counter::SlowV4Fragment)) {
         return to_controller(ctx, SLOW_V4_FRAGMENT, 0);
     }
@@ -116,13 +117,13 @@ pub fn from_b4<C: Pkt>(ctx: &C, cfg: &AftrConfig) -> Res<u32> {
     }
     if code == icmp_error {
         // A host's ICMP error about an inbound packet (RFC 5508 REQ-5).
-        let outside = error_outbound_call(ctx, &p)?;
+        let outside = error_outbound_call(ctx, p)?;
         decapsulate(ctx, p.ip.off - ETH_HLEN, p.ip.tot_len)?;
         return redirect_v4(ctx, &outside, &p.ip.dst);
     }
     if p.ip.dst == AFTR_V4 {
         // Ping to the AFTR's own 192.0.0.1 (RFC 6333 §6.5 gives it the AFTR); nothing else is for it.
-        return echo_reply_call(ctx, cfg, &p);
+        return echo_reply_call(ctx, cfg, p);
     }
     // TTL first: a packet that cannot be forwarded must not create a mapping. One that
     // expires here is answered with a Time Exceeded from 192.0.0.1 (RFC 2473 §3, RFC 6333 §6.5), so
@@ -130,7 +131,7 @@ pub fn from_b4<C: Pkt>(ctx: &C, cfg: &AftrConfig) -> Res<u32> {
     if p.ip.ttl <= 1 {
         let mut action = 0;
         let why = Why::new(Counter::DropTtlExceeded, ICMP_TIME_EXCEEDED, 0);
-        return refuse(ctx, cfg, &p, why, &mut action).with(action);
+        return refuse(ctx, cfg, p, why, &mut action).with(action);
     }
     // One packet's length (a GSO packet's segments are what the MTU limits).
     let len = wire_len(ctx, &p.ip, p.ip.off);
@@ -143,10 +144,11 @@ pub fn from_b4<C: Pkt>(ctx: &C, cfg: &AftrConfig) -> Res<u32> {
             p.mtu = mtu;
             let mut action = 0;
             let why = Why::new(Counter::DropV4TooBig, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED);
-            return refuse(ctx, cfg, &p, why, &mut action).with(action);
+            return refuse(ctx, cfg, p, why, &mut action).with(action);
         }
     }
     decrement_ttl(ctx, &p.ip)?;
+    bench_stage!(2);
     let mut created = 0u32;
     let tcp = tcp_bits(p.l4.tcp_flags, true);
     let (out_addr, out_port) = match lookup_or_create(&p.key, cfg, tcp, &mut created) {
@@ -161,26 +163,30 @@ pub fn from_b4<C: Pkt>(ctx: &C, cfg: &AftrConfig) -> Res<u32> {
             // Refused: tell the host, down its softwire (RFC 5508 REQ-8).
             let mut action = 0;
             let why = Why::new(c, ICMP_DEST_UNREACH, cfg.icmp_code);
-            return refuse(ctx, cfg, &p, why, &mut action).with(action);
+            return refuse(ctx, cfg, p, why, &mut action).with(action);
         }
         Err(e) => return Err(e),
     };
     p.out_addr = out_addr;
+    bench_stage!(3);
     if created != 0 && cfg.flags & AFTR_LOG_SESSIONS != 0 {
-        log_mapping(ctx, cfg, &p, out_port as u32);
+        log_mapping(ctx, cfg, p, out_port as u32);
     }
     if p.ip.proto == IPPROTO_TCP && cfg.mss != 0 {
         crate::mss::clamp(ctx, p.l4.off, cfg.mss);
     }
     if cfg.filter_modes != 0 {
-        note_peer(ctx, cfg, &p, out_port as u32);
+        note_peer(ctx, cfg, p, out_port as u32);
     }
     if cfg.may_be_pool(&p.ip.dst) && POOL_INDEX.get_ptr(p.ip.dst).is_some() {
         // To another subscriber's public endpoint: hairpin it here (RFC 4787 REQ-9).
-        return hairpin_call(ctx, cfg, &p, HighPort::new(out_port));
+        return hairpin_call(ctx, cfg, p, HighPort::new(out_port));
     }
-    translate_source_call(ctx, &p, HighPort::new(out_port))?;
+    bench_stage!(4);
+    translate_source_call(ctx, p, HighPort::new(out_port))?;
+    bench_stage!(5);
     decapsulate(ctx, p.ip.off - ETH_HLEN, p.ip.tot_len)?;
+    bench_stage!(6);
     let action = redirect_v4(ctx, &out_addr, &p.ip.dst)?;
     count(Counter::AftrOutPackets);
     count_n(Counter::AftrOutBytes, p.outer_len as u64);

@@ -5,6 +5,7 @@ use dslite_common::maps::NatOutKey;
 use crate::parse::{Ipv4, L4};
 
 /// What the B4 -> internet path keeps from parsing.
+#[repr(C, align(8))]
 pub struct FromB4 {
     pub key: NatOutKey,
     /// The source's outside address once mapped (for hairpinning).
@@ -16,3 +17,6 @@ pub struct FromB4 {
     /// For an ICMP 3/4 refusal: the next-hop MTU it reports.
     pub mtu: u32,
 }
+
+// SAFETY: integers, byte arrays and `Ipv4`/`L4`/`NatOutKey` (themselves all-zero valid).
+unsafe impl crate::zeroed::Zeroable for FromB4 {}

@@ -10,6 +10,7 @@ use crate::{
 
 /// The fields of a validated IPv4 header that the programs use.
 #[derive(Default)]
+#[repr(C)]
 pub struct Ipv4 {
     pub off: usize,
     pub hlen: usize,
@@ -24,6 +25,9 @@ pub struct Ipv4 {
     pub src: [u8; 4],
     pub dst: [u8; 4],
 }
+
+// SAFETY: integers, bools and byte arrays; `usize` fields make it 8-byte aligned.
+unsafe impl crate::zeroed::Zeroable for Ipv4 {}
 
 /// The IPv4 address at constant offset `$off` of a header array already read: a macro, so
 /// the bytes are read exactly as if written out (a function returning the array changed

@@ -12,8 +12,8 @@ use crate::{cpus, median, nth_b4, time, time_on_cpus, CoresRow, Row, PAYLOAD, RU
 
 /// The B4's rows: the harness, the baseline, encapsulation and decapsulation; and the two
 /// paths on every CPU at once.
-pub fn b4_paths() -> (Vec<Row>, Vec<CoresRow>) {
-    let rows = Arc::new(Mutex::new((Vec::new(), Vec::new())));
+pub fn b4_paths() -> (Vec<Row>, Vec<CoresRow>, Vec<serde_json::Value>) {
+    let rows = Arc::new(Mutex::new((Vec::new(), Vec::new(), Vec::new())));
     let r = rows.clone();
     with_b4(move |rig| {
         // As the controller runs it: the next-hop cache on.
@@ -40,8 +40,18 @@ pub fn b4_paths() -> (Vec<Row>, Vec<CoresRow>) {
             std::slice::from_ref(&lan),
             XDP_PASS,
         );
+        let encap_stages = stages(
+            rig,
+            "B4 encap",
+            "lan",
+            &lan,
+            B4_ENCAP_STAGES,
+            XDP_REDIRECT,
+            noop,
+        );
         let mut r = r.lock().unwrap();
-        let (r, cores) = &mut *r;
+        let (r, cores, staged) = &mut *r;
+        *staged = encap_stages;
         let mut push = |name: &str, ns: f64| r.push(Row::new(name, ns, noop));
         push("harness (no-op program)", noop);
         push(
@@ -83,7 +93,7 @@ pub fn b4_paths() -> (Vec<Row>, Vec<CoresRow>) {
 
 /// One step of the paths each (bench.rs in dslite-ebpf), timed on the outbound frame after
 /// the outbound path has run (its mapping and next hop exist): what each step costs.
-const STEP_PROBES: [(&str, &str); 7] = [
+const STEP_PROBES: [(&str, &str); 8] = [
     ("dslite_probe_ktime", "probe: bpf_ktime_get_ns"),
     (
         "dslite_probe_ktime_coarse",
@@ -100,6 +110,7 @@ const STEP_PROBES: [(&str, &str); 7] = [
     ),
     ("dslite_probe_adjust_head", "probe: adjust_head +40 and -40"),
     ("dslite_probe_counters", "probe: four counter updates"),
+    ("dslite_probe_calls", "probe: four BPF-to-BPF calls"),
 ];
 
 /// What the AFTR's paths leave for the scale measurement in the same rig.
@@ -114,6 +125,8 @@ pub struct AftrPaths {
     pub create_ns: f64,
     /// The established paths and mapping creation on every CPU at once.
     pub cores: Vec<CoresRow>,
+    /// What the outbound and inbound paths cost up to each stage.
+    pub stages: Vec<serde_json::Value>,
 }
 
 /// The AFTR's rows: the probes (FIB lookups, map lookups), outbound on an existing mapping
@@ -251,7 +264,26 @@ pub fn aftr_paths(rig: &mut Rig) -> AftrPaths {
     let one_core: std::collections::HashMap<String, f64> =
         r.iter().map(|row| (row.name.clone(), row.net_ns)).collect();
     let cores = aftr_on_cpus(rig, noop, &one_core);
+    let mut staged = stages(
+        rig,
+        "AFTR outbound",
+        "tun",
+        &out_frame,
+        OUTBOUND_STAGES,
+        XDP_REDIRECT,
+        noop,
+    );
+    staged.extend(stages(
+        rig,
+        "AFTR inbound",
+        "inet",
+        &reply,
+        INBOUND_STAGES,
+        XDP_REDIRECT,
+        noop,
+    ));
     AftrPaths {
+        stages: staged,
         rows: r,
         out_frame,
         reply,
@@ -323,4 +355,70 @@ fn aftr_on_cpus(
         CoresRow::new(name, one_core[name], &all, noop)
     })
     .collect()
+}
+
+/// Where each path's stages end (`bench_stage!` in dslite-ebpf; 9 is "encapsulated", in
+/// the shared tail of every path into a softwire).
+pub const B4_ENCAP_STAGES: &[(u32, &str)] = &[
+    (1, "IPv4 parsed"),
+    (2, "local destinations checked (LPM)"),
+    (3, "TTL decremented"),
+    (9, "encapsulated"),
+    (0, "routed and counted (whole path)"),
+];
+pub const OUTBOUND_STAGES: &[(u32, &str)] = &[
+    (10, "config read, Ethernet parsed"),
+    (15, "in from_b4 (a BPF call)"),
+    (11, "in the parse (a BPF call)"),
+    (12, "IPv6 parsed"),
+    (13, "B4 allowed (LPM)"),
+    (14, "inner IPv4 parsed"),
+    (1, "L4 parsed, the parse returned"),
+    (2, "destination allowed (LPM); TTL, DF checked"),
+    (3, "mapping found and refreshed (NAT_OUT)"),
+    (4, "hairpin test (pool range)"),
+    (5, "source translated, checksums fixed"),
+    (6, "decapsulated"),
+    (0, "routed and counted (whole path)"),
+];
+pub const INBOUND_STAGES: &[(u32, &str)] = &[
+    (1, "Ethernet, IPv4 parsed"),
+    (
+        2,
+        "pool address (POOL_INDEX), interface, source, L4 checked",
+    ),
+    (3, "mapping found (NAT_IN)"),
+    (4, "TTL decremented, TCP state"),
+    (5, "destination translated, checksums fixed"),
+    (9, "encapsulated"),
+    (0, "routed and counted (whole path)"),
+];
+
+/// Net ns from the start of a path to the end of each of its `stages` (the bench build
+/// stops there with XDP_DROP), for `frame` on `iface`; the whole path last (stage 0).
+pub fn stages(
+    rig: &mut Rig,
+    path: &str,
+    iface: &str,
+    frame: &[u8],
+    stages: &[(u32, &str)],
+    whole: u32,
+    noop: f64,
+) -> Vec<serde_json::Value> {
+    let prog = rig.prog();
+    let mut out = Vec::new();
+    for &(stage, what) in stages {
+        set_stage(rig, stage);
+        let want = if stage == 0 { whole } else { XDP_DROP };
+        let ns = time(rig, prog, iface, &[frame.to_vec()], want) - noop;
+        out.push(serde_json::json!({"path": path, "stage": stage, "what": what, "net_ns": ns}));
+    }
+    set_stage(rig, 0);
+    out
+}
+
+fn set_stage(rig: &mut Rig, stage: u32) {
+    let mut a: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(rig.ebpf.map_mut("BENCH_STAGE").unwrap()).unwrap();
+    a.set(0, stage, 0).unwrap();
 }
