@@ -19,7 +19,7 @@ pub unsafe trait Zeroable: Sized {}
 /// Zero `slot` in place, 8 bytes a store, and hand it out initialised.
 #[inline(always)]
 pub fn zeroed<T: Zeroable>(slot: &mut MaybeUninit<T>) -> &mut T {
-    const { assert!(align_of::<T>() % 8 == 0 && size_of::<T>() % 8 == 0) };
+    const { assert!(align_of::<T>().is_multiple_of(8) && size_of::<T>().is_multiple_of(8)) };
     let w = slot.as_mut_ptr() as *mut u64;
     let mut i = 0;
     while i < size_of::<T>() / 8 {
