@@ -206,6 +206,43 @@ mod probes {
         xdp_action::XDP_DROP
     }
 
+    /// A mapping's two table writes and their removal: NAT_IN and NAT_OUT inserted
+    /// (BPF_NOEXIST, as mapping creation does) and removed, for a key no mapping uses.
+    #[xdp]
+    pub fn dslite_probe_map_writes(ctx: XdpContext) -> u32 {
+        use dslite_common::maps::{NatInKey, NatInValue, NatOutKey, NatOutValue};
+        let Some(b4) = bytes::<16>(&ctx, OUTER_SRC) else {
+            return xdp_action::XDP_PASS;
+        };
+        let kin = NatInKey {
+            outside_addr: [0, 0, 0, 1],
+            outside_port: 1,
+            proto: dslite_common::proto::IPPROTO_UDP,
+            _pad: 0,
+        };
+        let kout = NatOutKey {
+            b4,
+            inside_addr: [0, 0, 0, 1],
+            inside_port: 1,
+            proto: dslite_common::proto::IPPROTO_UDP,
+            _pad: 0,
+        };
+        let noexist = aya_ebpf::bindings::BPF_NOEXIST as u64;
+        let ok = maps::NAT_IN
+            .insert(&kin, &NatInValue::default(), noexist)
+            .is_ok()
+            && maps::NAT_OUT
+                .insert(&kout, &NatOutValue::default(), noexist)
+                .is_ok();
+        let _ = maps::NAT_IN.remove(&kin);
+        let _ = maps::NAT_OUT.remove(&kout);
+        if ok {
+            xdp_action::XDP_DROP
+        } else {
+            xdp_action::XDP_PASS
+        }
+    }
+
     /// Four BPF-to-BPF calls of a function that reads one array entry: what a call costs
     /// (the paths make several; the stack limit is why they are calls).
     #[xdp]

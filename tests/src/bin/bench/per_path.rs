@@ -93,7 +93,7 @@ pub fn b4_paths() -> (Vec<Row>, Vec<CoresRow>, Vec<serde_json::Value>) {
 
 /// One step of the paths each (bench.rs in dslite-ebpf), timed on the outbound frame after
 /// the outbound path has run (its mapping and next hop exist): what each step costs.
-const STEP_PROBES: [(&str, &str); 8] = [
+const STEP_PROBES: [(&str, &str); 9] = [
     ("dslite_probe_ktime", "probe: bpf_ktime_get_ns"),
     (
         "dslite_probe_ktime_coarse",
@@ -111,6 +111,10 @@ const STEP_PROBES: [(&str, &str); 8] = [
     ("dslite_probe_adjust_head", "probe: adjust_head +40 and -40"),
     ("dslite_probe_counters", "probe: four counter updates"),
     ("dslite_probe_calls", "probe: four BPF-to-BPF calls"),
+    (
+        "dslite_probe_map_writes",
+        "probe: NAT_IN + NAT_OUT insert, then remove",
+    ),
 ];
 
 /// What the AFTR's paths leave for the scale measurement in the same rig.
