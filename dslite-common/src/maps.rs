@@ -373,7 +373,12 @@ pub struct Slot {
     /// Non-zero while the block is held down (released by the sweep, RFC 6888 REQ-8): the
     /// subscriber gets it back first, with the same address and range (logged as allocated
     /// again); nobody else can have it until the hold-down has passed.
-    pub held: u16,
+    pub held: u8,
+    /// Written by XDP when a port search found no free port in the block: the
+    /// [`crate::nat::full_epoch`] it happened in. New mappings skip the block while the
+    /// epoch lasts (about a second), so a subscriber with full blocks pays one search per
+    /// block per second, not one per new mapping; 0: no hint.
+    pub full: u8,
 }
 
 /// Key of [`NEXT_HOPS`]: where a packet goes, and where it came in (the FIB lookup's inputs,

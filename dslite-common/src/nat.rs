@@ -102,6 +102,14 @@ pub const fn subscriber_of(b4: &[u8; 16], mask: &[u8; 16]) -> [u8; 16] {
     a.to_ne_bytes()
 }
 
+/// The epoch (2^30 ns, about a second) of a [`crate::maps::Slot::full`] hint stamped at
+/// `now_ns`: 1..=255, never 0 (no hint). One that comes round again 255 epochs later only
+/// skips a block for one epoch.
+#[inline(always)]
+pub const fn full_epoch(now_ns: u64) -> u8 {
+    ((now_ns >> 30) % 255 + 1) as u8
+}
+
 /// Default `--subscriber-prefix-len` (RFC 7785 §3 suggests the delegated prefix, commonly
 /// a /56).
 pub const DEFAULT_SUBSCRIBER_PREFIX_LEN: u8 = 56;

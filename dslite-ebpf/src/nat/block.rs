@@ -62,6 +62,7 @@ fn reclaim(sk: &SlotKey, s: &Slot, cfg: &AftrConfig, now: u64) -> u32 {
                 (*b).released_ns = 0;
                 if let Some(slot) = SW_BLOCKS.get_ptr_mut(sk) {
                     (*slot).held = 0;
+                    (*slot).full = 0;
                 }
                 count(Counter::BlockReclaimed);
                 // Its release was logged: log it held again, so `whois` stays right.
@@ -281,6 +282,7 @@ fn try_block(sk: &SlotKey, owner: &BlockValue, cfg: &AftrConfig, where_: BlockAt
         addr_index,
         block: where_.block(),
         held: 0,
+        full: 0,
     };
     let bk = BlockKey {
         addr,

@@ -19,8 +19,8 @@ mod block;
 mod port;
 
 use dslite_common::{
-    maps::{AftrConfig, NatInValue, NatOutKey},
-    nat::{tcp_next_state, MAX_BLOCKS},
+    maps::{AftrConfig, NatInValue, NatOutKey, SlotKey},
+    nat::{subscriber_of, tcp_next_state, MAX_BLOCKS},
     Counter,
 };
 
@@ -37,7 +37,7 @@ use crate::{
         },
         Exit, Res,
     },
-    maps::NAT_OUT,
+    maps::{NAT_OUT, SW_BLOCKS},
 };
 
 // The BPF calls below return plain integers (`exit::nat`): see `exit.rs` for why.
@@ -114,6 +114,13 @@ pub fn lookup_or_create(
         r = QUOTA_EXCEEDED;
         slot += 1;
     }
+    if r == QUOTA_EXCEEDED {
+        // At the quota, blocks may have been passed on their full hint, and a search that
+        // fails 16 candidates can leave a block a few ports short of full. This mapping is
+        // refused; the next one searches every block again. (Searching them here would
+        // double the verifier's walk of this loop, which the program cannot afford.)
+        clear_full_hints(key, cfg);
+    }
     if r == QUOTA_EXCEEDED || r == POOL_EXHAUSTED {
         note_refusal(&key.b4, cfg);
     }
@@ -128,6 +135,23 @@ pub fn lookup_or_create(
         _ => Counter::DropMappingTableFull,
     };
     Err(Exit::Drop(c))
+}
+
+/// Clear the full hints of the subscriber of `key`'s blocks (see `lookup_or_create`).
+#[inline(never)]
+fn clear_full_hints(key: &NatOutKey, cfg: &AftrConfig) {
+    let mut sk = SlotKey {
+        b4: subscriber_of(&key.b4, &cfg.subscriber_mask),
+        slot: 0,
+        _pad: [0; 3],
+    };
+    while (sk.slot as u32) < MAX_BLOCKS {
+        if let Some(s) = SW_BLOCKS.get_ptr_mut(&sk) {
+            // SAFETY: map value pointer from the kernel; a hint.
+            unsafe { (*s).full = 0 };
+        }
+        sk.slot += 1;
+    }
 }
 
 /// Record TCP flags seen from outside on the mapping that `m` points back to, and refresh

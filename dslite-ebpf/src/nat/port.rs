@@ -4,7 +4,10 @@
 use aya_ebpf::bindings::BPF_NOEXIST;
 use dslite_common::{
     maps::{AftrConfig, NatInKey, NatOutKey, NatOutValue, Slot, SlotKey},
-    nat::{block_first_port, candidate_in_block, port_hash, subscriber_of, PORT_SEARCH_TRIES},
+    nat::{
+        block_first_port, candidate_in_block, full_epoch, port_hash, subscriber_of,
+        PORT_SEARCH_TRIES,
+    },
     Counter,
 };
 
@@ -77,7 +80,19 @@ fn use_slot(key: &NatOutKey, sk: &SlotKey, cfg: &AftrConfig, q: &Search, out: &m
     if s.held != 0 {
         return need;
     }
-    claim_port(key, &s, cfg, q, out)
+    let epoch = full_epoch(q.now);
+    if s.full == epoch {
+        // Searched in vain this epoch: the next slot, without a search.
+        return NOT_FOUND;
+    }
+    let r = claim_port(key, &s, cfg, q, out);
+    if r == NOT_FOUND {
+        if let Some(p) = SW_BLOCKS.get_ptr_mut(sk) {
+            // SAFETY: map value pointer from the kernel; a hint, a lost update is harmless.
+            unsafe { (*p).full = epoch };
+        }
+    }
+    r
 }
 
 /// Try `PORT_SEARCH_TRIES` ports of the block: `FOUND` (with `out` set), `NOT_FOUND` when

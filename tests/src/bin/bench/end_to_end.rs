@@ -17,12 +17,20 @@ const SIZES: &[(&str, &[(usize, u32)])] = &[
 ];
 /// Frames per size and system.
 const FRAMES: u32 = 400_000;
+/// New UDP flows of the connection-setup row: each frame a 5-tuple not seen before.
+const NEW_FLOWS: u32 = 30_000;
+/// The AFTR's quota for that row: 8 blocks of 8192 ports, twice the flows, so the one
+/// subscriber sending them never meets its quota (the default is 4 x 512); what is measured
+/// is the rate, not the quota.
+const SETUP_QUOTA: &[&str] = &["--block-size", "8192", "--max-blocks", "8"];
 
 /// Send `count` copies of `frame` out of `ifname` in `ns` as fast as one core can: an
 /// AF_PACKET socket bypassing the qdisc, 64 frames per `sendmmsg`. (BPF_PROG_TEST_RUN's
 /// live-frames mode transmitted only its first batch into a veth whose peer runs XDP here.)
-/// Returns the seconds it took.
-fn generate(ns: &Netns, ifname: &str, frame: Vec<u8>, count: u32) -> f64 {
+/// With `new_flows` (a UDP `frame`), frame `f` has ports of its own, a new 5-tuple each:
+/// source port 1024 + f % 64000, destination port 1 + f / 64000, checksum 0 ("none",
+/// RFC 768). Returns the seconds it took.
+fn generate(ns: &Netns, ifname: &str, frame: Vec<u8>, count: u32, new_flows: bool) -> f64 {
     let ifname = ifname.to_string();
     ns.run(move || {
         // SAFETY: plain socket calls on a local fd; the iovecs and headers point into `frame`
@@ -44,16 +52,22 @@ fn generate(ns: &Netns, ifname: &str, frame: Vec<u8>, count: u32) -> f64 {
             sll.sll_ifindex = libc::if_nametoindex(c.as_ptr()) as i32;
             sll.sll_halen = 6;
             sll.sll_addr[..6].copy_from_slice(&frame[..6]);
-            let mut iov = libc::iovec {
-                iov_base: frame.as_ptr() as *mut _,
-                iov_len: frame.len(),
-            };
+            // One buffer per message of a batch when every frame is a new flow.
+            let mut bufs: Vec<Vec<u8>> = vec![frame.clone(); if new_flows { 64 } else { 1 }];
+            let mut iovs: Vec<libc::iovec> = bufs
+                .iter_mut()
+                .map(|b| libc::iovec {
+                    iov_base: b.as_mut_ptr() as *mut _,
+                    iov_len: b.len(),
+                })
+                .collect();
+            let (iov, n_iov) = (iovs.as_mut_ptr(), iovs.len());
             let mut msgs: Vec<libc::mmsghdr> = (0..64)
-                .map(|_| {
+                .map(|i| {
                     let mut m: libc::mmsghdr = std::mem::zeroed();
                     m.msg_hdr.msg_name = (&mut sll as *mut libc::sockaddr_ll).cast();
                     m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-                    m.msg_hdr.msg_iov = &mut iov;
+                    m.msg_hdr.msg_iov = iov.add(i % n_iov);
                     m.msg_hdr.msg_iovlen = 1;
                     m
                 })
@@ -62,6 +76,16 @@ fn generate(ns: &Netns, ifname: &str, frame: Vec<u8>, count: u32) -> f64 {
             let mut left = count as usize;
             while left > 0 {
                 let n = left.min(64);
+                if new_flows {
+                    let first = count as usize - left;
+                    for (i, b) in bufs.iter_mut().take(n).enumerate() {
+                        let f = (first + i) as u32;
+                        let (sport, dport) = (1024 + f % 64_000, 1 + f / 64_000);
+                        b[34..36].copy_from_slice(&(sport as u16).to_be_bytes());
+                        b[36..38].copy_from_slice(&(dport as u16).to_be_bytes());
+                        b[40..42].copy_from_slice(&[0, 0]);
+                    }
+                }
                 let sent = libc::sendmmsg(fd, msgs.as_mut_ptr(), n as u32, 0);
                 if sent > 0 {
                     left -= sent as usize;
@@ -112,7 +136,7 @@ fn host_frame(len: usize, host_mac: [u8; 6], next_mac: [u8; 6]) -> Vec<u8> {
 fn measure(host: &Netns, server: &Netns, next_mac: [u8; 6]) -> Vec<(String, f64, f64, f64)> {
     let host_mac = host.mac_of("eth0").unwrap();
     // Resolve every neighbour on the way first (a few packets, then a pause).
-    generate(host, "eth0", host_frame(64, host_mac, next_mac), 50);
+    generate(host, "eth0", host_frame(64, host_mac, next_mac), 50, false);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let mut out = Vec::new();
     for (name, mix) in SIZES {
@@ -121,7 +145,7 @@ fn measure(host: &Netns, server: &Netns, next_mac: [u8; 6]) -> Vec<(String, f64,
         let (mut secs, mut sent, mut bytes) = (0.0, 0u64, 0u64);
         for (len, share) in *mix {
             let n = FRAMES / parts * share;
-            secs += generate(host, "eth0", host_frame(*len, host_mac, next_mac), n);
+            secs += generate(host, "eth0", host_frame(*len, host_mac, next_mac), n, false);
             sent += n as u64;
             bytes += n as u64 * *len as u64;
         }
@@ -132,6 +156,25 @@ fn measure(host: &Netns, server: &Netns, next_mac: [u8; 6]) -> Vec<(String, f64,
         out.push((name.to_string(), pps, bps, got as f64 / sent as f64));
     }
     out
+}
+
+/// Connection setup (in the spirit of RFC 9693): [`NEW_FLOWS`] 64-byte UDP frames from the
+/// host, each a new 5-tuple, sent as fast as one core can (a veth delivers synchronously, so
+/// the sender's core does all the work and its rate is the capacity). New flows per second,
+/// and the share delivered (the target is loss under 0.1%).
+fn setup_rate(host: &Netns, server: &Netns, next_mac: [u8; 6]) -> (f64, f64) {
+    let host_mac = host.mac_of("eth0").unwrap();
+    let before = rx_packets(server, "eth0");
+    let secs = generate(
+        host,
+        "eth0",
+        host_frame(64, host_mac, next_mac),
+        NEW_FLOWS,
+        true,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let got = rx_packets(server, "eth0") - before;
+    (got as f64 / secs, got as f64 / NEW_FLOWS as f64)
 }
 
 /// The same chain of namespaces, IPv4 only, forwarded by the kernel, with nftables
@@ -241,6 +284,9 @@ fn prog_stats(name: &str) -> (u64, u64) {
 struct HookRun {
     name: &'static str,
     rows: Vec<(String, f64, f64, f64)>,
+    /// New flows per second, the share delivered and the AFTR program's ns per packet
+    /// (bpf_stats) meanwhile, when measured (the tc run).
+    setup: Option<(f64, f64, f64)>,
     b4_ns: f64,
     aftr_ns: f64,
     created: u64,
@@ -250,9 +296,10 @@ struct HookRun {
 /// routers, an IPv4 router before the server) on one hook. XDP on veth needs its peers'
 /// TX checksumming off (the controller refuses it otherwise) and GRO on the routers (a veth
 /// takes XDP_REDIRECTed frames only then).
-fn dslite_on(name: &'static str, hook: &[&str], xdp: bool) -> HookRun {
+fn dslite_on(name: &'static str, hook: &[&str], xdp: bool, setup: bool) -> HookRun {
     println!("end to end: dslite, {name}");
     let t = topo::DsLite::start_with(topo::Options {
+        aftr_extra: if setup { SETUP_QUOTA } else { &[] },
         plain: true,
         plain_gro: xdp,
         peers_tx_csum_off: xdp,
@@ -284,12 +331,17 @@ fn dslite_on(name: &'static str, hook: &[&str], xdp: bool) -> HookRun {
     let (b0, a0) = (prog_stats(b4), prog_stats(aftr));
     let rows = measure(&t.a.host, &t.server, lan_mac);
     let (b1, a1) = (prog_stats(b4), prog_stats(aftr));
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0").unwrap();
     let in_situ =
         |(t0, n0): (u64, u64), (t1, n1): (u64, u64)| (t1 - t0) as f64 / (n1 - n0).max(1) as f64;
+    let setup = setup.then(|| {
+        let (rate, delivered) = setup_rate(&t.a.host, &t.server, lan_mac);
+        (rate, delivered, in_situ(a1, prog_stats(aftr)))
+    });
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0").unwrap();
     HookRun {
         name,
         rows,
+        setup,
         b4_ns: in_situ(b0, b1),
         aftr_ns: in_situ(a0, a1),
         created: t.aftr.counter("nat_mapping_created"),
@@ -302,17 +354,24 @@ fn dslite_on(name: &'static str, hook: &[&str], xdp: bool) -> HookRun {
 /// (bpf_stats). Prints its table; returns its JSON.
 pub fn run() -> serde_json::Value {
     let runs = [
-        dslite_on("tc", &["--hook", "tc"], false),
+        dslite_on("tc", &["--hook", "tc"], false, true),
         dslite_on(
             "xdp native",
             &["--hook", "xdp", "--xdp-mode", "native"],
             true,
+            false,
         ),
-        dslite_on("xdp skb", &["--hook", "xdp", "--xdp-mode", "skb"], true),
+        dslite_on(
+            "xdp skb",
+            &["--hook", "xdp", "--xdp-mode", "skb"],
+            true,
+            false,
+        ),
     ];
     println!("end to end: kernel IPv4 forwarding + nftables masquerade");
     let k = kernel_nat();
     let kernel = measure(&k.host, &k.server, k.first_hop_mac);
+    let kernel_setup = setup_rate(&k.host, &k.server, k.first_hop_mac);
     drop(k);
     println!(
         "\nEnd to end, one UDP flow, host -> server ({FRAMES} frames per size; one core does it all)"
@@ -367,7 +426,28 @@ pub fn run() -> serde_json::Value {
             "rows": rows,
         }));
     }
+    let mut setup = serde_json::Value::Null;
+    for r in &runs {
+        if let Some((rate, delivered, aftr_ns)) = r.setup {
+            println!(
+                "connection setup, {NEW_FLOWS} new UDP flows: dslite ({}) {rate:.0}/s, {:.2}% delivered, AFTR program {aftr_ns:.0} ns per packet in situ; kernel conntrack + masquerade {:.0}/s, {:.2}% delivered: {:.2}x",
+                r.name,
+                delivered * 100.0,
+                kernel_setup.0,
+                kernel_setup.1 * 100.0,
+                rate / kernel_setup.0.max(1.0)
+            );
+            setup = serde_json::json!({
+                "new_flows": NEW_FLOWS, "hook": r.name,
+                "dslite_flows_per_second": rate, "dslite_delivered": delivered,
+                "aftr_program_ns_per_packet": aftr_ns,
+                "kernel_flows_per_second": kernel_setup.0, "kernel_delivered": kernel_setup.1,
+                "ratio": rate / kernel_setup.0.max(1.0),
+            });
+        }
+    }
     serde_json::json!({
+        "connection_setup": setup,
         "frames_per_size": FRAMES,
         "topology": "plain Linux neighbours; the kernel chain has the same forwarding hops",
         "hooks": hooks,

@@ -161,25 +161,34 @@ fn main() {
     // One CPU for the one-core rows: a run that migrates between CPUs mixes their caches
     // (the two-core rows pin a thread per CPU).
     pin_to_cpu(0);
-    // DSLITE_BENCH_ONLY=per-path: the per-path rows alone (a minute), to iterate on the
-    // fast path; the full run is what docs/benchmarks.md records.
-    let only_paths = std::env::var("DSLITE_BENCH_ONLY").is_ok_and(|v| v == "per-path");
-    let (mut rows, mut cores, mut stages) = per_path::b4_paths();
-    let (aftr_rows, aftr_cores, aftr_stages, scale) = aftr(only_paths);
-    rows.extend(aftr_rows);
-    cores.extend(aftr_cores);
-    stages.extend(aftr_stages);
-    let ten_million = if only_paths {
-        serde_json::Value::Null
-    } else {
-        scale::ten_million()
+    // DSLITE_BENCH_ONLY=per-path or end-to-end: one part alone (a minute or three), to
+    // iterate; the full run is what docs/benchmarks.md records.
+    let only = std::env::var("DSLITE_BENCH_ONLY").unwrap_or_default();
+    let (paths, e2e_too) = match only.as_str() {
+        "per-path" => (true, false),
+        "end-to-end" => (false, true),
+        _ => (true, true),
     };
+    let whole = paths && e2e_too;
+    let (mut rows, mut cores, mut stages) = Default::default();
+    let (mut scale, mut ten_million) = (Vec::new(), serde_json::Value::Null);
+    if paths {
+        (rows, cores, stages) = per_path::b4_paths();
+        let (aftr_rows, aftr_cores, aftr_stages, aftr_scale) = aftr(!whole);
+        rows.extend(aftr_rows);
+        cores.extend(aftr_cores);
+        stages.extend(aftr_stages);
+        scale = aftr_scale;
+        if whole {
+            ten_million = scale::ten_million();
+        }
+    }
     // The end-to-end run's processes use every CPU, as they would without the bench.
     pin_to_cpus(&(0..online_cpus()).collect::<Vec<_>>());
-    let e2e = if only_paths {
-        serde_json::Value::Null
-    } else {
+    let e2e = if e2e_too {
         end_to_end::run()
+    } else {
+        serde_json::Value::Null
     };
     report(&rows, &cores, &stages, &scale, ten_million, e2e);
 }

@@ -152,7 +152,12 @@ pub fn blocks_scarce(rig: &mut Rig, noop: f64) -> serde_json::Value {
     let refused: Vec<u64> = (0..RUNS as u32 / 10)
         .map(|j| {
             let (v, ns) = rig.time_once(prog, "tun", &first_packet(rig, 4_000_000 + j));
-            assert_eq!(v, XDP_REDIRECT, "refused: the ICMP error goes back");
+            // An ICMP error back while the per-CPU ICMP budget lasts (--icmp-rate), then
+            // silent: either way a counted drop.
+            assert!(
+                v == XDP_REDIRECT || v == XDP_DROP,
+                "refused, not forwarded: {v}"
+            );
             ns
         })
         .collect();
