@@ -217,9 +217,12 @@ fn aftr(only_paths: bool) -> AftrRows {
             let scale = if only_paths {
                 Vec::new()
             } else {
-                // Last: it takes every block of the pool.
+                // Before the tables are filled: the sweep there gives the stand-in
+                // mappings (outside the pool) blocks of their own, which would leave no
+                // block for this row to take.
+                let scarce = scale::blocks_scarce(rig, paths.noop);
                 let mut t = scale::nat_tables(rig, &paths);
-                t["blocks_scarce"] = scale::blocks_scarce(rig, paths.noop);
+                t["blocks_scarce"] = scarce;
                 vec![t]
             };
             *o.lock().unwrap() = (paths.rows, paths.cores, paths.stages, scale);
