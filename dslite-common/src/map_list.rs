@@ -117,7 +117,7 @@ pub const SLOW_DEV: MapSpec = spec::<u32, [u32; 2]>(m::SLOW_DEV, DevMap, 1, Both
 pub const NEXT_HOPS: MapSpec =
     spec::<u32, NextHopSlot>(m::NEXT_HOPS, PerCpuArray, NEXT_HOP_SLOTS, Both);
 pub const CLOCK: MapSpec = spec::<u32, Tick>(m::CLOCK, PerCpuArray, 1, Both);
-pub const NH_GEN: MapSpec = spec::<u32, u32>(m::NH_GEN, Array, 1, Both);
+pub const NH_GEN: MapSpec = spec::<u32, u32>(m::NH_GEN, Array, 2, Both);
 pub const PEER_REDIRECT: MapSpec = spec::<u32, u32>(m::PEER_REDIRECT, Hash, 64, Both);
 pub const DENY_V4: MapSpec = lpm(m::DENY_V4, 4, Aftr);
 /// Chains of IPv4 fragments from the internet tracked at once.

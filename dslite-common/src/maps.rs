@@ -41,8 +41,10 @@ pub const NEXT_HOPS: &str = "NEXT_HOPS";
 /// `PerCpuArray<Tick>`, one entry: the dataplane's clock, read once per tick
 /// (`bpf_ktime_get_ns` costs more than a map lookup in a VM; docs/benchmarks.md).
 pub const CLOCK: &str = "CLOCK";
-/// `Array<u32>`, one entry: the next-hop cache's generation. 0 disables the cache; the
-/// controller starts it at 1 and bumps it on every route, neighbour, address or link change.
+/// `Array<u32>`, two entries: the next-hop cache's generation, and the seed of its slot hash
+/// ([`next_hop_slot`]). Generation 0 disables the cache; the controller starts it at a
+/// random value (so, but for a 1 in 2^32 chance, not one used before) and bumps it on every route, neighbour, address
+/// or link change.
 pub const NH_GEN: &str = "NH_GEN";
 /// tc: interfaces (veth) whose peer is in another namespace: redirected with
 /// `bpf_redirect_peer`.
@@ -420,11 +422,14 @@ pub struct NextHopSlot {
 pub const NEXT_HOP_SLOTS: u32 = 1024;
 
 /// The slot of [`NEXT_HOPS`] that caches `key`: the destination's words folded, with the
-/// interface, and multiplied (Fibonacci hashing), so near addresses spread.
+/// interface and the controller's random `seed` (`NH_GEN[1]`, so nobody can compute which
+/// destinations share a victim's slot in advance), and multiplied (Fibonacci hashing), so
+/// near addresses spread. Not a cryptographic hash: a collision costs a FIB lookup, never a
+/// wrong answer (the key is compared).
 #[inline(always)]
-pub const fn next_hop_slot(key: &NextHopKey) -> u32 {
+pub const fn next_hop_slot(key: &NextHopKey, seed: u32) -> u32 {
     let d = &key.dst;
-    let mut x = key.ifindex ^ (key.family as u32) << 24;
+    let mut x = seed ^ key.ifindex ^ (key.family as u32) << 24;
     let mut i = 0;
     while i < 16 {
         x ^= u32::from_ne_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]);

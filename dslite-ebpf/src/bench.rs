@@ -174,7 +174,8 @@ mod probes {
             family: 2,
             _pad: [0; 3],
         };
-        match maps::NEXT_HOPS.get_ptr(dslite_common::maps::next_hop_slot(&key)) {
+        let seed = maps::NH_GEN.get(1).copied().unwrap_or(0);
+        match maps::NEXT_HOPS.get_ptr(dslite_common::maps::next_hop_slot(&key, seed)) {
             // SAFETY: map value pointer from the kernel.
             Some(e) if unsafe { (*e).key == key } => xdp_action::XDP_DROP,
             _ => xdp_action::XDP_PASS,

@@ -2,13 +2,13 @@
 //! per CPU, and the tick's value used until the next one. The timer interrupt's counter
 //! (`bpf_jiffies64`, inlined by the verifier into one load) says when a tick passed; the
 //! clock read it saves costs more than a map lookup in a VM (docs/benchmarks.md). A stamp
-//! is at most one tick (1-4 ms) old: the sweep's timeouts are seconds.
+//! is at most one tick (1-10 ms, by CONFIG_HZ) old: the sweep's timeouts are seconds.
 
 use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_ns};
 
 use crate::maps::CLOCK;
 
-/// CLOCK_MONOTONIC in ns, as of the start of the current tick on this CPU.
+/// CLOCK_MONOTONIC in ns, as read by this CPU's first call in the current tick.
 #[inline(always)]
 pub fn tick_ns() -> u64 {
     // SAFETY: plain helper calls; the per-CPU slot is only written by this CPU.

@@ -169,8 +169,8 @@ pub fn redirect_v6<C: Pkt>(ctx: &C, src: &[u8; 16], dst: &[u8; 16]) -> Res<u32> 
 /// forwards it: later packets take the fast path. A packet larger than the egress MTU gives
 /// [`too_big`] with the MTU for the caller to decide.
 ///
-/// The FIB's answers are cached per CPU (`NEXT_HOPS`): a lookup costs ~230 ns, most of a
-/// path (docs/benchmarks.md). An entry is used while `NH_GEN` (bumped by the controller on
+/// The FIB's answers are cached per CPU (`NEXT_HOPS`, direct-mapped): a lookup costs
+/// 90-120 ns, more than half a path (docs/benchmarks.md). An entry is used while `NH_GEN` (bumped by the controller on
 /// every route, neighbour, address or link change) is unchanged and the packet is no longer
 /// than one the FIB let through.
 #[inline(always)]
@@ -183,7 +183,8 @@ fn fib_redirect<C: Pkt>(ctx: &C, p: &mut FibParams) -> Res<u32> {
         _pad: [0; 3],
     };
     let len = p.tot_len;
-    let slot = NEXT_HOPS.get_ptr_mut(next_hop_slot(&key));
+    let seed = NH_GEN.get(1).copied().unwrap_or(0);
+    let slot = NEXT_HOPS.get_ptr_mut(next_hop_slot(&key, seed));
     if gen != 0 {
         if let Some(e) = slot {
             // SAFETY: map value pointer from the kernel (per-CPU: no writer but this CPU),
@@ -227,17 +228,21 @@ fn fib_redirect<C: Pkt>(ctx: &C, p: &mut FibParams) -> Res<u32> {
             // nothing about the length a single packet may have.
             if let (Some(e), true) = (slot, gen != 0 && len != 0) {
                 // SAFETY: as above; this CPU's slot, written in place (it may have held
-                // another destination: that one asks the FIB next time).
+                // another destination: that one asks the FIB next time). The generation
+                // is written last and cleared first: a program that preempts this one on
+                // this CPU (PREEMPT_RT) never sees a new key with an old hop.
                 unsafe {
+                    core::ptr::write_volatile(core::ptr::addr_of_mut!((*e).hop.gen), 0);
                     (*e).key = key;
                     (*e).hop = NextHop {
                         ifindex: p.ifindex,
-                        gen,
+                        gen: 0,
                         dmac: p.dmac,
                         smac: p.smac,
                         max_len: len,
                         _pad: 0,
                     };
+                    core::ptr::write_volatile(core::ptr::addr_of_mut!((*e).hop.gen), gen);
                 }
             }
             Ok(ctx.redirect(p.ifindex))

@@ -54,7 +54,7 @@ pub fn lookup_or_create(
     if let Some(v) = NAT_OUT.get_ptr_mut(key) {
         // SAFETY: map value pointer from the kernel.
         unsafe {
-            refresh(&mut (*v).last_seen_ns);
+            refresh(core::ptr::addr_of_mut!((*v).last_seen_ns));
             if key.proto == dslite_common::proto::IPPROTO_TCP {
                 let next = tcp_next_state((*v).tcp_state, tcp, true);
                 if next != (*v).tcp_state {
@@ -114,14 +114,13 @@ pub fn lookup_or_create(
         r = QUOTA_EXCEEDED;
         slot += 1;
     }
-    if r == QUOTA_EXCEEDED {
-        // At the quota, blocks may have been passed on their full hint, and a search that
-        // fails 16 candidates can leave a block a few ports short of full. This mapping is
-        // refused; the next one searches every block again. (Searching them here would
-        // double the verifier's walk of this loop, which the program cannot afford.)
-        clear_full_hints(key, cfg);
-    }
     if r == QUOTA_EXCEEDED || r == POOL_EXHAUSTED {
+        // Refused with no block to open (the quota, or the pool): blocks may have been
+        // passed on their full hint, and a search that fails 16 candidates can leave a
+        // block a few ports short of full. This mapping is refused; the next one searches
+        // every block again. (Searching them here would double the verifier's walk of this
+        // loop, which the program cannot afford.)
+        clear_full_hints(key, cfg);
         note_refusal(&key.b4, cfg);
     }
     let c = match r {
@@ -147,8 +146,13 @@ fn clear_full_hints(key: &NatOutKey, cfg: &AftrConfig) {
     };
     while (sk.slot as u32) < MAX_BLOCKS {
         if let Some(s) = SW_BLOCKS.get_ptr_mut(&sk) {
-            // SAFETY: map value pointer from the kernel; a hint.
-            unsafe { (*s).full = 0 };
+            // SAFETY: map value pointer from the kernel; a hint. Written only when set: the
+            // slot's cache line stays clean otherwise.
+            unsafe {
+                if (*s).full != 0 {
+                    (*s).full = 0;
+                }
+            }
         }
         sk.slot += 1;
     }
@@ -175,18 +179,23 @@ pub fn note_inbound(m: &NatInValue, proto: u8, bits: u8, refresh_it: bool) {
                 }
             }
             if refresh_it {
-                refresh(&mut (*v).last_seen_ns);
+                refresh(core::ptr::addr_of_mut!((*v).last_seen_ns));
             }
         }
     }
 }
 
-/// Stamp a mapping used now: written once per tick at most, so CPUs forwarding the same
-/// mapping do not pass its cache line back and forth on every packet.
+/// Stamp a mapping used now, only forward: at most once per tick and CPU (each CPU's tick
+/// clock has its own value within a tick), so CPUs forwarding the same mapping do not pass
+/// its cache line back and forth on every packet, and the stamp never goes back.
 #[inline(always)]
-fn refresh(last_seen_ns: &mut u64) {
+fn refresh(last_seen_ns: *mut u64) {
     let now = tick_ns();
-    if *last_seen_ns != now {
-        *last_seen_ns = now;
+    // SAFETY: a map value field; other CPUs write it too (any of their values is a valid
+    // stamp), hence the volatile accesses.
+    unsafe {
+        if core::ptr::read_volatile(last_seen_ns) < now {
+            core::ptr::write_volatile(last_seen_ns, now);
+        }
     }
 }

@@ -62,7 +62,12 @@ pub fn give_block(key: &NatOutKey, cfg: &AftrConfig, slot: u32) -> u32 {
         slot: slot as u8,
         _pad: [0; 3],
     };
-    claim_block(&sk, cfg, tick_ns())
+    // The precise clock: a block's allocation is logged, and must not look older than the
+    // sweep's release of it in the same tick (`whois` orders by time).
+    // SAFETY: plain helper call.
+    claim_block(&sk, cfg, unsafe {
+        aya_ebpf::helpers::generated::bpf_ktime_get_ns()
+    })
 }
 
 /// Try the block in slot `sk`: [`need_block`] when the slot is empty (or its

@@ -224,14 +224,21 @@ pub fn publish_counters(pin_path: &Path, values: &[(Counter, u64)]) -> Result<()
 }
 
 /// Invalidate the XDP next-hop cache (`NH_GEN` + 1), or switch it off (`enable` false).
+/// Switched on from off, it starts at a random generation: its entries are never evicted,
+/// so one cached under a generation used before would be believed again. The slot hash's
+/// seed (`NH_GEN[1]`) is drawn once.
 pub fn bump_next_hops(pin: &Path, enable: bool) -> Result<()> {
     let mut gen: Array<MapData, u32> = Pinned::new(pin).array(m::NH_GEN)?;
-    let next = if enable {
-        gen.get(&0, 0)?.wrapping_add(1).max(1)
-    } else {
-        0
+    let cur = gen.get(&0, 0)?;
+    let next = match (enable, cur) {
+        (false, _) => 0,
+        (true, 0) => crate::rand::random_seed().max(1),
+        (true, g) => g.wrapping_add(1).max(1),
     };
     gen.set(0, next, 0)?;
+    if gen.get(&1, 0)? == 0 {
+        gen.set(1, crate::rand::random_seed().max(1), 0)?;
+    }
     Ok(())
 }
 

@@ -108,8 +108,10 @@ impl Sweeper {
             }
         }
         // A live mapping whose block has no entry: claim it back for the mapping's owner.
+        // Only on a pool address: a block elsewhere is nobody's to claim (and would take a
+        // BLOCKS entry the pool's blocks need).
         for (bk, sub) in live {
-            if present.contains(bk) {
+            if present.contains(bk) || !self.pool.contains(&bk.addr) {
                 continue;
             }
             let owner = BlockValue {
@@ -145,14 +147,14 @@ impl Sweeper {
             .iter()
             .map(|a| per.saturating_sub(used.get(a).copied().unwrap_or(0)))
             .collect();
-        // XDP lowers the hints as it claims; write every entry whose truth differs from
-        // what we last wrote, and on the first sweep all of them.
+        // XDP lowers the hints as it claims, to 0 when its search finds the address full
+        // (then it searches there no more): write every entry whose truth differs from
+        // what the map holds now, so a block freed on an address XDP found full is seen.
         for (i, f) in free.iter().enumerate() {
-            if self.free_written.get(i) != Some(f) {
+            if self.addr_free.get(&(i as u32), 0).ok() != Some(*f) {
                 self.addr_free.set(i as u32, *f, 0)?;
             }
         }
-        self.free_written = free.clone();
         let mut order: Vec<u32> = (0..free.len() as u32)
             .filter(|i| free[*i as usize] > 0)
             .collect();

@@ -81,8 +81,6 @@ pub struct Sweeper {
     free_addrs: Array<MapData, u32>,
     /// The pool, in POOL order (to publish free blocks per address).
     pool: Vec<[u8; 4]>,
-    /// ADDR_FREE as last written, so only changes are written.
-    free_written: Vec<u32>,
     free_list_written: Vec<u32>,
     pub timeouts: Timeouts,
     cfg: AftrConfig,
@@ -139,7 +137,6 @@ impl Sweeper {
                     .map(|i| a.get(&i, 0))
                     .collect::<Result<_, _>>()?
             },
-            free_written: Vec::new(),
             free_list_written: Vec::new(),
             timeouts,
             cfg,
