@@ -131,22 +131,29 @@ pub fn blocks_scarce(rig: &mut Rig, noop: f64) -> serde_json::Value {
             &[],
         )
     };
+    // New subscribers' first packets (each claims a block): `n` of them from `from` on.
+    let new_subscribers = |rig: &Rig, from: u32, n: usize| {
+        let frames: Vec<Vec<u8>> = (0..n as u32).map(|j| first_packet(rig, from + j)).collect();
+        let before = rig.counter("block_allocated");
+        let times: Vec<u64> = frames
+            .iter()
+            .map(|f| {
+                let (v, ns) = rig.time_once(prog, "tun", f);
+                assert_eq!(v, XDP_REDIRECT, "a new subscriber with blocks left");
+                ns
+            })
+            .collect();
+        assert_eq!(rig.counter("block_allocated") - before, n as u64);
+        median(times) - noop
+    };
+    // First with the blocks the earlier rows' subscribers hold, to tell the claim's own
+    // cost from the search's.
+    let taken_before = blocks_taken(rig);
+    let at_start = new_subscribers(rig, 2_500_000, 50);
+    let share_at_start = (taken_before + 25) as f64 / total as f64;
     take_blocks(rig, &s, total * 9 / 10);
     let free = total - blocks_taken(rig);
-    let frames: Vec<Vec<u8>> = (0..free as u32)
-        .map(|j| first_packet(rig, 3_000_000 + j))
-        .collect();
-    let before = rig.counter("block_allocated");
-    let times: Vec<u64> = frames
-        .iter()
-        .map(|f| {
-            let (v, ns) = rig.time_once(prog, "tun", f);
-            assert_eq!(v, XDP_REDIRECT, "a new subscriber with blocks left");
-            ns
-        })
-        .collect();
-    assert_eq!(rig.counter("block_allocated") - before, free as u64);
-    let at_90 = median(times) - noop;
+    let at_90 = new_subscribers(rig, 3_000_000, free);
     take_blocks(rig, &s, total);
     let before = rig.counter("drop_pool_exhausted");
     let refused: Vec<u64> = (0..RUNS as u32 / 10)
@@ -169,6 +176,8 @@ pub fn blocks_scarce(rig: &mut Rig, noop: f64) -> serde_json::Value {
     );
     serde_json::json!({
         "blocks": total,
+        "new_subscriber_ns_at_start": at_start,
+        "share_taken_at_start": share_at_start,
         "new_subscriber_ns_with_90_percent_taken": at_90,
         "samples_with_90_percent_taken": free,
         "refused_ns_with_every_block_taken": median(refused) - noop,
