@@ -4,7 +4,7 @@
 //! the MSS of a SYN, /proc/net/snmp counters and a DNS server.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -39,6 +39,32 @@ pub fn sa(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
 pub struct Server {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Run a server in `ns`: `body` sets up (binds), calls its `ready` argument, then serves
+    /// until the flag it is given is set (by dropping the `Server`). Waits for `ready`.
+    fn spawn(
+        ns: &Netns,
+        what: &'static str,
+        body: impl FnOnce(&AtomicBool, &dyn Fn()) + Send + 'static,
+    ) -> Server {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = ns.run(move || {
+            body(&s, &|| {
+                let _ = ready_tx.send(());
+            })
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("{what} ready"));
+        Server {
+            stop,
+            handle: Some(thread),
+        }
+    }
 }
 
 impl Drop for Server {
@@ -304,23 +330,16 @@ pub fn dns_server(
     addrs: Vec<std::net::Ipv6Addr>,
     ttl: u32,
 ) -> Server {
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
     let name = name.to_ascii_lowercase();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let thread = ns.run(move || {
-        let sock = UdpSocket::bind(bind).expect("bind dns server");
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        ready_tx.send(()).unwrap();
-        let mut buf = [0u8; 1500];
-        while !s.load(Ordering::Relaxed) {
-            let Ok((n, from)) = sock.recv_from(&mut buf) else {
-                continue;
-            };
-            let q = &buf[..n];
+    udp::udp_server(
+        ns,
+        bind,
+        "dns server",
+        |_| {},
+        move |sock, q, from| {
+            let n = q.len();
             if n < 17 {
-                continue;
+                return;
             }
             // The question: labels from offset 12 to the root, then type and class.
             let mut off = 12;
@@ -334,7 +353,7 @@ pub fn dns_server(
             }
             let qend = off + 5;
             if qend > n {
-                continue;
+                return;
             }
             let qtype = u16::from_be_bytes([q[off + 1], q[off + 2]]);
             let found = labels.join(".") == name;
@@ -354,13 +373,6 @@ pub fn dns_server(
                 r.extend_from_slice(&a.octets());
             }
             let _ = sock.send_to(&r, from);
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("dns server ready");
-    Server {
-        stop,
-        handle: Some(thread),
-    }
+        },
+    )
 }

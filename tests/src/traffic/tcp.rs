@@ -4,10 +4,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    sync::atomic::Ordering,
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -20,14 +17,11 @@ use crate::netns::Netns;
 /// A TCP server in `ns`: every accepted connection runs `handle` on a thread of its own,
 /// with 20 s timeouts so a stalled peer ends the worker instead of hanging the test.
 fn tcp_server(ns: &Netns, addr: SocketAddr, handle: fn(TcpStream)) -> Server {
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let thread = ns.run(move || {
+    Server::spawn(ns, "tcp server", move |stop, ready| {
         let l = TcpListener::bind(addr).expect("bind tcp server");
         l.set_nonblocking(true).unwrap();
-        ready_tx.send(()).unwrap();
-        while !s.load(Ordering::Relaxed) {
+        ready();
+        while !stop.load(Ordering::Relaxed) {
             let Ok((c, _)) = l.accept() else {
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
@@ -37,14 +31,7 @@ fn tcp_server(ns: &Netns, addr: SocketAddr, handle: fn(TcpStream)) -> Server {
             c.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
             std::thread::spawn(move || handle(c));
         }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("tcp server ready");
-    Server {
-        stop,
-        handle: Some(thread),
-    }
+    })
 }
 
 /// TCP echo server: copies every byte back on each connection.

@@ -3,10 +3,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    sync::atomic::Ordering,
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -16,33 +13,45 @@ use anyhow::{bail, Context as _, Result};
 use super::Server;
 use crate::netns::Netns;
 
+/// A UDP server in `ns` on `addr`: `setup` adjusts the bound socket, then `reply` handles
+/// each datagram (the bytes and their sender) until the server is dropped.
+pub(super) fn udp_server(
+    ns: &Netns,
+    addr: impl Into<SocketAddr>,
+    what: &'static str,
+    setup: impl FnOnce(&UdpSocket) + Send + 'static,
+    mut reply: impl FnMut(&UdpSocket, &[u8], SocketAddr) + Send + 'static,
+) -> Server {
+    let addr = addr.into();
+    Server::spawn(ns, what, move |stop, ready| {
+        let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {what}: {e}"));
+        setup(&sock);
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        ready();
+        let mut buf = vec![0u8; 65536];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                reply(&sock, &buf[..n], peer);
+            }
+        }
+    })
+}
+
 /// UDP echo server: replies with the payload followed by `|` and the peer address it saw,
 /// so clients learn their outside (NATed) address and port.
 pub fn udp_echo_server(ns: &Netns, addr: SocketAddrV4) -> Server {
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = ns.run(move || {
-        let sock = UdpSocket::bind(addr).expect("bind udp echo");
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        ready_tx.send(()).unwrap();
-        let mut buf = [0u8; 65536];
-        while !s.load(Ordering::Relaxed) {
-            if let Ok((n, peer)) = sock.recv_from(&mut buf) {
-                let mut reply = buf[..n].to_vec();
-                reply.extend_from_slice(format!("|{peer}").as_bytes());
-                let _ = sock.send_to(&reply, peer);
-            }
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("udp echo server ready");
-    Server {
-        stop,
-        handle: Some(handle),
-    }
+    udp_server(
+        ns,
+        addr,
+        "udp echo server",
+        |_| {},
+        |sock, data, peer| {
+            let mut reply = data.to_vec();
+            reply.extend_from_slice(format!("|{peer}").as_bytes());
+            let _ = sock.send_to(&reply, peer);
+        },
+    )
 }
 
 /// Send `payload` from `bind` to `to` and wait for the echo; retries a few times.
@@ -213,30 +222,16 @@ fn set_df(fd: i32, df: Df) -> std::io::Result<()> {
 
 /// UDP mirror: sends every datagram back unchanged, with DF=1 and never fragmented locally.
 pub fn udp_mirror_server(ns: &Netns, addr: SocketAddrV4) -> Server {
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let thread = ns.run(move || {
-        use std::os::fd::AsRawFd as _;
-        let sock = UdpSocket::bind(addr).expect("bind udp mirror");
-        set_df(sock.as_raw_fd(), Df::Set).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        ready_tx.send(()).unwrap();
-        let mut buf = vec![0u8; 65536];
-        while !s.load(Ordering::Relaxed) {
-            if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                let _ = sock.send_to(&buf[..n], from);
-            }
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("udp mirror ready");
-    Server {
-        stop,
-        handle: Some(thread),
-    }
+    use std::os::fd::AsRawFd as _;
+    udp_server(
+        ns,
+        addr,
+        "udp mirror",
+        |sock| set_df(sock.as_raw_fd(), Df::Set).unwrap(),
+        |sock, data, peer| {
+            let _ = sock.send_to(data, peer);
+        },
+    )
 }
 
 /// Send `payload` from `bind` to `to` with `df` until the same bytes come back (a

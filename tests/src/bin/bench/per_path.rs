@@ -91,6 +91,75 @@ pub fn b4_paths() -> (Vec<Row>, Vec<CoresRow>, Vec<serde_json::Value>) {
     rows
 }
 
+/// Make the AFTR rig ready as the controller runs it (the next-hop cache on, the no-op
+/// program loaded); returns the no-op program's ns on a softwire frame (the harness).
+pub fn prepare(rig: &mut Rig) -> f64 {
+    dslite_user::dataplane::bump_next_hops(&rig.pin, true).unwrap();
+    rig.load(dslite_user::dataplane::PROG_PASS);
+    let f = from_b4(
+        rig,
+        nth_b4(0),
+        &udp4(HOST, SERVER, 5000, 7777, 64, &[0; PAYLOAD]),
+        &[],
+    );
+    time(
+        rig,
+        dslite_user::dataplane::PROG_PASS,
+        "tun",
+        &[f],
+        XDP_PASS,
+    )
+}
+
+/// An established flow of softwire `nth_b4(i)`, mapped by running its first packet: that
+/// outbound frame, the server's reply to it, and a frame from softwire `nth_b4(i + 1)` to
+/// its public endpoint (hairpin).
+pub struct Flow {
+    pub out: Vec<u8>,
+    pub reply: Vec<u8>,
+    pub hairpin: Vec<u8>,
+}
+
+pub fn established(rig: &Rig, i: u32) -> Flow {
+    let out = from_b4(
+        rig,
+        nth_b4(i),
+        &udp4(HOST, SERVER, 5000, 7777, 64, &[0; PAYLOAD]),
+        &[],
+    );
+    let (v, first) = rig.run("tun", &out);
+    assert_eq!(v, XDP_REDIRECT);
+    let (addr, port) = outside_of(&first);
+    Flow {
+        reply: from_internet(rig, &udp4(SERVER, addr, 7777, port, 64, &[0; PAYLOAD])),
+        hairpin: from_b4(
+            rig,
+            nth_b4(i + 1),
+            &udp4(HOST, addr, 6000, port, 64, &[0; PAYLOAD]),
+            &[],
+        ),
+        out,
+    }
+}
+
+/// `RUNS` frames that each make a new mapping: 200 flows from each of the softwires
+/// `nth_b4(first)`, `nth_b4(first + 1)`...
+fn new_flows(rig: &Rig, first: u32) -> Vec<Vec<u8>> {
+    (0..RUNS as u32)
+        .map(|i| {
+            let inner = udp4(
+                HOST,
+                SERVER,
+                10_000 + (i % 200) as u16,
+                7777,
+                64,
+                &[0; PAYLOAD],
+            );
+            from_b4(rig, nth_b4(first + i / 200), &inner, &[])
+        })
+        .collect()
+}
+
 /// One step of the paths each (bench.rs in dslite-ebpf), timed on the outbound frame after
 /// the outbound path has run (its mapping and next hop exist): what each step costs.
 const STEP_PROBES: [(&str, &str); 9] = [
@@ -136,43 +205,14 @@ pub struct AftrPaths {
 /// The AFTR's rows: the probes (FIB lookups, map lookups), outbound on an existing mapping
 /// and creating one, inbound, hairpin.
 pub fn aftr_paths(rig: &mut Rig) -> AftrPaths {
-    dslite_user::dataplane::bump_next_hops(&rig.pin, true).unwrap();
-    rig.load(dslite_user::dataplane::PROG_PASS);
+    let noop = prepare(rig);
     let prog = rig.prog();
-    let inner = udp4(HOST, SERVER, 5000, 7777, 64, &[0; PAYLOAD]);
-    let out_frame = from_b4(rig, nth_b4(0), &inner, &[]);
-    let (v, out) = rig.run("tun", &out_frame);
-    assert_eq!(v, XDP_REDIRECT);
-    let (addr, port) = outside_of(&out);
-    let reply = from_internet(rig, &udp4(SERVER, addr, 7777, port, 64, &[0; PAYLOAD]));
-    // Hairpin: nth_b4(1) sends to nth_b4(0)'s public endpoint.
-    let hp = from_b4(
-        rig,
-        nth_b4(1),
-        &udp4(HOST, addr, 6000, port, 64, &[0; PAYLOAD]),
-        &[],
-    );
-    let noop = time(
-        rig,
-        dslite_user::dataplane::PROG_PASS,
-        "tun",
-        std::slice::from_ref(&out_frame),
-        XDP_PASS,
-    );
-    // New flows: 100 softwires x 200 ports, each frame run once (a new mapping each).
-    let new_flows: Vec<Vec<u8>> = (0..RUNS as u32)
-        .map(|i| {
-            let inner = udp4(
-                HOST,
-                SERVER,
-                10_000 + (i % 200) as u16,
-                7777,
-                64,
-                &[0; PAYLOAD],
-            );
-            from_b4(rig, nth_b4(100 + i / 200), &inner, &[])
-        })
-        .collect();
+    let Flow {
+        out: out_frame,
+        reply,
+        hairpin: hp,
+    } = established(rig, 0);
+    let new_flows = new_flows(rig, 100);
     let mut created = Vec::with_capacity(RUNS);
     for f in &new_flows {
         let (v, ns) = rig.time_once(prog, "tun", f);
@@ -298,8 +338,8 @@ pub fn aftr_paths(rig: &mut Rig) -> AftrPaths {
 }
 
 /// The AFTR's established paths and mapping creation on every CPU at once, each CPU with
-/// flows of its own (as RSS spreads them): softwire `10 + cpu` for the established paths,
-/// `20 + cpu` hairpinning to it, and new softwires for creation. `one_core`: the one-core
+/// flows of its own (as RSS spreads them): softwire `10 + 2·cpu` for the established paths,
+/// the next one hairpinning to it, and new softwires for creation. `one_core`: the one-core
 /// net ns of each path by row name.
 fn aftr_on_cpus(
     rig: &Rig,
@@ -309,42 +349,11 @@ fn aftr_on_cpus(
     let n = cpus() as u32;
     let (mut out, mut back, mut hairpin, mut create) = (vec![], vec![], vec![], vec![]);
     for cpu in 0..n {
-        let f = from_b4(
-            rig,
-            nth_b4(10 + cpu),
-            &udp4(HOST, SERVER, 5000, 7777, 64, &[0; PAYLOAD]),
-            &[],
-        );
-        let (v, o) = rig.run("tun", &f);
-        assert_eq!(v, XDP_REDIRECT);
-        let (addr, port) = outside_of(&o);
-        out.push(vec![f]);
-        back.push(vec![from_internet(
-            rig,
-            &udp4(SERVER, addr, 7777, port, 64, &[0; PAYLOAD]),
-        )]);
-        hairpin.push(vec![from_b4(
-            rig,
-            nth_b4(20 + cpu),
-            &udp4(HOST, addr, 6000, port, 64, &[0; PAYLOAD]),
-            &[],
-        )]);
-        // 100 new softwires per CPU, 200 flows each: every frame makes a new mapping.
-        create.push(
-            (0..RUNS as u32)
-                .map(|i| {
-                    let inner = udp4(
-                        HOST,
-                        SERVER,
-                        10_000 + (i % 200) as u16,
-                        7777,
-                        64,
-                        &[0; PAYLOAD],
-                    );
-                    from_b4(rig, nth_b4(1000 + cpu * 100 + i / 200), &inner, &[])
-                })
-                .collect::<Vec<_>>(),
-        );
+        let f = established(rig, 10 + 2 * cpu);
+        out.push(vec![f.out]);
+        back.push(vec![f.reply]);
+        hairpin.push(vec![f.hairpin]);
+        create.push(new_flows(rig, 1000 + cpu * 100));
     }
     let prog = rig.prog();
     [

@@ -237,22 +237,11 @@ pub fn ten_million() -> serde_json::Value {
         },
         move |rig| {
             let t0 = Instant::now();
-            dslite_user::dataplane::bump_next_hops(&rig.pin, true).unwrap();
-            rig.load(dslite_user::dataplane::PROG_PASS);
+            let noop = crate::per_path::prepare(rig);
             let prog = rig.prog();
+            let f = crate::per_path::established(rig, 0);
+            let (out_frame, reply) = (f.out, f.reply);
             let flow = udp4(HOST, SERVER, 5000, 7777, 64, &[0; PAYLOAD]);
-            let out_frame = from_b4(rig, nth_b4(0), &flow, &[]);
-            let (v, first) = rig.run("tun", &out_frame);
-            assert_eq!(v, XDP_REDIRECT);
-            let (addr, port) = outside_of(&first);
-            let reply = from_internet(rig, &udp4(SERVER, addr, 7777, port, 64, &[0; PAYLOAD]));
-            let noop = time(
-                rig,
-                dslite_user::dataplane::PROG_PASS,
-                "tun",
-                std::slice::from_ref(&out_frame),
-                XDP_PASS,
-            );
             let paths = |rig: &Rig| {
                 (
                     time(
