@@ -214,7 +214,9 @@ pub struct SoftwireState {
     pub sessions: u64,
     /// Rate-limit tokens (new mappings) left.
     pub tokens: u32,
-    pub _pad: u32,
+    /// The [`crate::nat::stamp_epoch`] of its newest admitted mapping: a sweep whose cycle
+    /// began since then has not seen every mapping of it (see [`Slot::last_new`]).
+    pub last_new: u32,
     /// When the tokens were last refilled (`bpf_ktime_get_ns`).
     pub refill_ns: u64,
     /// New mappings refused by a limit (quota, sessions or rate).
@@ -381,6 +383,11 @@ pub struct Slot {
     /// epoch lasts (about a second), so a subscriber with full blocks pays one search per
     /// block per second, not one per new mapping; 0: no hint.
     pub full: u8,
+    /// Written by XDP when it makes a mapping in the block: the [`crate::nat::stamp_epoch`]
+    /// of the newest one (written only when it changes, so once a second at most). A sweep
+    /// that reads NAT_OUT over several seconds cannot see mappings made behind its cursor;
+    /// it releases no block stamped since its cycle began.
+    pub last_new: u32,
 }
 
 /// Key of [`NEXT_HOPS`]: where a packet goes, and where it came in (the FIB lookup's inputs,
@@ -489,7 +496,7 @@ pub struct NatEvent {
 const _: () = assert!(size_of::<BlockKey>() == 8);
 const _: () = assert!(size_of::<BlockValue>() == 32);
 const _: () = assert!(size_of::<SlotKey>() == 20);
-const _: () = assert!(size_of::<Slot>() == 12);
+const _: () = assert!(size_of::<Slot>() == 16);
 const _: () = assert!(size_of::<NatEvent>() == 48);
 const _: () = assert!(size_of::<AftrConfig>() == 100);
 const _: () = assert!(size_of::<B4Config>() == 44);

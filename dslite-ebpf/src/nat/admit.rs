@@ -5,7 +5,7 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_ns};
 use dslite_common::{
     bucket,
     maps::{AftrConfig, SoftwireState},
-    nat::subscriber_of,
+    nat::{stamp_epoch, subscriber_of},
 };
 
 use crate::{
@@ -25,7 +25,7 @@ fn state(
         let fresh = SoftwireState {
             sessions: 0,
             tokens: cfg.new_per_sec,
-            _pad: 0,
+            last_new: 0,
             refill_ns: now(),
             refused: 0,
         };
@@ -52,7 +52,7 @@ pub fn note_refusal(b4: &[u8; 16], cfg: &AftrConfig) {
 /// `max_sessions` mappings, and new ones at `new_per_sec` with that burst (token bucket).
 /// The state is updated without locks: two CPUs may both take the last token, an error of
 /// one mapping that the next refill absorbs. The admitted mapping is counted here (a
-/// creation that then fails is repaired by the sweep's recount within a second).
+/// creation that then fails is repaired by the sweep's recount at the end of its cycle).
 #[inline(never)]
 pub fn admit(b4: &[u8; 16], cfg: &AftrConfig, now: u64) -> u32 {
     let sub = subscriber_of(b4, &cfg.subscriber_mask);
@@ -72,5 +72,6 @@ pub fn admit(b4: &[u8; 16], cfg: &AftrConfig, now: u64) -> u32 {
         return RATE_LIMIT;
     }
     st.sessions += 1;
+    st.last_new = stamp_epoch(now);
     FOUND
 }

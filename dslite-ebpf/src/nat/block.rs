@@ -283,6 +283,7 @@ fn try_block(sk: &SlotKey, owner: &BlockValue, cfg: &AftrConfig, where_: BlockAt
         block: where_.block(),
         held: 0,
         full: 0,
+        last_new: 0,
     };
     let bk = BlockKey {
         addr,

@@ -5,7 +5,7 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use dslite_common::{
     maps::{AftrConfig, NatInKey, NatOutKey, NatOutValue, Slot, SlotKey},
     nat::{
-        block_first_port, candidate_in_block, full_epoch, port_hash, subscriber_of,
+        block_first_port, candidate_in_block, full_epoch, port_hash, stamp_epoch, subscriber_of,
         PORT_SEARCH_TRIES,
     },
     Counter,
@@ -75,11 +75,14 @@ pub fn give_block(key: &NatOutKey, cfg: &AftrConfig, slot: u32) -> u32 {
 #[inline(always)]
 fn use_slot(key: &NatOutKey, sk: &SlotKey, cfg: &AftrConfig, q: &Search, out: &mut Outside) -> u32 {
     let need = need_block(sk.slot as u32);
-    let s = match SW_BLOCKS.get_ptr(sk) {
-        // SAFETY: map value pointer from the kernel; copied out.
-        Some(p) => unsafe { *p },
+    // The slot in place, not a copy (the AFTR's stack is at its 512-byte limit): its
+    // address and block never change while it lives (a new block is a new entry).
+    let p = match SW_BLOCKS.get_ptr_mut(sk) {
+        Some(p) => p,
         None => return need,
     };
+    // SAFETY: map value pointer from the kernel, valid for this program run.
+    let s = unsafe { &mut *p };
     // A held block is taken back by `claim_block`, like an empty slot is filled: one path
     // into the port search, not two.
     if s.held != 0 {
@@ -90,8 +93,17 @@ fn use_slot(key: &NatOutKey, sk: &SlotKey, cfg: &AftrConfig, q: &Search, out: &m
         // Searched in vain this epoch: the next slot, without a search.
         return NOT_FOUND;
     }
-    let r = claim_port(key, &s, cfg, q, out);
+    // A mapping is about to be made in this block: stamped before the search (one that
+    // fails delays the block's release by a sweep cycle, no more), written only when it
+    // changes. A hint, like `full`: a lost update is harmless.
+    let stamp = stamp_epoch(q.now);
+    if s.last_new != stamp {
+        s.last_new = stamp;
+    }
+    let r = claim_port(key, s, cfg, q, out);
     if r == NOT_FOUND {
+        // Looked up again, not through `s`: the sweep may have replaced the slot's entry
+        // during the search, and a preallocated map reuses the old one at once.
         if let Some(p) = SW_BLOCKS.get_ptr_mut(sk) {
             // SAFETY: map value pointer from the kernel; a hint, a lost update is harmless.
             unsafe { (*p).full = epoch };

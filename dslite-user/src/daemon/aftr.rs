@@ -333,6 +333,16 @@ async fn aftr_loop(
                 st.natlog.tick();
                 let natlog = st.natlog.snapshot();
                 match swept {
+                    // The table's figures come at the end of a cycle (every sweep up to
+                    // SWEEP_SLICE mappings; every few at millions): between, the last
+                    // cycle's stay and only the NAT log's counters move.
+                    Ok(r) if !r.cycle_done => {
+                        if let Ok(mut g) = st.gauges.lock() {
+                            if let Some(g) = g.as_mut() {
+                                g.natlog = natlog;
+                            }
+                        }
+                    }
                     Ok(r) => {
                         if let Ok(mut g) = st.gauges.lock() {
                             *g = Some(crate::metrics::Gauges {

@@ -5,13 +5,17 @@
 use std::collections::HashMap as StdMap;
 
 use anyhow::Result;
-use dslite_common::maps::{
-    self as m, BlockKey, BlockValue, Slot, SlotKey, EVENT_BLOCK_ALLOCATED, EVENT_BLOCK_RELEASED,
+use aya::maps::IterableMap as _;
+use dslite_common::{
+    maps::{
+        self as m, BlockKey, BlockValue, Slot, SlotKey, EVENT_BLOCK_ALLOCATED, EVENT_BLOCK_RELEASED,
+    },
+    nat::stamped_since,
 };
 
-use crate::clock::unix_ms;
+use crate::{clock::unix_ms, dataplane::batch::scan_map};
 
-use super::{block_event, SweepReport, Sweeper, BLOCK_GRACE_NS, BPF_NOEXIST};
+use super::{block_event, CycleSpan, SweepReport, Sweeper, Tally, BLOCK_GRACE_NS, BPF_NOEXIST};
 
 impl Sweeper {
     /// Port blocks (RFC 6888 REQ-8): release blocks with no live mapping into hold-down
@@ -20,34 +24,49 @@ impl Sweeper {
     /// was under way: its allocation is logged again, so `whois` stays right), free held
     /// blocks after the hold-down only when no mapping uses them, and repair a live
     /// mapping's block that lost its entry (freed in the same instant as it was reclaimed).
+    ///
+    /// `live` is what the cycle `span` saw. A cycle spread over several sweeps misses the
+    /// mappings XDP made behind its cursor: a block it did not see in use is released only
+    /// if it was allocated before the cycle began and its slot has no mapping made since
+    /// (`Slot::last_new`); else it waits for the next cycle, which sees those mappings.
     pub(super) fn sweep_blocks(
         &mut self,
         now: u64,
-        live: &StdMap<BlockKey, [u8; 16]>,
+        span: CycleSpan,
+        live: &Tally<BlockKey, [u8; 16]>,
         r: &mut SweepReport,
     ) -> Result<()> {
         let (ms, cfg) = (unix_ms(now), self.cfg);
         let record = |kind, b4, bk: &BlockKey| block_event(ms, &cfg, kind, b4, bk);
         // Slots by block, to mark or free the slot with its block.
+        // (Tables read in batches: BLOCKS and SW_BLOCKS hold an entry per block in use.)
         let mut slot_of: StdMap<BlockKey, (SlotKey, Slot)> = StdMap::new();
-        for e in self.slots.iter() {
-            let (k, s) = e?;
+        scan_map::<SlotKey, Slot>(self.slots.map(), |k, s| {
             let bk = BlockKey {
                 addr: s.addr,
                 block: s.block,
                 _pad: 0,
             };
             slot_of.insert(bk, (k, s));
-        }
+        })?;
         let hold = self.timeouts.block_hold_down.saturating_mul(1_000_000_000);
         let mut present = std::collections::HashSet::new();
         let mut changes = Vec::new();
-        for e in self.blocks.iter() {
-            let (bk, bv) = e?;
+        let mut blocks = Vec::new();
+        scan_map::<BlockKey, BlockValue>(self.blocks.map(), |bk, bv| blocks.push((bk, bv)))?;
+        for (bk, bv) in blocks {
             present.insert(bk);
             let in_use = live.contains_key(&bk);
             if bv.released_ns == 0 {
-                if !in_use && now.saturating_sub(bv.allocated_ns) > BLOCK_GRACE_NS {
+                let settled = if span.spread {
+                    bv.allocated_ns.saturating_add(BLOCK_GRACE_NS) < span.started_ns
+                        && !slot_of
+                            .get(&bk)
+                            .is_some_and(|(_, s)| stamped_since(s.last_new, span.started_ns))
+                } else {
+                    now.saturating_sub(bv.allocated_ns) > BLOCK_GRACE_NS
+                };
+                if !in_use && settled {
                     changes.push((bk, bv, BlockChange::Release));
                 }
             } else if in_use {
@@ -126,15 +145,14 @@ impl Sweeper {
         }
         // Counts per address, and the free-block hints the XDP block search starts from.
         let mut used: StdMap<[u8; 4], u32> = StdMap::new();
-        for e in self.blocks.iter() {
-            let (bk, bv) = e?;
+        scan_map::<BlockKey, BlockValue>(self.blocks.map(), |bk, bv| {
             *used.entry(bk.addr).or_default() += 1;
             if bv.released_ns == 0 {
                 *r.blocks_in_use.entry(bk.addr).or_default() += 1;
             } else {
                 *r.blocks_held.entry(bk.addr).or_default() += 1;
             }
-        }
+        })?;
         self.publish_free(&used)
     }
 

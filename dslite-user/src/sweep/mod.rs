@@ -1,6 +1,16 @@
 //! Expiry, done by the controller: a sweep every second reclaims idle mappings, releases
 //! port blocks whose last mapping is gone into a hold-down, and frees held blocks after it.
 //!
+//! Each sweep reads at most [`SWEEP_SLICE`] mappings, from where the last one stopped, and
+//! expires the idle ones among them at once; a *cycle* is one walk through the whole table
+//! (one sweep up to that size; 10M mappings: 77 sweeps). What needs the whole table (which
+//! blocks are still in use, each subscriber's count, filtering state) is decided at the
+//! cycle's end from what the cycle saw, minding what XDP made behind its cursor (stamps on
+//! the slot and the subscriber, [`dslite_common::nat::stamped_since`]). So the work per
+//! second is bounded at any table size, like Linux conntrack's garbage collector, which
+//! also scans its table a slice per run; the price is that a mapping may outlive its
+//! timeout by up to a cycle (RFC 4787 REQ-5 sets the timeout's floor, not a ceiling).
+//!
 //! Here: the sweep's tables and one pass, which expires idle mappings. [`blocks`]: releasing
 //! and freeing port blocks; [`peers`]: purging filtering state; [`subscribers`]: recounting
 //! each subscriber's mappings and telling its refusals apart; [`reconcile`]: the tables
@@ -19,7 +29,7 @@ mod subscribers;
 use std::{collections::HashMap as StdMap, path::Path, time::Instant};
 
 use anyhow::Result;
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray};
 use dslite_common::{
     maps::{
         self as m, AftrConfig, BlockKey, BlockValue, NatInKey, NatInValue, NatOutKey, NatOutValue,
@@ -32,15 +42,25 @@ use dslite_common::{
 use crate::{
     clock::unix_ms,
     config::Timeouts,
-    dataplane::{batch::scan_map, Pinned},
+    dataplane::{
+        batch::{delete_keys, walk_map, Walk},
+        Pinned,
+    },
     natlog::NatRecord,
 };
 
 pub use reconcile::Reconciled;
 pub use subscribers::{refusal_record, Refused, Rose};
 
-/// Most mappings deleted per sweep: bounds one sweep's work (the rest go next second).
-pub const MAX_EXPIRE_PER_SWEEP: usize = 1 << 16;
+/// Most mappings one sweep reads (and so expires): bounds its work at any table size
+/// (docs/benchmarks.md: about a quarter of a core at 10M mappings with 100k expiring a
+/// second, most of it the two hash-table deletes of each expired mapping).
+/// A table up to this size is read whole every second, as a single-sweep cycle.
+pub const SWEEP_SLICE: usize = 1 << 17;
+/// Mappings read and expired together: a refresh after the read and before the delete
+/// (an idle mapping's first packet in minutes, within a millisecond) is lost, and the
+/// flow's next packet makes a new mapping.
+const SWEEP_CHUNK: usize = 4096;
 /// A block younger than this is never released: its first mapping may still be on its way
 /// into NAT_OUT on another CPU.
 const BLOCK_GRACE_NS: u64 = 2_000_000_000;
@@ -52,6 +72,11 @@ const BPF_NOEXIST: u64 = 1;
 pub struct SweepReport {
     pub scanned: usize,
     pub expired: usize,
+    /// This sweep ended a cycle (a walk through the whole table): the fields below the
+    /// records are the cycle's. False: they are empty, keep the last cycle's.
+    pub cycle_done: bool,
+    /// The cycle's length (ns), when it ended.
+    pub cycle_ns: u64,
     /// NAT log records: blocks released; mappings deleted (with `log_sessions`); softwires
     /// that had new mappings refused since the last sweep (quota or exhaustion).
     pub records: Vec<NatRecord>,
@@ -94,6 +119,64 @@ pub struct Sweeper {
     last_refusals: Option<[u64; 5]>,
     /// `--max-mappings`, for the record of a full mapping table.
     pub max_mappings: u32,
+    /// Mappings read per sweep ([`SWEEP_SLICE`]; tests make cycles of several sweeps).
+    pub slice: usize,
+    cycle: Cycle,
+    /// Records of a sweep that failed part-way, for the next one.
+    carried: Vec<NatRecord>,
+}
+
+/// A hash map for the sweep's tallies: keyed per mapping read (up to SWEEP_SLICE a
+/// second), so hashed with foldhash (hashbrown's default) rather than SipHash.
+pub(super) type Tally<K, V> = hashbrown::HashMap<K, V>;
+
+/// One walk through NAT_OUT over one or more sweeps, and what it saw of the live mappings.
+#[derive(Default)]
+struct Cycle {
+    /// When its first sweep began (monotonic ns); 0 before.
+    started_ns: u64,
+    /// Sweeps so far: a cycle of one saw the whole table at once.
+    sweeps: u32,
+    walk: Walk,
+    /// Blocks with a live mapping, and the subscriber the mapping belongs to.
+    live: Tally<BlockKey, [u8; 16]>,
+    /// Mappings per subscriber (RFC 7785 §3: limits are the subscriber's).
+    sessions: Tally<[u8; 16], u64>,
+    /// Mappings expired per subscriber.
+    expired: Tally<[u8; 16], u64>,
+    /// XDP's count of each subscriber when the cycle began.
+    at_start: Tally<[u8; 16], u64>,
+    /// Live mappings by outside endpoint: (timeout, peers recorded on the mapping, key).
+    by_outside: Tally<NatInKey, (u64, u8, NatOutKey)>,
+    /// Live mappings by protocol.
+    mappings: [u64; 4],
+}
+
+impl Cycle {
+    /// A live mapping seen.
+    fn keep(&mut self, cfg: &AftrConfig, timeouts: &Timeouts, k: &NatOutKey, v: &NatOutValue) {
+        let sub = subscriber_of(&k.b4, &cfg.subscriber_mask);
+        *self.sessions.entry(sub).or_default() += 1;
+        self.mappings[proto_slot(k.proto)] += 1;
+        if let Some(b) = block_key(cfg, v.outside_addr, v.outside_port) {
+            self.live.insert(b, sub);
+        }
+        if cfg.filter_modes != 0 {
+            self.by_outside.insert(
+                k.inbound_key(v.outside_addr, v.outside_port),
+                (timeout_ns(timeouts, k.proto, v.tcp_state), v.peers, *k),
+            );
+        }
+    }
+}
+
+/// What the end of a cycle needs to know of it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct CycleSpan {
+    /// When it began (monotonic ns).
+    pub started_ns: u64,
+    /// It took more than one sweep: XDP may have made mappings behind its cursor.
+    pub spread: bool,
 }
 
 /// Idle timeout (ns) of a mapping, by protocol and TCP state.
@@ -145,11 +228,18 @@ impl Sweeper {
             stats: pinned.per_cpu_array(m::STATS).ok(),
             last_refusals: None,
             max_mappings: 0,
+            slice: SWEEP_SLICE,
+            cycle: Cycle::default(),
+            carried: Vec::new(),
         })
     }
 
     /// A reloaded configuration (filtering modes; the block layout never changes live).
     pub fn set_config(&mut self, cfg: AftrConfig) {
+        if cfg.filter_modes != self.cfg.filter_modes {
+            // The cycle gathered filtering state for the old modes only.
+            self.restart_cycle();
+        }
         self.cfg = cfg;
     }
 }
@@ -205,94 +295,140 @@ fn block_event(
 }
 
 impl Sweeper {
-    /// One pass at time `now` (monotonic ns).
+    /// One sweep at time `now` (monotonic ns): the next slice of the table, its idle
+    /// mappings expired; at the end of a cycle, the blocks, filtering state and subscribers.
     pub fn sweep(&mut self, now: u64) -> Result<SweepReport> {
         let start = Instant::now();
-        let ms = unix_ms(now);
-        let record = |kind, b4, addr, lo, hi| event(ms, kind, b4, addr, lo, hi);
-        let mut r = SweepReport::default();
-        let mask = self.cfg.subscriber_mask;
-        // Blocks with a live mapping, and the subscriber the mapping belongs to.
-        let mut live: StdMap<BlockKey, [u8; 16]> = StdMap::new();
-        let mut expired = Vec::new();
-        // Mappings per subscriber (RFC 7785 §3: limits are the subscriber's).
-        let mut sessions: StdMap<[u8; 16], u64> = StdMap::new();
-        // Live mappings by outside endpoint: (timeout, peers recorded on the mapping, key).
-        let mut by_outside: StdMap<NatInKey, (u64, u8, NatOutKey)> = StdMap::new();
-        let mut all = Vec::new();
-        scan_map::<NatOutKey, NatOutValue>(&self.nat_out_scan, |k, v| all.push((k, v)))?;
-        let (cfg, timeouts) = (self.cfg, self.timeouts);
-        let mut keep = |k: &NatOutKey, v: &NatOutValue, r: &mut SweepReport| {
-            *sessions.entry(subscriber_of(&k.b4, &mask)).or_default() += 1;
-            r.mappings[proto_slot(k.proto)] += 1;
-            if let Some(b) = block_key(&cfg, v.outside_addr, v.outside_port) {
-                live.insert(b, subscriber_of(&k.b4, &mask));
-            }
-            if cfg.filter_modes != 0 {
-                by_outside.insert(
-                    k.inbound_key(v.outside_addr, v.outside_port),
-                    (timeout_ns(&timeouts, k.proto, v.tcp_state), v.peers, *k),
-                );
-            }
+        let mut r = SweepReport {
+            records: std::mem::take(&mut self.carried),
+            ..Default::default()
         };
-        for (k, v) in all {
-            r.scanned += 1;
-            let idle = now.saturating_sub(v.last_seen_ns);
-            if idle >= timeout_ns(&self.timeouts, k.proto, v.tcp_state)
-                && expired.len() < MAX_EXPIRE_PER_SWEEP
-            {
-                expired.push((k, v));
-            } else {
-                keep(&k, &v, &mut r);
+        match self.sweep_into(now, &mut r) {
+            Ok(()) => {
+                r.micros = start.elapsed().as_micros();
+                Ok(r)
+            }
+            Err(e) => {
+                // Start the cycle over (its tallies are no longer the table's), and keep the
+                // records of what was done for the next sweep: the NAT log loses none.
+                self.cycle = Cycle::default();
+                self.carried = r.records;
+                Err(e)
             }
         }
-        for (k, v) in expired {
-            // Re-read: a packet may have refreshed it since the scan.
-            match self.nat_out.get(&k, 0) {
-                Ok(cur) if cur.last_seen_ns == v.last_seen_ns => {}
-                _ => {
-                    keep(&k, &v, &mut r);
-                    continue;
+    }
+
+    fn sweep_into(&mut self, now: u64, r: &mut SweepReport) -> Result<()> {
+        let ms = unix_ms(now);
+        let (cfg, timeouts) = (self.cfg, self.timeouts);
+        let first = self.cycle.sweeps == 0;
+        if first {
+            self.cycle.started_ns = now;
+        }
+        self.cycle.sweeps += 1;
+        // Refusals every sweep; XDP's counts at the cycle's start, before its walk.
+        let live = std::mem::take(&mut self.cycle.sessions);
+        let at = self.note_refusals(&live, first, ms, r)?;
+        self.cycle.sessions = live;
+        if first {
+            self.cycle.at_start = at;
+        }
+        let mut chunk: Vec<(NatOutKey, NatOutValue)> = Vec::with_capacity(SWEEP_CHUNK);
+        let mut expired = Vec::new();
+        let mut done = false;
+        while !done && r.scanned < self.slice {
+            chunk.clear();
+            let max = SWEEP_CHUNK.min(self.slice - r.scanned);
+            done = walk_map(&mut self.cycle.walk, &self.nat_out_scan, max, |k, v| {
+                chunk.push((k, v))
+            })?;
+            r.scanned += chunk.len();
+            expired.clear();
+            for (k, v) in &chunk {
+                let idle = now.saturating_sub(v.last_seen_ns);
+                if idle >= timeout_ns(&timeouts, k.proto, v.tcp_state) {
+                    let sub = subscriber_of(&k.b4, &cfg.subscriber_mask);
+                    *self.cycle.expired.entry(sub).or_default() += 1;
+                    expired.push((*k, *v));
+                } else {
+                    self.cycle.keep(&cfg, &timeouts, k, v);
                 }
             }
-            r.expired += 1;
-            let port = u16::from_be(v.outside_port);
-            if let Some(rec) =
-                self.delete_mapping(&k, &v, record(0, k.b4, v.outside_addr, port, port))
-            {
-                r.records.push(rec);
-            }
+            r.expired += self.delete_mappings(&expired, ms, &mut r.records)?;
         }
-        self.sweep_blocks(now, &live, &mut r)?;
-        self.sweep_peers(now, &by_outside)?;
-        self.recount_subscribers(&sessions, ms, &mut r)?;
-        r.micros = start.elapsed().as_micros();
-        Ok(r)
+        if done {
+            let c = std::mem::take(&mut self.cycle);
+            let span = CycleSpan {
+                started_ns: c.started_ns,
+                spread: c.sweeps > 1,
+            };
+            self.sweep_blocks(now, span, &c.live, r)?;
+            self.sweep_peers(now, span, &c.by_outside)?;
+            self.recount_subscribers(&c.sessions, &c.expired, &c.at_start, span, r)?;
+            r.mappings = c.mappings;
+            r.cycle_done = true;
+            r.cycle_ns = now.saturating_sub(c.started_ns);
+        }
+        Ok(())
+    }
+
+    /// Start the cycle over: what it saw is no longer the table (a reconcile deleted
+    /// mappings; the filtering modes changed).
+    pub(super) fn restart_cycle(&mut self) {
+        self.cycle = Cycle::default();
     }
 }
 
 impl Sweeper {
-    /// Delete one mapping: NAT_OUT first, so a new packet makes a fresh mapping from then on,
-    /// and the outside port last (its NAT_IN entry, only if it still points back), so it is
-    /// never shared. Returns the deletion record (`base` with the mapping's fields) when
-    /// sessions are logged.
-    fn delete_mapping(
+    /// Delete mappings: NAT_OUT first, so a new packet makes a fresh mapping from then on,
+    /// and each outside port last (its NAT_IN entry), so it is never shared: two batched
+    /// system calls. With `log_sessions`, a deletion record for each into `records`.
+    ///
+    /// The NAT_IN entry of a mapping in NAT_OUT points back to it, so it is deleted without
+    /// a look-up (which cost 1.4 us a mapping, more than both deletes): XDP inserts NAT_IN
+    /// before NAT_OUT and removes only the NAT_IN entry it inserted when another CPU
+    /// published the mapping first; the controller removes NAT_IN entries only here, after
+    /// their NAT_OUT entry. The fuzzer checks the invariant after every packet
+    /// (`tests/tests/fuzz.rs`, "has no matching NAT_IN").
+    fn delete_mappings(
         &mut self,
-        k: &NatOutKey,
-        v: &NatOutValue,
-        base: NatRecord,
-    ) -> Option<NatRecord> {
-        let _ = self.nat_out.remove(k);
-        let kin = k.inbound_key(v.outside_addr, v.outside_port);
-        if self.nat_in.get(&kin, 0).ok() == Some(k.inbound_value()) {
-            let _ = self.nat_in.remove(&kin);
+        gone: &[(NatOutKey, NatOutValue)],
+        ms: i128,
+        records: &mut Vec<NatRecord>,
+    ) -> Result<usize> {
+        if gone.is_empty() {
+            return Ok(0);
         }
-        self.log_sessions.then(|| NatRecord {
-            kind: EVENT_MAPPING_DELETED,
-            proto: k.proto,
-            inside: Some((k.inside_addr.into(), u16::from_be(k.inside_port))),
-            ..base
-        })
+        let keys: Vec<NatOutKey> = gone.iter().map(|(k, _)| *k).collect();
+        let (kept, out_err) = delete_keys(self.nat_out.map(), &keys);
+        // A mapping not deleted (already gone, or a failure) keeps its outside port: a port
+        // whose NAT_OUT entry was gone before may already be another mapping's.
+        let deleted: Vec<&(NatOutKey, NatOutValue)> = gone
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| kept.binary_search(i).is_err())
+            .map(|(_, m)| m)
+            .collect();
+        let ports: Vec<NatInKey> = deleted
+            .iter()
+            .map(|(k, v)| k.inbound_key(v.outside_addr, v.outside_port))
+            .collect();
+        let (_, in_err) = delete_keys(self.nat_in.map(), &ports);
+        if self.log_sessions {
+            records.extend(deleted.iter().map(|(k, v)| {
+                let port = u16::from_be(v.outside_port);
+                NatRecord {
+                    kind: EVENT_MAPPING_DELETED,
+                    proto: k.proto,
+                    inside: Some((k.inside_addr.into(), u16::from_be(k.inside_port))),
+                    ..event(ms, 0, k.b4, v.outside_addr, port, port)
+                }
+            }));
+        }
+        match out_err.or(in_err) {
+            Some(e) => Err(e),
+            None => Ok(deleted.len()),
+        }
     }
 }
 

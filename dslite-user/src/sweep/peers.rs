@@ -4,9 +4,11 @@
 use std::collections::HashMap as StdMap;
 
 use anyhow::Result;
-use dslite_common::maps::{NatInKey, NatOutKey, NatOutValue};
+use aya::maps::IterableMap as _;
+use dslite_common::maps::{NatInKey, NatOutKey, NatOutValue, PeerKey};
 
-use super::Sweeper;
+use super::{CycleSpan, Sweeper, Tally};
+use crate::dataplane::batch::scan_map;
 
 impl Sweeper {
     /// Filtering state (RFC 4787 REQ-8): a remote expires by its own timestamp, after the
@@ -14,15 +16,20 @@ impl Sweeper {
     /// bounds it in XDP) is recounted. The count is written back into the mapping only when
     /// it changed: that write can race an XDP refresh, whose lost timestamp costs at most
     /// that packet's refresh.
+    ///
+    /// `by_outside` is what the cycle `span` saw. A cycle spread over several sweeps misses
+    /// mappings made behind its cursor, so a remote it cannot match is purged only if it was
+    /// last seen before the cycle began (its mapping then existed, and was not seen live).
     pub(super) fn sweep_peers(
         &mut self,
         now: u64,
-        by_outside: &StdMap<NatInKey, (u64, u8, NatOutKey)>,
+        span: CycleSpan,
+        by_outside: &Tally<NatInKey, (u64, u8, NatOutKey)>,
     ) -> Result<()> {
         let mut gone = Vec::new();
         let mut counts: StdMap<NatInKey, u32> = StdMap::new();
-        for e in self.peers.iter() {
-            let (pk, ts) = e?;
+        let since = span.started_ns.saturating_sub(1 << 30);
+        scan_map::<PeerKey, u64>(self.peers.map(), |pk, ts| {
             let kin = NatInKey {
                 outside_addr: pk.outside_addr,
                 outside_port: pk.outside_port,
@@ -33,9 +40,11 @@ impl Sweeper {
                 Some((timeout, _, _)) if now.saturating_sub(ts) < *timeout => {
                     *counts.entry(kin).or_default() += 1;
                 }
-                _ => gone.push(pk),
+                Some(_) => gone.push(pk),
+                None if span.spread && ts >= since => {}
+                None => gone.push(pk),
             }
-        }
+        })?;
         for pk in gone {
             let _ = self.peers.remove(&pk);
         }

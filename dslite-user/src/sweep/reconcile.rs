@@ -49,7 +49,8 @@ impl Sweeper {
         let index_of = |addr: [u8; 4]| at.get(&addr).copied();
         let allowed_b4 = |b4: &[u8; 16]| allowed.iter().any(|p| p.contains(b4));
         let ms = unix_ms(now);
-        let record = |kind, b4, addr, lo, hi| event(ms, kind, b4, addr, lo, hi);
+        // What the running cycle saw includes what goes now.
+        self.restart_cycle();
         let mut r = Reconciled::default();
         let mut slots: Vec<(SlotKey, Slot)> = Vec::new();
         scan_map(self.slots.map(), |k, s| slots.push((k, s)))?;
@@ -77,15 +78,8 @@ impl Sweeper {
                 all.push((k, v));
             }
         })?;
-        for (k, v) in all {
-            r.mappings += 1;
-            let port = u16::from_be(v.outside_port);
-            if let Some(rec) =
-                self.delete_mapping(&k, &v, record(0, k.b4, v.outside_addr, port, port))
-            {
-                r.records.push(rec);
-            }
-        }
+        r.mappings += all.len();
+        self.delete_mappings(&all, ms, &mut r.records)?;
         let mut blocks: Vec<(BlockKey, BlockValue)> = Vec::new();
         scan_map(self.blocks.map(), |k, v| blocks.push((k, v)))?;
         for (bk, bv) in blocks {

@@ -5,13 +5,20 @@
 use std::collections::HashMap as StdMap;
 
 use anyhow::Result;
-use dslite_common::maps::{
-    AftrConfig, SoftwireState, EVENT_ADDRESSES_EXHAUSTED, EVENT_PORTS_EXHAUSTED,
-    EVENT_QUOTA_EXCEEDED,
+use aya::maps::IterableMap as _;
+use dslite_common::{
+    maps::{
+        AftrConfig, Slot, SlotKey, SoftwireState, EVENT_ADDRESSES_EXHAUSTED, EVENT_PORTS_EXHAUSTED,
+        EVENT_QUOTA_EXCEEDED,
+    },
+    nat::stamped_since,
 };
 
-use super::{event, SweepReport, Sweeper};
-use crate::natlog::{Limit, NatRecord};
+use super::{event, CycleSpan, SweepReport, Sweeper, Tally};
+use crate::{
+    dataplane::batch::scan_map,
+    natlog::{Limit, NatRecord},
+};
 
 /// The kernel's refusal counters, in the order of [`Rose`]'s fields, then a full table.
 const REFUSAL_COUNTERS: [dslite_common::Counter; 5] = [
@@ -157,28 +164,17 @@ impl Sweeper {
         }
     }
 
-    /// The subscribers' part of a pass: `sessions` is each one's live mappings, `ms` the
-    /// pass's time.
-    pub(super) fn recount_subscribers(
+    /// Every sweep: a NAT log record for each subscriber refused new mappings since the
+    /// last sweep (one a second at most, saying which limit or which exhaustion), and for
+    /// a full mapping table. `live` is the cycle's tally so far (to tell limits apart).
+    /// With `counts`, XDP's count of every subscriber is returned (the cycle's start).
+    pub(super) fn note_refusals(
         &mut self,
-        sessions: &StdMap<[u8; 16], u64>,
+        live: &Tally<[u8; 16], u64>,
+        counts: bool,
         ms: i128,
         r: &mut SweepReport,
-    ) -> Result<()> {
-        // The blocks each subscriber holds (in use, not held down), to tell its refusals
-        // apart.
-        let mut holds: StdMap<[u8; 16], (u32, [u8; 4])> = StdMap::new();
-        for e in self.slots.iter() {
-            let (k, s) = e?;
-            if s.held == 0 {
-                let h = holds.entry(k.b4).or_insert((0, s.addr));
-                h.0 += 1;
-            }
-        }
-        // Recount each softwire's sessions (XDP's increments are not atomic, and expiry
-        // happens here); forget softwires with none (their rate bucket starts full again).
-        let mut updates = Vec::new();
-        let mut refused = StdMap::new();
+    ) -> Result<Tally<[u8; 16], u64>> {
         let (rose, table_full) = self.refusals_rose();
         if table_full {
             // RFC 8158 natQuotaExceededEvent 2: the whole mapping table, no one subscriber.
@@ -188,31 +184,86 @@ impl Sweeper {
                 ..event(ms, EVENT_QUOTA_EXCEEDED, [0; 16], [0; 4], 0, 0)
             });
         }
-        for e in self.softwires.iter() {
-            let (b4, st) = e?;
-            // A softwire refused new mappings since the last sweep: one record per second
-            // at most, saying which limit or which exhaustion.
-            if st.refused > self.refused.get(&b4).copied().unwrap_or(0) {
-                let (blocks, addr) = holds.get(&b4).copied().unwrap_or((0, [0; 4]));
-                let facts = Refused {
-                    b4,
-                    sessions: st.sessions.max(sessions.get(&b4).copied().unwrap_or(0)),
-                    blocks,
-                    addr: (blocks > 0).then_some(addr),
-                };
-                r.records.push(refusal_record(&facts, rose, &self.cfg, ms));
+        let mut at = Tally::new();
+        let mut newly = Vec::new();
+        let last = &mut self.refused;
+        scan_map::<[u8; 16], SoftwireState>(self.softwires.map(), |b4, st| {
+            if counts {
+                at.insert(b4, st.sessions);
             }
-            refused.insert(b4, st.refused);
-            match sessions.get(&b4) {
-                None => updates.push((b4, None)),
-                Some(&n) if n != st.sessions => {
-                    updates.push((b4, Some(SoftwireState { sessions: n, ..st })))
-                }
-                Some(_) => {}
+            if st.refused > last.get(&b4).copied().unwrap_or(0) {
+                newly.push((b4, st));
             }
+            last.insert(b4, st.refused);
+        })?;
+        if newly.is_empty() {
+            return Ok(at);
         }
-        self.refused = refused;
-        r.softwires = sessions.len();
+        // The blocks each refused subscriber holds (in use, not held down).
+        let mut holds: StdMap<[u8; 16], (u32, [u8; 4])> = StdMap::new();
+        scan_map::<SlotKey, Slot>(self.slots.map(), |k, s| {
+            if s.held == 0 && newly.iter().any(|(b4, _)| *b4 == k.b4) {
+                let h = holds.entry(k.b4).or_insert((0, s.addr));
+                h.0 += 1;
+            }
+        })?;
+        for (b4, st) in newly {
+            let (blocks, addr) = holds.get(&b4).copied().unwrap_or((0, [0; 4]));
+            let facts = Refused {
+                b4,
+                sessions: st.sessions.max(live.get(&b4).copied().unwrap_or(0)),
+                blocks,
+                addr: (blocks > 0).then_some(addr),
+            };
+            r.records.push(refusal_record(&facts, rose, &self.cfg, ms));
+        }
+        Ok(at)
+    }
+
+    /// The end of a cycle: each subscriber's mappings recounted (XDP's increments are not
+    /// atomic, and a creation that fails after admission leaves one), and subscribers with
+    /// none forgotten (their rate bucket starts full again).
+    ///
+    /// `seen` is each one's live mappings as the cycle `span` saw them, `gone` what it
+    /// expired of each, `at_start` XDP's counts at its start. A cycle spread over several
+    /// sweeps misses mappings made behind its cursor: for a subscriber admitted a mapping
+    /// since the cycle began (`SoftwireState::last_new`), the count is at least what was
+    /// seen, at most what was seen plus what XDP admitted since the start, and at most XDP's
+    /// count less what expired; such a subscriber is not forgotten.
+    pub(super) fn recount_subscribers(
+        &mut self,
+        seen: &Tally<[u8; 16], u64>,
+        gone: &Tally<[u8; 16], u64>,
+        at_start: &Tally<[u8; 16], u64>,
+        span: CycleSpan,
+        r: &mut SweepReport,
+    ) -> Result<()> {
+        let mut updates = Vec::new();
+        scan_map::<[u8; 16], SoftwireState>(self.softwires.map(), |b4, st| {
+            let n = seen.get(&b4).copied();
+            let recent = span.spread && stamped_since(st.last_new, span.started_ns);
+            let n = match (n, recent) {
+                (None, false) => {
+                    updates.push((b4, None));
+                    return;
+                }
+                (n, false) => n.unwrap_or(0),
+                (n, true) => {
+                    let n = n.unwrap_or(0);
+                    let admitted = st
+                        .sessions
+                        .saturating_sub(at_start.get(&b4).copied().unwrap_or(0));
+                    let xdp = st
+                        .sessions
+                        .saturating_sub(gone.get(&b4).copied().unwrap_or(0));
+                    xdp.min(n + admitted).max(n)
+                }
+            };
+            if n != st.sessions {
+                updates.push((b4, Some(SoftwireState { sessions: n, ..st })));
+            }
+        })?;
+        r.softwires = seen.len();
         for (b4, st) in updates {
             match st {
                 None => {

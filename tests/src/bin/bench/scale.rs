@@ -18,7 +18,7 @@ pub fn nat_tables(rig: &mut Rig, p: &AftrPaths) -> serde_json::Value {
     let mut scale_rows = Vec::new();
     for target in [10_000usize, 100_000, 1_000_000] {
         let t0 = Instant::now();
-        fill(rig, filled, target);
+        fill(rig, filled, target, 0);
         let fill_s = t0.elapsed().as_secs_f64();
         filled = target;
         let out_ns = time(
@@ -58,8 +58,9 @@ pub fn nat_tables(rig: &mut Rig, p: &AftrPaths) -> serde_json::Value {
 }
 
 /// Mappings `from..to` written into NAT_OUT and NAT_IN, outside the pool so they never
-/// collide with real ones, and never idle.
-fn fill(rig: &mut Rig, from: usize, to: usize) {
+/// collide with real ones; `idle_percent` of them idle for ever (the sweep expires them),
+/// the others never idle.
+fn fill(rig: &mut Rig, from: usize, to: usize, idle_percent: usize) {
     {
         let mut nat_out: aya::maps::HashMap<_, NatOutKey, NatOutValue> =
             aya::maps::HashMap::try_from(rig.ebpf.map_mut("NAT_OUT").unwrap()).unwrap();
@@ -74,7 +75,11 @@ fn fill(rig: &mut Rig, from: usize, to: usize) {
             let v = NatOutValue {
                 outside_addr: [100, 64 + (i >> 16) as u8, 0, 1],
                 outside_port: (i as u16).to_be(),
-                last_seen_ns: u64::MAX / 2,
+                last_seen_ns: if i % 100 < idle_percent {
+                    1
+                } else {
+                    u64::MAX / 2
+                },
                 ..Default::default()
             };
             nat_out.insert(k, v, 0).unwrap();
@@ -224,10 +229,12 @@ fn blocks_taken(rig: &Rig) -> usize {
 }
 
 /// `--max-mappings 10000000`: the tables loaded at that size, the established paths at 10k
-/// and at 10M mappings, one sweep pass over 10M, and the table filled to 100%: every
-/// mapping still forwarded, a new one refused with a counted drop.
+/// and at 10M mappings, the table filled to 100%: every mapping still forwarded, a new one
+/// refused with a counted drop; then expiry at steady state (below).
 pub fn ten_million() -> serde_json::Value {
     const CAP: usize = 10_000_000;
+    /// 100k expiring a second, over a slice (SWEEP_SLICE) read once per CAP / slice s.
+    const IDLE_PERCENT: usize = 76;
     let out = std::sync::Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
     let o = out.clone();
     with_aftr_cfg(
@@ -260,10 +267,10 @@ pub fn ten_million() -> serde_json::Value {
                     ) - noop,
                 )
             };
-            fill(rig, 1, 10_000);
+            fill(rig, 1, 10_000, 0);
             let (out_10k, in_10k) = paths(rig);
             let t1 = Instant::now();
-            fill(rig, 10_000, CAP);
+            fill(rig, 10_000, CAP, IDLE_PERCENT);
             let fill_s = t1.elapsed().as_secs_f64();
             // Full: every mapping forwarded, a new one refused and counted.
             let (out_10m, in_10m) = paths(rig);
@@ -272,10 +279,26 @@ pub fn ten_million() -> serde_json::Value {
             let (v, _) = rig.run_refused("tun", &new_flow);
             assert_eq!(v, XDP_REDIRECT, "refused with an ICMP error");
             assert_eq!(rig.counter("drop_mapping_table_full"), before + 1);
+            // Expiry at steady state with 10M mappings and 100k expiring a second: a sweep
+            // a second reads a slice, so the table is read once per 10M / slice seconds;
+            // in that time 100k a second have expired, so a slice finds
+            // 100k / slice of its mappings idle (76%: the fill's share). Each sweep's
+            // time is the controller's share of a core for expiry.
             let cfg = dslite_user::dataplane::aftr_config(&aftr_settings(), 0);
             let mut sw =
                 dslite_user::sweep::Sweeper::open(&rig.pin, cfg, Default::default()).unwrap();
-            let sweep = sw.sweep(dslite_user::clock::monotonic_ns()).unwrap();
+            let mut sweeps = Vec::new();
+            for _ in 0..7 {
+                let r = sw.sweep(dslite_user::clock::monotonic_ns()).unwrap();
+                assert!(!r.cycle_done, "a slice of 10M");
+                assert!(r.expired > r.scanned / 2, "{} of {}", r.expired, r.scanned);
+                sweeps.push((r.micros as f64 / 1000.0, r.scanned, r.expired));
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let mut ms: Vec<f64> = sweeps.iter().map(|s| s.0).collect();
+            ms.sort_by(f64::total_cmp);
+            let sweep_ms = ms[ms.len() / 2];
+            let (scanned, expired) = (sweeps[0].1, sweeps[0].2);
             let bytes = memlock_of(rig, "NAT_OUT") + memlock_of(rig, "NAT_IN");
             *o.lock().unwrap() = serde_json::json!({
                 "capacity": CAP,
@@ -283,7 +306,11 @@ pub fn ten_million() -> serde_json::Value {
                 "fill_seconds": fill_s,
                 "outbound_ns_10k": out_10k, "inbound_ns_10k": in_10k,
                 "outbound_ns_full": out_10m, "inbound_ns_full": in_10m,
-                "sweep_ms_full": sweep.micros as f64 / 1000.0,
+                "sweep_ms_per_second": sweep_ms,
+                "sweep_scanned": scanned,
+                "sweep_expired": expired,
+                "sweep_core_share": sweep_ms / 1000.0,
+                "cycle_seconds": CAP as f64 / dslite_user::sweep::SWEEP_SLICE as f64,
                 "nat_maps_memlock_bytes": bytes,
                 "bytes_per_mapping": bytes as f64 / CAP as f64,
             });
