@@ -354,6 +354,27 @@ pub fn check_adopted_aftr(pin: &Path, s: &AftrSettings, hash_seed: u32) -> Resul
         m::PEERS => "the filtering modes",
         _ => "the configuration",
     };
+    // A pinned map made by another version with another layout (an entry's size changed)
+    // cannot be adopted: say so, rather than let the verifier refuse the programs.
+    for spec in dslite_common::map_list::MAPS {
+        let Ok(data) = Pinned::new(pin).data(spec.name) else {
+            continue;
+        };
+        let info = data.info()?;
+        if (info.key_size(), info.value_size()) != (spec.key_size, spec.value_size) {
+            bail!(
+                "the pinned {} under {} has {}-byte keys and {}-byte values, this version's \
+                 {} and {}: it was made by another version of dslite; stop that one without \
+                 --persist (or remove the pins) and start this one clean (drops every mapping)",
+                spec.name,
+                pin.display(),
+                info.key_size(),
+                info.value_size(),
+                spec.key_size,
+                spec.value_size
+            );
+        }
+    }
     for (name, want) in map_sizes(Some(s)) {
         let Ok(data) = Pinned::new(pin).data(name) else {
             continue;
