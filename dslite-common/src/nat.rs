@@ -102,27 +102,30 @@ pub const fn subscriber_of(b4: &[u8; 16], mask: &[u8; 16]) -> [u8; 16] {
     a.to_ne_bytes()
 }
 
-/// The epoch (2^30 ns, about a second) of a [`crate::maps::Slot::full`] hint stamped at
-/// `now_ns`: 1..=255, never 0 (no hint). One that comes round again 255 epochs later only
-/// skips a block for one epoch.
-#[inline(always)]
-pub const fn full_epoch(now_ns: u64) -> u8 {
-    ((now_ns >> 30) % 255 + 1) as u8
-}
+/// The unit of XDP's coarse stamps ([`stamp_epoch`], [`full_epoch`]): 2^30 ns (1.07 s),
+/// a power of two so the fast path shifts instead of dividing.
+pub const EPOCH_NS: u64 = 1 << 30;
 
-/// A coarse time stamp of `now_ns` (monotonic): units of 2^30 ns (1.07 s), for "did this
+/// A coarse time stamp of `now_ns` (monotonic), in [`EPOCH_NS`] units, for "did this
 /// happen since then" questions the sweep asks of XDP's state ([`crate::maps::Slot`]'s
-/// `last_new`), where one shift is cheaper than a division on the fast path.
+/// `last_new`).
 #[inline(always)]
 pub const fn stamp_epoch(now_ns: u64) -> u32 {
-    (now_ns >> 30) as u32
+    (now_ns / EPOCH_NS) as u32
+}
+
+/// The epoch of a [`crate::maps::Slot::full`] hint stamped at `now_ns`: 1..=255, never 0
+/// (no hint). One that comes round again 255 epochs later only skips a block for one epoch.
+#[inline(always)]
+pub const fn full_epoch(now_ns: u64) -> u8 {
+    (stamp_epoch(now_ns) % 255 + 1) as u8
 }
 
 /// Whether something stamped `stamp` ([`stamp_epoch`]) may have happened at or after
 /// `since_ns`: XDP's clock may lag the controller's by a tick, so the epoch before counts.
 #[inline(always)]
 pub const fn stamped_since(stamp: u32, since_ns: u64) -> bool {
-    stamp as u64 + 1 >= (since_ns >> 30)
+    stamp as u64 + 1 >= stamp_epoch(since_ns) as u64
 }
 
 /// Default `--subscriber-prefix-len` (RFC 7785 §3 suggests the delegated prefix, commonly
@@ -279,7 +282,7 @@ mod tests {
 
     #[test]
     fn a_stamp_counts_as_since_a_time_in_its_epoch_and_the_next_only() {
-        let e = 1u64 << 30;
+        let e = EPOCH_NS;
         let t = 1_000 * e + 5;
         let stamp = stamp_epoch(t);
         assert_eq!(stamp, 1_000);

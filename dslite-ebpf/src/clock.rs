@@ -26,3 +26,11 @@ pub fn tick_ns() -> u64 {
         }
     }
 }
+
+/// CLOCK_MONOTONIC in ns, read now: for what is logged or ordered against the controller's
+/// clock (block allocations, `whois` orders by time) and the rate limits.
+#[inline(always)]
+pub fn precise_ns() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_ns() }
+}

@@ -1,7 +1,7 @@
 //! Per-subscriber limits before a new mapping (RFC 6888 REQ-4/5, RFC 7785 §3), and the
 //! refusals the sweep turns into NAT log records.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_ns};
+use aya_ebpf::bindings::BPF_NOEXIST;
 use dslite_common::{
     bucket,
     maps::{AftrConfig, SoftwireState},
@@ -9,6 +9,7 @@ use dslite_common::{
 };
 
 use crate::{
+    clock::precise_ns,
     exit::nat::{FOUND, RATE_LIMIT, SESSION_LIMIT, TABLE_FULL},
     maps::SOFTWIRES,
 };
@@ -41,8 +42,7 @@ fn state(
 pub fn note_refusal(b4: &[u8; 16], cfg: &AftrConfig) {
     let sub = subscriber_of(b4, &cfg.subscriber_mask);
     let b4 = &sub;
-    // SAFETY: plain helper call.
-    if let Some(st) = state(b4, cfg, || unsafe { bpf_ktime_get_ns() }) {
+    if let Some(st) = state(b4, cfg, precise_ns) {
         // SAFETY: map value pointer from the kernel.
         unsafe { (*st).refused += 1 };
     }

@@ -29,7 +29,7 @@ use self::{
     port::{give_block, try_slot, Outside},
 };
 use crate::{
-    clock::tick_ns,
+    clock::{precise_ns, tick_ns},
     exit::{
         nat::{
             outcome, SlotTry, FOUND, NEED_BLOCK, NOT_CONFIGURED, NOT_FOUND, POOL_EXHAUSTED,
@@ -70,10 +70,7 @@ pub fn lookup_or_create(
         _pad: 0,
     };
     if cfg.max_sessions != 0 || cfg.new_per_sec != 0 {
-        // SAFETY: plain helper call.
-        let r = admit(&key.b4, cfg, unsafe {
-            aya_ebpf::helpers::generated::bpf_ktime_get_ns()
-        });
+        let r = admit(&key.b4, cfg, precise_ns());
         if r != FOUND {
             return Err(Exit::Drop(if r == SESSION_LIMIT {
                 Counter::DropSessionLimit

@@ -12,7 +12,7 @@ use dslite_common::{
 };
 
 use crate::{
-    clock::tick_ns,
+    clock::{precise_ns, tick_ns},
     exit::nat::{need_block, SlotTry, FOUND, NOT_FOUND, TABLE_FULL},
     maps::{count, EEXIST, NAT_IN, NAT_OUT, SW_BLOCKS},
     nat::block::claim_block,
@@ -64,10 +64,7 @@ pub fn give_block(key: &NatOutKey, cfg: &AftrConfig, slot: u32) -> u32 {
     };
     // The precise clock: a block's allocation is logged, and must not look older than the
     // sweep's release of it in the same tick (`whois` orders by time).
-    // SAFETY: plain helper call.
-    claim_block(&sk, cfg, unsafe {
-        aya_ebpf::helpers::generated::bpf_ktime_get_ns()
-    })
+    claim_block(&sk, cfg, precise_ns())
 }
 
 /// Try the block in slot `sk`: [`need_block`] when the slot is empty (or its

@@ -95,8 +95,6 @@ pub struct SweepReport {
 /// Handles on the AFTR's pinned tables.
 pub struct Sweeper {
     nat_out: HashMap<MapData, NatOutKey, NatOutValue>,
-    /// NAT_OUT again, for batch scans (its own descriptor).
-    nat_out_scan: MapData,
     nat_in: HashMap<MapData, NatInKey, NatInValue>,
     blocks: HashMap<MapData, BlockKey, BlockValue>,
     slots: HashMap<MapData, SlotKey, Slot>,
@@ -133,7 +131,7 @@ pub(super) type Tally<K, V> = hashbrown::HashMap<K, V>;
 /// One walk through NAT_OUT over one or more sweeps, and what it saw of the live mappings.
 #[derive(Default)]
 struct Cycle {
-    /// When its first sweep began (monotonic ns); 0 before.
+    /// When its first sweep began (monotonic ns).
     started_ns: u64,
     /// Sweeps so far: a cycle of one saw the whole table at once.
     sweeps: u32,
@@ -206,7 +204,6 @@ impl Sweeper {
         let pinned = Pinned::new(pin);
         Ok(Sweeper {
             nat_out: pinned.hash(m::NAT_OUT)?,
-            nat_out_scan: pinned.open(m::NAT_OUT)?,
             nat_in: pinned.hash(m::NAT_IN)?,
             blocks: pinned.hash(m::BLOCKS)?,
             slots: pinned.hash(m::SW_BLOCKS)?,
@@ -339,7 +336,7 @@ impl Sweeper {
         while !done && r.scanned < self.slice {
             chunk.clear();
             let max = SWEEP_CHUNK.min(self.slice - r.scanned);
-            done = walk_map(&mut self.cycle.walk, &self.nat_out_scan, max, |k, v| {
+            done = walk_map(&mut self.cycle.walk, self.nat_out.map(), max, |k, v| {
                 chunk.push((k, v))
             })?;
             r.scanned += chunk.len();

@@ -28,7 +28,7 @@ impl Sweeper {
     ) -> Result<()> {
         let mut gone = Vec::new();
         let mut counts: StdMap<NatInKey, u32> = StdMap::new();
-        let since = span.started_ns.saturating_sub(1 << 30);
+        let since = span.started_ns.saturating_sub(dslite_common::nat::EPOCH_NS);
         scan_map::<PeerKey, u64>(self.peers.map(), |pk, ts| {
             let kin = NatInKey {
                 outside_addr: pk.outside_addr,

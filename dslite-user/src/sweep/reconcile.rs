@@ -73,7 +73,7 @@ impl Sweeper {
         }
         let mut all = Vec::new();
         // Only what goes is kept.
-        scan_map::<NatOutKey, NatOutValue>(&self.nat_out_scan, |k, v| {
+        scan_map::<NatOutKey, NatOutValue>(self.nat_out.map(), |k, v| {
             if !allowed_b4(&k.b4) || index_of(v.outside_addr).is_none() {
                 all.push((k, v));
             }
@@ -112,7 +112,7 @@ impl Sweeper {
         let ms = unix_ms(now);
         let mut out = Vec::new();
         if self.log_sessions {
-            scan_map::<NatOutKey, NatOutValue>(&self.nat_out_scan, |k, v| {
+            scan_map::<NatOutKey, NatOutValue>(self.nat_out.map(), |k, v| {
                 let port = u16::from_be(v.outside_port);
                 out.push(NatRecord {
                     proto: k.proto,
