@@ -8,6 +8,7 @@
 pub mod bucket;
 pub mod counters;
 pub mod csum;
+pub mod hint;
 pub mod map_list;
 pub mod maps;
 pub mod nat;

@@ -6,6 +6,7 @@
 use core::mem::size_of;
 
 use crate::{
+    hint::HINT_WORDS,
     maps::{self as m, *},
     slow::SlowConfig,
     Counter,
@@ -96,6 +97,7 @@ pub const POOL: MapSpec = spec::<u32, [u8; 4]>(m::POOL, Array, MAX_POOL, Aftr);
 pub const POOL_INDEX: MapSpec = spec::<[u8; 4], u32>(m::POOL_INDEX, Hash, MAX_POOL, Aftr);
 pub const B4_ALLOW: MapSpec = lpm(m::B4_ALLOW, 16, Aftr);
 pub const LOCAL_V4: MapSpec = lpm(m::LOCAL_V4, 4, B4);
+pub const LOCAL_HINT: MapSpec = spec::<u32, u64>(m::LOCAL_HINT, Array, HINT_WORDS, B4);
 pub const NAT_OUT: MapSpec =
     spec::<NatOutKey, NatOutValue>(m::NAT_OUT, Hash, DEFAULT_MAX_MAPPINGS, Aftr);
 pub const NAT_IN: MapSpec =
@@ -120,6 +122,7 @@ pub const CLOCK: MapSpec = spec::<u32, Tick>(m::CLOCK, PerCpuArray, 1, Both);
 pub const NH_GEN: MapSpec = spec::<u32, u32>(m::NH_GEN, Array, 2, Both);
 pub const PEER_REDIRECT: MapSpec = spec::<u32, u32>(m::PEER_REDIRECT, Hash, 64, Both);
 pub const DENY_V4: MapSpec = lpm(m::DENY_V4, 4, Aftr);
+pub const DENY_HINT: MapSpec = spec::<u32, u64>(m::DENY_HINT, Array, HINT_WORDS, Aftr);
 /// Chains of IPv4 fragments from the internet tracked at once.
 pub const FRAG_CHAINS: MapSpec = spec::<FragKey, u64>(m::FRAG_CHAINS, LruHash, 4096, Aftr);
 pub const FRAG_BUDGET: MapSpec =
@@ -137,6 +140,7 @@ pub const MAPS: &[MapSpec] = &[
     POOL_INDEX,
     B4_ALLOW,
     LOCAL_V4,
+    LOCAL_HINT,
     NAT_OUT,
     NAT_IN,
     BLOCKS,
@@ -152,6 +156,7 @@ pub const MAPS: &[MapSpec] = &[
     NH_GEN,
     PEER_REDIRECT,
     DENY_V4,
+    DENY_HINT,
     FRAG_CHAINS,
     FRAG_BUDGET,
     ADDR_FREE,

@@ -21,6 +21,8 @@ pub const POOL_INDEX: &str = "POOL_INDEX";
 pub const B4_ALLOW: &str = "B4_ALLOW";
 /// `LpmTrie<[u8; 4], u32>`: IPv4 prefixes that stay on the B4's LAN side.
 pub const LOCAL_V4: &str = "LOCAL_V4";
+/// `Array<u64>`: which /16s `LOCAL_V4` may match (`crate::hint`).
+pub const LOCAL_HINT: &str = "LOCAL_HINT";
 /// `HashMap<NatOutKey, NatOutValue>`: softwire + inside endpoint -> outside endpoint.
 pub const NAT_OUT: &str = "NAT_OUT";
 /// `HashMap<NatInKey, NatInValue>`: outside endpoint -> softwire + inside endpoint.
@@ -138,6 +140,8 @@ pub const PEERS: &str = "PEERS";
 /// `LpmTrie<[u8; 4], u32>`: IPv4 destinations a subscriber may not reach through the AFTR
 /// (the AFTR's own addresses, special-purpose ranges, `--deny-destination`).
 pub const DENY_V4: &str = "DENY_V4";
+/// `Array<u64>`: which /16s `DENY_V4` may match (`crate::hint`).
+pub const DENY_HINT: &str = "DENY_HINT";
 /// `LruHashMap<FragKey, u64>`: IPv4 fragment chains from the internet whose first fragment
 /// matched a mapping (value: when); later fragments without a chain are dropped in XDP.
 pub const FRAG_CHAINS: &str = "FRAG_CHAINS";

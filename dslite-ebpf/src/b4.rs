@@ -7,7 +7,7 @@ use dslite_common::{maps::B4Config, proto::*, slow::SLOW_TTL_EXPIRED, Counter};
 use crate::{
     ctx::Pkt,
     exit::{bench_stage, Exit, Res},
-    maps::{count, count_n, B4_CONFIG, LOCAL_V4},
+    maps::{count, count_n, may_match, B4_CONFIG, LOCAL_HINT, LOCAL_V4},
     packet::len,
     parse::{decrement_ttl, ethernet, ipv4, ipv6, Ipv4, Softwire, L3},
     route::redirect_v4,
@@ -47,7 +47,7 @@ fn from_lan<C: Pkt>(ctx: &C, cfg: &B4Config) -> Res<u32> {
     let mut ip = Ipv4::default();
     ipv4(ctx, ETH_HLEN, len(ctx) - ETH_HLEN, &mut ip)?;
     bench_stage!(1);
-    if LOCAL_V4.get(Key::new(32, ip.dst)).is_some() {
+    if may_match(&LOCAL_HINT, &ip.dst) && LOCAL_V4.get(Key::new(32, ip.dst)).is_some() {
         return Err(Exit::Pass(Counter::PassLocalV4));
     }
     if ip.ttl <= 1 && !from_slow_path(ctx) {

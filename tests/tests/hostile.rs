@@ -222,6 +222,37 @@ fn denied_destinations_are_dropped_before_any_mapping() {
                 rig.run("tun", &from_b4(rig, b4(2), &ok, &[])).0,
                 XDP_REDIRECT
             );
+            // The /16 summary the fast path reads first (dslite_common::hint): set for every
+            // /16 a denied prefix touches, clear elsewhere, and cleared again when the
+            // prefix goes; the trie still decides inside a set /16 (SERVER above shares
+            // 203.0/16 with the denied 203.0.113.1).
+            let hinted = |a: Ipv4Addr| {
+                let hint = dslite_user::dataplane::Pinned::new(&rig.pin)
+                    .array::<u64>(dslite_common::maps::DENY_HINT)
+                    .unwrap();
+                let (word, bit) = dslite_common::hint::hint_bit(&a.octets());
+                hint.get(&word, 0).unwrap() & bit != 0
+            };
+            for d in denied {
+                assert!(hinted(d), "{d}");
+            }
+            assert!(hinted(Ipv4Addr::new(10, 255, 0, 1)));
+            assert!(!hinted(Ipv4Addr::new(11, 0, 0, 1)));
+            assert!(!hinted(Ipv4Addr::new(198, 18, 0, 1)));
+            let without_ten = dslite_user::dataplane::denied_destinations(
+                &aftr_settings(),
+                &[Ipv4Addr::new(203, 0, 113, 1)],
+            );
+            dslite_user::dataplane::sync_denied(&rig.pin, &without_ten).unwrap();
+            assert!(!hinted(Ipv4Addr::new(10, 20, 30, 40)));
+            assert!(hinted(Ipv4Addr::new(203, 0, 113, 1)));
+            let ten = udp4(HOST, Ipv4Addr::new(10, 20, 30, 40), 5200, 53, 64, b"x");
+            rig.run("tun", &from_b4(rig, b4(2), &ten, &[]));
+            assert_eq!(
+                rig.counter("drop_denied_destination"),
+                denied.len() as u64,
+                "10.0.0.0/8 is no longer denied"
+            );
         },
     );
 }

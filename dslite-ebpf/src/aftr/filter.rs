@@ -14,7 +14,7 @@ use crate::{
     aftr::parsed::FromB4,
     ctx::Pkt,
     exit::{Exit, Res},
-    maps::{count, B4_ALLOW, DENY_V4, EEXIST, NAT_OUT, PEERS},
+    maps::{count, may_match, B4_ALLOW, DENY_HINT, DENY_V4, EEXIST, NAT_OUT, PEERS},
     packet::read16,
     parse::{Ipv4, L4},
     slow::from_slow_path,
@@ -55,6 +55,9 @@ pub fn reserved_source(src: &[u8; 4]) -> bool {
 /// (RFC 6890) or the operator's `--deny-destination` ranges).
 #[inline(never)]
 pub fn destination_allowed(dst: &[u8; 4]) -> u32 {
+    if !may_match(&DENY_HINT, dst) {
+        return 1;
+    }
     DENY_V4.get(Key::new(32, *dst)).is_none() as u32
 }
 

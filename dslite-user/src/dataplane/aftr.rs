@@ -13,7 +13,7 @@ use aya::{
 use dslite_common::maps::{self as m, AftrConfig};
 
 use super::{
-    maps::{map_mut, Pinned, Prefix},
+    maps::{Pinned, Prefix},
     ALWAYS_DENIED,
 };
 use crate::config::{AftrSettings, Cidr4};
@@ -28,11 +28,14 @@ pub fn configure_aftr(ebpf: &mut Ebpf, s: &AftrSettings, hash_seed: u32) -> Resu
         maps.apply(&plan)?;
     }
     {
-        let mut deny: LpmTrie<&mut MapData, [u8; 4], u32> =
-            LpmTrie::try_from(map_mut(ebpf, m::DENY_V4)?)?;
-        for p in denied_destinations(s, &[]) {
-            deny.insert(&Key::new(p.len as u32, p.network()), 1, 0)?;
-        }
+        let [Some(deny), Some(hint)] = ebpf.maps_disjoint_mut([m::DENY_V4, m::DENY_HINT]) else {
+            bail!("maps DENY_V4 and DENY_HINT missing from the object");
+        };
+        let mut deny: LpmTrie<&mut MapData, [u8; 4], u32> = LpmTrie::try_from(deny)?;
+        let mut hint: Array<&mut MapData, u64> = Array::try_from(hint)?;
+        // Adopted entries (the host's own addresses) stay until the first sync.
+        let want = denied_destinations(s, &[]);
+        super::maps::sync_v4_prefixes(&mut deny, &mut hint, &want, super::maps::Prune::Keep)?;
     }
     let [Some(free), Some(list)] = ebpf.maps_disjoint_mut([m::ADDR_FREE, m::FREE_ADDRS]) else {
         bail!("maps ADDR_FREE and FREE_ADDRS missing from the object");

@@ -85,19 +85,79 @@ pub(super) type Prefix<const N: usize> = (u32, [u8; N]);
 
 /// Make DENY_V4 hold exactly `want` (a reload, or the host's addresses changed).
 pub fn sync_denied(pin: &Path, want: &[Cidr4]) -> Result<()> {
-    let mut deny: LpmTrie<MapData, [u8; 4], u32> = Pinned::new(pin).lpm(m::DENY_V4)?;
-    let have: Vec<Key<[u8; 4]>> = deny.keys().filter_map(|k| k.ok()).collect();
-    for k in have {
-        let c = Cidr4 {
-            addr: k.data(),
-            len: k.prefix_len() as u8,
-        };
-        if !want.contains(&c) {
-            let _ = deny.remove(&k);
-        }
-    }
+    let pinned = Pinned::new(pin);
+    let mut deny: LpmTrie<MapData, [u8; 4], u32> = pinned.lpm(m::DENY_V4)?;
+    let mut hint: Array<MapData, u64> = pinned.array(m::DENY_HINT)?;
+    sync_v4_prefixes(&mut deny, &mut hint, want, Prune::Stale)
+}
+
+/// Whether [`sync_v4_prefixes`] removes the prefixes `want` does not name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Prune {
+    Stale,
+    /// Keep them (a start over adopted maps: the next sync decides).
+    Keep,
+}
+
+/// Make an IPv4 trie hold `want` (and, with [`Prune::Stale`], nothing else), with its /16
+/// summary (`dslite_common::hint`) a superset of the trie at every moment: the bits of
+/// `want` are set before the trie changes, the bits of what went are cleared after. A
+/// failure on the way leaves the superset, which is only slower, never wrong.
+pub(super) fn sync_v4_prefixes<T, H>(
+    trie: &mut LpmTrie<T, [u8; 4], u32>,
+    hint: &mut Array<H, u64>,
+    want: &[Cidr4],
+    prune: Prune,
+) -> Result<()>
+where
+    T: std::borrow::BorrowMut<MapData>,
+    H: std::borrow::BorrowMut<MapData>,
+{
+    use dslite_common::hint::{mark, superset, HINT_WORDS};
+    let have: Vec<Key<[u8; 4]>> = trie.keys().collect::<Result<_, _>>()?;
+    let words = |prefixes: &mut dyn Iterator<Item = ([u8; 4], u8)>| {
+        let mut w = vec![0u64; HINT_WORDS as usize];
+        prefixes.for_each(|(net, len)| mark(&mut w, net, len));
+        w
+    };
+    let prefix = |k: &Key<[u8; 4]>| (k.data(), k.prefix_len() as u8);
+    let (stale, kept): (Vec<&Key<[u8; 4]>>, Vec<&Key<[u8; 4]>>) =
+        have.iter().partition(|k| {
+            prune == Prune::Stale
+                && !want
+                    .iter()
+                    .any(|p| p.len as u32 == k.prefix_len() && p.network() == k.data())
+        });
+    let after = words(
+        &mut want
+            .iter()
+            .map(|p| (p.network(), p.len))
+            .chain(kept.into_iter().map(prefix)),
+    );
+    let before = words(&mut have.iter().map(prefix));
+    let mut during = vec![0u64; HINT_WORDS as usize];
+    superset(&before, &after, &mut during);
+    write_hint(hint, &during)?;
     for p in want {
-        deny.insert(&Key::new(p.len as u32, p.network()), 1, 0)?;
+        trie.insert(&Key::new(p.len as u32, p.network()), 1, 0)?;
+    }
+    for k in stale {
+        trie.remove(k)?;
+    }
+    write_hint(hint, &after)
+}
+
+/// Write the words of a /16 summary that differ from what the map holds.
+fn write_hint<H: std::borrow::BorrowMut<MapData>>(
+    hint: &mut Array<H, u64>,
+    words: &[u64],
+) -> Result<()> {
+    for (i, w) in words.iter().enumerate() {
+        let i = i as u32;
+        if hint.get(&i, 0)? != *w {
+            hint.set(i, *w, 0)
+                .with_context(|| format!("writing word {i} of a /16 summary"))?;
+        }
     }
     Ok(())
 }
@@ -156,26 +216,18 @@ pub const B4_ALWAYS_LOCAL: &[&str] = &[
 /// Write the B4's configuration: LAN-local prefixes, then the config entry (enabled last).
 pub fn configure_b4(ebpf: &mut Ebpf, cfg: B4Config, lan_prefixes: &[Cidr4]) -> Result<()> {
     {
-        let mut local: LpmTrie<&mut MapData, [u8; 4], u32> =
-            LpmTrie::try_from(map_mut(ebpf, m::LOCAL_V4)?)?;
-        let want: Vec<Prefix<4>> = B4_ALWAYS_LOCAL
+        let [Some(local), Some(hint)] = ebpf.maps_disjoint_mut([m::LOCAL_V4, m::LOCAL_HINT]) else {
+            anyhow::bail!("maps LOCAL_V4 and LOCAL_HINT missing from the object");
+        };
+        let mut local: LpmTrie<&mut MapData, [u8; 4], u32> = LpmTrie::try_from(local)?;
+        let mut hint: Array<&mut MapData, u64> = Array::try_from(hint)?;
+        let want: Vec<Cidr4> = B4_ALWAYS_LOCAL
             .iter()
             .map(|s| s.parse::<Cidr4>().unwrap())
             .chain(lan_prefixes.iter().copied())
-            .map(|p| (p.len as u32, p.network()))
             .collect();
-        for (len, net) in &want {
-            local.insert(&Key::new(*len, *net), 1, 0)?;
-        }
         // Adopted maps (--persist) may hold LAN prefixes this LAN no longer has.
-        let stale: Vec<Key<[u8; 4]>> = local
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !want.contains(&(k.prefix_len(), k.data())))
-            .collect();
-        for k in stale {
-            local.remove(&k)?;
-        }
+        sync_v4_prefixes(&mut local, &mut hint, &want, Prune::Stale)?;
     }
     let mut c: Array<&mut MapData, B4Config> = Array::try_from(map_mut(ebpf, m::B4_CONFIG)?)?;
     c.set(0, B4Config { enabled: 1, ..cfg }, 0)?;
