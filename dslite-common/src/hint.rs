@@ -99,7 +99,8 @@ mod tests {
             let mut w = words();
             let net = [198, 51, 100, 77];
             mark(&mut w, net, len);
-            let base = u32::from_be_bytes(net) & (u32::MAX.checked_shl(32 - len as u32).unwrap_or(0));
+            let base =
+                u32::from_be_bytes(net) & (u32::MAX.checked_shl(32 - len as u32).unwrap_or(0));
             let size = 1u64 << (32 - len as u32);
             // The first, the last and a spread of addresses in between.
             for k in 0..=64u64 {

@@ -176,6 +176,69 @@ fn the_aftr_hosts_own_addresses_are_no_b4() {
     });
 }
 
+/// XDP checks a B4's prefix (B4_ALLOW) only for packets without a mapping (an established
+/// mapping's B4 passed when it was made). What keeps that safe: a reload that removes the
+/// prefix, or the host taking the B4's address, makes the controller release the B4's
+/// mappings (`Sweeper::reconcile`, retried each second until it succeeds); from then on
+/// the B4 is refused like any other.
+#[test]
+fn a_b4_no_longer_allowed_loses_its_established_mappings() {
+    with_aftr(|rig| {
+        use dslite_user::{dataplane, sweep::Sweeper};
+        let inner = udp4(HOST, SERVER, 5000, 7777, 64, b"x");
+        for b in [2, 3] {
+            let (v, out) = rig.run("tun", &from_b4(rig, b4(b), &inner, &[]));
+            assert!(forwarded(v, &out), "b4({b})");
+        }
+        assert_eq!(mappings(rig), 2);
+        // The reload: 2001:db8:a::/64 is gone; b4(3) keeps a /128 of its own.
+        let mut s = aftr_settings();
+        s.b4_prefixes = vec![format!("{}/128", b4(3)).parse().unwrap()];
+        let seed = dataplane::aftr_config(&aftr_settings(), 0).hash_seed;
+        let plan = dataplane::plan_aftr(&rig.pin, &s, seed).unwrap();
+        dataplane::apply_aftr(&rig.pin, &plan).unwrap();
+        // Until the controller's reconcile, the established mappings still forward (the
+        // window is the reload itself: the reconcile follows it at once); a new flow of
+        // the removed B4 is refused.
+        let (v, out) = rig.run("tun", &from_b4(rig, b4(2), &inner, &[]));
+        assert!(forwarded(v, &out));
+        let other = udp4(HOST, SERVER, 5001, 7777, 64, b"x");
+        assert_eq!(
+            rig.run("tun", &from_b4(rig, b4(2), &other, &[])).0,
+            XDP_DROP
+        );
+        assert_eq!(rig.counter("drop_b4_not_allowed"), 1);
+        let cfg = dataplane::aftr_config(&s, seed);
+        let mut sw = Sweeper::open(&rig.pin, cfg, Default::default()).unwrap();
+        let now = dslite_user::clock::monotonic_ns;
+        let r = sw.reconcile(now(), &s.pool, &s.b4_prefixes, &[]).unwrap();
+        assert_eq!(r.mappings, 1, "b4(2)'s mapping goes, b4(3)'s stays");
+        assert_eq!(
+            rig.run("tun", &from_b4(rig, b4(2), &inner, &[])).0,
+            XDP_DROP
+        );
+        assert_eq!(rig.counter("drop_b4_not_allowed"), 2);
+        let (v, out) = rig.run("tun", &from_b4(rig, b4(3), &inner, &[]));
+        assert!(forwarded(v, &out));
+        // The host takes b4(3)'s address: newly denied, and said so once.
+        let own = b4(3);
+        let newly = dataplane::sync_local_b4_denies(&rig.pin, &[own], &s.b4_prefixes).unwrap();
+        assert_eq!(newly, 1);
+        assert_eq!(
+            dataplane::sync_local_b4_denies(&rig.pin, &[own], &s.b4_prefixes).unwrap(),
+            0,
+            "denied already"
+        );
+        let r = sw
+            .reconcile(now(), &s.pool, &s.b4_prefixes, &[own.octets()])
+            .unwrap();
+        assert_eq!(r.mappings, 1);
+        assert_eq!(rig.run("tun", &from_b4(rig, own, &inner, &[])).0, XDP_DROP);
+        assert_eq!(rig.counter("drop_b4_source_local"), 1);
+        assert_eq!(mappings(rig), 0, "nothing made for either");
+    });
+}
+
 /// A subscriber never reaches special-purpose ranges, the AFTR's own addresses or the
 /// operator's denied ranges, and such a packet makes no mapping; 192.0.0.1 still answers.
 #[test]

@@ -12,7 +12,7 @@ use dslite_common::{
 
 use crate::{
     aftr::{
-        filter::{destination_allowed, note_peer, source_allowed},
+        filter::{b4_allowed, destination_allowed, from_tunnel, note_peer, source_allowed},
         fragment::subscriber_fragment_budget,
         hairpin::hairpin_call,
         icmp_xlate::error_outbound_call,
@@ -23,7 +23,7 @@ use crate::{
     ctx::Pkt,
     events::mapping_event,
     exit::{bench_stage, bpf_call, Code, Endpoint, Exit, HighPort, Res, Why},
-    maps::{count, count_n, POOL_INDEX},
+    maps::{count, count_n, NAT_OUT, POOL_INDEX},
     nat::lookup_or_create,
     packet::{at, read16},
     parse::{decrement_ttl, ipv4, ipv6, l4, wire_len, Softwire},
@@ -61,13 +61,15 @@ fn parse_from_b4_inner<C: Pkt>(ctx: &C, cfg: &AftrConfig, p: &mut FromB4) -> Res
     if !sw.is_softwire || sw.dst != cfg.aftr_addr {
         return Err(Exit::Pass(Counter::PassNotSoftwire));
     }
-    source_allowed(ctx, cfg, &sw.src)?;
+    // The interface here, the B4's prefix once the mapping is known (`from_b4`).
+    from_tunnel(ctx, cfg)?;
     bench_stage!(13 => Err(Exit::Drop(Counter::DropNotConfigured)));
     ipv4(ctx, sw.inner_off, sw.inner_avail, &mut p.ip)?;
     bench_stage!(14 => Err(Exit::Drop(Counter::DropNotConfigured)));
     if p.ip.fragment {
         // Ports are in the first fragment only: the slow path reassembles (RFC 4787
         // REQ-14), within the subscriber's budget.
+        b4_allowed(&sw.src)?;
         if subscriber_fragment_budget(&sw.src, cfg) == 0 {
             return Err(Exit::Drop(Counter::DropFragmentBudget));
         }
@@ -110,25 +112,33 @@ pub fn from_b4<C: Pkt>(ctx: &C, cfg: &AftrConfig) -> Res<u32> {
     if !code.is_ok() && code != icmp_error {
         return Err(code.exit());
     }
+    // The B4's prefix (`b4_allowed`) is checked before anything is made or answered for
+    // the packet, except on an established mapping: its B4 passed when the mapping was
+    // made. So every branch that answers or drops checks it first (cold paths), and the
+    // mapping's path checks it only when there is no mapping.
     // 192.0.0.1 answers echo requests (below); nothing else, an ICMP error included, goes
     // to it or to any other denied destination.
     if (p.ip.dst != AFTR_V4 || code == icmp_error) && destination_allowed(&p.ip.dst) == 0 {
+        b4_allowed(&p.key.b4)?;
         return Err(Exit::Drop(Counter::DropDeniedDestination));
     }
     if code == icmp_error {
         // A host's ICMP error about an inbound packet (RFC 5508 REQ-5).
+        b4_allowed(&p.key.b4)?;
         let outside = error_outbound_call(ctx, p)?;
         decapsulate(ctx, p.ip.off - ETH_HLEN, p.ip.tot_len)?;
         return redirect_v4(ctx, &outside, &p.ip.dst);
     }
     if p.ip.dst == AFTR_V4 {
         // Ping to the AFTR's own 192.0.0.1 (RFC 6333 §6.5 gives it the AFTR); nothing else is for it.
+        b4_allowed(&p.key.b4)?;
         return echo_reply_call(ctx, cfg, p);
     }
     // TTL first: a packet that cannot be forwarded must not create a mapping. One that
     // expires here is answered with a Time Exceeded from 192.0.0.1 (RFC 2473 §3, RFC 6333 §6.5), so
     // traceroute shows the AFTR.
     if p.ip.ttl <= 1 {
+        b4_allowed(&p.key.b4)?;
         let mut action = 0;
         let why = Why::new(Counter::DropTtlExceeded, ICMP_TIME_EXCEEDED, 0);
         return refuse(ctx, cfg, p, why, &mut action).with(action);
@@ -141,6 +151,7 @@ pub fn from_b4<C: Pkt>(ctx: &C, cfg: &AftrConfig) -> Res<u32> {
         // no mapping is made for it.
         let mtu = v4_route_mtu(ctx, &p.ip.dst, len as u32);
         if mtu != 0 {
+            b4_allowed(&p.key.b4)?;
             p.mtu = mtu;
             let mut action = 0;
             let why = Why::new(Counter::DropV4TooBig, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED);
@@ -151,7 +162,12 @@ pub fn from_b4<C: Pkt>(ctx: &C, cfg: &AftrConfig) -> Res<u32> {
     bench_stage!(2);
     let mut created = 0u32;
     let tcp = tcp_bits(p.l4.tcp_flags, true);
-    let (out_addr, out_port) = match lookup_or_create(&p.key, cfg, tcp, &mut created) {
+    let existing = NAT_OUT.get_ptr_mut(&p.key);
+    bench_stage!(16);
+    if existing.is_none() {
+        b4_allowed(&p.key.b4)?;
+    }
+    let (out_addr, out_port) = match lookup_or_create(&p.key, existing, cfg, tcp, &mut created) {
         Ok(m) => m,
         Err(Exit::Drop(
             c @ (Counter::DropQuotaExceeded

@@ -19,7 +19,7 @@ mod block;
 mod port;
 
 use dslite_common::{
-    maps::{AftrConfig, NatInValue, NatOutKey, SlotKey},
+    maps::{AftrConfig, NatInValue, NatOutKey, NatOutValue, SlotKey},
     nat::{subscriber_of, tcp_next_state, MAX_BLOCKS},
     Counter,
 };
@@ -42,16 +42,18 @@ use crate::{
 
 // The BPF calls below return plain integers (`exit::nat`): see `exit.rs` for why.
 
-/// Find this softwire endpoint's mapping (refreshing it: outbound traffic refreshes,
-/// RFC 4787 REQ-6) or create it; `created` is set to 1 when this packet created it.
+/// Refresh this softwire endpoint's mapping `existing` (`NAT_OUT`'s entry for `key`, looked
+/// up by the caller: outbound traffic refreshes, RFC 4787 REQ-6) or, when there is none,
+/// create it; `created` is set to 1 when this packet created it.
 #[inline(always)]
 pub fn lookup_or_create(
     key: &NatOutKey,
+    existing: Option<*mut NatOutValue>,
     cfg: &AftrConfig,
     tcp: u8,
     created: &mut u32,
 ) -> Res<([u8; 4], u16)> {
-    if let Some(v) = NAT_OUT.get_ptr_mut(key) {
+    if let Some(v) = existing {
         // SAFETY: map value pointer from the kernel.
         unsafe {
             refresh(core::ptr::addr_of_mut!((*v).last_seen_ns));

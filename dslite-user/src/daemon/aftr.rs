@@ -58,14 +58,14 @@ pub async fn run(o: AftrOptions) -> Result<()> {
     let mut natlog = crate::natlog::NatLog::open(&s.natlog, Default::default()).map_err(usage)?;
     dataplane::apply_aftr(&s.pin_path, &plan)?;
     dataplane::reset_block_hints(&s.pin_path, &s, seed)?;
-    sync_host_addresses(&s).await?;
+    let (own_b4, _) = sync_host_addresses(&s).await?;
     let logger = start_log_forwarding(&mut ebpf);
     let mut sweeper =
         crate::sweep::Sweeper::open(&s.pin_path, dataplane::aftr_config(&s, seed), s.timeouts)?;
     sweeper.log_sessions = s.log_sessions;
     sweeper.max_mappings = s.max_mappings;
     if adopted.is_some() {
-        reconcile_tables(&mut sweeper, &mut natlog, &s)?;
+        reconcile_tables(&mut sweeper, &mut natlog, &s, &own_b4)?;
     }
     // What the loop leaves: the NAT log and the sweeper, for the records of the stop.
     let mut left: Option<AftrState> = None;
@@ -113,6 +113,8 @@ pub async fn run(o: AftrOptions) -> Result<()> {
             tunnel_mtu: tunnel.mtu,
             events_lost: 0,
             host_sync_due: std::time::Instant::now() + HOST_SYNC_EVERY,
+            own_b4,
+            reconcile_due: false,
         };
         let r = aftr_loop(&s.pin_path, &mut st, slow).await;
         left = Some(st);
@@ -142,7 +144,9 @@ const HOST_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Keep the dataplane's view of the AFTR host's own addresses current: they are never a B4
 /// source (B4_ALLOW denies them) and never a subscriber's destination (DENY_V4).
-async fn sync_host_addresses(s: &crate::config::AftrSettings) -> Result<()> {
+/// Returns the host's IPv6 addresses, and whether any of them is denied as a B4 source
+/// for the first time (its mappings must go: [`AftrState::reconcile`]).
+async fn sync_host_addresses(s: &crate::config::AftrSettings) -> Result<(Vec<[u8; 16]>, bool)> {
     let all = netlink::all_addresses().await?;
     let v4: Vec<std::net::Ipv4Addr> = all
         .iter()
@@ -158,9 +162,9 @@ async fn sync_host_addresses(s: &crate::config::AftrSettings) -> Result<()> {
             _ => None,
         })
         .collect();
-    dataplane::sync_local_b4_denies(&s.pin_path, &v6, &s.b4_prefixes)?;
+    let newly_denied = dataplane::sync_local_b4_denies(&s.pin_path, &v6, &s.b4_prefixes)?;
     dataplane::sync_denied(&s.pin_path, &dataplane::denied_destinations(s, &v4))?;
-    Ok(())
+    Ok((v6.iter().map(|a| a.octets()).collect(), newly_denied > 0))
 }
 
 /// What the AFTR's controller loop works on.
@@ -179,6 +183,12 @@ struct AftrState {
     tunnel_mtu: u32,
     /// When the host's own addresses are read again (and after a reload).
     host_sync_due: std::time::Instant,
+    /// The host's own IPv6 addresses at the last read (never a B4).
+    own_b4: Vec<[u8; 16]>,
+    /// Mappings of B4s that are no longer allowed may be in the tables (a reload removed a
+    /// prefix, the host took an address): [`AftrState::reconcile`] runs at each tick until
+    /// it succeeds, since XDP checks B4_ALLOW only for packets without a mapping.
+    reconcile_due: bool,
 }
 
 /// After adopting maps or removing B4 prefixes: delete what the configuration no longer
@@ -188,8 +198,14 @@ fn reconcile_tables(
     sweeper: &mut crate::sweep::Sweeper,
     natlog: &mut crate::natlog::NatLog,
     s: &crate::config::AftrSettings,
+    own_b4: &[[u8; 16]],
 ) -> Result<()> {
-    let r = sweeper.reconcile(crate::clock::monotonic_ns(), &s.pool, &s.b4_prefixes)?;
+    let r = sweeper.reconcile(
+        crate::clock::monotonic_ns(),
+        &s.pool,
+        &s.b4_prefixes,
+        own_b4,
+    )?;
     for rec in &r.records {
         natlog.emit(rec);
     }
@@ -212,6 +228,25 @@ struct Reloaded {
 }
 
 impl AftrState {
+    /// Delete the mappings (and release the blocks) the configuration and the host's
+    /// addresses no longer allow, when due; retried at the next tick on a failure.
+    fn reconcile(&mut self) {
+        if !self.reconcile_due {
+            return;
+        }
+        match reconcile_tables(
+            &mut self.sweeper,
+            &mut self.natlog,
+            &self.settings,
+            &self.own_b4,
+        ) {
+            Ok(()) => self.reconcile_due = false,
+            Err(e) => warn!(
+                "releasing the mappings of B4s no longer allowed: {e:#} (tried again in a second)"
+            ),
+        }
+    }
+
     /// SIGHUP: read the configuration file again and apply what can change live (limits,
     /// timeouts, filtering, B4 prefixes, MSS clamping, NAT log settings) without touching a
     /// mapping of a softwire that stays allowed. All or nothing: the whole file is parsed and
@@ -253,9 +288,8 @@ impl AftrState {
             .any(|p| !new.b4_prefixes.contains(p));
         self.settings = new;
         if prefixes_removed {
-            if let Err(e) = reconcile_tables(&mut self.sweeper, &mut self.natlog, &self.settings) {
-                warn!("reload: releasing the mappings of removed B4 prefixes: {e:#} (the sweep's expiry will)");
-            }
+            self.reconcile_due = true;
+            self.reconcile();
         }
         Ok(Reloaded {
             applied,
@@ -312,10 +346,15 @@ async fn aftr_loop(
                 publish(pin, slow).await;
                 if std::time::Instant::now() >= st.host_sync_due {
                     st.host_sync_due = std::time::Instant::now() + HOST_SYNC_EVERY;
-                    if let Err(e) = sync_host_addresses(&st.settings).await {
-                        warn!("reading the host's addresses: {e:#}");
+                    match sync_host_addresses(&st.settings).await {
+                        Ok((own, newly_denied)) => {
+                            st.own_b4 = own;
+                            st.reconcile_due |= newly_denied;
+                        }
+                        Err(e) => warn!("reading the host's addresses: {e:#}"),
                     }
                 }
+                st.reconcile();
                 // Nothing is lost silently: a full event ring is counted by XDP and said here.
                 if let Ok(n) = read_counter(pin, dslite_common::Counter::EventsLost) {
                     if n > st.events_lost {

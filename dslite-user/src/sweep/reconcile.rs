@@ -31,7 +31,8 @@ impl Sweeper {
     /// goes: its slots first, so XDP puts no new mapping there; then its mappings; then its
     /// blocks are released into the hold-down like any other, logged, so `whois` stays right
     /// and no other subscriber gets those ports at once (RFC 6888 REQ-8). The mappings of a
-    /// softwire no longer in `allowed` go too; its emptied blocks are then released by the
+    /// softwire no longer in `allowed`, or now one of the host's `own` addresses (XDP checks
+    /// B4_ALLOW only for packets without a mapping), go too; its emptied blocks are then released by the
     /// next sweep, as any emptied block is. A slot that stays learns its address's index in
     /// the new pool (XDP takes a softwire's next block on the address of its others).
     pub fn reconcile(
@@ -39,6 +40,7 @@ impl Sweeper {
         now: u64,
         pool: &[std::net::Ipv4Addr],
         allowed: &[crate::config::Cidr6],
+        own: &[[u8; 16]],
     ) -> Result<Reconciled> {
         // Hashed: a pool has up to 65536 addresses, the tables millions of entries.
         let at: StdMap<[u8; 4], usize> = pool
@@ -47,7 +49,9 @@ impl Sweeper {
             .map(|(i, a)| (a.octets(), i))
             .collect();
         let index_of = |addr: [u8; 4]| at.get(&addr).copied();
-        let allowed_b4 = |b4: &[u8; 16]| allowed.iter().any(|p| p.contains(b4));
+        // As B4_ALLOW says: inside a prefix, and not one of the host's own addresses.
+        let allowed_b4 =
+            |b4: &[u8; 16]| allowed.iter().any(|p| p.contains(b4)) && !own.contains(b4);
         let ms = unix_ms(now);
         // What the running cycle saw includes what goes now.
         self.restart_cycle();
