@@ -70,8 +70,9 @@ fn from_lan<C: Pkt>(ctx: &C, cfg: &B4Config) -> Res<u32> {
 /// Softwire -> LAN (RFC 6333 §5.2), and native IPv6 accounting.
 #[inline(always)]
 fn from_wan<C: Pkt>(ctx: &C, cfg: &B4Config) -> Res<u32> {
-    let mut sw = Softwire::default();
-    let parsed = ipv6(ctx, &mut sw);
+    let mut sw_slot = core::mem::MaybeUninit::uninit();
+    let sw: &mut Softwire = crate::zeroed::zeroed(&mut sw_slot);
+    let parsed = ipv6(ctx, sw);
     if let Err(Exit::Pass(Counter::PassIpv6Fragment)) = parsed {
         // Only the AFTR's fragments to the softwire address may fill the kernel's
         // reassembly memory (the addresses are in the fixed header).

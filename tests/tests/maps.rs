@@ -67,3 +67,73 @@ fn object_maps_are_the_list() {
         );
     }
 }
+
+/// No hot path calls `memset`, `memcpy` or `memmove`: the BPF versions (compiler_builtins)
+/// move one byte per loop round, ~5 instructions a byte, and LLVM emits a call for a zeroed
+/// or copied struct whenever it sees fit (docs/benchmarks.md: a 57-byte `memset` crept into
+/// the outbound parse once, +35 ns a packet). Hot structs are zeroed with 8-byte stores
+/// (`dslite-ebpf/src/zeroed.rs`); this checks the built object's relocations.
+#[test]
+fn hot_paths_call_no_byte_loop_memset() {
+    use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
+    let path = dslite_tests::bpf_object();
+    let bytes = std::fs::read(&path).expect("reading the kernel object");
+    let obj = object::File::parse(&*bytes).expect("parsing the kernel object");
+    // The programs' entry points and the functions every established packet runs.
+    const HOT: &[&str] = &[
+        "dslite_aftr",
+        "dslite_b4",
+        "from_b4",
+        "parse_from_b4",
+        "from_internet",
+        "translate_source",
+        "encapsulate",
+        "decapsulate",
+    ];
+    let funcs: Vec<(object::SectionIndex, u64, u64, String)> = obj
+        .symbols()
+        .filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 0)
+        .filter_map(|s| {
+            let name = s.name().ok()?.to_string();
+            Some((
+                s.section_index()?,
+                s.address(),
+                s.address() + s.size(),
+                name,
+            ))
+        })
+        .collect();
+    let mut checked = 0;
+    let mut offenders = Vec::new();
+    for section in obj.sections() {
+        for (offset, rel) in section.relocations() {
+            let RelocationTarget::Symbol(i) = rel.target() else {
+                continue;
+            };
+            let Ok(target) = obj
+                .symbol_by_index(i)
+                .and_then(|s| s.name().map(str::to_string))
+            else {
+                continue;
+            };
+            let Some((_, _, _, f)) = funcs
+                .iter()
+                .find(|(si, lo, hi, _)| *si == section.index() && (*lo..*hi).contains(&offset))
+            else {
+                continue;
+            };
+            if !HOT.iter().any(|h| f.contains(h)) {
+                continue;
+            }
+            checked += 1;
+            if matches!(target.as_str(), "memset" | "memcpy" | "memmove") {
+                offenders.push(format!("{f} calls {target}"));
+            }
+        }
+    }
+    assert!(
+        checked > 0,
+        "no relocation found in any hot function: the check is blind"
+    );
+    assert!(offenders.is_empty(), "{offenders:#?}");
+}

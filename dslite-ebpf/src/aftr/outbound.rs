@@ -43,8 +43,9 @@ fn parse_from_b4<C: Pkt>(ctx: &C, cfg: &AftrConfig, p: &mut FromB4) -> Code {
 fn parse_from_b4_inner<C: Pkt>(ctx: &C, cfg: &AftrConfig, p: &mut FromB4) -> Res<()> {
     // Bench stages inside the parse end it with a drop (counted): `from_b4` ends there.
     bench_stage!(11 => Err(Exit::Drop(Counter::DropNotConfigured)));
-    let mut sw = Softwire::default();
-    let parsed = ipv6(ctx, &mut sw);
+    let mut sw_slot = core::mem::MaybeUninit::uninit();
+    let sw: &mut Softwire = crate::zeroed::zeroed(&mut sw_slot);
+    let parsed = ipv6(ctx, sw);
     bench_stage!(12 => Err(Exit::Drop(Counter::DropNotConfigured)));
     if let Err(Exit::Pass(Counter::PassIpv6Fragment)) = parsed {
         // The addresses are in the fixed header: a fragment for the softwire endpoint is
