@@ -121,7 +121,8 @@ where
         w
     };
     let prefix = |k: &Key<[u8; 4]>| (k.data(), k.prefix_len() as u8);
-    let (stale, kept): (Vec<&Key<[u8; 4]>>, Vec<&Key<[u8; 4]>>) = have.iter().partition(|k| {
+    type Keys<'k> = Vec<&'k Key<[u8; 4]>>;
+    let (stale, kept): (Keys, Keys) = have.iter().partition(|k| {
         prune == Prune::Stale
             && !want
                 .iter()
