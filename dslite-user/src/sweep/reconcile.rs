@@ -18,7 +18,10 @@ use crate::{clock::unix_ms, dataplane::batch::scan_map, natlog::NatRecord};
 /// What [`Sweeper::reconcile`] did.
 #[derive(Clone, Debug, Default)]
 pub struct Reconciled {
+    /// Slots deleted (their address left the pool).
     pub slots: usize,
+    /// Slots that stay, given their address's new index in the pool.
+    pub reindexed: usize,
     pub mappings: usize,
     pub blocks: usize,
     /// NAT log records: the blocks released, and (with `log_sessions`) the mappings deleted.
@@ -35,6 +38,10 @@ impl Sweeper {
     /// B4_ALLOW only for packets without a mapping), go too; its emptied blocks are then released by the
     /// next sweep, as any emptied block is. A slot that stays learns its address's index in
     /// the new pool (XDP takes a softwire's next block on the address of its others).
+    ///
+    /// The sweep's cycle restarts only when something changed (what it saw includes what
+    /// went), so a reconcile run every second finds nothing and leaves the cycle alone. On
+    /// an error, the records of what was deleted before it go out with the next sweep.
     pub fn reconcile(
         &mut self,
         now: u64,
@@ -42,6 +49,26 @@ impl Sweeper {
         allowed: &[crate::config::Cidr6],
         own: &[[u8; 16]],
     ) -> Result<Reconciled> {
+        let mut r = Reconciled::default();
+        let done = self.reconcile_into(now, pool, allowed, own, &mut r);
+        if done.is_err() || r.slots + r.reindexed + r.mappings + r.blocks > 0 {
+            self.restart_cycle();
+        }
+        if let Err(e) = done {
+            self.carried.append(&mut r.records);
+            return Err(e);
+        }
+        Ok(r)
+    }
+
+    fn reconcile_into(
+        &mut self,
+        now: u64,
+        pool: &[std::net::Ipv4Addr],
+        allowed: &[crate::config::Cidr6],
+        own: &[[u8; 16]],
+        r: &mut Reconciled,
+    ) -> Result<()> {
         // Hashed: a pool has up to 65536 addresses, the tables millions of entries.
         let at: StdMap<[u8; 4], usize> = pool
             .iter()
@@ -53,9 +80,6 @@ impl Sweeper {
         let allowed_b4 =
             |b4: &[u8; 16]| allowed.iter().any(|p| p.contains(b4)) && !own.contains(b4);
         let ms = unix_ms(now);
-        // What the running cycle saw includes what goes now.
-        self.restart_cycle();
-        let mut r = Reconciled::default();
         let mut slots: Vec<(SlotKey, Slot)> = Vec::new();
         scan_map(self.slots.map(), |k, s| slots.push((k, s)))?;
         for (k, s) in slots {
@@ -67,6 +91,7 @@ impl Sweeper {
                             ..s
                         };
                         self.slots.insert(k, s, 0)?;
+                        r.reindexed += 1;
                     }
                 }
                 None => {
@@ -102,7 +127,7 @@ impl Sweeper {
                 .push(block_event(ms, &self.cfg, EVENT_BLOCK_RELEASED, bv.b4, &bk));
             r.blocks += 1;
         }
-        Ok(r)
+        Ok(())
     }
 }
 
