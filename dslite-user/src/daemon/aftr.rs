@@ -58,7 +58,8 @@ pub async fn run(o: AftrOptions) -> Result<()> {
     let mut natlog = crate::natlog::NatLog::open(&s.natlog, Default::default()).map_err(usage)?;
     dataplane::apply_aftr(&s.pin_path, &plan)?;
     dataplane::reset_block_hints(&s.pin_path, &s, seed)?;
-    let (own_b4, _) = sync_host_addresses(&s).await?;
+    let (own_b4, written) = sync_host_addresses(&s).await?;
+    written?;
     let logger = start_log_forwarding(&mut ebpf);
     let mut sweeper =
         crate::sweep::Sweeper::open(&s.pin_path, dataplane::aftr_config(&s, seed), s.timeouts)?;
@@ -114,7 +115,9 @@ pub async fn run(o: AftrOptions) -> Result<()> {
             events_lost: 0,
             host_sync_due: std::time::Instant::now() + HOST_SYNC_EVERY,
             own_b4,
-            reconcile_due: false,
+            reconcile_due: 0,
+            reconcile_at: std::time::Instant::now(),
+            reconcile_backoff: std::time::Duration::ZERO,
         };
         let r = aftr_loop(&s.pin_path, &mut st, slow).await;
         left = Some(st);
@@ -144,9 +147,11 @@ const HOST_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Keep the dataplane's view of the AFTR host's own addresses current: they are never a B4
 /// source (B4_ALLOW denies them) and never a subscriber's destination (DENY_V4).
-/// Returns the host's IPv6 addresses, and whether any of them is denied as a B4 source
-/// for the first time (its mappings must go: [`AftrState::reconcile`]).
-async fn sync_host_addresses(s: &crate::config::AftrSettings) -> Result<(Vec<[u8; 16]>, bool)> {
+/// Returns the IPv6 addresses read (for the reconcile) and, apart, how writing them into the
+/// maps went: the caller learns the addresses even when a write fails.
+async fn sync_host_addresses(
+    s: &crate::config::AftrSettings,
+) -> Result<(Vec<[u8; 16]>, Result<()>)> {
     let all = netlink::all_addresses().await?;
     let v4: Vec<std::net::Ipv4Addr> = all
         .iter()
@@ -162,9 +167,23 @@ async fn sync_host_addresses(s: &crate::config::AftrSettings) -> Result<(Vec<[u8
             _ => None,
         })
         .collect();
-    let newly_denied = dataplane::sync_local_b4_denies(&s.pin_path, &v6, &s.b4_prefixes)?;
-    dataplane::sync_denied(&s.pin_path, &dataplane::denied_destinations(s, &v4))?;
-    Ok((v6.iter().map(|a| a.octets()).collect(), newly_denied > 0))
+    let written =
+        dataplane::sync_local_b4_denies(&s.pin_path, &v6, &s.b4_prefixes).and_then(|()| {
+            dataplane::sync_denied(&s.pin_path, &dataplane::denied_destinations(s, &v4))
+        });
+    Ok((v6.iter().map(|a| a.octets()).collect(), written))
+}
+
+/// True when the host has an address it did not have at the last read that a B4 could
+/// have used (inside an allowed prefix): that B4's mappings must go, as XDP checks
+/// B4_ALLOW only for packets without a mapping.
+fn own_address_joined(
+    before: &[[u8; 16]],
+    now: &[[u8; 16]],
+    prefixes: &[crate::config::Cidr6],
+) -> bool {
+    now.iter()
+        .any(|a| !before.contains(a) && prefixes.iter().any(|p| p.contains(a)))
 }
 
 /// What the AFTR's controller loop works on.
@@ -186,9 +205,15 @@ struct AftrState {
     /// The host's own IPv6 addresses at the last read (never a B4).
     own_b4: Vec<[u8; 16]>,
     /// Mappings of B4s that are no longer allowed may be in the tables (a reload removed a
-    /// prefix, the host took an address): [`AftrState::reconcile`] runs at each tick until
-    /// it succeeds, since XDP checks B4_ALLOW only for packets without a mapping.
-    reconcile_due: bool,
+    /// prefix, the host took an address), since XDP checks B4_ALLOW only for packets
+    /// without a mapping: the [`AftrState::reconcile`] passes still to run. Two per cause:
+    /// the second, a tick later, catches a mapping that a packet checked just before the
+    /// change made after the first pass read the table.
+    reconcile_due: u8,
+    /// When the next pass may run: at each tick, backing off after a failure.
+    reconcile_at: std::time::Instant,
+    /// The wait after the last failure (doubles, to a minute).
+    reconcile_backoff: std::time::Duration,
 }
 
 /// After adopting maps or removing B4 prefixes: delete what the configuration no longer
@@ -229,9 +254,10 @@ struct Reloaded {
 
 impl AftrState {
     /// Delete the mappings (and release the blocks) the configuration and the host's
-    /// addresses no longer allow, when due; retried at the next tick on a failure.
+    /// addresses no longer allow, when due; after a failure, again in 1, 2, 4 … 60 s.
     fn reconcile(&mut self) {
-        if !self.reconcile_due {
+        let now = std::time::Instant::now();
+        if self.reconcile_due == 0 || now < self.reconcile_at {
             return;
         }
         match reconcile_tables(
@@ -240,11 +266,28 @@ impl AftrState {
             &self.settings,
             &self.own_b4,
         ) {
-            Ok(()) => self.reconcile_due = false,
-            Err(e) => warn!(
-                "releasing the mappings of B4s no longer allowed: {e:#} (tried again in a second)"
-            ),
+            Ok(()) => {
+                self.reconcile_due -= 1;
+                self.reconcile_backoff = std::time::Duration::ZERO;
+            }
+            Err(e) => {
+                self.reconcile_backoff = (self.reconcile_backoff * 2).clamp(
+                    std::time::Duration::from_secs(1),
+                    std::time::Duration::from_secs(60),
+                );
+                self.reconcile_at = now + self.reconcile_backoff;
+                warn!(
+                    "releasing the mappings of B4s no longer allowed: {e:#} (tried again in {} s)",
+                    self.reconcile_backoff.as_secs()
+                );
+            }
         }
+    }
+
+    /// Something made B4s not allowed: two reconcile passes, the first now.
+    fn reconcile_soon(&mut self) {
+        self.reconcile_due = 2;
+        self.reconcile_at = std::time::Instant::now();
     }
 
     /// SIGHUP: read the configuration file again and apply what can change live (limits,
@@ -288,7 +331,7 @@ impl AftrState {
             .any(|p| !new.b4_prefixes.contains(p));
         self.settings = new;
         if prefixes_removed {
-            self.reconcile_due = true;
+            self.reconcile_soon();
             self.reconcile();
         }
         Ok(Reloaded {
@@ -347,9 +390,14 @@ async fn aftr_loop(
                 if std::time::Instant::now() >= st.host_sync_due {
                     st.host_sync_due = std::time::Instant::now() + HOST_SYNC_EVERY;
                     match sync_host_addresses(&st.settings).await {
-                        Ok((own, newly_denied)) => {
+                        Ok((own, written)) => {
+                            if own_address_joined(&st.own_b4, &own, &st.settings.b4_prefixes) {
+                                st.reconcile_soon();
+                            }
                             st.own_b4 = own;
-                            st.reconcile_due |= newly_denied;
+                            if let Err(e) = written {
+                                warn!("writing the host's addresses into the deny lists: {e:#}");
+                            }
                         }
                         Err(e) => warn!("reading the host's addresses: {e:#}"),
                     }
@@ -440,5 +488,30 @@ fn log_the_stop(pin: &std::path::Path, st: &mut AftrState) {
             );
         }
         Err(e) => warn!("NAT log: reading the blocks held at exit: {e:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::own_address_joined;
+
+    #[test]
+    fn an_own_address_joining_an_allowed_prefix_calls_for_a_reconcile() {
+        let prefixes = vec!["2001:db8:a::/64".parse().unwrap()];
+        let addr = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let (b4, link_local) = (addr("2001:db8:a::7"), addr("fe80::1"));
+        assert!(own_address_joined(&[], &[b4], &prefixes));
+        assert!(
+            !own_address_joined(&[b4], &[b4], &prefixes),
+            "had it already"
+        );
+        assert!(
+            !own_address_joined(&[], &[link_local], &prefixes),
+            "no B4 can have it: nothing to release"
+        );
+        assert!(
+            !own_address_joined(&[b4], &[], &prefixes),
+            "a lost address allows more, not less"
+        );
     }
 }

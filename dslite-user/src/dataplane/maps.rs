@@ -165,21 +165,14 @@ fn write_hint<H: std::borrow::BorrowMut<MapData>>(
 /// Deny the AFTR host's own IPv6 addresses as B4 sources: /128 entries in B4_ALLOW with
 /// [`m::B4_DENY`], which the longest match prefers over any allowing prefix. Entries for
 /// addresses the host no longer has are removed. `prefixes` are the allowed prefixes (never
-/// removed here). Returns how many addresses are denied that were not before: their
-/// mappings, if any, must go (`Sweeper::reconcile`), as XDP checks B4_ALLOW only for
-/// packets without a mapping.
+/// removed here). A B4 newly denied here keeps its mappings until the controller's
+/// reconcile (`daemon::aftr`), as XDP checks B4_ALLOW only for packets without a mapping.
 pub fn sync_local_b4_denies(
     pin: &Path,
     own: &[std::net::Ipv6Addr],
     prefixes: &[crate::config::Cidr6],
-) -> Result<usize> {
+) -> Result<()> {
     let mut allow: LpmTrie<MapData, [u8; 16], u32> = Pinned::new(pin).lpm(m::B4_ALLOW)?;
-    let denied_before: Vec<[u8; 16]> = allow
-        .iter()
-        .filter_map(|e| e.ok())
-        .filter(|(k, v)| *v == m::B4_DENY && k.prefix_len() == 128)
-        .map(|(k, _)| k.data())
-        .collect();
     let stale: Vec<Key<[u8; 16]>> = allow
         .iter()
         .filter_map(|e| e.ok())
@@ -196,12 +189,10 @@ pub fn sync_local_b4_denies(
     for k in stale {
         let _ = allow.remove(&k);
     }
-    let mut added = 0;
     for a in own {
         allow.insert(&Key::new(128, a.octets()), m::B4_DENY, 0)?;
-        added += !denied_before.contains(&a.octets()) as usize;
     }
-    Ok(added)
+    Ok(())
 }
 
 /// Change the running B4's configuration in place (a new WAN address or AFTR).
