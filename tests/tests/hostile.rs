@@ -176,6 +176,71 @@ fn the_aftr_hosts_own_addresses_are_no_b4() {
     });
 }
 
+/// A sender outside every `--b4-prefix` gets nothing on any branch that answers or
+/// forwards without a mapping: the echo of 192.0.0.1, a TTL or too-big refusal, a denied
+/// destination, an inner IPv4 fragment (the slow path's) and an IPv6 fragment (the
+/// kernel's reassembly). Each is a drop counted as `drop_b4_not_allowed`, and nothing is
+/// made for it (the B4 check moved after the inner parse for established mappings).
+#[test]
+fn a_stranger_gets_no_answer_on_any_branch() {
+    with_aftr(|rig| {
+        let stranger: Ipv6Addr = "2001:db8:f::99".parse().unwrap();
+        let mut big = udp4(HOST, SERVER, 5000, 7777, 64, &[7u8; 1600]);
+        packets::set_df(&mut big, true);
+        let whole = udp4(HOST, SERVER, 5001, 7777, 64, &[1u8; 64]);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "echo to 192.0.0.1",
+                from_b4(
+                    rig,
+                    stranger,
+                    &packets::icmp4_echo(HOST, Ipv4Addr::new(192, 0, 0, 1), 7, 1, 64, false),
+                    &[],
+                ),
+            ),
+            (
+                "TTL 1",
+                from_b4(rig, stranger, &udp4(HOST, SERVER, 5002, 7777, 1, b"x"), &[]),
+            ),
+            ("DF, over the MTU", from_b4(rig, stranger, &big, &[])),
+            (
+                "a denied destination",
+                from_b4(
+                    rig,
+                    stranger,
+                    &udp4(HOST, Ipv4Addr::new(127, 0, 0, 1), 5003, 53, 64, b"x"),
+                    &[],
+                ),
+            ),
+            (
+                "an inner IPv4 fragment",
+                from_b4(rig, stranger, &packets::fragment_v4(&whole, 32)[0], &[]),
+            ),
+            (
+                "an IPv6 fragment",
+                eth(
+                    rig.mac("tun"),
+                    ROUTER_MAC,
+                    packets::ETH_P_IPV6,
+                    &packets::fragment_v6(stranger, AFTR_ADDR.parse().unwrap(), 4, &whole, 48, 9)
+                        [0],
+                ),
+            ),
+        ];
+        for (i, (what, frame)) in cases.iter().enumerate() {
+            let (v, _) = rig.run("tun", frame);
+            assert_eq!(v, XDP_DROP, "{what}");
+            assert_eq!(rig.counter("drop_b4_not_allowed"), i as u64 + 1, "{what}");
+        }
+        assert_eq!(mappings(rig), 0);
+        assert_eq!(
+            rig.counter("slow_v4_fragment"),
+            0,
+            "nothing went to the slow path"
+        );
+    });
+}
+
 /// XDP checks a B4's prefix (B4_ALLOW) only for packets without a mapping (an established
 /// mapping's B4 passed when it was made). What keeps that safe: a reload that removes the
 /// prefix, or the host taking the B4's address, makes the controller release the B4's
@@ -220,21 +285,27 @@ fn a_b4_no_longer_allowed_loses_its_established_mappings() {
         assert_eq!(rig.counter("drop_b4_not_allowed"), 2);
         let (v, out) = rig.run("tun", &from_b4(rig, b4(3), &inner, &[]));
         assert!(forwarded(v, &out));
-        // The host takes b4(3)'s address: newly denied, and said so once.
+        // The host takes b4(3)'s address: denied as a source at once, but its established
+        // mapping stays until the reconcile the controller runs when an own address joins
+        // an allowed prefix.
         let own = b4(3);
-        let newly = dataplane::sync_local_b4_denies(&rig.pin, &[own], &s.b4_prefixes).unwrap();
-        assert_eq!(newly, 1);
-        assert_eq!(
-            dataplane::sync_local_b4_denies(&rig.pin, &[own], &s.b4_prefixes).unwrap(),
-            0,
-            "denied already"
-        );
+        dataplane::sync_local_b4_denies(&rig.pin, &[own], &s.b4_prefixes).unwrap();
+        let (v, out) = rig.run("tun", &from_b4(rig, own, &inner, &[]));
+        assert!(forwarded(v, &out));
+        let fresh = udp4(HOST, SERVER, 5002, 7777, 64, b"x");
+        assert_eq!(rig.run("tun", &from_b4(rig, own, &fresh, &[])).0, XDP_DROP);
+        assert_eq!(rig.counter("drop_b4_source_local"), 1);
         let r = sw
             .reconcile(now(), &s.pool, &s.b4_prefixes, &[own.octets()])
             .unwrap();
         assert_eq!(r.mappings, 1);
         assert_eq!(rig.run("tun", &from_b4(rig, own, &inner, &[])).0, XDP_DROP);
-        assert_eq!(rig.counter("drop_b4_source_local"), 1);
+        assert_eq!(rig.counter("drop_b4_source_local"), 2);
+        // Nothing is left to do: a second pass (the controller runs two) deletes nothing.
+        let r = sw
+            .reconcile(now(), &s.pool, &s.b4_prefixes, &[own.octets()])
+            .unwrap();
+        assert_eq!((r.mappings, r.slots, r.blocks), (0, 0, 0));
         assert_eq!(mappings(rig), 0, "nothing made for either");
     });
 }

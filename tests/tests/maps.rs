@@ -89,6 +89,14 @@ fn hot_paths_call_no_byte_loop_memset() {
         "translate_source",
         "encapsulate",
         "decapsulate",
+        "hairpin",
+        "redirect_v4",
+        "fib_redirect",
+        "note_peer",
+        "b4_verdict",
+        "destination_allowed",
+        "lookup_or_create",
+        "note_inbound",
     ];
     let funcs: Vec<(object::SectionIndex, u64, u64, String)> = obj
         .symbols()

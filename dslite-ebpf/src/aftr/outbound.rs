@@ -149,10 +149,10 @@ pub fn from_b4<C: Pkt>(ctx: &C, cfg: &AftrConfig) -> Res<u32> {
     if p.ip.df && len > cfg.v4_mtu as usize {
         // Larger than the internet side allows and not to be fragmented: an ICMP 3/4 with
         // the route's MTU goes back down the softwire (RFC 4787 REQ-13), and
-        // no mapping is made for it.
+        // no mapping is made for it. The B4 first: a stranger pays no route lookup.
+        b4_allowed(&p.key.b4)?;
         let mtu = v4_route_mtu(ctx, &p.ip.dst, len as u32);
         if mtu != 0 {
-            b4_allowed(&p.key.b4)?;
             p.mtu = mtu;
             let mut action = 0;
             let why = Why::new(Counter::DropV4TooBig, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED);

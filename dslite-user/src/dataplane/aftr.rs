@@ -484,6 +484,7 @@ pub fn map_sizes(aftr: Option<&AftrSettings>) -> Vec<(&'static str, u32)> {
                 (m::POOL_INDEX, s.pool.len() as u32),
                 (m::ADDR_FREE, s.pool.len() as u32),
                 (m::LOCAL_V4, 1),
+                (m::LOCAL_HINT, 1),
             ]
         }
         None => dslite_common::map_list::MAPS
