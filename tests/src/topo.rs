@@ -122,6 +122,10 @@ pub struct Options<'a> {
     /// With `plain`: TX checksumming off on the veth peers of the AFTR's and B4s'
     /// interfaces (the hosts, the routers), which `--hook xdp` needs on veth.
     pub peers_tx_csum_off: bool,
+    /// The AFTR's `--b4-prefix` flags (a's and b's prefixes by default; c's is never
+    /// allowed). Empty: none, for a test that sets them in a `--config` file (flags would
+    /// override the file's, and a reload could not change them).
+    pub b4_prefix: &'a [&'a str],
 }
 
 impl Default for Options<'_> {
@@ -138,6 +142,7 @@ impl Default for Options<'_> {
             plain: false,
             plain_gro: false,
             peers_tx_csum_off: false,
+            b4_prefix: &["2001:db8:a::/64", "2001:db8:b::/64"],
         }
     }
 }
@@ -453,10 +458,11 @@ impl DsLite {
             AFTR_ADDR,
             "--pool",
             o.pool,
-            "--b4-prefix",
-            "2001:db8:a::/64",
-            "2001:db8:b::/64",
         ];
+        if !o.b4_prefix.is_empty() {
+            aftr_args.push("--b4-prefix");
+            aftr_args.extend_from_slice(o.b4_prefix);
+        }
         aftr_args.extend_from_slice(o.hook);
         aftr_args.extend_from_slice(o.aftr_extra);
         let aftr = Controller::start(&aftr_ns, &aftr_args, pin_root.join("aftr"))?;

@@ -497,6 +497,57 @@ fn a_reload_applies_all_or_nothing_and_says_which() {
     udp_request(&t.a.host, sa(HOST_ADDR, 5002), sa(SERVER1, 7777), "3").unwrap();
 }
 
+/// A reload that removes a subscriber's B4 prefix ends its established flows too, not only
+/// its new ones: XDP checks B4_ALLOW only for packets without a mapping, so the controller
+/// releases the mappings of a B4 that is no longer allowed (docs/design.md, "Prefix
+/// summaries and the skipped B4 check"). The other subscriber keeps its flow and port.
+#[test]
+fn a_reload_removing_a_b4_prefix_ends_its_established_flows() {
+    let dir = dslite_tests::ScratchDir::new("unprefix");
+    let conf = dir.join("aftr.toml");
+    let write = |prefixes: &str| {
+        std::fs::write(
+            &conf,
+            format!("b4-prefix = [{prefixes}]\nudp-timeout = 300\n"),
+        )
+        .unwrap()
+    };
+    write("\"2001:db8:a::/64\", \"2001:db8:b::/64\"");
+    let conf_s = conf.to_str().unwrap().to_string();
+    let t = DsLite::start_with(dslite_tests::topo::Options {
+        aftr_extra: &["--config", &conf_s],
+        b4_prefix: &[],
+        ..Default::default()
+    })
+    .unwrap();
+    let _echo = udp_echo_server(&t.server, sa(SERVER1, 7777));
+    let seen_a = udp_request(&t.a.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "a").unwrap();
+    udp_request(&t.b.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "b").unwrap();
+
+    write("\"2001:db8:a::/64\"");
+    t.aftr.signal(libc::SIGHUP);
+    wait_for("the reload", || {
+        t.aftr.log().contains("configuration reloaded")
+    });
+    wait_for("b's mapping released", || {
+        t.aftr
+            .log()
+            .contains("B4 prefixes no longer configured: deleted")
+    });
+    assert!(
+        udp_request(&t.b.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "b").is_err(),
+        "b's established flow ends with its prefix"
+    );
+    let again = udp_request(&t.a.host, sa(HOST_ADDR, 5000), sa(SERVER1, 7777), "a").unwrap();
+    assert_eq!(again, seen_a, "a keeps its mapping");
+    let sessions = t.aftr.sessions().unwrap();
+    assert!(
+        sessions.iter().any(|s| s["b4"] == "2001:db8:a::2")
+            && sessions.iter().all(|s| s["b4"] != "2001:db8:b::2"),
+        "{sessions:?}"
+    );
+}
+
 /// A `--persist` restart brings adopted maps to the new configuration (docs/operations.md,
 /// "Restart without loss"): with B's prefix and both pool addresses removed and another address added, B's new flows
 /// are dropped (`drop_b4_not_allowed`), the removed addresses are no longer recognised
