@@ -114,12 +114,13 @@ where
     H: std::borrow::BorrowMut<MapData>,
 {
     use dslite_common::hint::{mark, superset, HINT_WORDS};
-    let have: Vec<Key<[u8; 4]>> = trie.keys().collect::<Result<_, _>>()?;
-    let words = |prefixes: &mut dyn Iterator<Item = ([u8; 4], u8)>| {
+    /// The summary of `prefixes` (network, length).
+    fn words(prefixes: impl Iterator<Item = ([u8; 4], u8)>) -> Vec<u64> {
         let mut w = vec![0u64; HINT_WORDS as usize];
         prefixes.for_each(|(net, len)| mark(&mut w, net, len));
         w
-    };
+    }
+    let have: Vec<Key<[u8; 4]>> = trie.keys().collect::<Result<_, _>>()?;
     let prefix = |k: &Key<[u8; 4]>| (k.data(), k.prefix_len() as u8);
     type Keys<'k> = Vec<&'k Key<[u8; 4]>>;
     let (stale, kept): (Keys, Keys) = have.iter().partition(|k| {
@@ -129,12 +130,11 @@ where
                 .any(|p| p.len as u32 == k.prefix_len() && p.network() == k.data())
     });
     let after = words(
-        &mut want
-            .iter()
+        want.iter()
             .map(|p| (p.network(), p.len))
             .chain(kept.into_iter().map(prefix)),
     );
-    let before = words(&mut have.iter().map(prefix));
+    let before = words(have.iter().map(prefix));
     let mut during = vec![0u64; HINT_WORDS as usize];
     superset(&before, &after, &mut during);
     write_hint(hint, &during)?;
