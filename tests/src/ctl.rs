@@ -17,6 +17,8 @@ pub struct Controller {
     child: Child,
     pub pin_path: PathBuf,
     log: Arc<Mutex<String>>,
+    /// Disconnected when the child's stderr closes (all of it is then in `log`).
+    stderr_closed: Mutex<std::sync::mpsc::Receiver<()>>,
     /// Leave the pin path in place on drop (after [`Controller::kill`]).
     keep_pins: bool,
 }
@@ -35,6 +37,9 @@ impl Controller {
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
+        // Told when stderr closes, so that an exit's last words (its error) are in the log
+        // before we report the exit: the reader may still be behind when try_wait sees it.
+        let (closed_tx, closed) = std::sync::mpsc::channel::<()>();
         {
             let log = log.clone();
             std::thread::spawn(move || {
@@ -45,12 +50,14 @@ impl Controller {
                     log.lock().unwrap().push_str(&line);
                     log.lock().unwrap().push('\n');
                 }
+                drop(closed_tx);
             });
         }
         let mut c = Controller {
             child,
             pin_path,
             log,
+            stderr_closed: Mutex::new(closed),
             keep_pins: false,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -59,6 +66,7 @@ impl Controller {
                 return Ok(c);
             }
             if let Some(status) = c.child.try_wait()? {
+                c.await_stderr();
                 bail!(
                     "dslite {} exited with {status}:\n{}",
                     args.join(" "),
@@ -73,6 +81,11 @@ impl Controller {
                 );
             }
         }
+    }
+
+    /// After an exit: wait (up to 5 s) until the reader has logged the child's last lines.
+    fn await_stderr(&self) {
+        let _ = (self.stderr_closed.lock().unwrap()).recv_timeout(Duration::from_secs(5));
     }
 
     pub fn log(&self) -> String {
@@ -175,11 +188,14 @@ impl Controller {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(s) = self.child.try_wait()? {
+                self.await_stderr();
                 return Ok(s);
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                return Ok(self.child.wait()?);
+                let s = self.child.wait()?;
+                self.await_stderr();
+                return Ok(s);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
