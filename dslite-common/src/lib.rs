@@ -4,6 +4,12 @@
 //!
 //! `#![no_std]` so the BPF side can use it; the `user` feature adds `aya::Pod` impls.
 #![no_std]
+// `table`'s compare-and-swap: core's atomics are not offered on BPF targets, the intrinsic is.
+#![cfg_attr(
+    target_arch = "bpf",
+    feature(core_intrinsics),
+    allow(internal_features)
+)]
 
 pub mod bucket;
 pub mod counters;
@@ -14,5 +20,6 @@ pub mod maps;
 pub mod nat;
 pub mod proto;
 pub mod slow;
+pub mod table;
 
 pub use counters::Counter;

@@ -1,0 +1,1033 @@
+//! One table per mapping: own open-addressing hash tables in array maps (issue #13 item 2;
+//! docs/design.md, "Memory per mapping, and the one-table layout").
+//!
+//! Two kernel hash tables cost ~230 bytes a mapping, ~150 of them element headers and
+//! buckets. These tables have neither: each element of a `BPF_F_MMAPABLE` array map is a
+//! [`Bucket`] of [`WAYS`] tag words followed by [`WAYS`] entries, so the kernel reads it
+//! through a map value pointer and the controller through `mmap`, with the same code (this
+//! module). A key has two buckets ([`place`]); a look-up reads the first, and the second only
+//! when the first lacks the key. Two choices keep a full pair rare at [`LOAD_PERCENT`] load
+//! (a unit test below fills a table to it); a full pair is the caller's counted drop.
+//!
+//! A tag word is `state (3 bits) | hash (29 bits) | aux (32 bits)`. `aux` is the caller's:
+//! the outbound table keeps a creation stamp there (so a way freed and taken again by a
+//! same-hash key has a new tag: [`Table::live`] and [`expire`] see the change), the inbound
+//! index the outbound entry's position. A way goes
+//!
+//! `EMPTY → CLAIMED` (its key being written) `→ KEYED` (written; the duplicate scan is running)
+//! `→ WON` (no other CPU holds the key; the rest of the entry being written) `→ LIVE`,
+//!
+//! and back to `EMPTY` by its owner (the scan lost, or the caller gave up) or, from `LIVE`
+//! only, by the controller ([`expire`]). Every transition is one compare-and-swap: on BPF that
+//! is `BPF_CMPXCHG`, which is fully ordered, so an entry's bytes are visible before the state
+//! that publishes them.
+//!
+//! **Two CPUs racing on one key end with one entry** (no bucket lock, no free list). Each
+//! claims a way, writes the key, marks it `KEYED` and then scans the key's other ways. A CPU
+//! that meets the key in a `WON` or `LIVE` way loses; meeting it `KEYED`, the lower rank wins
+//! (the first bucket's ways rank before the second's), and a lower-ranked way waits for a
+//! higher one to leave `KEYED`. Because each CPU publishes before it scans, of any two racers
+//! at least one sees the other: if both see each other `KEYED`, rank decides; if only one
+//! does, it either loses at once or waits until the other, which did not see it, is `WON`.
+//! Waits only go from lower to higher ranks, so none is circular, and each is bounded by the
+//! caller's `budget` (BPF has no unbounded loop): a wait that runs out gives the way back and
+//! returns [`Insert::Contended`]. A unit test races four threads on shared keys.
+
+use crate::{
+    maps::{NatInKey, NatOutKey, NatOutValue},
+    nat::{mix32, port_hash},
+};
+
+/// Ways (entries) per bucket; a bucket's tag words are two cache lines. With the emptier
+/// of two buckets taking each key, a table of 1M ways refuses its first key at 86% load
+/// with 16 ways a bucket, at 71% with 8 (a simulation; the unit test fills to 80%).
+pub const WAYS: usize = 16;
+
+/// The tables are sized for this share of their ways in use at `--max-mappings`.
+pub const LOAD_PERCENT: u64 = 80;
+
+/// Way states (the top three bits of a tag word).
+pub const EMPTY: u64 = 0;
+pub const CLAIMED: u64 = 1;
+pub const KEYED: u64 = 2;
+pub const WON: u64 = 3;
+pub const LIVE: u64 = 4;
+
+const STATE_SHIFT: u32 = 61;
+const HASH_MASK: u64 = (1 << 29) - 1;
+
+/// A tag word.
+#[inline(always)]
+pub const fn tag(state: u64, hash: u32, aux: u32) -> u64 {
+    (state << STATE_SHIFT) | ((hash as u64 & HASH_MASK) << 32) | aux as u64
+}
+
+#[inline(always)]
+pub const fn state_of(t: u64) -> u64 {
+    t >> STATE_SHIFT
+}
+
+#[inline(always)]
+pub const fn hash_of(t: u64) -> u32 {
+    ((t >> 32) & HASH_MASK) as u32
+}
+
+#[inline(always)]
+pub const fn aux_of(t: u64) -> u32 {
+    t as u32
+}
+
+/// The two atomic operations the tables need, on a tag word in a map value (BPF) or in
+/// memory the controller has mapped (host).
+mod word {
+    /// # Safety
+    /// `p` points to a live, 8-byte aligned tag word.
+    #[inline(always)]
+    pub unsafe fn load(p: *const u64) -> u64 {
+        #[cfg(target_arch = "bpf")]
+        // SAFETY: the caller's.
+        unsafe {
+            core::ptr::read_volatile(p)
+        }
+        #[cfg(not(target_arch = "bpf"))]
+        // SAFETY: the caller's; every writer of a tag word is atomic.
+        unsafe {
+            core::sync::atomic::AtomicU64::from_ptr(p as *mut u64)
+                .load(core::sync::atomic::Ordering::Acquire)
+        }
+    }
+
+    /// Set `*p` to `new` if it is `old`; whether it was.
+    ///
+    /// # Safety
+    /// As [`load`].
+    #[inline(always)]
+    pub unsafe fn cas(p: *mut u64, old: u64, new: u64) -> bool {
+        #[cfg(target_arch = "bpf")]
+        // SAFETY: the caller's. `BPF_CMPXCHG` (kernel 5.12+, any BPF CPU version for 64 bits;
+        // core's atomics are not offered on BPF targets, the intrinsic is).
+        unsafe {
+            use core::intrinsics::{atomic_cxchg, AtomicOrdering::SeqCst};
+            atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(p, old, new).1
+        }
+        #[cfg(not(target_arch = "bpf"))]
+        // SAFETY: the caller's.
+        unsafe {
+            use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
+            AtomicU64::from_ptr(p)
+                .compare_exchange(old, new, SeqCst, SeqCst)
+                .is_ok()
+        }
+    }
+}
+
+/// What a table stores per way.
+pub trait Entry {
+    type Key;
+    /// Write `k` as the key of the entry at `e`.
+    ///
+    /// # Safety
+    /// `e` points to an entry of a way this CPU has claimed.
+    unsafe fn set_key(e: *mut Self, k: &Self::Key);
+    /// Whether the entry at `e` has key `k`. Word compares: BPF has no `memcmp`.
+    ///
+    /// # Safety
+    /// `e` points to an entry of a live table.
+    unsafe fn has_key(e: *const Self, k: &Self::Key) -> bool;
+}
+
+/// One element of a table's array map.
+#[repr(C)]
+pub struct Bucket<E> {
+    pub tags: [u64; WAYS],
+    pub entries: [E; WAYS],
+}
+
+/// An outbound entry: the mapping itself, 48 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutEntry {
+    pub key: NatOutKey,
+    pub value: NatOutValue,
+}
+
+/// An inbound index entry: the outside endpoint (its tag's `aux` is the outbound entry's
+/// position, and the outbound entry is the truth: a reader checks that it still names this
+/// endpoint).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InEntry {
+    pub key: NatInKey,
+}
+
+pub type OutBucket = Bucket<OutEntry>;
+pub type InBucket = Bucket<InEntry>;
+
+/// The key as words (`NatOutKey` is 24 bytes, 2-aligned).
+#[inline(always)]
+unsafe fn out_words(k: *const NatOutKey) -> [u64; 3] {
+    let p = k as *const u64;
+    // SAFETY: the caller's; 24 bytes, read unaligned.
+    unsafe {
+        [
+            p.read_unaligned(),
+            p.add(1).read_unaligned(),
+            p.add(2).read_unaligned(),
+        ]
+    }
+}
+
+impl Entry for OutEntry {
+    type Key = NatOutKey;
+
+    #[inline(always)]
+    unsafe fn set_key(e: *mut Self, k: &NatOutKey) {
+        // SAFETY: the caller's.
+        unsafe { core::ptr::addr_of_mut!((*e).key).write_volatile(*k) }
+    }
+
+    #[inline(always)]
+    unsafe fn has_key(e: *const Self, k: &NatOutKey) -> bool {
+        // SAFETY: the caller's.
+        let (a, b) = unsafe { (out_words(core::ptr::addr_of!((*e).key)), out_words(k)) };
+        (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) == 0
+    }
+}
+
+impl Entry for InEntry {
+    type Key = NatInKey;
+
+    #[inline(always)]
+    unsafe fn set_key(e: *mut Self, k: &NatInKey) {
+        // SAFETY: the caller's.
+        unsafe { core::ptr::addr_of_mut!((*e).key).write_volatile(*k) }
+    }
+
+    #[inline(always)]
+    unsafe fn has_key(e: *const Self, k: &NatInKey) -> bool {
+        // SAFETY: the caller's; `NatInKey` is 8 bytes.
+        unsafe {
+            let a = (core::ptr::addr_of!((*e).key) as *const u64).read_unaligned();
+            a == (k as *const NatInKey as *const u64).read_unaligned()
+        }
+    }
+}
+
+/// Where a key lives: its two buckets and the hash its tags carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    pub first: u32,
+    pub second: u32,
+    pub hash: u32,
+}
+
+/// Place a 64-bit key hash in a table of `buckets` buckets: each half picks one bucket
+/// (multiply-shift, no division), and the second differs from the first when it can.
+#[inline(always)]
+pub const fn place(h: u64, buckets: u32) -> Place {
+    let n = buckets as u64;
+    let first = (((h & 0xffff_ffff) * n) >> 32) as u32;
+    let mut second = (((h >> 32) * n) >> 32) as u32;
+    if second == first && buckets > 1 {
+        second = if first + 1 == buckets { 0 } else { first + 1 };
+    }
+    Place {
+        first,
+        second,
+        hash: mix32(h as u32 ^ (h >> 32) as u32) & HASH_MASK as u32,
+    }
+}
+
+/// The outbound table's key hash, keyed by the AFTR's secret seed: a subscriber cannot aim
+/// its mappings at the buckets another's would use.
+#[inline(always)]
+pub const fn outbound_hash(k: &NatOutKey, seed: u32) -> u64 {
+    let a = port_hash(k, seed ^ 0x5bd1_e995);
+    let b = mix32(a ^ seed.rotate_left(16) ^ 0x27d4_eb2f);
+    ((a as u64) << 32) | b as u64
+}
+
+/// The inbound index's key hash (the outside endpoint), keyed like [`outbound_hash`].
+#[inline(always)]
+pub const fn inbound_hash(k: &NatInKey, seed: u32) -> u64 {
+    let w = u32::from_ne_bytes(k.outside_addr);
+    let a = mix32(mix32(seed ^ 0x68e3_1da4 ^ w) ^ k.outside_port as u32 ^ ((k.proto as u32) << 16));
+    let b = mix32(a ^ seed.rotate_left(16) ^ 0x1b87_3593);
+    ((a as u64) << 32) | b as u64
+}
+
+/// Buckets for `max_mappings` at [`LOAD_PERCENT`] (at least one).
+pub const fn buckets_for(max_mappings: u32) -> u32 {
+    let ways = (max_mappings as u64 * 100).div_ceil(LOAD_PERCENT);
+    let b = ways.div_ceil(WAYS as u64);
+    if b == 0 {
+        1
+    } else if b > u32::MAX as u64 / WAYS as u64 {
+        (u32::MAX as u64 / WAYS as u64) as u32
+    } else {
+        b as u32
+    }
+}
+
+/// Map memory of both tables per mapping at `max_mappings` (the ≤ 128-byte target).
+pub const fn bytes_per_mapping(max_mappings: u32) -> u64 {
+    let b = buckets_for(max_mappings) as u64;
+    let each = (core::mem::size_of::<OutBucket>() + core::mem::size_of::<InBucket>()) as u64;
+    b * each / max_mappings as u64
+}
+
+/// One way of a table.
+#[derive(Debug)]
+pub struct Slot<E> {
+    pub tag: *mut u64,
+    pub entry: *mut E,
+    /// Bucket index × [`WAYS`] + way.
+    pub pos: u32,
+    /// The tag's hash and aux bits (its state excluded).
+    pub bits: u64,
+}
+
+impl<E> Clone for Slot<E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<E> Copy for Slot<E> {}
+
+impl<E> Slot<E> {
+    /// Way `w` of bucket `b` (number `index`).
+    ///
+    /// # Safety
+    /// `b` points to a bucket of a live table; `w < WAYS`.
+    #[inline(always)]
+    pub unsafe fn of(b: *mut Bucket<E>, index: u32, w: usize) -> Slot<E> {
+        // SAFETY: the caller's.
+        unsafe {
+            Slot {
+                tag: core::ptr::addr_of_mut!((*b).tags[w]),
+                entry: core::ptr::addr_of_mut!((*b).entries[w]),
+                pos: index * WAYS as u32 + w as u32,
+                bits: 0,
+            }
+        }
+    }
+}
+
+/// A key's two buckets, resolved to pointers (the kernel: two array look-ups; the
+/// controller: its mapping).
+pub struct Pair<E> {
+    pub buckets: [*mut Bucket<E>; 2],
+    pub index: [u32; 2],
+}
+
+impl<E> Pair<E> {
+    /// How many distinct buckets the pair has (one in a one-bucket table).
+    #[inline(always)]
+    fn count(&self) -> usize {
+        if self.index[0] == self.index[1] {
+            1
+        } else {
+            2
+        }
+    }
+}
+
+/// The live way of bucket `b` holding `key`.
+///
+/// # Safety
+/// `b` points to a bucket of a live table.
+#[inline(always)]
+pub unsafe fn find_in<E: Entry>(
+    b: *mut Bucket<E>,
+    index: u32,
+    hash: u32,
+    key: &E::Key,
+) -> Option<Slot<E>> {
+    for w in 0..WAYS {
+        // SAFETY: the caller's; w < WAYS.
+        let mut s = unsafe { Slot::of(b, index, w) };
+        // SAFETY: as above.
+        let t = unsafe { word::load(s.tag) };
+        // SAFETY: as above.
+        if state_of(t) == LIVE && hash_of(t) == hash && unsafe { E::has_key(s.entry, key) } {
+            s.bits = t & !(7 << STATE_SHIFT);
+            return Some(s);
+        }
+    }
+    None
+}
+
+/// The live way holding `key` (`hash` from [`place`]).
+///
+/// # Safety
+/// `p` holds buckets of a live table.
+#[inline(always)]
+pub unsafe fn lookup<E: Entry>(p: &Pair<E>, hash: u32, key: &E::Key) -> Option<Slot<E>> {
+    // SAFETY: the caller's.
+    if let Some(s) = unsafe { find_in(p.buckets[0], p.index[0], hash, key) } {
+        return Some(s);
+    }
+    if p.count() == 1 {
+        return None;
+    }
+    // SAFETY: the caller's.
+    unsafe { find_in(p.buckets[1], p.index[1], hash, key) }
+}
+
+/// What [`insert`] did.
+#[derive(Debug)]
+pub enum Insert<E> {
+    /// This CPU holds the key's one way, in state `WON`: write the entry, then [`publish`].
+    Won(Slot<E>),
+    /// Another CPU holds the key (`LIVE` if the caller asked to wait for it, else possibly
+    /// still being written).
+    Taken(Slot<E>),
+    /// Both buckets are full.
+    Full,
+    /// A racer did not move within the budget: nothing was inserted; the caller drops
+    /// (counted) and the next packet tries again.
+    Contended,
+}
+
+/// Rank of way `w` of choice `c`: the first bucket's ways before the second's.
+#[inline(always)]
+const fn rank(c: usize, w: usize) -> usize {
+    c * WAYS + w
+}
+
+/// Claim a way for `key` (see the module's race argument); `aux` goes in its tag. Waits on
+/// racers poll at most `budget` times each; with `wait_live`, a key another CPU holds is
+/// returned once it is `LIVE`.
+///
+/// # Safety
+/// `p` holds buckets of a live table.
+#[inline(always)]
+pub unsafe fn insert<E: Entry>(
+    p: &Pair<E>,
+    hash: u32,
+    aux: u32,
+    key: &E::Key,
+    budget: u32,
+    wait_live: bool,
+) -> Insert<E> {
+    let bits = tag(EMPTY, hash, aux);
+    let n = p.count();
+    // Claim an empty way in the emptier bucket first (two choices fill a table evenly:
+    // first-fit refused keys at 61% load, this at none below 80%; a unit test fills one).
+    // The claim order does not change the ranks the scan uses.
+    let start = if n == 2 {
+        // SAFETY: the caller's.
+        let (a, b) = unsafe { (empty_ways(p.buckets[0]), empty_ways(p.buckets[1])) };
+        (b > a) as usize
+    } else {
+        0
+    };
+    let mut mine: Option<(Slot<E>, usize)> = None;
+    'claim: for i in 0..2 {
+        if i >= n {
+            break;
+        }
+        let c = (start + i) & 1;
+        for w in 0..WAYS {
+            // SAFETY: the caller's; w < WAYS.
+            let s = unsafe { Slot::of(p.buckets[c], p.index[c], w) };
+            // SAFETY: as above.
+            if unsafe { word::load(s.tag) } == 0
+                && unsafe { word::cas(s.tag, 0, bits | (CLAIMED << STATE_SHIFT)) }
+            {
+                mine = Some((Slot { bits, ..s }, rank(c, w)));
+                break 'claim;
+            }
+        }
+    }
+    let Some((me, my_rank)) = mine else {
+        return Insert::Full;
+    };
+    // SAFETY: claimed by this CPU.
+    unsafe { E::set_key(me.entry, key) };
+    let keyed = bits | (KEYED << STATE_SHIFT);
+    // SAFETY: as above. Only the owner moves a way out of CLAIMED.
+    if !unsafe { word::cas(me.tag, bits | (CLAIMED << STATE_SHIFT), keyed) } {
+        return Insert::Contended;
+    }
+    for c in 0..2 {
+        if c >= n {
+            break;
+        }
+        for w in 0..WAYS {
+            let r = rank(c, w);
+            if r == my_rank {
+                continue;
+            }
+            // SAFETY: the caller's; w < WAYS.
+            let other = unsafe { Slot::of(p.buckets[c], p.index[c], w) };
+            // SAFETY: as above.
+            match unsafe { meet(&other, hash, key, r < my_rank, budget) } {
+                Meet::Pass => {}
+                Meet::Lose(t) => {
+                    // SAFETY: our own way.
+                    unsafe { word::cas(me.tag, keyed, 0) };
+                    let other = Slot {
+                        bits: t & !(7 << STATE_SHIFT),
+                        ..other
+                    };
+                    if !wait_live {
+                        return Insert::Taken(other);
+                    }
+                    // SAFETY: as above.
+                    return unsafe { await_live(other, key, budget) };
+                }
+                Meet::Stuck => {
+                    // SAFETY: our own way.
+                    unsafe { word::cas(me.tag, keyed, 0) };
+                    return Insert::Contended;
+                }
+            }
+        }
+    }
+    // SAFETY: our own way.
+    if !unsafe { word::cas(me.tag, keyed, bits | (WON << STATE_SHIFT)) } {
+        return Insert::Contended;
+    }
+    Insert::Won(me)
+}
+
+/// How many ways of bucket `b` are empty (a hint: racers change it).
+///
+/// # Safety
+/// `b` points to a bucket of a live table.
+#[inline(always)]
+unsafe fn empty_ways<E>(b: *mut Bucket<E>) -> u32 {
+    let mut n = 0;
+    for w in 0..WAYS {
+        // SAFETY: the caller's; w < WAYS.
+        n += (unsafe { word::load(core::ptr::addr_of!((*b).tags[w])) } == 0) as u32;
+    }
+    n
+}
+
+/// What the scan made of one other way.
+enum Meet {
+    /// Not our key, or a racer for it that lost.
+    Pass,
+    /// Our key, held by a way that wins (its tag when seen).
+    Lose(u64),
+    /// A racer that did not move within the budget.
+    Stuck,
+}
+
+/// Look at way `other` during the scan for `key`; `lower`: it ranks before ours.
+///
+/// # Safety
+/// `other` is a way of a live table.
+#[inline(always)]
+unsafe fn meet<E: Entry>(
+    other: &Slot<E>,
+    hash: u32,
+    key: &E::Key,
+    lower: bool,
+    budget: u32,
+) -> Meet {
+    let mut polls = 0;
+    while polls < budget {
+        // SAFETY: the caller's.
+        let t = unsafe { word::load(other.tag) };
+        let st = state_of(t);
+        if st == EMPTY || hash_of(t) != hash {
+            return Meet::Pass;
+        }
+        // CLAIMED: its key is not written yet. Wait.
+        if st != CLAIMED {
+            // SAFETY: the key is written before KEYED is published.
+            if !unsafe { E::has_key(other.entry, key) } {
+                return Meet::Pass;
+            }
+            // A higher-ranked racer still scanning: it will lose to us if it sees us, or win
+            // if it did not: wait until it knows.
+            if st != KEYED || lower {
+                return Meet::Lose(t);
+            }
+        }
+        polls += 1;
+    }
+    Meet::Stuck
+}
+
+/// Wait for `other` (which holds `key`) to be `LIVE`.
+///
+/// # Safety
+/// `other` is a way of a live table.
+#[inline(always)]
+unsafe fn await_live<E: Entry>(mut other: Slot<E>, key: &E::Key, budget: u32) -> Insert<E> {
+    let mut polls = 0;
+    while polls < budget {
+        // SAFETY: the caller's.
+        let t = unsafe { word::load(other.tag) };
+        match state_of(t) {
+            // SAFETY: as above; checked again: the way may have been freed and taken anew.
+            LIVE if unsafe { E::has_key(other.entry, key) } => {
+                other.bits = t & !(7 << STATE_SHIFT);
+                return Insert::Taken(other);
+            }
+            KEYED | WON => {}
+            _ => return Insert::Contended,
+        }
+        polls += 1;
+    }
+    Insert::Contended
+}
+
+/// Make a `WON` way `LIVE` (its entry complete).
+///
+/// # Safety
+/// `s` came from [`insert`]'s `Won`.
+#[inline(always)]
+pub unsafe fn publish<E>(s: &Slot<E>) -> bool {
+    // SAFETY: the caller's.
+    unsafe {
+        word::cas(
+            s.tag,
+            s.bits | (WON << STATE_SHIFT),
+            s.bits | (LIVE << STATE_SHIFT),
+        )
+    }
+}
+
+/// Give back a `WON` way without publishing it (the caller could not complete the entry).
+///
+/// # Safety
+/// As [`publish`].
+#[inline(always)]
+pub unsafe fn abandon<E>(s: &Slot<E>) -> bool {
+    // SAFETY: the caller's.
+    unsafe { word::cas(s.tag, s.bits | (WON << STATE_SHIFT), 0) }
+}
+
+/// Free a `LIVE` way whose tag is still `seen` (the controller's expiry: false if it was
+/// freed, or freed and taken again, since it was read).
+///
+/// # Safety
+/// `s` is a way of a live table.
+#[inline(always)]
+pub unsafe fn expire<E>(s: &Slot<E>, seen: u64) -> bool {
+    // SAFETY: the caller's.
+    state_of(seen) == LIVE && unsafe { word::cas(s.tag, seen, 0) }
+}
+
+/// A whole table in memory this process can read and write: the controller's `mmap` of the
+/// array map, or a test's buffer.
+pub struct Table<E> {
+    base: *mut Bucket<E>,
+    buckets: u32,
+}
+
+// SAFETY: what threads share through a table is its tag words, which are only read and
+// changed atomically; an entry is written only by the owner of its way (the protocol above).
+unsafe impl<E> Sync for Table<E> {}
+// SAFETY: as above.
+unsafe impl<E> Send for Table<E> {}
+
+impl<E: Entry + Copy> Table<E> {
+    /// # Safety
+    /// `base` points to `buckets` buckets that outlive the table.
+    pub unsafe fn from_raw(base: *mut Bucket<E>, buckets: u32) -> Table<E> {
+        Table { base, buckets }
+    }
+
+    pub fn buckets(&self) -> u32 {
+        self.buckets
+    }
+
+    /// The buckets of `place`.
+    pub fn pair(&self, place: &Place) -> Pair<E> {
+        let (a, b) = (place.first % self.buckets, place.second % self.buckets);
+        // SAFETY: indexes below `buckets`.
+        unsafe {
+            Pair {
+                buckets: [self.base.add(a as usize), self.base.add(b as usize)],
+                index: [a, b],
+            }
+        }
+    }
+
+    /// Way number `pos` (bucket × [`WAYS`] + way), if the table has it.
+    pub fn slot(&self, pos: u32) -> Option<Slot<E>> {
+        let (b, w) = (pos / WAYS as u32, pos as usize % WAYS);
+        if b >= self.buckets {
+            return None;
+        }
+        // SAFETY: b < buckets, w < WAYS.
+        Some(unsafe { Slot::of(self.base.add(b as usize), b, w) })
+    }
+
+    /// Way `pos`'s tag and a copy of its entry if it is `LIVE`; the tag is read again after
+    /// the copy, and a way freed or taken anew in between is skipped.
+    pub fn read_live(&self, pos: u32) -> Option<(u64, E)> {
+        let s = self.slot(pos)?;
+        // SAFETY: a way of this table.
+        unsafe {
+            let t = word::load(s.tag);
+            if state_of(t) != LIVE {
+                return None;
+            }
+            let e = s.entry.read_volatile();
+            (word::load(s.tag) == t).then_some((t, e))
+        }
+    }
+
+    /// Every `LIVE` way: (position, tag, entry copy).
+    pub fn live(&self) -> impl Iterator<Item = (u32, u64, E)> + '_ {
+        (0..self.buckets * WAYS as u32).filter_map(|pos| {
+            let (t, e) = self.read_live(pos)?;
+            Some((pos, t, e))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::{
+        sync::{
+            atomic::{AtomicUsize, Ordering::Relaxed},
+            Barrier,
+        },
+        vec::Vec,
+    };
+
+    use super::*;
+
+    /// A zeroed table in a buffer (all-zero is every way `EMPTY`).
+    struct Buf<E> {
+        mem: Vec<Bucket<E>>,
+    }
+
+    impl<E: Entry + Copy> Buf<E> {
+        fn new(buckets: u32) -> Buf<E> {
+            let mut mem = Vec::with_capacity(buckets as usize);
+            for _ in 0..buckets {
+                // SAFETY: tags and entries are plain integers: all-zero is valid.
+                mem.push(unsafe { core::mem::zeroed() });
+            }
+            Buf { mem }
+        }
+
+        fn table(&mut self) -> Table<E> {
+            // SAFETY: the buffer outlives every use in a test.
+            unsafe { Table::from_raw(self.mem.as_mut_ptr(), self.mem.len() as u32) }
+        }
+    }
+
+    fn key(n: u32) -> NatOutKey {
+        let mut b4 = [0x20, 0x01, 0x0d, 0xb8, 0, 0xa, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        b4[12..16].copy_from_slice(&(n / 1000).to_be_bytes());
+        NatOutKey {
+            b4,
+            inside_addr: [192, 168, 0, 1],
+            inside_port: (n % 1000) as u16,
+            proto: 17,
+            _pad: 0,
+        }
+    }
+
+    const SEED: u32 = 0x1234_5678;
+    const BUDGET: u32 = 1 << 22;
+
+    fn put(t: &Table<OutEntry>, k: &NatOutKey, aux: u32) -> Insert<OutEntry> {
+        let pl = place(outbound_hash(k, SEED), t.buckets());
+        // SAFETY: a test table.
+        unsafe { insert(&t.pair(&pl), pl.hash, aux, k, BUDGET, true) }
+    }
+
+    fn get(t: &Table<OutEntry>, k: &NatOutKey) -> Option<Slot<OutEntry>> {
+        let pl = place(outbound_hash(k, SEED), t.buckets());
+        // SAFETY: a test table.
+        unsafe { lookup(&t.pair(&pl), pl.hash, k) }
+    }
+
+    /// Insert and publish `k` with `port` as its outside port.
+    fn make(t: &Table<OutEntry>, k: &NatOutKey, port: u16) -> Slot<OutEntry> {
+        match put(t, k, 7) {
+            Insert::Won(s) => {
+                // SAFETY: our WON way.
+                unsafe {
+                    (*s.entry).value.outside_port = port;
+                    assert!(publish(&s));
+                }
+                s
+            }
+            other => panic!("insert of a new key: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_layout_meets_128_bytes_a_mapping() {
+        assert_eq!(core::mem::size_of::<OutEntry>(), 48);
+        // Tags: two cache lines; the outbound bucket is 14 lines, the inbound four.
+        assert_eq!(core::mem::size_of::<OutBucket>(), 896);
+        assert_eq!(core::mem::size_of::<InBucket>(), 256);
+        // The bench's capacity and the ten-million row.
+        for max in [1_250_000, 10_000_000] {
+            let b = bytes_per_mapping(max);
+            assert!(b <= 128, "{b} bytes a mapping at {max}");
+            assert!(b >= 90, "the arithmetic in design.md says 90: {b}");
+        }
+        assert_eq!(buckets_for(0), 1);
+        assert_eq!(buckets_for(16), 2, "20 ways at 80% need two buckets");
+        assert!(
+            buckets_for(u32::MAX) as u64 * WAYS as u64 <= u32::MAX as u64,
+            "positions fit u32"
+        );
+    }
+
+    #[test]
+    fn a_key_is_found_where_it_was_put_and_a_second_insert_finds_it() {
+        let mut buf = Buf::<OutEntry>::new(64);
+        let t = buf.table();
+        assert!(get(&t, &key(1)).is_none());
+        let s = make(&t, &key(1), 4000);
+        let found = get(&t, &key(1)).expect("published key");
+        assert_eq!(found.pos, s.pos);
+        // SAFETY: a live way.
+        assert_eq!(unsafe { (*found.entry).value.outside_port }, 4000);
+        match put(&t, &key(1), 9) {
+            Insert::Taken(o) => assert_eq!(o.pos, s.pos),
+            other => panic!("second insert: {other:?}"),
+        }
+        assert!(get(&t, &key(2)).is_none(), "another key is not found");
+        assert_eq!(t.live().count(), 1);
+    }
+
+    #[test]
+    fn a_full_pair_is_reported_and_a_freed_way_is_used_again() {
+        // One pair for every key: force it with a fixed place.
+        let mut buf = Buf::<OutEntry>::new(2);
+        let t = buf.table();
+        let pl = Place {
+            first: 0,
+            second: 1,
+            hash: 5,
+        };
+        let pair = t.pair(&pl);
+        let mut slots = Vec::new();
+        for n in 0..(2 * WAYS as u32) {
+            // SAFETY: a test table. Same hash for all: the key decides.
+            match unsafe { insert(&pair, pl.hash, n, &key(n), BUDGET, true) } {
+                Insert::Won(s) => {
+                    // SAFETY: our WON way.
+                    assert!(unsafe { publish(&s) });
+                    slots.push(s);
+                }
+                other => panic!("key {n}: {other:?}"),
+            }
+        }
+        // SAFETY: as above.
+        assert!(matches!(
+            unsafe { insert(&pair, pl.hash, 0, &key(99), BUDGET, true) },
+            Insert::Full
+        ));
+        for n in 0..(2 * WAYS as u32) {
+            // SAFETY: as above.
+            let s = unsafe { lookup(&pair, pl.hash, &key(n)) }.expect("each key found");
+            assert_eq!(
+                s.pos, slots[n as usize].pos,
+                "the same hash, told apart by key"
+            );
+        }
+        let (t5, _) = t.read_live(slots[5].pos).unwrap();
+        // SAFETY: as above.
+        assert!(unsafe { expire(&slots[5], t5) });
+        assert!(unsafe { lookup(&pair, pl.hash, &key(5)) }.is_none());
+        match unsafe { insert(&pair, pl.hash, 0, &key(99), BUDGET, true) } {
+            Insert::Won(s) => assert_eq!(s.pos, slots[5].pos, "the freed way"),
+            other => panic!("after a free: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn expiry_fails_on_a_way_freed_and_taken_again_since_it_was_read() {
+        let mut buf = Buf::<OutEntry>::new(1);
+        let t = buf.table();
+        let pl = Place {
+            first: 0,
+            second: 0,
+            hash: 1,
+        };
+        let pair = t.pair(&pl);
+        // SAFETY: a test table.
+        let s = match unsafe { insert(&pair, 1, 100, &key(1), BUDGET, true) } {
+            Insert::Won(s) => s,
+            other => panic!("{other:?}"),
+        };
+        unsafe { publish(&s) };
+        let (seen, _) = t.read_live(s.pos).unwrap();
+        assert!(unsafe { expire(&s, seen) });
+        // The same key again, a new creation stamp in aux: the old read must not free it.
+        let s2 = match unsafe { insert(&pair, 1, 101, &key(1), BUDGET, true) } {
+            Insert::Won(s) => s,
+            other => panic!("{other:?}"),
+        };
+        unsafe { publish(&s2) };
+        assert_eq!(s2.pos, s.pos);
+        assert!(!unsafe { expire(&s2, seen) }, "a stale tag frees nothing");
+        assert!(unsafe { lookup(&pair, 1, &key(1)) }.is_some());
+        // An abandoned WON way is free again, and never visible.
+        unsafe { expire(&s2, t.read_live(s2.pos).unwrap().0) };
+        let s3 = match unsafe { insert(&pair, 1, 102, &key(2), BUDGET, true) } {
+            Insert::Won(s) => s,
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            unsafe { lookup(&pair, 1, &key(2)) }.is_none(),
+            "WON is not LIVE"
+        );
+        assert!(unsafe { abandon(&s3) });
+        assert_eq!(t.live().count(), 0);
+        assert!(matches!(
+            unsafe { insert(&pair, 1, 103, &key(2), BUDGET, true) },
+            Insert::Won(_)
+        ));
+    }
+
+    #[test]
+    fn a_table_filled_to_its_load_refuses_nothing() {
+        // 80% of the ways, keys from a sequence: two choices place every one.
+        let buckets = buckets_for(20_000);
+        let mut buf = Buf::<OutEntry>::new(buckets);
+        let t = buf.table();
+        for n in 0..20_000 {
+            assert!(
+                matches!(put(&t, &key(n), 0), Insert::Won(_)),
+                "key {n} of 20000 in {buckets} buckets"
+            );
+        }
+    }
+
+    #[test]
+    fn the_seed_decides_where_keys_go() {
+        // Without the seed a subscriber cannot choose inside ports that share buckets.
+        let moved = (0..1000)
+            .filter(|&n| {
+                place(outbound_hash(&key(n), 1), 1 << 16)
+                    != place(outbound_hash(&key(n), 2), 1 << 16)
+            })
+            .count();
+        assert!(moved > 990, "{moved} of 1000 placed differently");
+        let k = NatInKey {
+            outside_addr: [198, 51, 100, 1],
+            outside_port: 4000,
+            proto: 6,
+            _pad: 0,
+        };
+        assert_ne!(inbound_hash(&k, 1), inbound_hash(&k, 2));
+        for n in 0..1000u64 {
+            let p = place(n.wrapping_mul(0x9e37_79b9_7f4a_7c15), 1000);
+            assert!(p.first < 1000 && p.second < 1000 && p.first != p.second);
+        }
+        let one = place(12345, 1);
+        assert_eq!((one.first, one.second), (0, 0));
+    }
+
+    #[test]
+    fn cpus_racing_on_the_same_keys_end_with_one_entry_each() {
+        // Four threads insert the same 47 keys, each in its own order, into a table where
+        // they all share a few buckets; every thread must end on the same way per key.
+        const THREADS: usize = 4;
+        const KEYS: u32 = 47; // prime: each thread's stride visits every key
+        let (raced, contended) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        for round in 0..5000u32 {
+            // At least 200 rounds, and on until 20 inserts have raced (a loaded machine
+            // races less).
+            if round >= 200 && raced.load(Relaxed) >= 20 {
+                break;
+            }
+            let mut buf = Buf::<OutEntry>::new(8);
+            let t = buf.table();
+            let barrier = Barrier::new(THREADS);
+            let results: Vec<Vec<Option<u32>>> = std::thread::scope(|sc| {
+                let handles: Vec<_> = (0..THREADS)
+                    .map(|id| {
+                        let (t, barrier, raced, contended) = (&t, &barrier, &raced, &contended);
+                        sc.spawn(move || {
+                            barrier.wait();
+                            let mut got = std::vec![None; KEYS as usize];
+                            for i in 0..KEYS {
+                                let n = (i * (2 * id as u32 + 1) + round) % KEYS;
+                                let k = key(n);
+                                let r = match get(t, &k) {
+                                    Some(s) => Insert::Taken(s),
+                                    None => {
+                                        let r = put(t, &k, id as u32);
+                                        if let Insert::Taken(_) = r {
+                                            raced.fetch_add(1, Relaxed);
+                                        }
+                                        r
+                                    }
+                                };
+                                got[n as usize] = match r {
+                                    Insert::Won(s) => {
+                                        // SAFETY: our WON way.
+                                        unsafe {
+                                            (*s.entry).value.outside_port = n as u16;
+                                            assert!(publish(&s));
+                                        }
+                                        Some(s.pos)
+                                    }
+                                    Insert::Taken(s) => {
+                                        // SAFETY: returned LIVE (wait_live).
+                                        assert_eq!(
+                                            unsafe { (*s.entry).value.outside_port },
+                                            n as u16
+                                        );
+                                        Some(s.pos)
+                                    }
+                                    Insert::Full => panic!("128 ways, 47 keys: full"),
+                                    Insert::Contended => {
+                                        contended.fetch_add(1, Relaxed);
+                                        None
+                                    }
+                                };
+                            }
+                            got
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let live: Vec<_> = t.live().collect();
+            for n in 0..KEYS {
+                let holders: Vec<u32> = live
+                    .iter()
+                    .filter(|(_, _, e)| e.key == key(n))
+                    .map(|(pos, _, _)| *pos)
+                    .collect();
+                assert!(
+                    holders.len() <= 1,
+                    "round {round}: key {n} in ways {holders:?}"
+                );
+                for r in &results {
+                    if let Some(pos) = r[n as usize] {
+                        assert_eq!(Some(&pos), holders.first(), "round {round}: key {n}");
+                    }
+                }
+            }
+            // Nothing left half-made.
+            for pos in 0..8 * WAYS as u32 {
+                let s = t.slot(pos).unwrap();
+                // SAFETY: a way of the table.
+                let st = state_of(unsafe { word::load(s.tag) });
+                assert!(
+                    st == EMPTY || st == LIVE,
+                    "round {round}: way {pos} in state {st}"
+                );
+            }
+        }
+        // The test must have raced: inserts that lost to another thread's claim of the key.
+        let (raced, contended) = (raced.into_inner(), contended.into_inner());
+        std::eprintln!("{raced} inserts lost a race, {contended} gave up");
+        assert!(
+            raced > 0,
+            "no insert raced another: the test proves nothing"
+        );
+    }
+}
