@@ -35,7 +35,7 @@
 
 use crate::{
     maps::{NatInKey, NatOutKey, NatOutValue},
-    nat::{mix32, port_hash},
+    nat::mix32,
 };
 
 /// Ways (entries) per bucket; a bucket's tag words are two cache lines. With the emptier
@@ -123,17 +123,19 @@ mod word {
 
 /// What a table stores per way.
 pub trait Entry {
-    type Key;
-    /// Write `k` as the key of the entry at `e`.
+    /// The key as words: what the ways are compared with and the hash is made of (entries
+    /// are 8-aligned and read a word at a time; see [`out_probe`], [`in_probe`]).
+    type Probe;
+    /// Write the key of `p` into the entry at `e`.
     ///
     /// # Safety
     /// `e` points to an entry of a way this CPU has claimed.
-    unsafe fn set_key(e: *mut Self, k: &Self::Key);
-    /// Whether the entry at `e` has key `k`. Word compares: BPF has no `memcmp`.
+    unsafe fn set_key(e: *mut Self, p: &Self::Probe);
+    /// Whether the entry at `e` has the key of `p`. Word compares: BPF has no `memcmp`.
     ///
     /// # Safety
     /// `e` points to an entry of a live table.
-    unsafe fn has_key(e: *const Self, k: &Self::Key) -> bool;
+    unsafe fn matches(e: *const Self, p: &Self::Probe) -> bool;
 }
 
 /// One element of a table's array map.
@@ -144,7 +146,7 @@ pub struct Bucket<E> {
 }
 
 /// An outbound entry: the mapping itself, 48 bytes.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OutEntry {
     pub key: NatOutKey,
@@ -154,7 +156,7 @@ pub struct OutEntry {
 /// An inbound index entry: the outside endpoint (its tag's `aux` is the outbound entry's
 /// position, and the outbound entry is the truth: a reader checks that it still names this
 /// endpoint).
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InEntry {
     pub key: NatInKey,
@@ -163,11 +165,27 @@ pub struct InEntry {
 pub type OutBucket = Bucket<OutEntry>;
 pub type InBucket = Bucket<InEntry>;
 
-/// The key as words (`NatOutKey` is 24 bytes, 2-aligned).
+// The word compares read keys at the start of 8-aligned entries.
+const _: () = assert!(core::mem::align_of::<OutEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<NatOutKey>() == 24);
+const _: () = assert!(core::mem::align_of::<InEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<NatInKey>() == 8);
+
+/// Word `i` at `p` (volatile: another CPU may be writing the way).
+///
+/// # Safety
+/// `p` is 8-aligned with `i + 1` words behind it.
 #[inline(always)]
-unsafe fn out_words(k: *const NatOutKey) -> [u64; 3] {
-    let p = k as *const u64;
-    // SAFETY: the caller's; 24 bytes, read unaligned.
+unsafe fn aligned_word(p: *const u64, i: usize) -> u64 {
+    // SAFETY: the caller's.
+    unsafe { p.add(i).read_volatile() }
+}
+
+/// An outbound key as words (read unaligned: `NatOutKey` is 2-aligned).
+#[inline(always)]
+pub fn out_probe(k: &NatOutKey) -> [u64; 3] {
+    let p = k as *const NatOutKey as *const u64;
+    // SAFETY: 24 bytes behind a reference.
     unsafe {
         [
             p.read_unaligned(),
@@ -177,39 +195,63 @@ unsafe fn out_words(k: *const NatOutKey) -> [u64; 3] {
     }
 }
 
+/// As [`out_probe`] for a key the caller knows is 8-aligned (three loads, not 24: the
+/// kernel's parsed key is the first field of an 8-aligned struct).
+///
+/// # Safety
+/// `k` is 8-aligned and points to a key.
+#[inline(always)]
+pub unsafe fn out_probe_aligned(k: *const NatOutKey) -> [u64; 3] {
+    let p = k as *const u64;
+    // SAFETY: the caller's.
+    unsafe { [p.read(), p.add(1).read(), p.add(2).read()] }
+}
+
+/// An inbound key (the outside endpoint) as a word.
+#[inline(always)]
+pub fn in_probe(k: &NatInKey) -> u64 {
+    // SAFETY: 8 bytes behind a reference.
+    unsafe { (k as *const NatInKey as *const u64).read_unaligned() }
+}
+
 impl Entry for OutEntry {
-    type Key = NatOutKey;
+    type Probe = [u64; 3];
 
     #[inline(always)]
-    unsafe fn set_key(e: *mut Self, k: &NatOutKey) {
-        // SAFETY: the caller's.
-        unsafe { core::ptr::addr_of_mut!((*e).key).write_volatile(*k) }
+    unsafe fn set_key(e: *mut Self, p: &[u64; 3]) {
+        let w = e as *mut u64;
+        // SAFETY: the caller's; the key is the entry's first 24 bytes (asserted above).
+        unsafe {
+            w.write_volatile(p[0]);
+            w.add(1).write_volatile(p[1]);
+            w.add(2).write_volatile(p[2]);
+        }
     }
 
     #[inline(always)]
-    unsafe fn has_key(e: *const Self, k: &NatOutKey) -> bool {
-        // SAFETY: the caller's.
-        let (a, b) = unsafe { (out_words(core::ptr::addr_of!((*e).key)), out_words(k)) };
-        (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) == 0
+    unsafe fn matches(e: *const Self, p: &[u64; 3]) -> bool {
+        let w = e as *const u64;
+        // SAFETY: as above.
+        unsafe {
+            (aligned_word(w, 0) ^ p[0]) | (aligned_word(w, 1) ^ p[1]) | (aligned_word(w, 2) ^ p[2])
+                == 0
+        }
     }
 }
 
 impl Entry for InEntry {
-    type Key = NatInKey;
+    type Probe = u64;
 
     #[inline(always)]
-    unsafe fn set_key(e: *mut Self, k: &NatInKey) {
-        // SAFETY: the caller's.
-        unsafe { core::ptr::addr_of_mut!((*e).key).write_volatile(*k) }
+    unsafe fn set_key(e: *mut Self, p: &u64) {
+        // SAFETY: the caller's; the key is the whole 8-aligned entry.
+        unsafe { (e as *mut u64).write_volatile(*p) }
     }
 
     #[inline(always)]
-    unsafe fn has_key(e: *const Self, k: &NatInKey) -> bool {
-        // SAFETY: the caller's; `NatInKey` is 8 bytes.
-        unsafe {
-            let a = (core::ptr::addr_of!((*e).key) as *const u64).read_unaligned();
-            a == (k as *const NatInKey as *const u64).read_unaligned()
-        }
+    unsafe fn matches(e: *const Self, p: &u64) -> bool {
+        // SAFETY: as above.
+        unsafe { aligned_word(e as *const u64, 0) == *p }
     }
 }
 
@@ -238,22 +280,43 @@ pub const fn place(h: u64, buckets: u32) -> Place {
     }
 }
 
-/// The outbound table's key hash, keyed by the AFTR's secret seed: a subscriber cannot aim
-/// its mappings at the buckets another's would use.
+const HASH_K1: u64 = 0x9e37_79b9_7f4a_7c15;
+const HASH_K2: u64 = 0xbf58_476d_1ce4_e5b9;
+
+/// One word into a running hash: a multiply spreads it up, a shift brings the high bits down.
 #[inline(always)]
-pub const fn outbound_hash(k: &NatOutKey, seed: u32) -> u64 {
-    let a = port_hash(k, seed ^ 0x5bd1_e995);
-    let b = mix32(a ^ seed.rotate_left(16) ^ 0x27d4_eb2f);
-    ((a as u64) << 32) | b as u64
+const fn fold(h: u64, w: u64) -> u64 {
+    let x = (h ^ w).wrapping_mul(HASH_K1);
+    x ^ (x >> 31)
 }
 
-/// The inbound index's key hash (the outside endpoint), keyed like [`outbound_hash`].
+/// The last mix: both halves of the result pick a bucket ([`place`]).
 #[inline(always)]
-pub const fn inbound_hash(k: &NatInKey, seed: u32) -> u64 {
-    let w = u32::from_ne_bytes(k.outside_addr);
-    let a = mix32(mix32(seed ^ 0x68e3_1da4 ^ w) ^ k.outside_port as u32 ^ ((k.proto as u32) << 16));
-    let b = mix32(a ^ seed.rotate_left(16) ^ 0x1b87_3593);
-    ((a as u64) << 32) | b as u64
+const fn finish(h: u64) -> u64 {
+    let x = h.wrapping_mul(HASH_K2);
+    x ^ (x >> 29)
+}
+
+#[inline(always)]
+const fn seeded(seed: u32, salt: u64) -> u64 {
+    (((seed as u64) << 32) | seed as u64) ^ salt
+}
+
+/// The outbound table's key hash ([`out_probe`]), keyed by the AFTR's secret seed: a
+/// subscriber cannot aim its mappings at the buckets another's would use. Four multiplies:
+/// this runs on every packet of an established mapping.
+#[inline(always)]
+pub const fn outbound_hash(p: &[u64; 3], seed: u32) -> u64 {
+    finish(fold(
+        fold(fold(seeded(seed, 0x5bd1_e995_27d4_eb2f), p[0]), p[1]),
+        p[2],
+    ))
+}
+
+/// The inbound index's key hash (the outside endpoint, [`in_probe`]), keyed likewise.
+#[inline(always)]
+pub const fn inbound_hash(p: u64, seed: u32) -> u64 {
+    finish(fold(seeded(seed, 0x68e3_1da4_1b87_3593), p))
 }
 
 /// Buckets for `max_mappings` at [`LOAD_PERCENT`] (at least one).
@@ -332,16 +395,16 @@ impl<E> Pair<E> {
     }
 }
 
-/// The live way of bucket `b` holding `key`.
+/// The live way of bucket `b` holding the key of `probe`.
 ///
 /// # Safety
 /// `b` points to a bucket of a live table.
 #[inline(always)]
-pub unsafe fn find_in<E: Entry>(
+unsafe fn find_in<E: Entry>(
     b: *mut Bucket<E>,
     index: u32,
     hash: u32,
-    key: &E::Key,
+    probe: &E::Probe,
 ) -> Option<Slot<E>> {
     for w in 0..WAYS {
         // SAFETY: the caller's; w < WAYS.
@@ -349,7 +412,7 @@ pub unsafe fn find_in<E: Entry>(
         // SAFETY: as above.
         let t = unsafe { word::load(s.tag) };
         // SAFETY: as above.
-        if state_of(t) == LIVE && hash_of(t) == hash && unsafe { E::has_key(s.entry, key) } {
+        if state_of(t) == LIVE && hash_of(t) == hash && unsafe { E::matches(s.entry, probe) } {
             s.bits = t & !(7 << STATE_SHIFT);
             return Some(s);
         }
@@ -357,21 +420,27 @@ pub unsafe fn find_in<E: Entry>(
     None
 }
 
-/// The live way holding `key` (`hash` from [`place`]).
+/// The live way holding the key of `probe` (placed at `place`). `bucket` resolves a
+/// bucket number to its memory, the second only when the first lacks the key (the kernel:
+/// an array look-up each).
 ///
 /// # Safety
-/// `p` holds buckets of a live table.
+/// `bucket` returns buckets of a live table.
 #[inline(always)]
-pub unsafe fn lookup<E: Entry>(p: &Pair<E>, hash: u32, key: &E::Key) -> Option<Slot<E>> {
+pub unsafe fn lookup<E: Entry>(
+    place: &Place,
+    probe: &E::Probe,
+    bucket: impl Fn(u32) -> Option<*mut Bucket<E>>,
+) -> Option<Slot<E>> {
     // SAFETY: the caller's.
-    if let Some(s) = unsafe { find_in(p.buckets[0], p.index[0], hash, key) } {
+    if let Some(s) = unsafe { find_in(bucket(place.first)?, place.first, place.hash, probe) } {
         return Some(s);
     }
-    if p.count() == 1 {
+    if place.second == place.first {
         return None;
     }
     // SAFETY: the caller's.
-    unsafe { find_in(p.buckets[1], p.index[1], hash, key) }
+    unsafe { find_in(bucket(place.second)?, place.second, place.hash, probe) }
 }
 
 /// What [`insert`] did.
@@ -395,7 +464,7 @@ const fn rank(c: usize, w: usize) -> usize {
     c * WAYS + w
 }
 
-/// Claim a way for `key` (see the module's race argument); `aux` goes in its tag. Waits on
+/// Claim a way for the key of `probe` (see the module's race argument); `aux` goes in its tag. Waits on
 /// racers poll at most `budget` times each; with `wait_live`, a key another CPU holds is
 /// returned once it is `LIVE`.
 ///
@@ -406,7 +475,7 @@ pub unsafe fn insert<E: Entry>(
     p: &Pair<E>,
     hash: u32,
     aux: u32,
-    key: &E::Key,
+    probe: &E::Probe,
     budget: u32,
     wait_live: bool,
 ) -> Insert<E> {
@@ -417,8 +486,8 @@ pub unsafe fn insert<E: Entry>(
     // The claim order does not change the ranks the scan uses.
     let start = if n == 2 {
         // SAFETY: the caller's.
-        let (a, b) = unsafe { (empty_ways(p.buckets[0]), empty_ways(p.buckets[1])) };
-        (b > a) as usize
+        let (a, b) = unsafe { (used_ways(p.buckets[0]), used_ways(p.buckets[1])) };
+        (a > b) as usize
     } else {
         0
     };
@@ -444,7 +513,7 @@ pub unsafe fn insert<E: Entry>(
         return Insert::Full;
     };
     // SAFETY: claimed by this CPU.
-    unsafe { E::set_key(me.entry, key) };
+    unsafe { E::set_key(me.entry, probe) };
     let keyed = bits | (KEYED << STATE_SHIFT);
     // SAFETY: as above. Only the owner moves a way out of CLAIMED.
     if !unsafe { word::cas(me.tag, bits | (CLAIMED << STATE_SHIFT), keyed) } {
@@ -462,7 +531,7 @@ pub unsafe fn insert<E: Entry>(
             // SAFETY: the caller's; w < WAYS.
             let other = unsafe { Slot::of(p.buckets[c], p.index[c], w) };
             // SAFETY: as above.
-            match unsafe { meet(&other, hash, key, r < my_rank, budget) } {
+            match unsafe { meet(&other, hash, probe, r < my_rank, budget) } {
                 Meet::Pass => {}
                 Meet::Lose(t) => {
                     // SAFETY: our own way.
@@ -475,7 +544,7 @@ pub unsafe fn insert<E: Entry>(
                         return Insert::Taken(other);
                     }
                     // SAFETY: as above.
-                    return unsafe { await_live(other, key, budget) };
+                    return unsafe { await_live(other, probe, budget) };
                 }
                 Meet::Stuck => {
                     // SAFETY: our own way.
@@ -492,16 +561,21 @@ pub unsafe fn insert<E: Entry>(
     Insert::Won(me)
 }
 
-/// How many ways of bucket `b` are empty (a hint: racers change it).
+/// How many ways of bucket `b` are in use (a hint: racers change it).
 ///
 /// # Safety
 /// `b` points to a bucket of a live table.
 #[inline(always)]
-unsafe fn empty_ways<E>(b: *mut Bucket<E>) -> u32 {
+unsafe fn used_ways<E>(b: *mut Bucket<E>) -> u32 {
     let mut n = 0;
     for w in 0..WAYS {
         // SAFETY: the caller's; w < WAYS.
-        n += (unsafe { word::load(core::ptr::addr_of!((*b).tags[w])) } == 0) as u32;
+        let t = unsafe { word::load(core::ptr::addr_of!((*b).tags[w])) };
+        // 1 unless `t` is 0, without a branch. BPF has no set-on-condition: a comparison
+        // becomes a branch, and a branch per way gives the verifier 2^32 paths to walk (it
+        // keeps the count exact on each). `black_box` hides from LLVM that the top bit of
+        // `t | -t` is `t != 0`, so this stays a shift.
+        n += (core::hint::black_box(t | t.wrapping_neg()) >> 63) as u32;
     }
     n
 }
@@ -524,7 +598,7 @@ enum Meet {
 unsafe fn meet<E: Entry>(
     other: &Slot<E>,
     hash: u32,
-    key: &E::Key,
+    probe: &E::Probe,
     lower: bool,
     budget: u32,
 ) -> Meet {
@@ -539,7 +613,7 @@ unsafe fn meet<E: Entry>(
         // CLAIMED: its key is not written yet. Wait.
         if st != CLAIMED {
             // SAFETY: the key is written before KEYED is published.
-            if !unsafe { E::has_key(other.entry, key) } {
+            if !unsafe { E::matches(other.entry, probe) } {
                 return Meet::Pass;
             }
             // A higher-ranked racer still scanning: it will lose to us if it sees us, or win
@@ -558,14 +632,14 @@ unsafe fn meet<E: Entry>(
 /// # Safety
 /// `other` is a way of a live table.
 #[inline(always)]
-unsafe fn await_live<E: Entry>(mut other: Slot<E>, key: &E::Key, budget: u32) -> Insert<E> {
+unsafe fn await_live<E: Entry>(mut other: Slot<E>, probe: &E::Probe, budget: u32) -> Insert<E> {
     let mut polls = 0;
     while polls < budget {
         // SAFETY: the caller's.
         let t = unsafe { word::load(other.tag) };
         match state_of(t) {
             // SAFETY: as above; checked again: the way may have been freed and taken anew.
-            LIVE if unsafe { E::has_key(other.entry, key) } => {
+            LIVE if unsafe { E::matches(other.entry, probe) } => {
                 other.bits = t & !(7 << STATE_SHIFT);
                 return Insert::Taken(other);
             }
@@ -648,6 +722,13 @@ impl<E: Entry + Copy> Table<E> {
                 index: [a, b],
             }
         }
+    }
+
+    /// The live way holding the key of `probe` (see [`lookup`]).
+    pub fn lookup(&self, place: &Place, probe: &E::Probe) -> Option<Slot<E>> {
+        let n = self.buckets;
+        // SAFETY: indexes below `buckets`.
+        unsafe { lookup(place, probe, |i| (i < n).then(|| self.base.add(i as usize))) }
     }
 
     /// Way number `pos` (bucket × [`WAYS`] + way), if the table has it.
@@ -734,15 +815,15 @@ mod tests {
     const BUDGET: u32 = 1 << 22;
 
     fn put(t: &Table<OutEntry>, k: &NatOutKey, aux: u32) -> Insert<OutEntry> {
-        let pl = place(outbound_hash(k, SEED), t.buckets());
+        let p = out_probe(k);
+        let pl = place(outbound_hash(&p, SEED), t.buckets());
         // SAFETY: a test table.
-        unsafe { insert(&t.pair(&pl), pl.hash, aux, k, BUDGET, true) }
+        unsafe { insert(&t.pair(&pl), pl.hash, aux, &p, BUDGET, true) }
     }
 
     fn get(t: &Table<OutEntry>, k: &NatOutKey) -> Option<Slot<OutEntry>> {
-        let pl = place(outbound_hash(k, SEED), t.buckets());
-        // SAFETY: a test table.
-        unsafe { lookup(&t.pair(&pl), pl.hash, k) }
+        let p = out_probe(k);
+        t.lookup(&place(outbound_hash(&p, SEED), t.buckets()), &p)
     }
 
     /// Insert and publish `k` with `port` as its outside port.
@@ -812,7 +893,7 @@ mod tests {
         let mut slots = Vec::new();
         for n in 0..(2 * WAYS as u32) {
             // SAFETY: a test table. Same hash for all: the key decides.
-            match unsafe { insert(&pair, pl.hash, n, &key(n), BUDGET, true) } {
+            match unsafe { insert(&pair, pl.hash, n, &out_probe(&key(n)), BUDGET, true) } {
                 Insert::Won(s) => {
                     // SAFETY: our WON way.
                     assert!(unsafe { publish(&s) });
@@ -823,12 +904,12 @@ mod tests {
         }
         // SAFETY: as above.
         assert!(matches!(
-            unsafe { insert(&pair, pl.hash, 0, &key(99), BUDGET, true) },
+            unsafe { insert(&pair, pl.hash, 0, &out_probe(&key(99)), BUDGET, true) },
             Insert::Full
         ));
         for n in 0..(2 * WAYS as u32) {
             // SAFETY: as above.
-            let s = unsafe { lookup(&pair, pl.hash, &key(n)) }.expect("each key found");
+            let s = t.lookup(&pl, &out_probe(&key(n))).expect("each key found");
             assert_eq!(
                 s.pos, slots[n as usize].pos,
                 "the same hash, told apart by key"
@@ -837,8 +918,8 @@ mod tests {
         let (t5, _) = t.read_live(slots[5].pos).unwrap();
         // SAFETY: as above.
         assert!(unsafe { expire(&slots[5], t5) });
-        assert!(unsafe { lookup(&pair, pl.hash, &key(5)) }.is_none());
-        match unsafe { insert(&pair, pl.hash, 0, &key(99), BUDGET, true) } {
+        assert!(t.lookup(&pl, &out_probe(&key(5))).is_none());
+        match unsafe { insert(&pair, pl.hash, 0, &out_probe(&key(99)), BUDGET, true) } {
             Insert::Won(s) => assert_eq!(s.pos, slots[5].pos, "the freed way"),
             other => panic!("after a free: {other:?}"),
         }
@@ -855,7 +936,7 @@ mod tests {
         };
         let pair = t.pair(&pl);
         // SAFETY: a test table.
-        let s = match unsafe { insert(&pair, 1, 100, &key(1), BUDGET, true) } {
+        let s = match unsafe { insert(&pair, 1, 100, &out_probe(&key(1)), BUDGET, true) } {
             Insert::Won(s) => s,
             other => panic!("{other:?}"),
         };
@@ -863,28 +944,28 @@ mod tests {
         let (seen, _) = t.read_live(s.pos).unwrap();
         assert!(unsafe { expire(&s, seen) });
         // The same key again, a new creation stamp in aux: the old read must not free it.
-        let s2 = match unsafe { insert(&pair, 1, 101, &key(1), BUDGET, true) } {
+        let s2 = match unsafe { insert(&pair, 1, 101, &out_probe(&key(1)), BUDGET, true) } {
             Insert::Won(s) => s,
             other => panic!("{other:?}"),
         };
         unsafe { publish(&s2) };
         assert_eq!(s2.pos, s.pos);
         assert!(!unsafe { expire(&s2, seen) }, "a stale tag frees nothing");
-        assert!(unsafe { lookup(&pair, 1, &key(1)) }.is_some());
+        assert!(t.lookup(&pl, &out_probe(&key(1))).is_some());
         // An abandoned WON way is free again, and never visible.
         unsafe { expire(&s2, t.read_live(s2.pos).unwrap().0) };
-        let s3 = match unsafe { insert(&pair, 1, 102, &key(2), BUDGET, true) } {
+        let s3 = match unsafe { insert(&pair, 1, 102, &out_probe(&key(2)), BUDGET, true) } {
             Insert::Won(s) => s,
             other => panic!("{other:?}"),
         };
         assert!(
-            unsafe { lookup(&pair, 1, &key(2)) }.is_none(),
+            t.lookup(&pl, &out_probe(&key(2))).is_none(),
             "WON is not LIVE"
         );
         assert!(unsafe { abandon(&s3) });
         assert_eq!(t.live().count(), 0);
         assert!(matches!(
-            unsafe { insert(&pair, 1, 103, &key(2), BUDGET, true) },
+            unsafe { insert(&pair, 1, 103, &out_probe(&key(2)), BUDGET, true) },
             Insert::Won(_)
         ));
     }
@@ -908,8 +989,8 @@ mod tests {
         // Without the seed a subscriber cannot choose inside ports that share buckets.
         let moved = (0..1000)
             .filter(|&n| {
-                place(outbound_hash(&key(n), 1), 1 << 16)
-                    != place(outbound_hash(&key(n), 2), 1 << 16)
+                place(outbound_hash(&out_probe(&key(n)), 1), 1 << 16)
+                    != place(outbound_hash(&out_probe(&key(n)), 2), 1 << 16)
             })
             .count();
         assert!(moved > 990, "{moved} of 1000 placed differently");
@@ -919,7 +1000,7 @@ mod tests {
             proto: 6,
             _pad: 0,
         };
-        assert_ne!(inbound_hash(&k, 1), inbound_hash(&k, 2));
+        assert_ne!(inbound_hash(in_probe(&k), 1), inbound_hash(in_probe(&k), 2));
         for n in 0..1000u64 {
             let p = place(n.wrapping_mul(0x9e37_79b9_7f4a_7c15), 1000);
             assert!(p.first < 1000 && p.second < 1000 && p.first != p.second);

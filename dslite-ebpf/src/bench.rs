@@ -159,6 +159,73 @@ mod probes {
         xdp_action::XDP_DROP
     }
 
+    /// The one-table layout's outbound table (`dslite_common::table`; issue #13 item 2, not
+    /// yet on the paths): 1024 buckets in an mmapable array, for the probe below.
+    #[aya_ebpf::macros::map(name = "PROBE_TABLE")]
+    static PROBE_TABLE: aya_ebpf::maps::Array<dslite_common::table::OutBucket> =
+        aya_ebpf::maps::Array::with_max_entries(
+            PROBE_TABLE_BUCKETS,
+            aya_ebpf::bindings::BPF_F_MMAPABLE,
+        );
+    const PROBE_TABLE_BUCKETS: u32 = 1024;
+
+    /// The same look-up as `dslite_probe_nat_out`, in the one-table layout's outbound table:
+    /// two bucket pointers and a scan of the key's ways. The first run inserts the key (the
+    /// claim protocol), every later one is a hit: what replacing `NAT_OUT` would cost the
+    /// established paths, and proof that the table's code passes the verifier.
+    #[xdp]
+    pub fn dslite_probe_table(ctx: XdpContext) -> u32 {
+        use dslite_common::table::{
+            insert, lookup, out_probe_aligned, outbound_hash, place, publish, Insert, Pair,
+        };
+        // One bounds check for all three fields: with one each, LLVM folds the failures
+        // into a path the verifier cannot prove dead (it then reads an unset register).
+        if ptr_at::<[u8; INNER_SPORT + 2], _>(&ctx, 0).is_none() {
+            return xdp_action::XDP_PASS;
+        }
+        let (Some(b4), Some(inside), Some(port)) = (
+            bytes::<16>(&ctx, OUTER_SRC),
+            bytes::<4>(&ctx, INNER_SRC),
+            bytes::<2>(&ctx, INNER_SPORT),
+        ) else {
+            return xdp_action::XDP_PASS;
+        };
+        /// The key 8-aligned, as the paths hold it (`aftr::parsed::FromB4`).
+        #[repr(C, align(8))]
+        struct Aligned(dslite_common::maps::NatOutKey);
+        let key = Aligned(dslite_common::maps::NatOutKey {
+            b4,
+            inside_addr: inside,
+            inside_port: u16::from_ne_bytes(port),
+            proto: dslite_common::proto::IPPROTO_UDP,
+            _pad: 0,
+        });
+        // SAFETY: 8-aligned (above).
+        let probe = unsafe { out_probe_aligned(&key.0) };
+        let pl = place(outbound_hash(&probe, 0x5eed), PROBE_TABLE_BUCKETS);
+        // SAFETY: bucket pointers from the array map, valid for this run.
+        unsafe {
+            if lookup(&pl, &probe, |i| PROBE_TABLE.get_ptr_mut(i)).is_some() {
+                return xdp_action::XDP_DROP;
+            }
+            let (Some(a), Some(b)) = (
+                PROBE_TABLE.get_ptr_mut(pl.first),
+                PROBE_TABLE.get_ptr_mut(pl.second),
+            ) else {
+                return xdp_action::XDP_PASS;
+            };
+            let pair = Pair {
+                buckets: [a, b],
+                index: [pl.first, pl.second],
+            };
+            if let Insert::Won(s) = insert(&pair, pl.hash, 1, &probe, 1, true) {
+                (*s.entry).value.created_ns = 1;
+                publish(&s);
+            }
+        }
+        xdp_action::XDP_DROP
+    }
+
     /// The next-hop cache's lookup for the inner destination (a hit once the outbound path
     /// has run on this CPU).
     #[xdp]

@@ -162,13 +162,17 @@ fn new_flows(rig: &Rig, first: u32) -> Vec<Vec<u8>> {
 
 /// One step of the paths each (bench.rs in dslite-ebpf), timed on the outbound frame after
 /// the outbound path has run (its mapping and next hop exist): what each step costs.
-const STEP_PROBES: [(&str, &str); 9] = [
+const STEP_PROBES: [(&str, &str); 10] = [
     ("dslite_probe_ktime", "probe: bpf_ktime_get_ns"),
     (
         "dslite_probe_ktime_coarse",
         "probe: bpf_ktime_get_coarse_ns",
     ),
     ("dslite_probe_nat_out", "probe: NAT_OUT lookup (hit)"),
+    (
+        "dslite_probe_table",
+        "probe: one-table outbound lookup (hit)",
+    ),
     (
         "dslite_probe_next_hop",
         "probe: next-hop cache lookup (hit)",
@@ -282,6 +286,11 @@ pub fn aftr_paths(rig: &mut Rig) -> AftrPaths {
             ),
         );
     }
+    assert_eq!(
+        probe_table_live(rig),
+        1,
+        "the one-table probe made its key's entry once and then hit it"
+    );
     push(
         "AFTR outbound, existing mapping",
         time(
@@ -435,4 +444,18 @@ fn set_stage(rig: &mut Rig, stage: u32) {
     let mut a: aya::maps::Array<_, u32> =
         aya::maps::Array::try_from(rig.ebpf.map_mut("BENCH_STAGE").unwrap()).unwrap();
     a.set(0, stage, 0).unwrap();
+}
+
+/// `LIVE` ways in the one-table probe's table (`PROBE_TABLE`; dslite_common::table).
+fn probe_table_live(rig: &Rig) -> usize {
+    use dslite_common::table::{state_of, OutBucket, LIVE, WAYS};
+    const WORDS: usize = std::mem::size_of::<OutBucket>() / 8;
+    let m = aya::maps::Array::<_, [u64; WORDS]>::try_from(rig.ebpf.map("PROBE_TABLE").unwrap())
+        .unwrap();
+    (0..m.len())
+        .map(|i| {
+            let b = m.get(&i, 0).unwrap();
+            b[..WAYS].iter().filter(|&&t| state_of(t) == LIVE).count()
+        })
+        .sum()
 }
