@@ -464,9 +464,11 @@ const fn rank(c: usize, w: usize) -> usize {
     c * WAYS + w
 }
 
-/// Claim a way for the key of `probe` (see the module's race argument); `aux` goes in its tag. Waits on
-/// racers poll at most `budget` times each; with `wait_live`, a key another CPU holds is
-/// returned once it is `LIVE`.
+/// Claim a way for the key of `probe` (see the module's race argument); `aux` goes in its
+/// tag and must differ between CPUs that may claim at once (the scan tells our own way by
+/// its tag). Waits on racers poll at most `budget` times each; with `wait_live`, a key
+/// another CPU holds is returned once it is `LIVE`. `forget` returns its argument (the
+/// kernel's through a map, so that the verifier does not know it exactly).
 ///
 /// # Safety
 /// `p` holds buckets of a live table.
@@ -478,6 +480,7 @@ pub unsafe fn insert<E: Entry>(
     probe: &E::Probe,
     budget: u32,
     wait_live: bool,
+    forget: impl Fn(u32) -> u32,
 ) -> Insert<E> {
     let bits = tag(EMPTY, hash, aux);
     let n = p.count();
@@ -509,8 +512,19 @@ pub unsafe fn insert<E: Entry>(
             }
         }
     }
-    let Some((me, my_rank)) = mine else {
+    let Some((_, claimed)) = mine else {
         return Insert::Full;
+    };
+    // The claimed way again, from a rank the verifier no longer knows exactly: otherwise
+    // each of the 32 ways the claim may end on is a state of its own, and everything after
+    // it is verified 32 times (the kernel's `forget` goes through a map; see its caller).
+    let my_rank = forget(claimed as u32) as usize & (2 * WAYS - 1);
+    let c = my_rank / WAYS;
+    let b = if c == 0 { p.buckets[0] } else { p.buckets[1] };
+    // SAFETY: the caller's; the way is below WAYS.
+    let me = Slot {
+        bits,
+        ..unsafe { Slot::of(b, p.index[c & 1], my_rank % WAYS) }
     };
     // SAFETY: claimed by this CPU.
     unsafe { E::set_key(me.entry, probe) };
@@ -524,14 +538,13 @@ pub unsafe fn insert<E: Entry>(
             break;
         }
         for w in 0..WAYS {
-            let r = rank(c, w);
-            if r == my_rank {
-                continue;
-            }
             // SAFETY: the caller's; w < WAYS.
             let other = unsafe { Slot::of(p.buckets[c], p.index[c], w) };
+            // Our own way is told by its tag (`aux` differs between racers), not by its
+            // rank: a branch on the rank in every iteration would split the verifier's
+            // states by it again. The rank is compared only on meeting our key.
             // SAFETY: as above.
-            match unsafe { meet(&other, hash, probe, r < my_rank, budget) } {
+            match unsafe { meet(&other, keyed, probe, rank(c, w), my_rank, budget) } {
                 Meet::Pass => {}
                 Meet::Lose(t) => {
                     // SAFETY: our own way.
@@ -590,24 +603,32 @@ enum Meet {
     Stuck,
 }
 
-/// Look at way `other` during the scan for `key`; `lower`: it ranks before ours.
+/// Look at way `other` during the scan for the key of `probe`; `mine` is our own way's
+/// tag (`KEYED`), `rank` and `my_rank` the two ways' ranks.
 ///
 /// # Safety
 /// `other` is a way of a live table.
 #[inline(always)]
 unsafe fn meet<E: Entry>(
     other: &Slot<E>,
-    hash: u32,
+    mine: u64,
     probe: &E::Probe,
-    lower: bool,
+    rank: usize,
+    my_rank: usize,
     budget: u32,
 ) -> Meet {
+    let hash = hash_of(mine);
     let mut polls = 0;
     while polls < budget {
         // SAFETY: the caller's.
         let t = unsafe { word::load(other.tag) };
+        // Another hash (or an empty way, hash 0) first, in one branch: that is nearly every
+        // way, and one branch whose outcome the verifier forgets keeps its states merged.
+        if hash_of(t) != hash {
+            return Meet::Pass;
+        }
         let st = state_of(t);
-        if st == EMPTY || hash_of(t) != hash {
+        if t == mine || st == EMPTY {
             return Meet::Pass;
         }
         // CLAIMED: its key is not written yet. Wait.
@@ -618,7 +639,7 @@ unsafe fn meet<E: Entry>(
             }
             // A higher-ranked racer still scanning: it will lose to us if it sees us, or win
             // if it did not: wait until it knows.
-            if st != KEYED || lower {
+            if st != KEYED || rank < my_rank {
                 return Meet::Lose(t);
             }
         }
@@ -818,7 +839,7 @@ mod tests {
         let p = out_probe(k);
         let pl = place(outbound_hash(&p, SEED), t.buckets());
         // SAFETY: a test table.
-        unsafe { insert(&t.pair(&pl), pl.hash, aux, &p, BUDGET, true) }
+        unsafe { insert(&t.pair(&pl), pl.hash, aux, &p, BUDGET, true, |x| x) }
     }
 
     fn get(t: &Table<OutEntry>, k: &NatOutKey) -> Option<Slot<OutEntry>> {
@@ -893,7 +914,7 @@ mod tests {
         let mut slots = Vec::new();
         for n in 0..(2 * WAYS as u32) {
             // SAFETY: a test table. Same hash for all: the key decides.
-            match unsafe { insert(&pair, pl.hash, n, &out_probe(&key(n)), BUDGET, true) } {
+            match unsafe { insert(&pair, pl.hash, n, &out_probe(&key(n)), BUDGET, true, |x| x) } {
                 Insert::Won(s) => {
                     // SAFETY: our WON way.
                     assert!(unsafe { publish(&s) });
@@ -904,7 +925,7 @@ mod tests {
         }
         // SAFETY: as above.
         assert!(matches!(
-            unsafe { insert(&pair, pl.hash, 0, &out_probe(&key(99)), BUDGET, true) },
+            unsafe { insert(&pair, pl.hash, 0, &out_probe(&key(99)), BUDGET, true, |x| x) },
             Insert::Full
         ));
         for n in 0..(2 * WAYS as u32) {
@@ -919,7 +940,7 @@ mod tests {
         // SAFETY: as above.
         assert!(unsafe { expire(&slots[5], t5) });
         assert!(t.lookup(&pl, &out_probe(&key(5))).is_none());
-        match unsafe { insert(&pair, pl.hash, 0, &out_probe(&key(99)), BUDGET, true) } {
+        match unsafe { insert(&pair, pl.hash, 0, &out_probe(&key(99)), BUDGET, true, |x| x) } {
             Insert::Won(s) => assert_eq!(s.pos, slots[5].pos, "the freed way"),
             other => panic!("after a free: {other:?}"),
         }
@@ -936,7 +957,7 @@ mod tests {
         };
         let pair = t.pair(&pl);
         // SAFETY: a test table.
-        let s = match unsafe { insert(&pair, 1, 100, &out_probe(&key(1)), BUDGET, true) } {
+        let s = match unsafe { insert(&pair, 1, 100, &out_probe(&key(1)), BUDGET, true, |x| x) } {
             Insert::Won(s) => s,
             other => panic!("{other:?}"),
         };
@@ -944,7 +965,7 @@ mod tests {
         let (seen, _) = t.read_live(s.pos).unwrap();
         assert!(unsafe { expire(&s, seen) });
         // The same key again, a new creation stamp in aux: the old read must not free it.
-        let s2 = match unsafe { insert(&pair, 1, 101, &out_probe(&key(1)), BUDGET, true) } {
+        let s2 = match unsafe { insert(&pair, 1, 101, &out_probe(&key(1)), BUDGET, true, |x| x) } {
             Insert::Won(s) => s,
             other => panic!("{other:?}"),
         };
@@ -954,7 +975,7 @@ mod tests {
         assert!(t.lookup(&pl, &out_probe(&key(1))).is_some());
         // An abandoned WON way is free again, and never visible.
         unsafe { expire(&s2, t.read_live(s2.pos).unwrap().0) };
-        let s3 = match unsafe { insert(&pair, 1, 102, &out_probe(&key(2)), BUDGET, true) } {
+        let s3 = match unsafe { insert(&pair, 1, 102, &out_probe(&key(2)), BUDGET, true, |x| x) } {
             Insert::Won(s) => s,
             other => panic!("{other:?}"),
         };
@@ -965,7 +986,7 @@ mod tests {
         assert!(unsafe { abandon(&s3) });
         assert_eq!(t.live().count(), 0);
         assert!(matches!(
-            unsafe { insert(&pair, 1, 103, &out_probe(&key(2)), BUDGET, true) },
+            unsafe { insert(&pair, 1, 103, &out_probe(&key(2)), BUDGET, true, |x| x) },
             Insert::Won(_)
         ));
     }

@@ -169,6 +169,11 @@ mod probes {
         );
     const PROBE_TABLE_BUCKETS: u32 = 1024;
 
+    /// One word per CPU that the probe's `forget` goes through.
+    #[aya_ebpf::macros::map(name = "PROBE_SCRATCH")]
+    static PROBE_SCRATCH: aya_ebpf::maps::PerCpuArray<u32> =
+        aya_ebpf::maps::PerCpuArray::with_max_entries(1, 0);
+
     /// The same look-up as `dslite_probe_nat_out`, in the one-table layout's outbound table:
     /// two bucket pointers and a scan of the key's ways. The first run inserts the key (the
     /// claim protocol), every later one is a hit: what replacing `NAT_OUT` would cost the
@@ -218,7 +223,17 @@ mod probes {
                 buckets: [a, b],
                 index: [pl.first, pl.second],
             };
-            if let Insert::Won(s) = insert(&pair, pl.hash, 1, &probe, 1, true) {
+            // Through a map, so the verifier forgets the claimed way's exact rank.
+            let forget = |x: u32| match PROBE_SCRATCH.get_ptr_mut(0) {
+                Some(p) => {
+                    *p = x;
+                    core::ptr::read_volatile(p)
+                }
+                None => 0,
+            };
+            // `aux` differs between racing CPUs: the CPU number.
+            let cpu = aya_ebpf::helpers::bpf_get_smp_processor_id();
+            if let Insert::Won(s) = insert(&pair, pl.hash, cpu, &probe, 1, true, forget) {
                 (*s.entry).value.created_ns = 1;
                 publish(&s);
             }

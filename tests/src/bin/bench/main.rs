@@ -286,6 +286,11 @@ fn report(
         );
         last.1 = ns;
     }
+    let verified = per_path::VERIFIED.lock().unwrap().clone();
+    println!("\nVerifier: instructions processed per program (the limit is 1,000,000)");
+    for (prog, n) in &verified {
+        println!("{prog:<40} {n:>9}");
+    }
     println!("\nOn {} CPUs at once (each CPU its own flows)", cpus());
     println!(
         "{:<40} {:>12} {:>20} {:>10} {:>8}",
@@ -358,6 +363,7 @@ fn report(
             "ratio_to_baseline": r.net_ns / base,
         })).collect::<Vec<_>>(),
         "stages": stages,
+        "verified_insns": verified.iter().map(|(p, n)| serde_json::json!({"program": p, "insns": n})).collect::<Vec<_>>(),
         "cores": cores.iter().map(|c| serde_json::json!({
             "path": c.name, "cpus": c.per_cpu_net_ns.len(), "one_core_net_ns": c.one_core_net_ns,
             "per_cpu_net_ns": c.per_cpu_net_ns, "aggregate_mpps": c.aggregate_mpps(),

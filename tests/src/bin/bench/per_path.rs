@@ -20,6 +20,7 @@ pub fn b4_paths() -> (Vec<Row>, Vec<CoresRow>, Vec<serde_json::Value>) {
         dslite_user::dataplane::bump_next_hops(&rig.pin, true).unwrap();
         rig.load(dslite_user::dataplane::PROG_PASS);
         rig.load("dslite_bench_baseline");
+        note_verified(rig, &[rig.prog()]);
         let lan = eth(
             rig.mac("lan"),
             HOST_MAC,
@@ -286,6 +287,7 @@ pub fn aftr_paths(rig: &mut Rig) -> AftrPaths {
             ),
         );
     }
+    note_verified(rig, &[prog, "dslite_probe_nat_out", "dslite_probe_table"]);
     assert_eq!(
         probe_table_live(rig),
         1,
@@ -458,4 +460,22 @@ fn probe_table_live(rig: &Rig) -> usize {
             b[..WAYS].iter().filter(|&&t| state_of(t) == LIVE).count()
         })
         .sum()
+}
+
+/// Instructions the verifier processed for the programs the per-path rows load: the
+/// 1M-instruction limit, not the ISA, is what bounds how much logic a path can hold.
+pub static VERIFIED: Mutex<Vec<(String, u32)>> = Mutex::new(Vec::new());
+
+fn note_verified(rig: &Rig, names: &[&str]) {
+    let mut v = VERIFIED.lock().unwrap();
+    for name in names {
+        let n = rig
+            .ebpf
+            .program(name)
+            .and_then(|p| p.info().ok())
+            .and_then(|i| i.verified_instruction_count())
+            .unwrap_or_else(|| panic!("no verifier count for {name}"));
+        eprintln!("-- verifier: {name}: {n} instructions processed");
+        v.push((name.to_string(), n));
+    }
 }
