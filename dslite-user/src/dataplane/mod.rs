@@ -10,11 +10,14 @@
 //! - [`batch`]: reading a whole map with BPF_MAP_LOOKUP_BATCH.
 //! - [`hook`]: which hook (XDP or tc) runs on each interface and why, tc attachment, and
 //!   the record of it `dslite stats` shows.
+//! - [`table`]: the one-table layout's tables through `mmap` (built ahead of the paths
+//!   using them).
 
 pub mod aftr;
 pub mod batch;
 pub mod hook;
 pub mod maps;
+pub mod table;
 
 use std::{
     net::Ipv4Addr,
