@@ -18,6 +18,7 @@ pub mod hint;
 pub mod map_list;
 pub mod maps;
 pub mod nat;
+pub mod ports;
 pub mod proto;
 pub mod slow;
 pub mod table;

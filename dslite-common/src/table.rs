@@ -79,7 +79,7 @@ pub const fn aux_of(t: u64) -> u32 {
 
 /// The two atomic operations the tables need, on a tag word in a map value (BPF) or in
 /// memory the controller has mapped (host).
-mod word {
+pub(crate) mod word {
     /// # Safety
     /// `p` points to a live, 8-byte aligned tag word.
     #[inline(always)]
@@ -484,34 +484,8 @@ pub unsafe fn insert<E: Entry>(
 ) -> Insert<E> {
     let bits = tag(EMPTY, hash, aux);
     let n = p.count();
-    // Claim an empty way in the emptier bucket first (two choices fill a table evenly:
-    // first-fit refused keys at 61% load, this at none below 80%; a unit test fills one).
-    // The claim order does not change the ranks the scan uses.
-    let start = if n == 2 {
-        // SAFETY: the caller's.
-        let (a, b) = unsafe { (used_ways(p.buckets[0]), used_ways(p.buckets[1])) };
-        (a > b) as usize
-    } else {
-        0
-    };
-    let mut mine: Option<(Slot<E>, usize)> = None;
-    'claim: for i in 0..2 {
-        if i >= n {
-            break;
-        }
-        let c = (start + i) & 1;
-        for w in 0..WAYS {
-            // SAFETY: the caller's; w < WAYS.
-            let s = unsafe { Slot::of(p.buckets[c], p.index[c], w) };
-            // SAFETY: as above.
-            if unsafe { word::load(s.tag) } == 0
-                && unsafe { word::cas(s.tag, 0, bits | (CLAIMED << STATE_SHIFT)) }
-            {
-                mine = Some((Slot { bits, ..s }, rank(c, w)));
-                break 'claim;
-            }
-        }
-    }
+    // SAFETY: the caller's.
+    let mine = unsafe { claim(p, bits) };
     let Some((_, claimed)) = mine else {
         return Insert::Full;
     };
@@ -572,6 +546,73 @@ pub unsafe fn insert<E: Entry>(
         return Insert::Contended;
     }
     Insert::Won(me)
+}
+
+/// Claim an empty way of the pair for a key whose tag bits are `bits`: the way (`CLAIMED`)
+/// and its rank, or `None` when both buckets are full.
+///
+/// # Safety
+/// `p` holds buckets of a live table.
+#[inline(always)]
+unsafe fn claim<E>(p: &Pair<E>, bits: u64) -> Option<(Slot<E>, usize)> {
+    let n = p.count();
+    // Claim an empty way in the emptier bucket first (two choices fill a table evenly:
+    // first-fit refused keys at 61% load, this at none below 80%; a unit test fills one).
+    // The claim order does not change the ranks the scan uses.
+    let start = if n == 2 {
+        // SAFETY: the caller's.
+        let (a, b) = unsafe { (used_ways(p.buckets[0]), used_ways(p.buckets[1])) };
+        (a > b) as usize
+    } else {
+        0
+    };
+    let mut mine: Option<(Slot<E>, usize)> = None;
+    'claim: for i in 0..2 {
+        if i >= n {
+            break;
+        }
+        let c = (start + i) & 1;
+        for w in 0..WAYS {
+            // SAFETY: the caller's; w < WAYS.
+            let s = unsafe { Slot::of(p.buckets[c], p.index[c], w) };
+            // SAFETY: as above.
+            if unsafe { word::load(s.tag) } == 0
+                && unsafe { word::cas(s.tag, 0, bits | (CLAIMED << STATE_SHIFT)) }
+            {
+                mine = Some((Slot { bits, ..s }, rank(c, w)));
+                break 'claim;
+            }
+        }
+    }
+    mine
+}
+
+/// Insert a key no other CPU can be inserting (the caller owns it: the inbound index's
+/// outside port, claimed in `ports` first), without the duplicate scan: claimed, keyed and
+/// `LIVE` at once. `None` when both buckets are full.
+///
+/// # Safety
+/// `p` holds buckets of a live table.
+#[inline(always)]
+pub unsafe fn insert_unique<E: Entry>(
+    p: &Pair<E>,
+    hash: u32,
+    aux: u32,
+    probe: &E::Probe,
+) -> Option<Slot<E>> {
+    let bits = tag(EMPTY, hash, aux);
+    // SAFETY: the caller's.
+    let (me, _) = unsafe { claim(p, bits) }?;
+    // SAFETY: claimed by this CPU; only the owner moves a way out of CLAIMED.
+    unsafe {
+        E::set_key(me.entry, probe);
+        word::cas(
+            me.tag,
+            bits | (CLAIMED << STATE_SHIFT),
+            bits | (LIVE << STATE_SHIFT),
+        )
+    }
+    .then_some(me)
 }
 
 /// How many ways of bucket `b` are in use (a hint: racers change it).
@@ -989,6 +1030,47 @@ mod tests {
             unsafe { insert(&pair, 1, 103, &out_probe(&key(2)), BUDGET, true, |x| x) },
             Insert::Won(_)
         ));
+    }
+
+    #[test]
+    fn the_inbound_index_records_owned_ports_without_a_scan() {
+        let mut buf = Buf::<InEntry>::new(2);
+        let t = buf.table();
+        let k = |port: u16| NatInKey {
+            outside_addr: [198, 51, 100, 1],
+            outside_port: port.to_be(),
+            proto: 17,
+            _pad: 0,
+        };
+        let pl = Place {
+            first: 0,
+            second: 1,
+            hash: 3,
+        };
+        for port in 0..(2 * WAYS as u16) {
+            // SAFETY: a test table.
+            let s = unsafe {
+                insert_unique(
+                    &t.pair(&pl),
+                    pl.hash,
+                    1000 + port as u32,
+                    &in_probe(&k(port)),
+                )
+            }
+            .expect("room for 32");
+            assert_eq!(aux_of(t.read_live(s.pos).unwrap().0), 1000 + port as u32);
+        }
+        // SAFETY: as above.
+        assert!(unsafe { insert_unique(&t.pair(&pl), pl.hash, 0, &in_probe(&k(99))) }.is_none());
+        for port in 0..(2 * WAYS as u16) {
+            let s = t.lookup(&pl, &in_probe(&k(port))).expect("recorded");
+            assert_eq!(
+                aux_of(t.read_live(s.pos).unwrap().0),
+                1000 + port as u32,
+                "the outbound way"
+            );
+        }
+        assert!(t.lookup(&pl, &in_probe(&k(99))).is_none());
     }
 
     #[test]

@@ -169,10 +169,11 @@ mod probes {
         );
     const PROBE_TABLE_BUCKETS: u32 = 1024;
 
-    /// One word per CPU that the probe's `forget` goes through.
+    /// Per CPU: the word the probes' `forget` goes through (0), and how many times
+    /// `dslite_probe_table_writes` went all the way (1).
     #[aya_ebpf::macros::map(name = "PROBE_SCRATCH")]
     static PROBE_SCRATCH: aya_ebpf::maps::PerCpuArray<u32> =
-        aya_ebpf::maps::PerCpuArray::with_max_entries(1, 0);
+        aya_ebpf::maps::PerCpuArray::with_max_entries(2, 0);
 
     /// The same look-up as `dslite_probe_nat_out`, in the one-table layout's outbound table:
     /// two bucket pointers and a scan of the key's ways. The first run inserts the key (the
@@ -236,6 +237,133 @@ mod probes {
             if let Insert::Won(s) = insert(&pair, pl.hash, cpu, &probe, 1, true, forget) {
                 (*s.entry).value.created_ns = 1;
                 publish(&s);
+            }
+        }
+        xdp_action::XDP_DROP
+    }
+
+    /// The one-table layout's inbound index and port bits, for the probe below (one pool
+    /// address).
+    #[aya_ebpf::macros::map(name = "PROBE_INDEX")]
+    static PROBE_INDEX: aya_ebpf::maps::Array<dslite_common::table::InBucket> =
+        aya_ebpf::maps::Array::with_max_entries(
+            PROBE_TABLE_BUCKETS,
+            aya_ebpf::bindings::BPF_F_MMAPABLE,
+        );
+    #[aya_ebpf::macros::map(name = "PROBE_PORTS")]
+    static PROBE_PORTS: aya_ebpf::maps::Array<u64> = aya_ebpf::maps::Array::with_max_entries(
+        dslite_common::ports::words_for(1) as u32,
+        aya_ebpf::bindings::BPF_F_MMAPABLE,
+    );
+
+    /// A mapping's writes in the one-table layout, then their undoing (as the sweep would):
+    /// the outbound insert (claim and duplicate scan), a port claimed in the port bits, the
+    /// inbound index entry, the publish; then the three removed. Against
+    /// `dslite_probe_map_writes` (the same for `NAT_IN` and `NAT_OUT`), and the verifier's
+    /// cost of a creation.
+    #[xdp]
+    pub fn dslite_probe_table_writes(ctx: XdpContext) -> u32 {
+        use dslite_common::{
+            maps::NatInKey,
+            ports,
+            table::{
+                abandon, aux_of, expire, hash_of, in_probe, inbound_hash, insert, insert_unique,
+                out_probe_aligned, outbound_hash, place, publish, tag, Insert, Pair, LIVE,
+            },
+        };
+        if ptr_at::<[u8; INNER_SPORT + 2], _>(&ctx, 0).is_none() {
+            return xdp_action::XDP_PASS;
+        }
+        let (Some(b4), Some(inside), Some(port)) = (
+            bytes::<16>(&ctx, OUTER_SRC),
+            bytes::<4>(&ctx, INNER_SRC),
+            bytes::<2>(&ctx, INNER_SPORT),
+        ) else {
+            return xdp_action::XDP_PASS;
+        };
+        #[repr(C, align(8))]
+        struct Aligned(dslite_common::maps::NatOutKey);
+        let key = Aligned(dslite_common::maps::NatOutKey {
+            b4,
+            inside_addr: inside,
+            inside_port: u16::from_ne_bytes(port),
+            // Not UDP: another key than `dslite_probe_table`'s, in the same table.
+            proto: dslite_common::proto::IPPROTO_TCP,
+            _pad: 0,
+        });
+        // SAFETY: 8-aligned (above).
+        let probe = unsafe { out_probe_aligned(&key.0) };
+        let pl = place(outbound_hash(&probe, 0x5eed), PROBE_TABLE_BUCKETS);
+        let (Some(a), Some(b)) = (
+            PROBE_TABLE.get_ptr_mut(pl.first),
+            PROBE_TABLE.get_ptr_mut(pl.second),
+        ) else {
+            return xdp_action::XDP_PASS;
+        };
+        let pair = Pair {
+            buckets: [a, b],
+            index: [pl.first, pl.second],
+        };
+        let forget = |x: u32| match PROBE_SCRATCH.get_ptr_mut(0) {
+            // SAFETY: a per-CPU map value.
+            Some(p) => unsafe {
+                *p = x;
+                core::ptr::read_volatile(p)
+            },
+            None => 0,
+        };
+        // SAFETY: no preconditions.
+        let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
+        // SAFETY: bucket pointers from the array maps, valid for this run.
+        unsafe {
+            let Insert::Won(s) = insert(&pair, pl.hash, cpu, &probe, 1, true, forget) else {
+                return xdp_action::XDP_DROP;
+            };
+            let port = 1024 + (pl.hash % 64_512) as u16;
+            let (wi, bit) = ports::locate(0, 0, port);
+            let Some(w) = PROBE_PORTS.get_ptr_mut(wi) else {
+                abandon(&s);
+                return xdp_action::XDP_PASS;
+            };
+            if ports::claim(w, bit) != ports::Claim::Claimed {
+                abandon(&s);
+                return xdp_action::XDP_DROP;
+            }
+            let kin = NatInKey {
+                outside_addr: [198, 51, 100, 1],
+                outside_port: port.to_be(),
+                proto: dslite_common::proto::IPPROTO_TCP,
+                _pad: 0,
+            };
+            let ip = in_probe(&kin);
+            let ipl = place(inbound_hash(ip, 0x5eed), PROBE_TABLE_BUCKETS);
+            let (Some(c), Some(d)) = (
+                PROBE_INDEX.get_ptr_mut(ipl.first),
+                PROBE_INDEX.get_ptr_mut(ipl.second),
+            ) else {
+                ports::release(w, bit);
+                abandon(&s);
+                return xdp_action::XDP_PASS;
+            };
+            let ipair = Pair {
+                buckets: [c, d],
+                index: [ipl.first, ipl.second],
+            };
+            let Some(x) = insert_unique(&ipair, ipl.hash, s.pos, &ip) else {
+                ports::release(w, bit);
+                abandon(&s);
+                return xdp_action::XDP_DROP;
+            };
+            (*s.entry).value.outside_addr = kin.outside_addr;
+            (*s.entry).value.outside_port = kin.outside_port;
+            publish(&s);
+            // Undone as the sweep would: the index entry, the port, the mapping.
+            expire(&x, tag(LIVE, ipl.hash, s.pos));
+            ports::release(w, bit);
+            if expire(&s, tag(LIVE, hash_of(s.bits), aux_of(s.bits))) {
+                if let Some(n) = PROBE_SCRATCH.get_ptr_mut(1) {
+                    *n += 1;
+                }
             }
         }
         xdp_action::XDP_DROP

@@ -163,7 +163,7 @@ fn new_flows(rig: &Rig, first: u32) -> Vec<Vec<u8>> {
 
 /// One step of the paths each (bench.rs in dslite-ebpf), timed on the outbound frame after
 /// the outbound path has run (its mapping and next hop exist): what each step costs.
-const STEP_PROBES: [(&str, &str); 10] = [
+const STEP_PROBES: [(&str, &str); 11] = [
     ("dslite_probe_ktime", "probe: bpf_ktime_get_ns"),
     (
         "dslite_probe_ktime_coarse",
@@ -188,6 +188,10 @@ const STEP_PROBES: [(&str, &str); 10] = [
     (
         "dslite_probe_map_writes",
         "probe: NAT_IN + NAT_OUT insert, then remove",
+    ),
+    (
+        "dslite_probe_table_writes",
+        "probe: one-table insert, port, index, then remove",
     ),
 ];
 
@@ -287,11 +291,30 @@ pub fn aftr_paths(rig: &mut Rig) -> AftrPaths {
             ),
         );
     }
-    note_verified(rig, &[prog, "dslite_probe_nat_out", "dslite_probe_table"]);
+    note_verified(
+        rig,
+        &[
+            prog,
+            "dslite_probe_nat_out",
+            "dslite_probe_table",
+            "dslite_probe_table_writes",
+        ],
+    );
     assert_eq!(
         probe_table_live(rig),
         1,
         "the one-table probe made its key's entry once and then hit it"
+    );
+    let done: u32 =
+        aya::maps::PerCpuArray::<_, u32>::try_from(rig.ebpf.map("PROBE_SCRATCH").unwrap())
+            .unwrap()
+            .get(&1, 0)
+            .unwrap()
+            .iter()
+            .sum();
+    assert!(
+        done as usize >= RUNS,
+        "the one-table writes probe went all the way on {done} runs"
     );
     push(
         "AFTR outbound, existing mapping",
