@@ -149,6 +149,35 @@ pub fn blocks_scarce(rig: &mut Rig, noop: f64) -> serde_json::Value {
     // cost from the search's.
     let taken_before = blocks_taken(rig);
     let at_start = new_subscribers(rig, 2_500_000, 50);
+    // The same single-run timing of what is not a new subscriber, to read the rows above
+    // against: one run each is colder than the repeated runs the per-path rows take.
+    let single = |rig: &Rig, frames: &[Vec<u8>]| {
+        let t: Vec<u64> = frames
+            .iter()
+            .map(|f| {
+                let (v, ns) = rig.time_once(prog, "tun", f);
+                assert_eq!(v, XDP_REDIRECT);
+                ns
+            })
+            .collect();
+        median(t) - noop
+    };
+    let established: Vec<Vec<u8>> = (0..50).map(|j| first_packet(rig, 2_500_000 + j)).collect();
+    let established_ns = single(rig, &established);
+    // New mappings of those subscribers (their blocks have room): another source port.
+    let created = rig.counter("nat_mapping_created");
+    let new_flows: Vec<Vec<u8>> = (0..50u32)
+        .map(|j| {
+            from_b4(
+                rig,
+                nth_b4(2_500_000 + j),
+                &udp4(HOST, SERVER, 6000, 7777, 64, &[0; PAYLOAD]),
+                &[],
+            )
+        })
+        .collect();
+    let new_mapping_ns = single(rig, &new_flows);
+    assert_eq!(rig.counter("nat_mapping_created") - created, 50);
     let share_at_start = (taken_before + 25) as f64 / total as f64;
     take_blocks(rig, &s, total * 9 / 10);
     let free = total - blocks_taken(rig);
@@ -176,6 +205,8 @@ pub fn blocks_scarce(rig: &mut Rig, noop: f64) -> serde_json::Value {
     serde_json::json!({
         "blocks": total,
         "new_subscriber_ns_at_start": at_start,
+        "established_single_run_ns": established_ns,
+        "new_mapping_single_run_ns": new_mapping_ns,
         "share_taken_at_start": share_at_start,
         "new_subscriber_ns_with_90_percent_taken": at_90,
         "samples_with_90_percent_taken": free,
