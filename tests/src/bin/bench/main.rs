@@ -161,7 +161,7 @@ fn main() {
     // One CPU for the one-core rows: a run that migrates between CPUs mixes their caches
     // (the two-core rows pin a thread per CPU).
     pin_to_cpu(0);
-    // DSLITE_BENCH_ONLY=per-path, end-to-end or ten-million: one part alone (a minute or three), to
+    // DSLITE_BENCH_ONLY=per-path, scarce, end-to-end or ten-million: one part alone (a minute or three), to
     // iterate; the full run is what docs/benchmarks.md records.
     let only = std::env::var("DSLITE_BENCH_ONLY").unwrap_or_default();
     if only == "ten-million" {
