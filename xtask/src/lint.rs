@@ -27,25 +27,32 @@ pub fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    println!("xtask: clippy, dslite-ebpf for bpfel-unknown-none (warnings are errors)");
-    run_cmd(
-        Command::new("cargo")
-            .current_dir(root())
-            .env_remove("RUSTUP_TOOLCHAIN")
-            .env_remove("RUSTC")
-            .args([
-                "+nightly",
-                "clippy",
-                "-p",
-                "dslite-ebpf",
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-                "--release",
-                "--",
-                "-D",
-                "warnings",
-            ]),
-    )
+    // Both builds of the BPF crate: the production object, and the bench build with its
+    // probes (`--features bench`), which `cargo xtask test` does not compile.
+    for features in [&[][..], &["--features", "bench"][..]] {
+        println!(
+            "xtask: clippy, dslite-ebpf for bpfel-unknown-none {} (warnings are errors)",
+            features.join(" ")
+        );
+        run_cmd(
+            Command::new("cargo")
+                .current_dir(root())
+                .env_remove("RUSTUP_TOOLCHAIN")
+                .env_remove("RUSTC")
+                .args([
+                    "+nightly",
+                    "clippy",
+                    "-p",
+                    "dslite-ebpf",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--release",
+                ])
+                .args(features)
+                .args(["--", "-D", "warnings"]),
+        )?;
+    }
+    Ok(())
 }
