@@ -77,27 +77,37 @@ pub unsafe fn claim(w: *mut u64, bit: u64) -> Claim {
     Claim::Contended
 }
 
-/// Give back the port whose bit is `bit` in the word at `w`: false if it was not taken or
-/// the word kept changing (the caller tries again on its next pass).
+/// What [`release`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    Released,
+    /// The port was not taken: released twice, a bug the caller should count, and must
+    /// not retry (the port may be another mapping's by then).
+    WasFree,
+    /// The word kept changing: try again (the port is still taken).
+    Contended,
+}
+
+/// Give back the port whose bit is `bit` in the word at `w`.
 ///
 /// # Safety
 /// As [`claim`].
 #[inline(always)]
-pub unsafe fn release(w: *mut u64, bit: u64) -> bool {
+pub unsafe fn release(w: *mut u64, bit: u64) -> Release {
     let mut tries = 0;
     while tries < TRIES * 4 {
         // SAFETY: the caller's.
         let old = unsafe { crate::table::word::load(w) };
         if old & bit == 0 {
-            return false;
+            return Release::WasFree;
         }
         // SAFETY: as above.
         if unsafe { crate::table::word::cas(w, old, old & !bit) } {
-            return true;
+            return Release::Released;
         }
         tries += 1;
     }
-    false
+    Release::Contended
 }
 
 #[cfg(test)]
@@ -133,8 +143,8 @@ mod tests {
             assert_eq!(claim(w, 1 << 5), Claim::Claimed);
             assert_eq!(claim(w, 1 << 5), Claim::Taken);
             assert_eq!(claim(w, 1 << 6), Claim::Claimed, "its neighbour is free");
-            assert!(release(w, 1 << 5));
-            assert!(!release(w, 1 << 5), "released twice");
+            assert_eq!(release(w, 1 << 5), Release::Released);
+            assert_eq!(release(w, 1 << 5), Release::WasFree, "released twice");
             assert_eq!(claim(w, 1 << 5), Claim::Claimed);
         }
         assert_eq!(word, (1 << 5) | (1 << 6));

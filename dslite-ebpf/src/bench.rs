@@ -169,11 +169,28 @@ mod probes {
         );
     const PROBE_TABLE_BUCKETS: u32 = 1024;
 
-    /// Per CPU: the word the probes' `forget` goes through (0), and how many times
-    /// `dslite_probe_table_writes` went all the way (1).
+    /// Per CPU: the word the probes' `forget` goes through (0), how many times
+    /// `dslite_probe_table_writes` went all the way (1), and a claim count (2).
     #[aya_ebpf::macros::map(name = "PROBE_SCRATCH")]
     static PROBE_SCRATCH: aya_ebpf::maps::PerCpuArray<u32> =
-        aya_ebpf::maps::PerCpuArray::with_max_entries(2, 0);
+        aya_ebpf::maps::PerCpuArray::with_max_entries(3, 0);
+
+    /// An outbound claim's `aux`, unique among claims that may overlap: this CPU's claim
+    /// count and the CPU number (`dslite_common::table`).
+    #[inline(always)]
+    fn claim_aux() -> u32 {
+        // SAFETY: no preconditions.
+        let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
+        let n = match PROBE_SCRATCH.get_ptr_mut(2) {
+            // SAFETY: a per-CPU map value.
+            Some(p) => unsafe {
+                *p = (*p).wrapping_add(1);
+                *p
+            },
+            None => 0,
+        };
+        (n << 8) | (cpu & 0xff)
+    }
 
     /// The same look-up as `dslite_probe_nat_out`, in the one-table layout's outbound table:
     /// two bucket pointers and a scan of the key's ways. The first run inserts the key (the
@@ -232,9 +249,7 @@ mod probes {
                 }
                 None => 0,
             };
-            // `aux` differs between racing CPUs: the CPU number.
-            let cpu = aya_ebpf::helpers::bpf_get_smp_processor_id();
-            if let Insert::Won(s) = insert(&pair, pl.hash, cpu, &probe, 1, true, forget) {
+            if let Insert::Won(s) = insert(&pair, pl.hash, claim_aux(), &probe, 1, true, forget) {
                 (*s.entry).value.created_ns = 1;
                 publish(&s);
             }
@@ -267,8 +282,9 @@ mod probes {
             maps::NatInKey,
             ports,
             table::{
-                abandon, aux_of, expire, hash_of, in_probe, inbound_hash, insert, insert_unique,
-                out_probe_aligned, outbound_hash, place, publish, tag, Insert, Pair, LIVE,
+                abandon, aux_of, dead_of, expire, hash_of, in_probe, inbound_hash, insert,
+                insert_unique, out_probe_aligned, outbound_hash, place, publish, reap, tag, Insert,
+                Pair, LIVE,
             },
         };
         if ptr_at::<[u8; INNER_SPORT + 2], _>(&ctx, 0).is_none() {
@@ -312,11 +328,10 @@ mod probes {
             },
             None => 0,
         };
-        // SAFETY: no preconditions.
-        let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
         // SAFETY: bucket pointers from the array maps, valid for this run.
         unsafe {
-            let Insert::Won(s) = insert(&pair, pl.hash, cpu, &probe, 1, true, forget) else {
+            let Insert::Won(s) = insert(&pair, pl.hash, claim_aux(), &probe, 1, true, forget)
+            else {
                 return xdp_action::XDP_DROP;
             };
             let port = 1024 + (pl.hash % 64_512) as u16;
@@ -354,13 +369,28 @@ mod probes {
                 abandon(&s);
                 return xdp_action::XDP_DROP;
             };
-            (*s.entry).value.outside_addr = kin.outside_addr;
-            (*s.entry).value.outside_port = kin.outside_port;
+            // The whole value: a way taken again keeps its last occupant's bytes.
+            (*s.entry).value = dslite_common::maps::NatOutValue {
+                outside_addr: kin.outside_addr,
+                outside_port: kin.outside_port,
+                tcp_state: 0,
+                peers: 0,
+                created_ns: 0,
+                last_seen_ns: 0,
+            };
             publish(&s);
-            // Undone as the sweep would: the index entry, the port, the mapping.
-            expire(&x, tag(LIVE, ipl.hash, s.pos));
-            ports::release(w, bit);
-            if expire(&s, tag(LIVE, hash_of(s.bits), aux_of(s.bits))) {
+            // Undone in the sweep's order: the mapping first (nothing new finds it), then
+            // its index entry, and the port last, when nothing names it any more; each
+            // step only if the one before it happened. Reaped at once here (a benchmark):
+            // the sweep reaps a pass later.
+            let live = tag(LIVE, hash_of(s.bits), aux_of(s.bits));
+            let index = tag(LIVE, ipl.hash, s.pos);
+            if expire(&s, live)
+                && reap(&s, dead_of(live))
+                && expire(&x, index)
+                && reap(&x, dead_of(index))
+                && ports::release(w, bit) == ports::Release::Released
+            {
                 if let Some(n) = PROBE_SCRATCH.get_ptr_mut(1) {
                     *n += 1;
                 }

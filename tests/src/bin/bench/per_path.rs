@@ -216,6 +216,7 @@ pub struct AftrPaths {
 pub fn aftr_paths(rig: &mut Rig) -> AftrPaths {
     let noop = prepare(rig);
     let prog = rig.prog();
+    note_verified(rig, &[prog]);
     let Flow {
         out: out_frame,
         reply,
@@ -294,7 +295,6 @@ pub fn aftr_paths(rig: &mut Rig) -> AftrPaths {
     note_verified(
         rig,
         &[
-            prog,
             "dslite_probe_nat_out",
             "dslite_probe_table",
             "dslite_probe_table_writes",
