@@ -841,7 +841,7 @@ impl<E: Entry + Copy> Table<E> {
     /// # Panics
     /// With no bucket, or more than positions (`u32`) can number.
     pub unsafe fn from_raw(base: *mut Bucket<E>, buckets: u32) -> Table<E> {
-        assert!(buckets >= 1 && buckets <= MAX_BUCKETS, "{buckets} buckets");
+        assert!((1..=MAX_BUCKETS).contains(&buckets), "{buckets} buckets");
         Table { base, buckets }
     }
 
