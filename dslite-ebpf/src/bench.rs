@@ -192,26 +192,20 @@ mod probes {
         (n << 8) | (cpu & 0xff)
     }
 
-    /// The same look-up as `dslite_probe_nat_out`, in the one-table layout's outbound table:
-    /// two bucket pointers and a scan of the key's ways. The first run inserts the key (the
-    /// claim protocol), every later one is a hit: what replacing `NAT_OUT` would cost the
-    /// established paths, and proof that the table's code passes the verifier.
-    #[xdp]
-    pub fn dslite_probe_table(ctx: XdpContext) -> u32 {
-        use dslite_common::table::{
-            insert, lookup, out_probe_aligned, outbound_hash, place, publish, Insert, Pair,
-        };
+    /// The bench frame's outbound key with protocol `proto`, as words (`table::out_probe`),
+    /// and where it goes in the probes' table.
+    #[inline(always)]
+    fn probe_key(ctx: &XdpContext, proto: u8) -> Option<([u64; 3], dslite_common::table::Place)> {
+        use dslite_common::table::{out_probe_aligned, outbound_hash, place};
         // One bounds check for all three fields: with one each, LLVM folds the failures
         // into a path the verifier cannot prove dead (it then reads an unset register).
-        if ptr_at::<[u8; INNER_SPORT + 2], _>(&ctx, 0).is_none() {
-            return xdp_action::XDP_PASS;
-        }
+        ptr_at::<[u8; INNER_SPORT + 2], _>(ctx, 0)?;
         let (Some(b4), Some(inside), Some(port)) = (
-            bytes::<16>(&ctx, OUTER_SRC),
-            bytes::<4>(&ctx, INNER_SRC),
-            bytes::<2>(&ctx, INNER_SPORT),
+            bytes::<16>(ctx, OUTER_SRC),
+            bytes::<4>(ctx, INNER_SRC),
+            bytes::<2>(ctx, INNER_SPORT),
         ) else {
-            return xdp_action::XDP_PASS;
+            return None;
         };
         /// The key 8-aligned, as the paths hold it (`aftr::parsed::FromB4`).
         #[repr(C, align(8))]
@@ -220,34 +214,60 @@ mod probes {
             b4,
             inside_addr: inside,
             inside_port: u16::from_ne_bytes(port),
-            proto: dslite_common::proto::IPPROTO_UDP,
+            proto,
             _pad: 0,
         });
         // SAFETY: 8-aligned (above).
         let probe = unsafe { out_probe_aligned(&key.0) };
-        let pl = place(outbound_hash(&probe, 0x5eed), PROBE_TABLE_BUCKETS);
+        Some((
+            probe,
+            place(outbound_hash(&probe, 0x5eed), PROBE_TABLE_BUCKETS),
+        ))
+    }
+
+    /// The two buckets of `pl` in array map `table`.
+    #[inline(always)]
+    fn pair_of<E>(
+        table: &aya_ebpf::maps::Array<dslite_common::table::Bucket<E>>,
+        pl: &dslite_common::table::Place,
+    ) -> Option<dslite_common::table::Pair<E>> {
+        Some(dslite_common::table::Pair {
+            buckets: [table.get_ptr_mut(pl.first)?, table.get_ptr_mut(pl.second)?],
+            index: [pl.first, pl.second],
+        })
+    }
+
+    /// `x`, through a map: the verifier forgets the claimed way's exact rank
+    /// (`table::insert`).
+    #[inline(always)]
+    fn forget(x: u32) -> u32 {
+        match PROBE_SCRATCH.get_ptr_mut(0) {
+            // SAFETY: a per-CPU map value.
+            Some(p) => unsafe {
+                *p = x;
+                core::ptr::read_volatile(p)
+            },
+            None => 0,
+        }
+    }
+
+    /// The same look-up as `dslite_probe_nat_out`, in the one-table layout's outbound table:
+    /// two bucket pointers and a scan of the key's ways. The first run inserts the key (the
+    /// claim protocol), every later one is a hit: what replacing `NAT_OUT` would cost the
+    /// established paths, and proof that the table's code passes the verifier.
+    #[xdp]
+    pub fn dslite_probe_table(ctx: XdpContext) -> u32 {
+        use dslite_common::table::{insert, lookup, publish, Insert};
+        let Some((probe, pl)) = probe_key(&ctx, dslite_common::proto::IPPROTO_UDP) else {
+            return xdp_action::XDP_PASS;
+        };
         // SAFETY: bucket pointers from the array map, valid for this run.
         unsafe {
             if lookup(&pl, &probe, |i| PROBE_TABLE.get_ptr_mut(i)).is_some() {
                 return xdp_action::XDP_DROP;
             }
-            let (Some(a), Some(b)) = (
-                PROBE_TABLE.get_ptr_mut(pl.first),
-                PROBE_TABLE.get_ptr_mut(pl.second),
-            ) else {
+            let Some(pair) = pair_of(&PROBE_TABLE, &pl) else {
                 return xdp_action::XDP_PASS;
-            };
-            let pair = Pair {
-                buckets: [a, b],
-                index: [pl.first, pl.second],
-            };
-            // Through a map, so the verifier forgets the claimed way's exact rank.
-            let forget = |x: u32| match PROBE_SCRATCH.get_ptr_mut(0) {
-                Some(p) => {
-                    *p = x;
-                    core::ptr::read_volatile(p)
-                }
-                None => 0,
             };
             if let Insert::Won(s) = insert(&pair, pl.hash, claim_aux(), &probe, 1, true, forget) {
                 (*s.entry).value.created_ns = 1;
@@ -283,50 +303,15 @@ mod probes {
             ports,
             table::{
                 abandon, aux_of, dead_of, expire, hash_of, in_probe, inbound_hash, insert,
-                insert_unique, out_probe_aligned, outbound_hash, place, publish, reap, tag, Insert,
-                Pair, LIVE,
+                insert_unique, place, publish, reap, tag, Insert, LIVE,
             },
         };
-        if ptr_at::<[u8; INNER_SPORT + 2], _>(&ctx, 0).is_none() {
-            return xdp_action::XDP_PASS;
-        }
-        let (Some(b4), Some(inside), Some(port)) = (
-            bytes::<16>(&ctx, OUTER_SRC),
-            bytes::<4>(&ctx, INNER_SRC),
-            bytes::<2>(&ctx, INNER_SPORT),
-        ) else {
+        // Not UDP: another key than `dslite_probe_table`'s, in the same table.
+        let Some((probe, pl)) = probe_key(&ctx, dslite_common::proto::IPPROTO_TCP) else {
             return xdp_action::XDP_PASS;
         };
-        #[repr(C, align(8))]
-        struct Aligned(dslite_common::maps::NatOutKey);
-        let key = Aligned(dslite_common::maps::NatOutKey {
-            b4,
-            inside_addr: inside,
-            inside_port: u16::from_ne_bytes(port),
-            // Not UDP: another key than `dslite_probe_table`'s, in the same table.
-            proto: dslite_common::proto::IPPROTO_TCP,
-            _pad: 0,
-        });
-        // SAFETY: 8-aligned (above).
-        let probe = unsafe { out_probe_aligned(&key.0) };
-        let pl = place(outbound_hash(&probe, 0x5eed), PROBE_TABLE_BUCKETS);
-        let (Some(a), Some(b)) = (
-            PROBE_TABLE.get_ptr_mut(pl.first),
-            PROBE_TABLE.get_ptr_mut(pl.second),
-        ) else {
+        let Some(pair) = pair_of(&PROBE_TABLE, &pl) else {
             return xdp_action::XDP_PASS;
-        };
-        let pair = Pair {
-            buckets: [a, b],
-            index: [pl.first, pl.second],
-        };
-        let forget = |x: u32| match PROBE_SCRATCH.get_ptr_mut(0) {
-            // SAFETY: a per-CPU map value.
-            Some(p) => unsafe {
-                *p = x;
-                core::ptr::read_volatile(p)
-            },
-            None => 0,
         };
         // SAFETY: bucket pointers from the array maps, valid for this run.
         unsafe {
@@ -352,17 +337,10 @@ mod probes {
             };
             let ip = in_probe(&kin);
             let ipl = place(inbound_hash(ip, 0x5eed), PROBE_TABLE_BUCKETS);
-            let (Some(c), Some(d)) = (
-                PROBE_INDEX.get_ptr_mut(ipl.first),
-                PROBE_INDEX.get_ptr_mut(ipl.second),
-            ) else {
+            let Some(ipair) = pair_of(&PROBE_INDEX, &ipl) else {
                 ports::release(w, bit);
                 abandon(&s);
                 return xdp_action::XDP_PASS;
-            };
-            let ipair = Pair {
-                buckets: [c, d],
-                index: [ipl.first, ipl.second],
             };
             let Some(x) = insert_unique(&ipair, ipl.hash, s.pos, &ip) else {
                 ports::release(w, bit);
