@@ -32,9 +32,12 @@
 //! higher one to leave `KEYED`. Because each CPU publishes before it scans, of any two racers
 //! at least one sees the other: if both see each other `KEYED`, rank decides; if only one
 //! does, it either loses at once or waits until the other, which did not see it, is `WON`.
-//! Waits only go from lower to higher ranks, so none is circular, and each is bounded by the
-//! caller's `budget` (BPF has no unbounded loop): a wait that runs out gives the way back and
-//! returns [`Insert::Contended`]. A unit test races four threads on shared keys.
+//! Waits on a `KEYED` racer only go from lower to higher ranks, and a way is `CLAIMED` only
+//! while its owner writes a key (it waits on nothing), so no wait is circular; each is
+//! bounded by the caller's `budget` (BPF has no unbounded loop): a wait that runs out gives
+//! the way back and returns [`Insert::Contended`]. With the kernel's budget of one poll, two
+//! racers that see each other both give up (two counted drops; the next packet creates).
+//! Unit tests race four threads on shared keys, with a large budget and with one poll.
 
 use crate::{
     maps::{NatInKey, NatOutKey, NatOutValue},
