@@ -377,6 +377,59 @@ mod probes {
         xdp_action::XDP_DROP
     }
 
+    /// A new subscriber's block claim alone (`nat::claim_block`: the walk of its slots, the
+    /// search, the `BLOCKS` and `SW_BLOCKS` inserts, the event), for the frame's B4 in slot
+    /// 0: XDP_DROP when it got a block. Timed once per new subscriber (the scarce-blocks row).
+    #[xdp]
+    pub fn dslite_probe_claim_block(ctx: XdpContext) -> u32 {
+        let Some(b4) = bytes::<16>(&ctx, OUTER_SRC) else {
+            return xdp_action::XDP_PASS;
+        };
+        let Some(cfg) = maps::AFTR_CONFIG.get(0) else {
+            return xdp_action::XDP_PASS;
+        };
+        let sk = dslite_common::maps::SlotKey {
+            b4: dslite_common::nat::subscriber_of(&b4, &cfg.subscriber_mask),
+            slot: 0,
+            _pad: [0; 3],
+        };
+        if crate::nat::claim_block(&sk, cfg, crate::clock::precise_ns()) == crate::exit::nat::FOUND
+        {
+            xdp_action::XDP_DROP
+        } else {
+            xdp_action::XDP_PASS
+        }
+    }
+
+    /// The first part of a block claim alone (`nat::claim_part` 0: the walk of the slots).
+    #[xdp]
+    pub fn dslite_probe_claim_walk(ctx: XdpContext) -> u32 {
+        claim_part_probe(&ctx, 0)
+    }
+
+    /// The second part of a block claim alone (`nat::claim_part` 1: the block search).
+    #[xdp]
+    pub fn dslite_probe_claim_search(ctx: XdpContext) -> u32 {
+        claim_part_probe(&ctx, 1)
+    }
+
+    #[inline(always)]
+    fn claim_part_probe(ctx: &XdpContext, part: u32) -> u32 {
+        let Some(b4) = bytes::<16>(ctx, OUTER_SRC) else {
+            return xdp_action::XDP_PASS;
+        };
+        let Some(cfg) = maps::AFTR_CONFIG.get(0) else {
+            return xdp_action::XDP_PASS;
+        };
+        let sk = dslite_common::maps::SlotKey {
+            b4: dslite_common::nat::subscriber_of(&b4, &cfg.subscriber_mask),
+            slot: 0,
+            _pad: [0; 3],
+        };
+        let _ = crate::nat::claim_part(&sk, cfg, part);
+        xdp_action::XDP_DROP
+    }
+
     /// The next-hop cache's lookup for the inner destination (a hit once the outbound path
     /// has run on this CPU).
     #[xdp]

@@ -110,6 +110,39 @@ unsafe extern "C" fn scan_block(i: u32, c: *mut c_void) -> i64 {
 /// Largest block count per address the search covers (65536 ports / the smallest block).
 const MAX_BLOCKS_PER_ADDR: u32 = 65536 / dslite_common::nat::MIN_BLOCK_SIZE as u32;
 
+/// Bench probes of a block claim's parts (`dslite_probe_claim_parts`): `part` 0 walks the
+/// slots (`held_address`); 1 searches the first pool address for a free block as a claim
+/// does (`bpf_loop`), claiming nothing. Returns what the part found.
+#[cfg(feature = "bench")]
+#[inline(never)]
+pub fn claim_part(sk: &SlotKey, cfg: &AftrConfig, part: u32) -> u32 {
+    if part == 0 {
+        return held_address(sk);
+    }
+    let (Some(addr), per_addr) = (POOL.get(0), cfg.blocks_per_addr as u32) else {
+        return u32::MAX;
+    };
+    let h = softwire_hash(&sk.b4, cfg.hash_seed) & 0xffff;
+    let stride = cfg.block_strides[(h & 3) as usize] as u32;
+    let mut scan = Scan {
+        addr: *addr,
+        start: if per_addr == 0 { 0 } else { h % per_addr },
+        stride: if stride == 0 { 1 } else { stride },
+        n: per_addr,
+        found: u32::MAX,
+    };
+    // SAFETY: as in `claim_on_address`.
+    unsafe {
+        bpf_loop(
+            MAX_BLOCKS_PER_ADDR,
+            scan_block as *mut c_void,
+            &mut scan as *mut Scan as *mut c_void,
+            0,
+        )
+    };
+    scan.found
+}
+
 /// The `a`-th address to try for a subscriber's first block: its hashed address while the
 /// last sweep saw free blocks there, then addresses from the sweep's list of addresses with
 /// free blocks. `u32::MAX` when there is none (the pool is full: a cheap refusal).

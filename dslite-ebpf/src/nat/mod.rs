@@ -18,6 +18,10 @@ mod admit;
 mod block;
 mod port;
 
+/// For the bench's probe of a new subscriber's block claim alone.
+#[cfg(feature = "bench")]
+pub use self::block::{claim_block, claim_part};
+
 use dslite_common::{
     maps::{AftrConfig, NatInValue, NatOutKey, NatOutValue, SlotKey},
     nat::{subscriber_of, tcp_next_state, MAX_BLOCKS},

@@ -336,9 +336,12 @@ fn report(
             b["samples_with_90_percent_taken"], b["refused_ns_with_every_block_taken"].as_f64().unwrap_or(0.0)
         );
         println!(
-            "  timed the same way (one run each, back to back), a packet of an existing mapping: {:.0} ns net; a new mapping of an existing subscriber: {:.0} ns net",
+            "  timed the same way (one run each, back to back), a packet of an existing mapping: {:.0} ns net; a new mapping of an existing subscriber: {:.0} ns net; a block claim alone (probe): {:.0} ns net, of which the slot walk {:.0} and the search {:.0}",
             b["established_single_run_ns"].as_f64().unwrap_or(0.0),
-            b["new_mapping_single_run_ns"].as_f64().unwrap_or(0.0)
+            b["new_mapping_single_run_ns"].as_f64().unwrap_or(0.0),
+            b["block_claim_alone_ns"].as_f64().unwrap_or(0.0),
+            b["block_claim_walk_ns"].as_f64().unwrap_or(0.0),
+            b["block_claim_search_ns"].as_f64().unwrap_or(0.0)
         );
         for b in s["by_size"].as_array().into_iter().flatten() {
             println!(

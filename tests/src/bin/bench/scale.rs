@@ -178,6 +178,33 @@ pub fn blocks_scarce(rig: &mut Rig, noop: f64) -> serde_json::Value {
         .collect();
     let new_mapping_ns = single(rig, &new_flows);
     assert_eq!(rig.counter("nat_mapping_created") - created, 50);
+    // The block claim alone (a probe calling `nat::claim_block`), for 30 more new
+    // subscribers: how much of a new subscriber's first packet is the claim.
+    rig.load("dslite_probe_claim_block");
+    let claims: Vec<u64> = (0..30u32)
+        .map(|j| {
+            let f = first_packet(rig, 2_600_000 + j);
+            let (v, ns) = rig.time_once("dslite_probe_claim_block", "tun", &f);
+            assert_eq!(v, XDP_DROP, "the probe claimed a block");
+            ns
+        })
+        .collect();
+    let claim_ns = median(claims) - noop;
+    // Its two first parts alone, for 30 new subscribers each: the walk of the slots, and
+    // the search of an address for a free block (nothing claimed).
+    let part = |rig: &mut Rig, probe: &str, from: u32| {
+        rig.load(probe);
+        let t: Vec<u64> = (0..30u32)
+            .map(|j| {
+                let (v, ns) = rig.time_once(probe, "tun", &first_packet(rig, from + j));
+                assert_eq!(v, XDP_DROP);
+                ns
+            })
+            .collect();
+        median(t) - noop
+    };
+    let walk_ns = part(rig, "dslite_probe_claim_walk", 2_700_000);
+    let search_ns = part(rig, "dslite_probe_claim_search", 2_800_000);
     let share_at_start = (taken_before + 25) as f64 / total as f64;
     take_blocks(rig, &s, total * 9 / 10);
     let free = total - blocks_taken(rig);
@@ -207,6 +234,9 @@ pub fn blocks_scarce(rig: &mut Rig, noop: f64) -> serde_json::Value {
         "new_subscriber_ns_at_start": at_start,
         "established_single_run_ns": established_ns,
         "new_mapping_single_run_ns": new_mapping_ns,
+        "block_claim_alone_ns": claim_ns,
+        "block_claim_walk_ns": walk_ns,
+        "block_claim_search_ns": search_ns,
         "share_taken_at_start": share_at_start,
         "new_subscriber_ns_with_90_percent_taken": at_90,
         "samples_with_90_percent_taken": free,
