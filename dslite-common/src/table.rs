@@ -824,6 +824,20 @@ pub unsafe fn reap<E>(s: &Slot<E>, seen: u64) -> bool {
     state_of(seen) == DEAD && unsafe { word::cas(s.tag, seen, 0) }
 }
 
+/// Free a way stuck in `CLAIMED`, `KEYED` or `WON` with tag `seen`: the sweep's remedy for
+/// an owner that died mid-insert (a userspace inserter; a kernel owner holds a way for
+/// microseconds). Only for a tag the sweep saw unchanged on two passes seconds apart, so a
+/// live owner is never robbed: false if the way moved on since.
+///
+/// # Safety
+/// As [`expire`].
+#[inline(always)]
+pub unsafe fn reclaim_stuck<E>(s: &Slot<E>, seen: u64) -> bool {
+    let st = state_of(seen);
+    // SAFETY: the caller's.
+    (st == CLAIMED || st == KEYED || st == WON) && unsafe { word::cas(s.tag, seen, 0) }
+}
+
 /// A whole table in memory this process can read and write: the controller's `mmap` of the
 /// array map, or a test's buffer.
 pub struct Table<E> {
@@ -896,6 +910,17 @@ impl<E: Entry + Copy> Table<E> {
             core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
             (word::load(s.tag) == t).then_some((t, e))
         }
+    }
+
+    /// Every way in the middle of an insert (`CLAIMED`, `KEYED`, `WON`): (position, tag),
+    /// for the sweep to compare with its last pass ([`reclaim_stuck`]).
+    pub fn in_flight(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        (0..self.buckets * WAYS as u32).filter_map(|pos| {
+            let s = self.slot(pos)?;
+            // SAFETY: a way of this table.
+            let t = unsafe { word::load(s.tag) };
+            matches!(state_of(t), CLAIMED | KEYED | WON).then_some((pos, t))
+        })
     }
 
     /// Every `LIVE` way: (position, tag, entry copy).
@@ -1127,6 +1152,48 @@ mod tests {
                 insert(&pair, 1, 103, &out_probe(&key(2)), BUDGET, true, |x| x),
                 Insert::Won(_)
             ));
+        }
+    }
+
+    #[test]
+    fn a_way_an_inserter_left_behind_is_reclaimed_only_if_unchanged() {
+        let mut buf = Buf::<OutEntry>::new(1);
+        let t = buf.table();
+        let pl = Place {
+            first: 0,
+            second: 0,
+            hash: 4,
+        };
+        let pair = t.pair(&pl);
+        // SAFETY: a test table.
+        unsafe {
+            // An inserter that won and then died: its way stays WON.
+            let s = match insert(&pair, 4, 1, &out_probe(&key(1)), BUDGET, true, |x| x) {
+                Insert::Won(s) => s,
+                other => panic!("{other:?}"),
+            };
+            let stuck: Vec<_> = t.in_flight().collect();
+            assert_eq!(stuck.len(), 1);
+            let (pos, seen) = stuck[0];
+            assert_eq!(pos, s.pos);
+            // Its key cannot be inserted meanwhile (the WON way wins every scan)...
+            assert!(matches!(
+                insert(&pair, 4, 2, &out_probe(&key(1)), 8, true, |x| x),
+                Insert::Contended
+            ));
+            // ...until the sweep, seeing the same tag a pass later, frees it.
+            assert!(reclaim_stuck(&s, seen));
+            assert_eq!(t.in_flight().count(), 0);
+            let s3 = match insert(&pair, 4, 3, &out_probe(&key(1)), 8, true, |x| x) {
+                Insert::Won(s) => s,
+                other => panic!("{other:?}"),
+            };
+            assert!(publish(&s3));
+            // A way that moved on since it was seen, or a LIVE one, is never taken.
+            assert!(!reclaim_stuck(&s3, seen), "changed since it was seen");
+            let live = t.slot(s3.pos).map(|x| word::load(x.tag)).unwrap();
+            assert!(!reclaim_stuck(&s3, live), "LIVE is the sweep's to expire");
+            assert!(t.lookup(&pl, &out_probe(&key(1))).is_some());
         }
     }
 
