@@ -71,6 +71,12 @@ pub const fn tag(state: u64, hash: u32, aux: u32) -> u64 {
     (state << STATE_SHIFT) | ((hash as u64 & HASH_MASK) << 32) | aux as u64
 }
 
+/// Tag `t` with its state replaced by `state` (its hash and aux kept).
+#[inline(always)]
+pub const fn with_state(t: u64, state: u64) -> u64 {
+    (t & !(7 << STATE_SHIFT)) | (state << STATE_SHIFT)
+}
+
 #[inline(always)]
 pub const fn state_of(t: u64) -> u64 {
     t >> STATE_SHIFT
@@ -439,7 +445,7 @@ unsafe fn find_in<E: Entry>(
         let t = unsafe { word::load(s.tag) };
         // SAFETY: as above.
         if state_of(t) == LIVE && hash_of(t) == hash && unsafe { E::matches(s.entry, probe) } {
-            s.bits = t & !(7 << STATE_SHIFT);
+            s.bits = with_state(t, EMPTY);
             return Some(s);
         }
     }
@@ -492,7 +498,7 @@ const fn rank(c: usize, w: usize) -> usize {
 }
 
 /// Claim a way for the key of `probe` (see the module's race argument); `aux` goes in its
-/// tag and must differ between CPUs that may claim at once (the scan tells our own way by
+/// tag and must differ between claims that may overlap in time (the scan tells our own way by
 /// its tag). Waits on racers poll at most `budget` times each; with `wait_live`, a key
 /// another CPU holds is returned once it is `LIVE`. `forget` returns its argument (the
 /// kernel's through a map, so that the verifier does not know it exactly).
@@ -530,16 +536,16 @@ pub unsafe fn insert<E: Entry>(
     // A `forget` that returned another rank would have us write another way's key: the way
     // must still hold our claim (our bits are unique), else the claim is given back.
     // SAFETY: as above.
-    if unsafe { word::load(me.tag) } != bits | (CLAIMED << STATE_SHIFT) {
+    if unsafe { word::load(me.tag) } != with_state(bits, CLAIMED) {
         // SAFETY: the caller's.
-        unsafe { give_back(p, bits | (CLAIMED << STATE_SHIFT)) };
+        unsafe { give_back(p, with_state(bits, CLAIMED)) };
         return Insert::Contended;
     }
     // SAFETY: claimed by this CPU.
     unsafe { E::set_key(me.entry, probe) };
-    let keyed = bits | (KEYED << STATE_SHIFT);
+    let keyed = with_state(bits, KEYED);
     // SAFETY: as above. Only the owner moves a way out of CLAIMED.
-    if !unsafe { word::cas(me.tag, bits | (CLAIMED << STATE_SHIFT), keyed) } {
+    if !unsafe { word::cas(me.tag, with_state(bits, CLAIMED), keyed) } {
         return Insert::Contended;
     }
     for c in 0..2 {
@@ -559,7 +565,7 @@ pub unsafe fn insert<E: Entry>(
                     // SAFETY: our own way.
                     unsafe { word::cas(me.tag, keyed, 0) };
                     let other = Slot {
-                        bits: t & !(7 << STATE_SHIFT),
+                        bits: with_state(t, EMPTY),
                         ..other
                     };
                     if !wait_live {
@@ -577,7 +583,7 @@ pub unsafe fn insert<E: Entry>(
         }
     }
     // SAFETY: our own way.
-    if !unsafe { word::cas(me.tag, keyed, bits | (WON << STATE_SHIFT)) } {
+    if !unsafe { word::cas(me.tag, keyed, with_state(bits, WON)) } {
         return Insert::Contended;
     }
     Insert::Won(me)
@@ -612,7 +618,7 @@ unsafe fn claim<E>(p: &Pair<E>, bits: u64) -> Option<(Slot<E>, usize)> {
             let s = unsafe { Slot::of(p.buckets[c], p.index[c], w) };
             // SAFETY: as above.
             if unsafe { word::load(s.tag) } == 0
-                && unsafe { word::cas(s.tag, 0, bits | (CLAIMED << STATE_SHIFT)) }
+                && unsafe { word::cas(s.tag, 0, with_state(bits, CLAIMED)) }
             {
                 mine = Some((Slot { bits, ..s }, rank(c, w)));
                 break 'claim;
@@ -641,11 +647,7 @@ pub unsafe fn insert_unique<E: Entry>(
     // SAFETY: claimed by this CPU; only the owner moves a way out of CLAIMED.
     unsafe {
         E::set_key(me.entry, probe);
-        word::cas(
-            me.tag,
-            bits | (CLAIMED << STATE_SHIFT),
-            bits | (LIVE << STATE_SHIFT),
-        )
+        word::cas(me.tag, with_state(bits, CLAIMED), with_state(bits, LIVE))
     }
     .then_some(me)
 }
@@ -744,7 +746,7 @@ unsafe fn meet<E: Entry>(
     Meet::Stuck
 }
 
-/// Wait for `other` (which holds `key`) to be `LIVE`.
+/// Wait for `other` (which holds the key of `probe`) to be `LIVE`.
 ///
 /// # Safety
 /// `other` is a way of a live table.
@@ -757,7 +759,7 @@ unsafe fn await_live<E: Entry>(mut other: Slot<E>, probe: &E::Probe, budget: u32
         match state_of(t) {
             // SAFETY: as above; checked again: the way may have been freed and taken anew.
             LIVE if unsafe { E::matches(other.entry, probe) } => {
-                other.bits = t & !(7 << STATE_SHIFT);
+                other.bits = with_state(t, EMPTY);
                 return Insert::Taken(other);
             }
             KEYED | WON => {}
@@ -775,13 +777,7 @@ unsafe fn await_live<E: Entry>(mut other: Slot<E>, probe: &E::Probe, budget: u32
 #[inline(always)]
 pub unsafe fn publish<E>(s: &Slot<E>) -> bool {
     // SAFETY: the caller's.
-    unsafe {
-        word::cas(
-            s.tag,
-            s.bits | (WON << STATE_SHIFT),
-            s.bits | (LIVE << STATE_SHIFT),
-        )
-    }
+    unsafe { word::cas(s.tag, with_state(s.bits, WON), with_state(s.bits, LIVE)) }
 }
 
 /// Give back a `WON` way without publishing it (the caller could not complete the entry).
@@ -791,7 +787,7 @@ pub unsafe fn publish<E>(s: &Slot<E>) -> bool {
 #[inline(always)]
 pub unsafe fn abandon<E>(s: &Slot<E>) -> bool {
     // SAFETY: the caller's.
-    unsafe { word::cas(s.tag, s.bits | (WON << STATE_SHIFT), 0) }
+    unsafe { word::cas(s.tag, with_state(s.bits, WON), 0) }
 }
 
 /// Expire a `LIVE` way whose tag is still `seen` (the controller's expiry: false if it
@@ -810,7 +806,7 @@ pub unsafe fn expire<E>(s: &Slot<E>, seen: u64) -> bool {
 /// The tag [`expire`] leaves for a way it found as `live`.
 #[inline(always)]
 pub const fn dead_of(live: u64) -> u64 {
-    (live & !(7 << STATE_SHIFT)) | (DEAD << STATE_SHIFT)
+    with_state(live, DEAD)
 }
 
 /// Free a way that [`expire`] made `DEAD` (tag `seen`), once every program run that could
