@@ -382,16 +382,8 @@ mod probes {
     /// 0: XDP_DROP when it got a block. Timed once per new subscriber (the scarce-blocks row).
     #[xdp]
     pub fn dslite_probe_claim_block(ctx: XdpContext) -> u32 {
-        let Some(b4) = bytes::<16>(&ctx, OUTER_SRC) else {
+        let Some((sk, cfg)) = frame_slot(&ctx) else {
             return xdp_action::XDP_PASS;
-        };
-        let Some(cfg) = maps::AFTR_CONFIG.get(0) else {
-            return xdp_action::XDP_PASS;
-        };
-        let sk = dslite_common::maps::SlotKey {
-            b4: dslite_common::nat::subscriber_of(&b4, &cfg.subscriber_mask),
-            slot: 0,
-            _pad: [0; 3],
         };
         if crate::nat::claim_block(&sk, cfg, crate::clock::precise_ns()) == crate::exit::nat::FOUND
         {
@@ -415,19 +407,29 @@ mod probes {
 
     #[inline(always)]
     fn claim_part_probe(ctx: &XdpContext, part: u32) -> u32 {
-        let Some(b4) = bytes::<16>(ctx, OUTER_SRC) else {
+        let Some((sk, cfg)) = frame_slot(ctx) else {
             return xdp_action::XDP_PASS;
         };
-        let Some(cfg) = maps::AFTR_CONFIG.get(0) else {
-            return xdp_action::XDP_PASS;
-        };
+        let _ = crate::nat::claim_part(&sk, cfg, part);
+        xdp_action::XDP_DROP
+    }
+
+    /// Slot 0 of the subscriber the frame's B4 belongs to, and the AFTR's configuration.
+    #[inline(always)]
+    fn frame_slot(
+        ctx: &XdpContext,
+    ) -> Option<(
+        dslite_common::maps::SlotKey,
+        &'static dslite_common::maps::AftrConfig,
+    )> {
+        let b4 = bytes::<16>(ctx, OUTER_SRC)?;
+        let cfg = maps::AFTR_CONFIG.get(0)?;
         let sk = dslite_common::maps::SlotKey {
             b4: dslite_common::nat::subscriber_of(&b4, &cfg.subscriber_mask),
             slot: 0,
             _pad: [0; 3],
         };
-        let _ = crate::nat::claim_part(&sk, cfg, part);
-        xdp_action::XDP_DROP
+        Some((sk, cfg))
     }
 
     /// The next-hop cache's lookup for the inner destination (a hit once the outbound path

@@ -110,9 +110,40 @@ unsafe extern "C" fn scan_block(i: u32, c: *mut c_void) -> i64 {
 /// Largest block count per address the search covers (65536 ports / the smallest block).
 const MAX_BLOCKS_PER_ADDR: u32 = 65536 / dslite_common::nat::MIN_BLOCK_SIZE as u32;
 
-/// Bench probes of a block claim's parts (`dslite_probe_claim_parts`): `part` 0 walks the
-/// slots (`held_address`); 1 searches the first pool address for a free block as a claim
-/// does (`bpf_loop`), claiming nothing. Returns what the part found.
+impl Scan {
+    /// The search of address `addr` (`per_addr` blocks, not 0) for hash `h` (16 bits): its
+    /// start and its stride.
+    #[inline(always)]
+    fn new(addr: [u8; 4], h: u32, per_addr: u32, cfg: &AftrConfig) -> Scan {
+        let stride = cfg.block_strides[(h & 3) as usize] as u32;
+        Scan {
+            addr,
+            start: h % per_addr,
+            stride: if stride == 0 { 1 } else { stride },
+            n: per_addr,
+            found: u32::MAX,
+        }
+    }
+
+    /// Search from `start`: `found` is the first free block, or `u32::MAX`.
+    #[inline(always)]
+    fn run(&mut self) {
+        self.found = u32::MAX;
+        // SAFETY: bpf_loop calls `scan_block` with a pointer to `self`, which outlives it.
+        unsafe {
+            bpf_loop(
+                MAX_BLOCKS_PER_ADDR,
+                scan_block as *mut c_void,
+                self as *mut Scan as *mut c_void,
+                0,
+            )
+        };
+    }
+}
+
+/// Bench probes of a block claim's parts (`dslite_probe_claim_walk`, `_claim_search`):
+/// `part` 0 walks the slots (`held_address`); 1 searches the first pool address for a free
+/// block as a claim does, claiming nothing. Returns what the part found.
 #[cfg(feature = "bench")]
 #[inline(never)]
 pub fn claim_part(sk: &SlotKey, cfg: &AftrConfig, part: u32) -> u32 {
@@ -122,24 +153,12 @@ pub fn claim_part(sk: &SlotKey, cfg: &AftrConfig, part: u32) -> u32 {
     let (Some(addr), per_addr) = (POOL.get(0), cfg.blocks_per_addr as u32) else {
         return u32::MAX;
     };
+    if per_addr == 0 {
+        return u32::MAX;
+    }
     let h = softwire_hash(&sk.b4, cfg.hash_seed) & 0xffff;
-    let stride = cfg.block_strides[(h & 3) as usize] as u32;
-    let mut scan = Scan {
-        addr: *addr,
-        start: if per_addr == 0 { 0 } else { h % per_addr },
-        stride: if stride == 0 { 1 } else { stride },
-        n: per_addr,
-        found: u32::MAX,
-    };
-    // SAFETY: as in `claim_on_address`.
-    unsafe {
-        bpf_loop(
-            MAX_BLOCKS_PER_ADDR,
-            scan_block as *mut c_void,
-            &mut scan as *mut Scan as *mut c_void,
-            0,
-        )
-    };
+    let mut scan = Scan::new(*addr, h, per_addr, cfg);
+    scan.run();
     scan.found
 }
 
@@ -249,28 +268,12 @@ fn claim_on_address(
     if per_addr == 0 {
         return BLOCK_NO_ADDR;
     }
-    let stride = cfg.block_strides[(h & 3) as usize] as u32;
-    let mut scan = Scan {
-        addr,
-        start: h % per_addr,
-        stride: if stride == 0 { 1 } else { stride },
-        n: per_addr,
-        found: u32::MAX,
-    };
+    let mut scan = Scan::new(addr, h, per_addr, cfg);
     // A block taken by another CPU between the scan and the claim: scan on from there.
     let mut r = BLOCK_TAKEN;
     let mut round = 0;
     while round < 4 {
-        scan.found = u32::MAX;
-        // SAFETY: bpf_loop calls `scan_block` with a pointer to `scan`, which outlives it.
-        unsafe {
-            bpf_loop(
-                MAX_BLOCKS_PER_ADDR,
-                scan_block as *mut c_void,
-                &mut scan as *mut Scan as *mut c_void,
-                0,
-            )
-        };
+        scan.run();
         if scan.found == u32::MAX {
             break;
         }

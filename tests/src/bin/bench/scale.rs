@@ -134,16 +134,16 @@ pub fn blocks_scarce(rig: &mut Rig, noop: f64) -> serde_json::Value {
     let new_subscribers = |rig: &Rig, from: u32, n: usize| {
         let frames: Vec<Vec<u8>> = (0..n as u32).map(|j| first_packet(rig, from + j)).collect();
         let before = rig.counter("block_allocated");
-        let times: Vec<u64> = frames
-            .iter()
-            .map(|f| {
-                let (v, ns) = rig.time_once(prog, "tun", f);
-                assert_eq!(v, XDP_REDIRECT, "a new subscriber with blocks left");
-                ns
-            })
-            .collect();
+        let ns = once_each(
+            rig,
+            prog,
+            &frames,
+            XDP_REDIRECT,
+            noop,
+            "a new subscriber with blocks left",
+        );
         assert_eq!(rig.counter("block_allocated") - before, n as u64);
-        median(times) - noop
+        ns
     };
     // First with the blocks the earlier rows' subscribers hold, to tell the claim's own
     // cost from the search's.
@@ -151,19 +151,8 @@ pub fn blocks_scarce(rig: &mut Rig, noop: f64) -> serde_json::Value {
     let at_start = new_subscribers(rig, 2_500_000, 50);
     // The same single-run timing of what is not a new subscriber, to read the rows above
     // against: one run each is colder than the repeated runs the per-path rows take.
-    let single = |rig: &Rig, frames: &[Vec<u8>]| {
-        let t: Vec<u64> = frames
-            .iter()
-            .map(|f| {
-                let (v, ns) = rig.time_once(prog, "tun", f);
-                assert_eq!(v, XDP_REDIRECT);
-                ns
-            })
-            .collect();
-        median(t) - noop
-    };
     let established: Vec<Vec<u8>> = (0..50).map(|j| first_packet(rig, 2_500_000 + j)).collect();
-    let established_ns = single(rig, &established);
+    let established_ns = once_each(rig, prog, &established, XDP_REDIRECT, noop, "forwarded");
     // New mappings of those subscribers (their blocks have room): another source port.
     let created = rig.counter("nat_mapping_created");
     let new_flows: Vec<Vec<u8>> = (0..50u32)
@@ -176,35 +165,24 @@ pub fn blocks_scarce(rig: &mut Rig, noop: f64) -> serde_json::Value {
             )
         })
         .collect();
-    let new_mapping_ns = single(rig, &new_flows);
+    let new_mapping_ns = once_each(rig, prog, &new_flows, XDP_REDIRECT, noop, "forwarded");
     assert_eq!(rig.counter("nat_mapping_created") - created, 50);
-    // The block claim alone (a probe calling `nat::claim_block`), for 30 more new
-    // subscribers: how much of a new subscriber's first packet is the claim.
-    rig.load("dslite_probe_claim_block");
-    let claims: Vec<u64> = (0..30u32)
-        .map(|j| {
-            let f = first_packet(rig, 2_600_000 + j);
-            let (v, ns) = rig.time_once("dslite_probe_claim_block", "tun", &f);
-            assert_eq!(v, XDP_DROP, "the probe claimed a block");
-            ns
-        })
-        .collect();
-    let claim_ns = median(claims) - noop;
-    // Its two first parts alone, for 30 new subscribers each: the walk of the slots, and
-    // the search of an address for a free block (nothing claimed).
-    let part = |rig: &mut Rig, probe: &str, from: u32| {
+    // The block claim alone (a probe calling `nat::claim_block`; XDP_DROP when it got a
+    // block), then its two first parts alone (the walk of the slots, the search of an
+    // address for a free block, nothing claimed), each for 30 more new subscribers.
+    let part = |rig: &mut Rig, probe: &str, from: u32, what: &str| {
         rig.load(probe);
-        let t: Vec<u64> = (0..30u32)
-            .map(|j| {
-                let (v, ns) = rig.time_once(probe, "tun", &first_packet(rig, from + j));
-                assert_eq!(v, XDP_DROP);
-                ns
-            })
-            .collect();
-        median(t) - noop
+        let frames: Vec<Vec<u8>> = (0..30).map(|j| first_packet(rig, from + j)).collect();
+        once_each(rig, probe, &frames, XDP_DROP, noop, what)
     };
-    let walk_ns = part(rig, "dslite_probe_claim_walk", 2_700_000);
-    let search_ns = part(rig, "dslite_probe_claim_search", 2_800_000);
+    let claim_ns = part(
+        rig,
+        "dslite_probe_claim_block",
+        2_600_000,
+        "the probe claimed a block",
+    );
+    let walk_ns = part(rig, "dslite_probe_claim_walk", 2_700_000, "the walk");
+    let search_ns = part(rig, "dslite_probe_claim_search", 2_800_000, "the search");
     let share_at_start = (taken_before + 25) as f64 / total as f64;
     take_blocks(rig, &s, total * 9 / 10);
     let free = total - blocks_taken(rig);
@@ -243,6 +221,19 @@ pub fn blocks_scarce(rig: &mut Rig, noop: f64) -> serde_json::Value {
         "refused_ns_with_every_block_taken": median(refused) - noop,
         "refusals": n,
     })
+}
+
+/// Median net ns of `prog` run once on each of `frames` (each must give `want`: `what`).
+fn once_each(rig: &Rig, prog: &str, frames: &[Vec<u8>], want: u32, noop: f64, what: &str) -> f64 {
+    let times: Vec<u64> = frames
+        .iter()
+        .map(|f| {
+            let (v, ns) = rig.time_once(prog, "tun", f);
+            assert_eq!(v, want, "{what}");
+            ns
+        })
+        .collect();
+    median(times) - noop
 }
 
 /// Blocks taken by stand-in subscribers, block by block across the pool's addresses (so each
